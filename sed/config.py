@@ -1,0 +1,244 @@
+"""Typed configuration schema.
+
+Every YAML file under ``conf/`` is merged onto these dataclasses, so a misspelled or unknown key fails at
+start-up with its name (``Key 'lrr' not in 'TrainingConfig'``) instead of being silently ignored.
+Classes carrying ``_target_`` are built with ``hydra.utils.instantiate``; the keys a class derives from other
+parts of the configuration (number of classes, number of features) are passed at build time, never duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    exp_dir: str = "exp"
+    # The run directory: checkpoints, TensorBoard events, scaler, test outputs, resolved config.
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class DataConfig:
+    """Where the clips and DCASE annotations are, and how batches are made.
+
+    Paths are relative to ``root`` unless absolute; a subset whose TSV is null is not used.
+    """
+
+    _target_: str = "sed.datamodule.SEDDataModule"
+    root: str = MISSING
+    generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
+    generate_seed: int = 0
+    classes: Optional[List[str]] = None  # null: one class per line of <root>/classes.txt
+    sample_rate: int = 16000
+    clip_duration: float = 10.0
+    strong_tsv: Optional[str] = "metadata/train/strong.tsv"
+    strong_audio: str = "audio/train/strong"
+    weak_tsv: Optional[str] = "metadata/train/weak.tsv"
+    weak_audio: str = "audio/train/weak"
+    unlabeled_tsv: Optional[str] = "metadata/train/unlabeled.tsv"  # a TSV with `filename`, or a folder of audio
+    unlabeled_audio: str = "audio/train/unlabeled"
+    val_tsv: str = "metadata/validation/validation.tsv"
+    val_audio: str = "audio/validation"
+    val_durations: str = "metadata/validation/durations.tsv"
+    test_tsv: str = "metadata/test/test.tsv"
+    test_audio: str = "audio/test"
+    test_durations: str = "metadata/test/durations.tsv"
+    batch_sizes: List[int] = field(default_factory=lambda: [12, 12, 24])  # strong, weak, unlabeled rows per batch
+    eval_batch_size: int = 24
+    epoch_length: str = "min"  # "min" (DESED), "max", or a number of batches
+    num_workers: int = 2
+    channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
+    cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
+
+
+@dataclass
+class FeaturesConfig:
+    _target_: str = "sed.features.FrontEnd"
+    kind: str = "mel"  # mel | mfcc | stft
+    sample_rate: int = "${data.sample_rate}"  # type: ignore[assignment]
+    n_fft: int = 2048
+    win_length: int = 2048
+    hop_length: int = 256
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    n_mfcc: int = 40
+    db_range: List[float] = field(default_factory=lambda: [-50.0, 80.0])
+    amin: float = 1e-5
+
+
+@dataclass
+class ScalerConfig:
+    _target_: str = "sed.scaler.TorchScaler"
+    statistic: str = "instance"  # instance | dataset
+    normtype: str = "minmax"  # standard | mean | minmax
+    dims: List[int] = field(default_factory=lambda: [1, 2])
+    eps: float = 1e-8
+    minmax_range: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    # A scaler file fitted earlier (dataset statistic): loaded instead of refitting, refused if its
+    # front-end configuration differs from this run's.
+    path: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "sed.models.crnn.CRNN"
+    n_in_channels: int = 1
+    filters: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128])
+    pooling: List[List[int]] = field(
+        default_factory=lambda: [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]]
+    )
+    kernel_size: int = 3
+    dropout: float = 0.5
+    activation: str = "glu"  # glu | cg | relu
+    rnn_hidden: int = 128
+    rnn_layers: int = 2
+    rnn_dropout: float = 0.0
+    dropout_recurrent_out: float = 0.5
+    attention: bool = True
+
+
+@dataclass
+class MixupConfig:
+    enabled: bool = True
+    prob: float = 0.5
+    mode: str = "soft"  # soft: labels mixed like the inputs; hard: union of the two label sets
+    alpha: float = 0.2  # Beta(alpha, alpha) mixing coefficient
+
+
+@dataclass
+class MaskingConfig:
+    enabled: bool = False
+    time_mask_param: int = 20  # longest time mask, in feature frames
+    freq_mask_param: int = 10  # widest frequency mask, in feature bins
+    n_masks: int = 1
+
+
+@dataclass
+class TrainingConfig:
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_epochs: int = 50  # exponential learning-rate and consistency ramp-up
+    schedule: str = "constant"  # after warm-up: constant | cosine
+    min_lr: float = 1e-5  # end of the cosine decay
+    ema_factor: float = 0.999
+    consistency_max: float = 2.0
+    strong_weight: float = 1.0
+    weak_weight: float = 1.0
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    median_window: List[int] = field(default_factory=lambda: [7])  # one length, or one per class
+    thresholds: List[float] = field(default_factory=lambda: [0.5])
+    # Selects the best checkpoint, logged as val/obj_metric: any '+'-joined sum of
+    # weak_f1, psds1, psds2, intersection_f1, event_f1.
+    obj_metric: str = "weak_f1+intersection_f1"
+    obj_model: str = "student"  # student | teacher
+    psds_bootstrap: int = 0  # >0: bootstrapped 95% confidence interval of PSDS at test time
+    plot_every_n_epochs: int = 5  # TensorBoard figures of validation clips (0: never)
+    n_plot_clips: int = 3
+
+
+@dataclass
+class TrainerConfig:
+    _target_: str = "pytorch_lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: Any = "auto"
+    num_nodes: int = 1
+    max_epochs: int = 200
+    max_steps: int = -1
+    precision: Any = "32-true"
+    gradient_clip_val: Optional[float] = 5.0
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    num_sanity_val_steps: int = 0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    # The mixed-batch sampler shards data across processes itself.
+    use_distributed_sampler: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    _target_: str = "pytorch_lightning.callbacks.ModelCheckpoint"
+    dirpath: str = "${paths.run_dir}/checkpoints"
+    filename: str = "epoch{epoch:03d}"
+    auto_insert_metric_name: bool = False
+    monitor: Optional[str] = "val/obj_metric"
+    mode: str = "max"
+    save_top_k: int = 1
+    save_last: bool = True
+    every_n_epochs: Optional[int] = None
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping_patience: Optional[int] = None  # epochs without val/obj_metric improvement
+
+
+@dataclass
+class LoggerConfig:
+    _target_: str = "pytorch_lightning.loggers.TensorBoardLogger"
+    save_dir: str = "${paths.run_dir}"
+    name: str = "tensorboard"
+    version: str = ""
+    default_hp_metric: bool = False
+
+
+@dataclass
+class Config:
+    exp_name: str = "default"
+    seed: int = 42
+    train: bool = True
+    test: bool = True
+    ckpt_path: Optional[str] = None  # resume training from it (train=true) or evaluate it (train=false)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    scaler: ScalerConfig = field(default_factory=ScalerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+
+
+def run_dir_for(train: bool, ckpt_path: Optional[str], default: str) -> str:
+    """Run directory of an invocation: resuming training continues in the checkpoint's own run directory
+    (one log, one TensorBoard run); anything else gets ``default`` (a new timestamped directory)."""
+    if train and ckpt_path:
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        if (run_dir / ".hydra").is_dir():
+            return str(run_dir)
+    return default
+
+
+def register_configs() -> None:
+    """Register the schema as ``base_config`` (first in conf/config.yaml's defaults, so every group file and
+    command-line override is merged onto it and checked) and the ``sed_run_dir`` resolver."""
+    if not OmegaConf.has_resolver("sed_run_dir"):
+        OmegaConf.register_new_resolver("sed_run_dir", run_dir_for)
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register_configs()
