@@ -1,0 +1,110 @@
+"""Audio reading (soundfile), mono mixdown, resampling and fixed-length crops."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+import soundfile as sf
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_MODES = ("mean", "random")
+_logged_rates: set[tuple[int, int]] = set()
+_logged_lock = threading.Lock()
+
+
+class AudioError(RuntimeError):
+    """An audio file is missing or cannot be decoded; the message names the file."""
+
+
+def _log_resample_once(orig: int, target: int) -> None:
+    with _logged_lock:
+        if (orig, target) in _logged_rates:
+            return
+        _logged_rates.add((orig, target))
+    logger.info(
+        "resampling audio from %d Hz to %d Hz on the fly (logged once per rate pair); "
+        "set a cache_dir to resample each file only once",
+        orig, target,
+    )
+
+
+def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 ``[channels, samples]`` at its own rate; errors name the file."""
+    try:
+        data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise AudioError(f"{path}: audio file not found") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
+        if not os.path.exists(path):
+            raise AudioError(f"{path}: audio file not found") from None
+        raise AudioError(f"{path}: cannot read audio file: {err}") from None
+    return np.ascontiguousarray(data.T), int(rate)
+
+
+def resample(wav: torch.Tensor, orig: int, target: int) -> torch.Tensor:
+    """Resample along the last axis with torchaudio (no-op when rates match)."""
+    if orig == target:
+        return wav
+    import torchaudio.functional as AF
+
+    _log_resample_once(orig, target)
+    return AF.resample(wav, orig, target)
+
+
+def select_channel(
+    wav: torch.Tensor, channel: str = "mean", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``[channels, samples]`` -> ``[samples]``: channel mean, or one channel drawn at random."""
+    if channel not in CHANNEL_MODES:
+        raise ValueError(f"channel must be one of {CHANNEL_MODES}, got {channel!r}")
+    if wav.shape[0] == 1:
+        return wav[0]
+    if channel == "mean":
+        return wav.mean(dim=0)
+    idx = int(torch.randint(wav.shape[0], (1,), generator=generator))
+    return wav[idx]
+
+
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int,
+    channel: str = "mean",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Read a file as 1-D float32 at ``sample_rate``.
+
+    Multi-channel audio becomes mono by channel mean (``channel="mean"``) or by picking one
+    channel at random (``"random"``, using ``generator``). Mixing happens before resampling
+    (both are linear, so this is equivalent and cheaper).
+    """
+    data, rate = read_raw(path)
+    wav = select_channel(torch.from_numpy(data), channel, generator)
+    return resample(wav, rate, sample_rate).to(torch.float32).contiguous()
+
+
+def fit_length(
+    wav: torch.Tensor,
+    n_samples: int,
+    random_crop: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Pad with zeros at the end, or crop, to ``n_samples``; return ``(wav, crop_start)``.
+
+    A crop starts at 0 unless ``random_crop`` (training), in which case the start is uniform
+    over all valid positions. The start (in samples) lets callers shift labels with the audio.
+    """
+    n = wav.shape[-1]
+    if n == n_samples:
+        return wav, 0
+    if n < n_samples:
+        pad = wav.new_zeros(wav.shape[:-1] + (n_samples - n,))
+        return torch.cat([wav, pad], dim=-1), 0
+    start = 0
+    if random_crop:
+        start = int(torch.randint(n - n_samples + 1, (1,), generator=generator))
+    return wav[..., start : start + n_samples], start
