@@ -1,0 +1,343 @@
+"""The LightningModule: features on the device, mean-teacher CRNN training, scoring, test outputs."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+from torchmetrics.functional.classification import multilabel_f1_score
+
+from sed.augment import mask_time_frequency, mixup
+from sed.data.encoder import LabelEncoder
+from sed.ema import ema_factor, update_teacher
+from sed.losses import consistency_losses, supervised_losses
+from sed.models.crnn import CRNNOutput
+from sed.scaler import TorchScaler
+from sed.schedules import exp_rampup, lr_factor
+from sed.scoring import ModelScores, objective, score_model
+
+log = logging.getLogger(__name__)
+
+MODELS = ("student", "teacher")
+
+
+def build_scaler(cfg: DictConfig, signature: dict) -> TorchScaler:
+    """The scaler of ``cfg.scaler`` (its ``path`` key is about reuse, not construction)."""
+    kwargs = OmegaConf.to_container(cfg.scaler, resolve=True)
+    kwargs.pop("path", None)
+    scaler = instantiate(kwargs, _convert_="all")
+    scaler.signature = signature
+    return scaler
+
+
+class SEDModule(pl.LightningModule):
+    """Student and teacher CRNNs behind one front-end and scaler.
+
+    ``config`` is the whole resolved run configuration; it is saved in every checkpoint, so a checkpoint
+    rebuilds exactly the model, features and scaler it was trained with (``SEDModule.load_from_checkpoint``).
+    """
+
+    def __init__(self, config: dict[str, Any], classes: list[str]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        self.classes = list(classes)
+        self.frontend = instantiate(self.cfg.features, _convert_="all")
+        self.scaler = build_scaler(self.cfg, self.frontend.signature())
+        self.student = instantiate(
+            self.cfg.model, n_classes=len(self.classes), n_features=self.frontend.n_features, _convert_="all"
+        )
+        self.teacher = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+        self.encoder = LabelEncoder(
+            self.classes,
+            sample_rate=self.cfg.data.sample_rate,
+            hop_length=self.cfg.features.hop_length,
+            clip_duration=self.cfg.data.clip_duration,
+            time_pooling=self.student.time_pooling,
+        )
+        self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
+        self._ema_step = 0
+        self._steps_per_epoch = 1
+        self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        self._plot_batch: Optional[dict[str, Any]] = None
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ features and forward
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """Log features, normalised; always in float32 (mixed precision starts after this)."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.scaler(self.frontend(audio.float()))
+
+    def forward(self, audio: torch.Tensor) -> CRNNOutput:
+        """Teacher predictions for raw audio ``[B, N]`` (the teacher is the better model after training)."""
+        return self.teacher(self.features(audio))
+
+    # ------------------------------------------------------------------ scaler fitting
+    def on_fit_start(self) -> None:
+        if self.scaler.statistic != "dataset":
+            if self.scaler_path:
+                raise ValueError(
+                    "scaler.path is set but scaler.statistic is 'instance': a per-clip scaler has nothing to load"
+                )
+            return
+        if self.scaler_path:
+            loaded = TorchScaler.load(self.scaler_path, expected_signature=self.frontend.signature())
+            self.scaler.load_state_dict(loaded.state_dict())
+            log.info("Reusing the scaler fitted in %s", self.scaler_path)
+        elif not self.scaler.is_fitted:
+            loader = self.trainer.datamodule.scaler_fit_dataloader()
+            with torch.no_grad():
+                self.scaler.fit(self.frontend(b["audio"].to(self.device)) for b in loader)
+            log.info("Fitted the dataset scaler on %d training clips", len(loader.dataset))
+        else:
+            return  # restored from the checkpoint being resumed
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / "scaler.pt"
+            self.scaler.save(path)
+            log.info("Scaler saved to %s (reuse it with scaler.path=%s)", path, path)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        t = self.cfg.training
+        optimizer = torch.optim.Adam(
+            self.student.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        self._steps_per_epoch = max(total // epochs, 1)
+        warmup = t.warmup_epochs * self._steps_per_epoch
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def consistency_weight(self) -> float:
+        t = self.cfg.training
+        return t.consistency_max * exp_rampup(self.global_step, t.warmup_epochs * self._steps_per_epoch)
+
+    def _augment(self, feats: torch.Tensor, batch: dict[str, torch.Tensor]):
+        strong, weak = batch["strong"], batch["weak"]
+        mix = self.cfg.training.mixup
+        if mix.enabled:
+            feats, strong, weak = feats.clone(), strong.clone(), weak.clone()
+            for rows in (batch["has_strong"], batch["has_weak"]):  # mix within each labelled subset
+                idx = rows.nonzero().squeeze(1)
+                if idx.numel() > 1 and float(torch.rand(())) < mix.prob:
+                    feats[idx], (strong[idx], weak[idx]) = mixup(
+                        feats[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode
+                    )
+        mask = self.cfg.training.masking
+        if mask.enabled:
+            feats = mask_time_frequency(feats, mask.time_mask_param, mask.freq_mask_param, mask.n_masks)
+        return feats, strong, weak
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        feats, strong, weak = self._augment(self.features(batch["audio"]), batch)
+        student = self.student(feats)
+        with torch.no_grad():
+            teacher = self.teacher(feats)
+        t = self.cfg.training
+        losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
+        losses.update(consistency_losses(student, teacher))
+        weight = self.consistency_weight()
+        total = (
+            t.strong_weight * losses["strong"]
+            + t.weak_weight * losses["weak"]
+            + weight * (losses["consistency_strong"] + losses["consistency_weak"])
+        )
+        batch_size = batch["audio"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log("train/consistency_weight", weight, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return total
+
+    def on_train_start(self) -> None:
+        self._ema_step = self.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One teacher update per optimiser step (not per micro-batch under gradient accumulation).
+        if self.global_step > self._ema_step:
+            self._ema_step = self.global_step
+            factor = ema_factor(self.global_step - 1, self.cfg.training.ema_factor)
+            update_teacher(self.teacher, self.student, factor)
+            self.log("train/ema_factor", factor, batch_size=1)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        feats = self.features(batch["audio"])
+        store = self._outputs.setdefault(stage, {})
+        for name in MODELS:
+            out: CRNNOutput = getattr(self, name)(feats)
+            strong = out.strong.float().cpu().numpy()
+            weak = out.weak.float().cpu().numpy()
+            probs = store.setdefault(name, {})
+            weak_probs = store.setdefault(f"{name}_weak", {})
+            for i, filename in enumerate(batch["filename"]):
+                probs[filename] = strong[i]
+                weak_probs[filename] = weak[i]
+            if name == "student" and batch["has_strong"].any():
+                rows = batch["has_strong"]
+                loss = supervised_losses(out, batch["strong"], batch["weak"], rows, rows)["strong"]
+                self.log(f"{stage}/loss_strong", loss, batch_size=int(rows.sum()), sync_dist=True)
+        targets = store.setdefault("weak_targets", {})
+        for i, filename in enumerate(batch["filename"]):
+            targets[filename] = batch["weak"][i].cpu().numpy()
+        if stage == "val" and self._plot_batch is None:
+            n = self.cfg.evaluation.n_plot_clips
+            self._plot_batch = {
+                "features": feats[:n].float().cpu().numpy(),
+                "reference": batch["strong"][:n].cpu().numpy(),
+                "filename": list(batch["filename"][:n]),
+            }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _gathered(self, stage: str) -> dict[str, dict[str, np.ndarray]]:
+        """Outputs of every process merged by filename (padded shards repeat clips; the dict drops repeats)."""
+        local = self._outputs.pop(stage, {})
+        if self.trainer.world_size == 1:
+            return local
+        parts: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(parts, local)
+        merged: dict[str, dict[str, np.ndarray]] = {}
+        for part in parts:
+            for key, values in part.items():
+                merged.setdefault(key, {}).update(values)
+        return merged
+
+    def _score_all(self, stage: str, bootstrap: int = 0) -> dict[str, ModelScores]:
+        outputs = self._gathered(stage)
+        dm = self.trainer.datamodule
+        results = {}
+        for name in MODELS:  # one scoring function, called once per model
+            results[name] = score_model(
+                outputs[name],
+                outputs[f"{name}_weak"],
+                outputs["weak_targets"],
+                self.encoder,
+                dm.ground_truth[stage],
+                dm.durations[stage],
+                self.cfg.evaluation,
+                bootstrap=bootstrap,
+                per_class=stage == "test",
+            )
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._outputs.pop("val", None)
+            self._plot_batch = None
+            return
+        results = self._score_all("val")
+        for name, result in results.items():
+            for key, value in result.metrics.items():
+                self.log(f"val/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
+        ev = self.cfg.evaluation
+        self.log("val/obj_metric", objective(results[ev.obj_model].metrics, ev.obj_metric), prog_bar=True)
+        self._log_figures(results)
+        self._plot_batch = None
+
+    @rank_zero_only
+    def _log_figures(self, results: dict[str, ModelScores]) -> None:
+        every = self.cfg.evaluation.plot_every_n_epochs
+        experiment = getattr(self.logger, "experiment", None)
+        if not every or self._plot_batch is None or experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        if self.current_epoch % every != 0 and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
+            return
+        import matplotlib.pyplot as plt
+
+        from sed.plotting import activity_figure
+
+        probs = results["teacher"].probabilities
+        batch = self._plot_batch
+        for i, filename in enumerate(batch["filename"]):
+            fig = activity_figure(
+                batch["features"][i],
+                batch["reference"][i],
+                probs[filename],
+                self.classes,
+                self.cfg.data.clip_duration,
+                title=f"{filename} (teacher, epoch {self.current_epoch})",
+            )
+            experiment.add_figure(f"val_clips/{i}", fig, global_step=self.global_step)
+            plt.close(fig)
+
+    def on_test_epoch_end(self) -> None:
+        results = self._score_all("test", bootstrap=self.cfg.evaluation.psds_bootstrap)
+        out_dir = Path(self.trainer.default_root_dir) / "test"
+        for name, result in results.items():
+            for key, value in result.metrics.items():
+                self.log(f"test/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
+            self.test_results[name] = dict(result.metrics)
+        if self.trainer.is_global_zero:
+            from sed.outputs import write_test_outputs
+
+            for name, result in results.items():
+                write_test_outputs(
+                    out_dir,
+                    name,
+                    result.scores_raw,
+                    result.scores_postprocessed,
+                    result.detections,
+                    result.metrics,
+                    result.psd_rocs,
+                )
+            log.info("Test outputs written to %s", out_dir)
+            self._log_hparams()
+
+    @rank_zero_only
+    def _log_hparams(self) -> None:
+        if self.logger is None or not hasattr(self.logger, "log_hyperparams"):
+            return
+        metrics = {
+            f"hp/{name}/{key}": value
+            for name, values in self.test_results.items()
+            for key, value in values.items()
+            if key in ("psds1", "psds2", "weak_f1") or key.startswith(("event_f1_macro", "intersection_f1_macro"))
+        }
+        params = _flatten(OmegaConf.to_container(self.cfg, resolve=True))
+        self.logger.log_hyperparams(params, metrics)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Random states too, so a resumed run draws the same mixup coefficients and dropout masks as an
+        # uninterrupted one (Lightning does not save them).
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate(states["python"])
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config → ``{"a/b": value}``; non-scalars as strings (TensorBoard's hparams take scalars)."""
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        return flat
+    return {prefix[:-1]: tree if isinstance(tree, (int, float, str, bool)) else str(tree)}

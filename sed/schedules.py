@@ -1,0 +1,26 @@
+"""Ramp-ups shared by the learning rate and the consistency weight."""
+
+from __future__ import annotations
+
+import math
+
+
+def exp_rampup(step: int, rampup_steps: int) -> float:
+    """Sigmoid-shaped ramp ``exp(-5 (1 - t/T)^2)`` from about 0.007 at step 0 to 1 at ``rampup_steps``."""
+    if rampup_steps <= 0 or step >= rampup_steps:
+        return 1.0
+    phase = 1.0 - step / rampup_steps
+    return math.exp(-5.0 * phase * phase)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate multiplier: exponential warm-up, then constant or cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return exp_rampup(step, warmup_steps)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        progress = min((step - warmup_steps) / span, 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"training.schedule must be 'constant' or 'cosine', got {schedule!r}")

@@ -1,0 +1,100 @@
+"""From one model's frame probabilities on an evaluation set to every metric: the single function that the
+training module calls once for the student and once for the teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.classification import multilabel_f1_score
+
+from sed.data.encoder import LabelEncoder
+from sed.metrics import PSDROC, evaluate_full
+from sed.postprocess import batch_to_scores, median_filter
+
+
+@dataclass
+class ModelScores:
+    """Metrics of one model plus what the test outputs are written from."""
+
+    metrics: dict[str, float]
+    probabilities: dict[str, np.ndarray]  # filename -> [C, T] post-processed
+    scores_raw: dict[str, pd.DataFrame]
+    scores_postprocessed: dict[str, pd.DataFrame]
+    detections: dict[float, pd.DataFrame]
+    psd_rocs: dict[str, PSDROC]
+
+
+def score_model(
+    strong_probs: Mapping[str, np.ndarray],
+    weak_probs: Mapping[str, np.ndarray],
+    weak_targets: Mapping[str, np.ndarray],
+    encoder: LabelEncoder,
+    ground_truth: pd.DataFrame,
+    durations: Mapping[str, float],
+    evaluation: Any,
+    bootstrap: int = 0,
+    per_class: bool = False,
+) -> ModelScores:
+    """Median-filter, tabulate and score one model's outputs (keyed by filename).
+
+    ``evaluation`` carries ``median_window`` and ``thresholds`` (the ``evaluation`` config group).
+    Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
+    :func:`sed.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
+    """
+    filenames = sorted(strong_probs)
+    raw = np.stack([strong_probs[f] for f in filenames])
+    windows = list(evaluation.median_window)
+    post = median_filter(raw, windows[0] if len(windows) == 1 else windows)
+    timestamps = encoder.frame_timestamps()
+    classes = list(encoder.classes)
+    scores_raw = batch_to_scores(raw, filenames, timestamps, classes, durations)
+    scores_post = batch_to_scores(post, filenames, timestamps, classes, durations)
+    result = evaluate_full(
+        scores_raw,
+        scores_post,
+        ground_truth[ground_truth["filename"].isin(filenames)],
+        durations,
+        classes,
+        list(evaluation.thresholds),
+        {"bootstrap": bootstrap, "per_class": per_class},
+    )
+    preds = torch.from_numpy(np.stack([weak_probs[f] for f in filenames]))
+    targets = torch.from_numpy(np.stack([weak_targets[f] for f in filenames]) > 0.5).long()
+    metrics = {"weak_f1": float(multilabel_f1_score(preds, targets, num_labels=len(classes), average="macro"))}
+    metrics.update(result.metrics)
+    return ModelScores(
+        metrics=metrics,
+        probabilities=dict(zip(filenames, post)),
+        scores_raw=scores_raw,
+        scores_postprocessed=scores_post,
+        detections=result.detections,
+        psd_rocs=result.rocs,
+    )
+
+
+OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1")
+
+
+def objective(metrics: Mapping[str, float], spec: str) -> float:
+    """Checkpoint-selection value: the sum of the ``+``-joined terms of ``spec`` (``evaluation.obj_metric``).
+
+    ``intersection_f1`` and ``event_f1`` are the macro F1 at the first decision threshold.
+    """
+    total = 0.0
+    for term in spec.split("+"):
+        term = term.strip()
+        if term not in OBJECTIVE_TERMS:
+            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}")
+        if term in ("intersection_f1", "event_f1"):
+            key = next((k for k in metrics if k.startswith(f"{term}_macro@")), None)
+            if key is None:
+                raise ValueError(f"evaluation.obj_metric uses {term} but no threshold produced it")
+            value = metrics[key]
+        else:
+            value = metrics[term]
+        total += 0.0 if np.isnan(value) else float(value)
+    return total
