@@ -1,0 +1,320 @@
+"""Clip datasets for strong, weak and unlabeled audio, streamed from disk.
+
+A dataset's kind follows from the labels given: a strong DataFrame makes strong rows, a weak
+DataFrame weak rows, neither unlabeled rows. Every item has the same keys and shapes, so the
+three kinds can share one batch; ``has_strong`` / ``has_weak`` tell the loss which targets
+are real (strong loss on strong rows only, weak loss on weak rows only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from sed.data.audio import CHANNEL_MODES, AudioError, fit_length, read_raw, resample
+from sed.data.encoder import LabelEncoder
+from sed.data.tsv import AnnotationError
+from sed.utils.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+
+class SEDDataset(Dataset):
+    """Fixed-length clips with their targets.
+
+    Args:
+        audio_dir: folder holding the audio files named in ``filenames``.
+        filenames: clips of this dataset; ``None`` takes the filenames of ``strong``/``weak``
+            in order of first appearance. A clip absent from ``strong`` has no events.
+        encoder: label encoder (its sample rate and clip duration must match).
+        strong / weak: labels from :func:`sed.data.tsv.read_strong` / ``read_weak``
+            (at most one of them).
+        random_crop: training crops a random window of longer files (labels move with it);
+            evaluation crops from 0. Shorter files are zero-padded at the end.
+        channel: ``"mean"`` or ``"random"`` channel for multi-channel files.
+        seed: seed of the crop/channel randomness in the main process; in DataLoader workers
+            the worker seed (derived from the global seed) is combined with it.
+        cache_dir: when set, each file is decoded and resampled once and stored as ``.npy``
+            (read back memory-mapped, so only the crop is touched).
+        check_readable: also open every file's header at construction (slower, but a broken
+            file fails now instead of mid-epoch).
+
+    Errors: a missing audio file raises :class:`AnnotationError` naming the annotation file
+    and line when known (else the audio path); an empty dataset raises naming its source.
+    """
+
+    def __init__(
+        self,
+        audio_dir: str | os.PathLike,
+        filenames: Sequence[str] | None,
+        encoder: LabelEncoder,
+        sample_rate: int,
+        clip_duration: float,
+        strong: pd.DataFrame | None = None,
+        weak: pd.DataFrame | None = None,
+        random_crop: bool = False,
+        channel: str = "mean",
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        check_readable: bool = False,
+    ) -> None:
+        if strong is not None and weak is not None:
+            raise ValueError("SEDDataset takes strong or weak labels, not both")
+        if channel not in CHANNEL_MODES:
+            raise ValueError(f"channel must be one of {CHANNEL_MODES}, got {channel!r}")
+        if int(sample_rate) != encoder.sample_rate or abs(float(clip_duration) - encoder.clip_duration) > 1e-9:
+            raise ValueError(
+                f"dataset ({sample_rate} Hz, {clip_duration} s) and label encoder "
+                f"({encoder.sample_rate} Hz, {encoder.clip_duration} s) disagree; labels would be misaligned"
+            )
+        self.audio_dir = Path(audio_dir)
+        self.encoder = encoder
+        self.sample_rate = int(sample_rate)
+        self.clip_duration = float(clip_duration)
+        self.n_samples = encoder.n_samples
+        self.random_crop = bool(random_crop)
+        self.channel = channel
+        self.seed = int(seed)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        labels = strong if strong is not None else weak
+        self.kind = "strong" if strong is not None else "weak" if weak is not None else "unlabeled"
+
+        # Where the clip list came from, for error messages.
+        attrs = labels.attrs if labels is not None else {}
+        self.source: str | None = getattr(filenames, "source", None) or attrs.get("source")
+        self._lines: dict[str, int] = dict(attrs.get("lines", {}) or getattr(filenames, "lines", {}) or {})
+
+        if filenames is None:
+            if labels is None:
+                raise ValueError("SEDDataset needs filenames for unlabeled data")
+            filenames = list(dict.fromkeys(labels["filename"]))
+        self.filenames: list[str] = [str(f) for f in filenames]
+        if not self.filenames:
+            raise AnnotationError(
+                self.source or self.audio_dir, None, f"empty dataset: no {self.kind} clips listed"
+            )
+        if len(set(self.filenames)) != len(self.filenames):
+            seen: set[str] = set()
+            dup = next(f for f in self.filenames if f in seen or seen.add(f))
+            raise AnnotationError(self.source or self.audio_dir, self._lines.get(dup), f"duplicate clip {dup!r}")
+        self._check_files(check_readable)
+
+        self._events: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._weak: dict[str, np.ndarray] = {}
+        if strong is not None:
+            self._index_strong(strong)
+        if weak is not None:
+            self._index_weak(weak)
+        self._gen: torch.Generator | None = None
+        self._gen_key: Any = object()
+
+    # --- construction helpers ---------------------------------------------------------
+    def _where(self, name: str) -> tuple[str | os.PathLike, int | None]:
+        if self.source is not None:
+            return self.source, self._lines.get(name)
+        return self.audio_dir / name, None
+
+    def _check_files(self, check_readable: bool) -> None:
+        if not self.audio_dir.is_dir():
+            raise AnnotationError(
+                self.source or self.audio_dir, None, f"audio folder {self.audio_dir} does not exist"
+            )
+        present = {e.name for e in os.scandir(self.audio_dir) if e.is_file()}
+        missing = [
+            f for f in self.filenames
+            if f not in present and not (os.sep in f and (self.audio_dir / f).is_file())
+        ]
+        if missing:
+            where, line = self._where(missing[0])
+            more = f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""
+            raise AnnotationError(
+                where, line, f"audio file {self.audio_dir / missing[0]} listed but not found{more}"
+            )
+        if check_readable:
+            for f in self.filenames:
+                try:
+                    sf.info(os.fspath(self.audio_dir / f))
+                except Exception as err:  # noqa: BLE001 - any decoder failure is the user's file
+                    where, line = self._where(f)
+                    raise AnnotationError(where, line, f"audio file {self.audio_dir / f} unreadable: {err}") from None
+
+    def _index_strong(self, strong: pd.DataFrame) -> None:
+        wanted = set(self.filenames)
+        df = strong[strong["filename"].isin(wanted)]
+        df = df[~(df["onset"].isna() | df["offset"].isna())]
+        known = set(self.encoder.classes)
+        bad = df[~df["event_label"].isin(known)]
+        if len(bad):
+            name, label = bad["filename"].iloc[0], bad["event_label"].iloc[0]
+            where, line = self._where(name)
+            raise AnnotationError(where, line, f"unknown label {label!r} for {name}; known: {self.encoder.classes}")
+        idx = df["event_label"].map(self.encoder._index).to_numpy(dtype=np.int64)
+        on = df["onset"].to_numpy(dtype=np.float64)
+        off = df["offset"].to_numpy(dtype=np.float64)
+        for name, rows in pd.Series(np.arange(len(df))).groupby(df["filename"].to_numpy()):
+            r = rows.to_numpy()
+            self._events[name] = (on[r], off[r], idx[r])
+
+    def _index_weak(self, weak: pd.DataFrame) -> None:
+        for name, labels in zip(weak["filename"], weak["event_labels"]):
+            if isinstance(labels, str):
+                labels = [p.strip() for p in labels.split(",") if p.strip()]
+            try:
+                self._weak[name] = self.encoder.encode_weak(labels)
+            except ValueError as err:
+                where, line = self._where(name)
+                raise AnnotationError(where, line, str(err)) from None
+
+    # --- randomness -------------------------------------------------------------------
+    def _rng(self) -> torch.Generator:
+        """Generator for crops/channels: seeded from ``seed`` and, in a worker, the worker seed."""
+        info = get_worker_info()
+        key = None if info is None else (info.id, info.seed)
+        if self._gen is None or key != self._gen_key:
+            seed = self.seed if info is None else (info.seed * 1_000_003 + self.seed) % (2**63)
+            self._gen = torch.Generator().manual_seed(seed)
+            self._gen_key = key
+        return self._gen
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_gen"] = None
+        state["_gen_key"] = object()
+        return state
+
+    # --- audio ------------------------------------------------------------------------
+    def _cache_path(self, path: Path, mode: str) -> Path:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}|{mode}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{self.sample_rate}Hz" / f"{path.name}.{mode}.{digest}.npy"
+
+    def _decode(self, path: Path, mono: bool) -> np.ndarray:
+        data, rate = read_raw(path)
+        if mono and data.shape[0] > 1:
+            data = data.mean(axis=0, keepdims=True)
+        return resample(torch.from_numpy(data), rate, self.sample_rate).numpy().astype(np.float32, copy=False)
+
+    def _cached(self, path: Path) -> np.ndarray:
+        """``[channels, samples]`` at the target rate, from the cache (decoded once)."""
+        mono = self.channel == "mean"
+        try:
+            cpath = self._cache_path(path, "mono" if mono else "all")
+        except FileNotFoundError:
+            raise AudioError(f"{path}: audio file not found") from None
+        if cpath.is_file():
+            try:
+                return np.load(cpath, mmap_mode="r")
+            except (ValueError, OSError):
+                logger.warning("%s: unreadable cache entry, decoding %s again", cpath, path)
+        data = self._decode(path, mono)
+        cpath.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(cpath, "wb") as f:
+            np.save(f, data)
+        return data
+
+    def _crop_start(self, n: int, gen: torch.Generator) -> int:
+        if n <= self.n_samples or not self.random_crop:
+            return 0
+        return int(torch.randint(n - self.n_samples + 1, (1,), generator=gen))
+
+    def _pick_channel(self, n_channels: int, gen: torch.Generator) -> int | None:
+        if n_channels == 1 or self.channel == "mean":
+            return None
+        return int(torch.randint(n_channels, (1,), generator=gen))
+
+    def _load(self, path: Path, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Return the clip (``n_samples`` long) and its crop start in samples."""
+        if self.cache_dir is not None:
+            data = self._cached(path)
+            ch = self._pick_channel(data.shape[0], gen)
+            start = self._crop_start(data.shape[1], gen)
+            seg = data[:, start : start + self.n_samples]
+            seg = seg.mean(axis=0) if ch is None else seg[ch]
+            wav = torch.from_numpy(np.array(seg, dtype=np.float32))
+            return fit_length(wav, self.n_samples, random_crop=False)[0], start
+        # Files already at the target rate: read only the crop (streams long files).
+        try:
+            info = sf.info(os.fspath(path))
+        except Exception as err:  # noqa: BLE001
+            if not path.exists():
+                raise AudioError(f"{path}: audio file not found") from None
+            raise AudioError(f"{path}: cannot read audio file: {err}") from None
+        if info.samplerate == self.sample_rate and info.frames > 0:
+            ch = self._pick_channel(info.channels, gen)
+            start = self._crop_start(info.frames, gen)
+            try:
+                data, _ = sf.read(
+                    os.fspath(path), start=start, frames=self.n_samples, dtype="float32", always_2d=True
+                )
+            except Exception as err:  # noqa: BLE001
+                raise AudioError(f"{path}: cannot read audio file: {err}") from None
+            wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if ch is None else data[:, ch]))
+            return fit_length(wav, self.n_samples, random_crop=False)[0], start
+        data, rate = read_raw(path)
+        ch = self._pick_channel(data.shape[0], gen)
+        mono = data.mean(axis=0) if ch is None else data[ch]
+        wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate)
+        return fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen)
+
+    # --- Dataset API ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.filenames[index]
+        gen = self._rng()
+        audio, start = self._load(self.audio_dir / name, gen)
+        n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
+        if self.kind == "strong":
+            ev = self._events.get(name)
+            if ev is None:
+                strong = np.zeros((n_classes, n_frames), dtype=np.float32)
+            else:
+                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate)
+            weak = strong.max(axis=1)
+        elif self.kind == "weak":
+            strong = np.zeros((n_classes, n_frames), dtype=np.float32)
+            weak = self._weak.get(name)
+            if weak is None:
+                weak = np.zeros(n_classes, dtype=np.float32)
+        else:
+            strong = np.zeros((n_classes, n_frames), dtype=np.float32)
+            weak = np.zeros(n_classes, dtype=np.float32)
+        return {
+            "audio": audio,
+            "strong": torch.from_numpy(strong),
+            "weak": torch.from_numpy(np.array(weak, dtype=np.float32)),
+            "has_strong": torch.tensor(self.kind == "strong"),
+            "has_weak": torch.tensor(self.kind == "weak"),
+            "filename": name,
+            "index": int(index),
+        }
+
+    def __repr__(self) -> str:
+        return f"SEDDataset({self.kind}, {len(self)} clips from {self.source or self.audio_dir})"
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the tensors of a list of items; ``filename`` stays a list, ``index`` a LongTensor."""
+    if not batch:
+        raise ValueError("collate got an empty batch")
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if key == "filename":
+            out[key] = values
+        elif key == "index":
+            out[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            out[key] = torch.stack(values)
+    return out

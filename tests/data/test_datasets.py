@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+import sed.data.datasets as ds_mod
+from sed.data.audio import AudioError
+from sed.data.datasets import SEDDataset, collate
+from sed.data.encoder import LabelEncoder
+from sed.data.sampler import MixedBatchSampler
+from sed.data.tsv import AnnotationError, read_filenames, read_strong, read_weak
+
+SR = 16000
+CLIP = 1.0
+CLASSES = ["a", "b"]
+HEADER = "filename\tonset\toffset\tevent_label\n"
+
+
+@pytest.fixture()
+def enc() -> LabelEncoder:
+    return LabelEncoder(CLASSES, sample_rate=SR, hop_length=256, clip_duration=CLIP, time_pooling=4)  # 15 frames
+
+
+def wav(path, data: np.ndarray, sr: int = SR) -> None:
+    sf.write(path, data.astype(np.float32), sr, subtype="FLOAT")
+
+
+def burst_file(path, seconds: float, start: float, stop: float, sr: int = SR) -> None:
+    """Silence with a constant 0.5 burst in [start, stop) seconds."""
+    x = np.zeros(int(seconds * sr), dtype=np.float32)
+    x[int(round(start * sr)) : int(round(stop * sr))] = 0.5
+    wav(path, x, sr)
+
+
+def make(tmp_path, enc, kind: str = "strong", **kw) -> SEDDataset:
+    audio = tmp_path / "audio"
+    audio.mkdir(exist_ok=True)
+    burst_file(audio / "x.wav", 1.0, 0.2, 0.4)
+    burst_file(audio / "y.wav", 0.5, 0.0, 0.1)
+    wav(audio / "z.wav", np.zeros(SR))
+    if kind == "strong":
+        tsv = tmp_path / "strong.tsv"
+        tsv.write_text(HEADER + "x.wav\t0.2\t0.4\ta\ny.wav\t0\t0.1\tb\nz.wav\t\t\t\n")
+        return SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), **kw)
+    if kind == "weak":
+        tsv = tmp_path / "weak.tsv"
+        tsv.write_text("filename\tevent_labels\nx.wav\ta,b\ny.wav\t\n")
+        return SEDDataset(audio, None, enc, SR, CLIP, weak=read_weak(tsv, CLASSES), **kw)
+    return SEDDataset(audio, read_filenames(audio), enc, SR, CLIP, **kw)
+
+
+def test_strong_items(tmp_path, enc):
+    d = make(tmp_path, enc)
+    assert len(d) == 3 and d.kind == "strong"
+    item = d[0]
+    assert set(item) == {"audio", "strong", "weak", "has_strong", "has_weak", "filename", "index"}
+    assert item["audio"].shape == (SR,) and item["audio"].dtype == torch.float32
+    assert item["strong"].shape == (2, 15) and item["strong"].dtype == torch.float32
+    assert item["filename"] == "x.wav" and item["index"] == 0
+    assert bool(item["has_strong"]) and not bool(item["has_weak"])
+    assert item["has_strong"].dtype == torch.bool and item["has_strong"].ndim == 0
+    assert np.flatnonzero(item["strong"][0]).tolist() == enc.encode_strong([(0.2, 0.4, "a")])[0].nonzero()[0].tolist()
+    assert not item["strong"][1].any()
+    assert item["weak"].tolist() == [1.0, 0.0]
+    # Short file: padded with zeros at the end; label kept.
+    y = d[1]
+    assert y["audio"][: SR // 10].eq(0.5).all() and not y["audio"][SR // 2 :].any()
+    assert y["strong"][1, 0] == 1 and y["weak"].tolist() == [0.0, 1.0]
+    # No-event row: the clip is there, with all-zero targets.
+    z = d[2]
+    assert z["filename"] == "z.wav" and not z["strong"].any() and not z["weak"].any() and bool(z["has_strong"])
+
+
+def test_weak_and_unlabeled_items(tmp_path, enc):
+    w = make(tmp_path, enc, "weak")
+    assert w.kind == "weak" and len(w) == 2
+    assert w[0]["weak"].tolist() == [1.0, 1.0] and not w[0]["strong"].any()
+    assert bool(w[0]["has_weak"]) and not bool(w[0]["has_strong"])
+    assert w[1]["weak"].tolist() == [0.0, 0.0]
+    u = make(tmp_path, enc, "unlabeled")
+    assert u.kind == "unlabeled" and u.filenames == ["x.wav", "y.wav", "z.wav"]
+    item = u[0]
+    assert not item["has_weak"] and not item["has_strong"] and not item["weak"].any() and not item["strong"].any()
+
+
+def test_missing_audio_names_annotation_line(tmp_path, enc):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    wav(audio / "x.wav", np.zeros(SR))
+    tsv = tmp_path / "strong.tsv"
+    tsv.write_text(HEADER + "x.wav\t0\t1\ta\n\ngone.wav\t0\t1\tb\nalso_gone.wav\t\t\t\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES))
+    msg = str(excinfo.value)
+    assert msg.startswith(f"{tsv}:4:") and "gone.wav" in msg and "not found" in msg and "1 more" in msg
+
+    unl = tmp_path / "unlabeled.tsv"
+    unl.write_text("filename\nx.wav\nmissing.wav\n")
+    with pytest.raises(AnnotationError, match=rf"^{unl}:3: .*missing\.wav"):
+        SEDDataset(audio, read_filenames(unl), enc, SR, CLIP)
+    with pytest.raises(AnnotationError, match="missing.wav"):
+        SEDDataset(audio, ["x.wav", "missing.wav"], enc, SR, CLIP)  # plain list: names the audio path
+    with pytest.raises(AnnotationError, match="does not exist"):
+        SEDDataset(tmp_path / "nowhere", ["x.wav"], enc, SR, CLIP)
+
+
+def test_empty_dataset_names_source(tmp_path, enc):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    with pytest.raises(AnnotationError, match="empty dataset") as excinfo:
+        SEDDataset(audio, [], enc, SR, CLIP)
+    assert str(audio) in str(excinfo.value)
+    with pytest.raises(AnnotationError, match="empty dataset"):
+        read_filenames(audio)
+
+
+def test_unreadable_audio(tmp_path, enc):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "bad.wav").write_bytes(b"not a wav file at all")
+    tsv = tmp_path / "u.tsv"
+    tsv.write_text("filename\nbad.wav\n")
+    with pytest.raises(AnnotationError, match=rf"^{tsv}:2: .*bad\.wav unreadable"):
+        SEDDataset(audio, read_filenames(tsv), enc, SR, CLIP, check_readable=True)
+    d = SEDDataset(audio, read_filenames(tsv), enc, SR, CLIP)
+    with pytest.raises(AudioError, match="bad.wav"):
+        d[0]
+
+
+def test_unknown_label_and_mismatched_encoder(tmp_path, enc):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    wav(audio / "x.wav", np.zeros(SR))
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text(HEADER + "x.wav\t0\t1\tzebra\n")
+    with pytest.raises(AnnotationError, match=rf"^{tsv}:2: unknown label 'zebra'"):
+        SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv))  # read without classes
+    with pytest.raises(ValueError, match="disagree"):
+        SEDDataset(audio, ["x.wav"], enc, 22050, CLIP)
+
+
+def _active_frames(audio: torch.Tensor, hop: int, n_frames: int) -> np.ndarray:
+    x = audio.numpy()[: hop * n_frames].reshape(n_frames, hop)
+    return np.abs(x).max(axis=1) > 1e-4
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_random_crop_moves_labels_with_audio(tmp_path, enc, use_cache):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    burst_file(audio / "long.wav", 3.0, 1.3, 1.7)
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text(HEADER + "long.wav\t1.3\t1.7\ta\n")
+    d = SEDDataset(
+        audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), random_crop=True, seed=3,
+        cache_dir=tmp_path / "cache" if use_cache else None,
+    )
+    patterns = set()
+    n_with_event = 0
+    for _ in range(40):
+        item = d[0]
+        label = item["strong"][0].numpy() > 0
+        sound = _active_frames(item["audio"], enc.frame_hop_samples, enc.n_frames)
+        np.testing.assert_array_equal(label, sound)  # every labelled frame has the burst and vice versa
+        assert item["weak"][0] == float(label.any())
+        patterns.add(tuple(np.flatnonzero(label)))
+        n_with_event += label.any()
+    assert len(patterns) > 5 and 0 < n_with_event < 40  # crops really vary, some miss the event
+
+
+def test_eval_crop_starts_at_zero_and_seed_determinism(tmp_path, enc):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 2 * SR).astype(np.float32)
+    wav(audio / "r.wav", x)
+    d = SEDDataset(audio, ["r.wav"], enc, SR, CLIP)
+    np.testing.assert_array_equal(d[0]["audio"].numpy(), x[:SR])
+
+    def crops(seed):
+        dd = SEDDataset(audio, ["r.wav"], enc, SR, CLIP, random_crop=True, seed=seed)
+        return [dd[0]["audio"][:4].tolist() for _ in range(5)]
+
+    assert crops(1) == crops(1)
+    assert crops(1) != crops(2)
+
+
+def test_cache_decodes_once_and_matches_direct_resampling(tmp_path, enc, monkeypatch):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    t = np.arange(int(1.2 * 44100)) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 500 * t), 0.2 * np.sin(2 * np.pi * 900 * t)], axis=1) * 0.5
+    wav(audio / "s.wav", stereo, 44100)
+    cache = tmp_path / "cache"
+    direct = SEDDataset(audio, ["s.wav"], enc, SR, CLIP)[0]["audio"]
+    cached_ds = SEDDataset(audio, ["s.wav"], enc, SR, CLIP, cache_dir=cache)
+    first = cached_ds[0]["audio"]
+    files = list(cache.rglob("*.npy"))
+    assert len(files) == 1
+    assert np.load(files[0]).shape[0] == 1  # mono mix cached for channel="mean"
+    np.testing.assert_allclose(first.numpy(), direct.numpy(), atol=1e-5)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(ds_mod, "read_raw", boom)
+    again = SEDDataset(audio, ["s.wav"], enc, SR, CLIP, cache_dir=cache)[0]["audio"]
+    np.testing.assert_array_equal(again.numpy(), first.numpy())
+    assert list(cache.rglob("*.npy")) == files
+    # channel="random" caches every channel and picks one per item.
+    monkeypatch.undo()
+    rnd = SEDDataset(audio, ["s.wav"], enc, SR, CLIP, cache_dir=cache, channel="random", seed=0)
+    outs = {round(float(rnd[0]["audio"].abs().max()), 2) for _ in range(12)}
+    assert outs == {0.5, 0.1}
+    assert len(list(cache.rglob("*.npy"))) == 2
+
+
+def test_mixed_batches_through_dataloader(tmp_path, enc):
+    strong = make(tmp_path, enc, "strong")
+    weak = make(tmp_path, enc, "weak")
+    unl = make(tmp_path, enc, "unlabeled", random_crop=True)
+    subsets = [strong, weak, unl]
+    sampler = MixedBatchSampler([len(s) for s in subsets], [2, 1, 3], seed=0, epoch_length="max")
+    loader = DataLoader(ConcatDataset(subsets), batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch["audio"].shape == (6, SR)
+        assert batch["strong"].shape == (6, 2, 15) and batch["weak"].shape == (6, 2)
+        assert batch["has_strong"].tolist() == [True, True, False, False, False, False]
+        assert batch["has_weak"].tolist() == [False, False, True, False, False, False]
+        assert isinstance(batch["filename"], list) and len(batch["filename"]) == 6
+        assert batch["index"].dtype == torch.long
+
+
+def test_collate_rejects_empty_batch():
+    with pytest.raises(ValueError):
+        collate([])
