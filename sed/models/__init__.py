@@ -1,0 +1,7 @@
+"""SED models."""
+
+from __future__ import annotations
+
+from sed.models.crnn import CRNN, CRNNOutput
+
+__all__ = ["CRNN", "CRNNOutput"]
