@@ -207,6 +207,7 @@ class SEDDataModule(pl.LightningDataModule):
             epoch_length=self.epoch_length,
             num_replicas=world_size,
             rank=rank,
+            names=names,
         )
         return self._loader(ConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler)
 
