@@ -74,6 +74,10 @@ def _activation(name: str, channels: int) -> nn.Module:
     raise ValueError(f"CRNN activation={name!r} is not one of {ACTIVATIONS}")
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def weighted_mean_logit(strong_logits: Tensor, log_weights: Tensor, dim: int = -1) -> Tensor:
     """Exact logit of ``sum_t a_t * sigmoid(z_t)`` with ``a = softmax(log_weights)`` along ``dim``.
 
@@ -205,11 +209,13 @@ class CRNN(nn.Module):
         x = x.squeeze(-1).transpose(1, 2)  # [B, T', ch]
         x, _ = self.rnn(x)
         x = self.rnn_out_dropout(x)  # [B, T', 2*hidden]
-        strong_logits = self.strong_head(x).transpose(1, 2)  # [B, C, T']
+        # Heads' outputs in float32 even under autocast: the sigmoid/attention pooling and the
+        # log-space weak logit lose too much in half precision.
+        strong_logits = _at_least_float32(self.strong_head(x)).transpose(1, 2)  # [B, C, T']
         strong = torch.sigmoid(strong_logits)
         if self.attention_head is not None:
             # Softmax over classes, clamped below (DESED); weak = sum_t strong*att / sum_t att.
-            log_att = F.log_softmax(self.attention_head(x), dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
+            log_att = F.log_softmax(_at_least_float32(self.attention_head(x)), dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
             log_att = log_att.transpose(1, 2)  # [B, C, T']
             att = log_att.exp()
             weak = (strong * att).sum(-1) / att.sum(-1)

@@ -121,6 +121,14 @@ def test_gradients_reach_all_parameters() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_outputs_float32_under_autocast() -> None:
+    model = _small()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 128, 16))
+    assert all(t.dtype == torch.float32 for t in out)
+    assert torch.isfinite(out.weak_logits).all()
+
+
 @pytest.mark.parametrize("activation", ["glu", "cg", "relu"])
 def test_activations(activation: str) -> None:
     out = _small(activation=activation)(torch.randn(2, 128, 16))
