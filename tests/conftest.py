@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny generated dataset and the overrides of a tiny, fast run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SIZES = {"strong": 16, "weak": 8, "unlabeled": 16, "validation": 8, "test": 8}
+TINY_CLIP = 2.0
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 2-second-clip synthetic DCASE dataset (generated once per test session)."""
+    from sed.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    generate_dataset(root, seed=3, clip_duration=TINY_CLIP, sizes=TINY_SIZES, workers=1)
+    return root
+
+
+def tiny_overrides(data_root: Path, exp_dir: Path, epochs: int = 2) -> list[str]:
+    """Command-line overrides for a run that takes seconds on a CPU."""
+    return [
+        f"data.root={data_root}",
+        "data.generate=false",
+        f"data.clip_duration={TINY_CLIP}",
+        "data.batch_sizes=[4,2,4]",
+        "data.eval_batch_size=8",
+        "data.num_workers=0",
+        "features.n_fft=512",
+        "features.win_length=512",
+        "features.n_mels=32",
+        "model.filters=[8,16,16]",
+        "model.pooling=[[2,2],[2,4],[1,4]]",
+        "model.rnn_hidden=16",
+        "model.rnn_layers=1",
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.deterministic=true",
+        "trainer.log_every_n_steps=1",
+        "training.warmup_epochs=1",
+        "evaluation.plot_every_n_epochs=1",
+        "evaluation.n_plot_clips=1",
+        f"paths.exp_dir={exp_dir}",
+        "exp_name=tiny",
+    ]
+
+
+def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` from the repository root, as a user runs it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, **kwargs,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
