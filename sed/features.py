@@ -155,7 +155,8 @@ class FrontEnd(nn.Module):
         min_len = self.n_fft // 2 + 1  # reflect padding needs more samples than n_fft // 2
         if wav.shape[-1] < min_len:
             raise ValueError(
-                f"FrontEnd: waveform has {wav.shape[-1]} samples, fewer than n_fft // 2 + 1 = {min_len} (n_fft={self.n_fft})"
+                f"FrontEnd: waveform has {wav.shape[-1]} samples, fewer than n_fft // 2 + 1 = {min_len} "
+                f"(n_fft={self.n_fft})"
             )
         with torch.autocast(device_type=wav.device.type, enabled=False):
             spec = self.spec(wav.float())

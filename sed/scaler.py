@@ -276,7 +276,9 @@ class TorchScaler(nn.Module):
                     "TorchScaler state was fitted with a different front-end: " + _format_diff(diff, "saved", "current")
                 )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
+    def _load_from_state_dict(  # type: ignore[override]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Dataset statistics have a size known only after fitting: resize our (possibly empty)
         # buffers to the incoming ones so a fresh, unfitted scaler can load a fitted state.
         for name in _STAT_BUFFERS:
@@ -284,7 +286,9 @@ class TorchScaler(nn.Module):
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 current = getattr(self, name)
                 setattr(self, name, torch.empty_like(state_dict[key], device=current.device, dtype=current.dtype))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
@@ -323,7 +327,9 @@ class TorchScaler(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != _FILE_FORMAT:
             raise ValueError(f"{path_s}: not a scaler file written by TorchScaler.save")
         if payload.get("version") != _FILE_VERSION:
-            raise ValueError(f"{path_s}: scaler file version {payload.get('version')} is not supported ({_FILE_VERSION})")
+            raise ValueError(
+                f"{path_s}: scaler file version {payload.get('version')} is not supported (expected {_FILE_VERSION})"
+            )
         saved_sig = payload.get("signature")
         if expected_signature is not None:
             if saved_sig is None:

@@ -215,7 +215,8 @@ class CRNN(nn.Module):
         strong = torch.sigmoid(strong_logits)
         if self.attention_head is not None:
             # Softmax over classes, clamped below (DESED); weak = sum_t strong*att / sum_t att.
-            log_att = F.log_softmax(_at_least_float32(self.attention_head(x)), dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
+            att_logits = _at_least_float32(self.attention_head(x))
+            log_att = F.log_softmax(att_logits, dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
             log_att = log_att.transpose(1, 2)  # [B, C, T']
             att = log_att.exp()
             weak = (strong * att).sum(-1) / att.sum(-1)
