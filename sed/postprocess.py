@@ -25,13 +25,20 @@ ArrayLike = Union[np.ndarray, "torch.Tensor"]  # noqa: F821
 STRONG_COLUMNS = ["filename", "onset", "offset", "event_label"]
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac", ".aif", ".aiff", ".au", ".mp4", ".webm")
+
+
 def audio_id(filename: str) -> str:
     """Clip id used as key of score dicts: the filename without its audio extension.
 
-    Same rule as sed_scores_eval's readers (``filename.rsplit('.', 1)[0]``), so ids built here
-    match ids it derives from ground-truth and duration TSVs.
+    For real filenames this equals what sed_scores_eval derives from ground-truth and duration
+    TSVs. Only a known audio extension is removed, so an id is its own id: DESED names such as
+    ``Y00pbt6aJV8_30.000_40.000`` keep their dots.
     """
-    return str(filename).rsplit(".", maxsplit=1)[0]
+    name = str(filename)
+    if name.lower().endswith(AUDIO_EXTENSIONS):
+        return name.rsplit(".", maxsplit=1)[0]
+    return name
 
 
 # --------------------------------------------------------------------------- median filter

@@ -292,3 +292,14 @@ def test_ground_truth_dict():
     )
     gt = metrics.ground_truth_dict(df, clips=["c.wav"])
     assert gt == {"a": [(0.0, 2.0, "dog"), (0.5, 0.7, "cat")], "b": [], "c": []}
+
+
+def test_desed_style_names_with_dots(data):
+    """``Y..._30.000_40.000.wav``: ids keep their dots, so scores, ground truth and durations still match."""
+    gt, durations, _, scores = data
+    rename = {k: f"Y{k}_30.000_40.000" for k in scores}
+    gt2 = gt.assign(filename=[rename[f[:-4]] + ".wav" for f in gt["filename"]])
+    dur2 = {rename[k[:-4]] + ".wav": v for k, v in durations.items()}
+    scores2 = {rename[k]: v for k, v in scores.items()}
+    cfg = {"psds": ["psds1"], "segment_f1": False, "per_class": False}
+    assert evaluate(None, scores2, gt2, dur2, CLASSES, [0.5], cfg) == evaluate(None, scores, gt, durations, CLASSES, [0.5], cfg)

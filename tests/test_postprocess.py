@@ -88,6 +88,13 @@ def test_batch_to_scores_keys_and_cropping_to_duration():
     assert audio_id("dir.x/clip.1.wav") == "dir.x/clip.1"
 
 
+def test_audio_id_keeps_dots_of_desed_names():
+    name = "Y00pbt6aJV8_30.000_40.000"
+    assert audio_id(name + ".wav") == name
+    assert audio_id(name) == name  # an id maps to itself
+    assert audio_id("clip.FLAC") == "clip"
+
+
 def _reference_detections(scores: dict, thresholds: dict, ext=".wav") -> pd.DataFrame:
     """Frame-by-frame walk: the obvious way to turn scores into events."""
     rows = []

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sed.data.tsv import write_durations, write_strong
+from sed.metrics import evaluate, event_f1, segment_f1
+from sed.outputs import write_scores_dir
+from sed.postprocess import batch_to_scores, detections_from_scores
+from sed.score import main
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["alarm", "dog", "speech"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Ground truth, durations, a score folder and an event TSV for 6 short clips."""
+    root = tmp_path_factory.mktemp("score")
+    rng = np.random.default_rng(0)
+    n, t = 6, 30
+    ts = np.arange(t + 1) * 0.1
+    target = np.zeros((n, len(CLASSES), t), np.float32)
+    rows = [("c0.wav", np.nan, np.nan, "")]
+    for i in range(1, n):
+        for c in range(len(CLASSES)):
+            a = int(rng.integers(0, 15))
+            b = int(rng.integers(a + 4, t))
+            target[i, c, a:b] = 1
+            rows.append((f"c{i}.wav", round(ts[a], 6), round(ts[b], 6), CLASSES[c]))
+    gt = pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
+    durations = {f"c{i}.wav": 3.0 for i in range(n)}
+    probs = (0.5 * target + 0.6 * rng.random(target.shape)).astype(np.float32)
+    scores = batch_to_scores(probs, [f"c{i}.wav" for i in range(n)], ts, CLASSES)
+    write_strong(gt, root / "gt.tsv")
+    write_durations(durations, root / "durations.tsv")
+    write_scores_dir(scores, root / "scores")
+    events = detections_from_scores(scores, 0.5)
+    write_strong(events, root / "events.tsv")
+    return {"root": root, "gt": gt, "durations": durations, "scores": scores, "events": events}
+
+
+def test_score_folder_end_to_end(files, capsys):
+    root = files["root"]
+    out = root / "scores.json"
+    rc = main([str(root / "scores"), "-g", str(root / "gt.tsv"), "-d", str(root / "durations.tsv"),
+               "-t", "0.5", "--json", str(out), "--per-class"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "psds1" in text and "event_f1_macro@0.5" in text and "speech" in text
+    saved = json.loads(out.read_text())
+    expected = evaluate(None, files["scores"], files["gt"], files["durations"], CLASSES, [0.5])
+    assert saved.keys() == expected.keys()
+    for key, value in expected.items():
+        assert (saved[key] is None) if np.isnan(value) else saved[key] == pytest.approx(value, abs=1e-9), key
+    assert 0 < saved["psds1"] < 1 and 0 < saved["event_f1_macro@0.5"] < 1
+
+
+def test_score_event_tsv_end_to_end(files, capsys):
+    root = files["root"]
+    out = root / "events.json"
+    rc = main([str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(root / "durations.tsv"), "--json", str(out)])
+    assert rc == 0
+    saved = json.loads(out.read_text())
+    ev = event_f1(files["events"], files["gt"], CLASSES)
+    seg = segment_f1(files["events"], files["gt"], CLASSES, durations=files["durations"])
+    assert saved["event_f1_macro"] == pytest.approx(ev["f1_macro"])
+    assert saved["segment_f1_micro"] == pytest.approx(seg["f1_micro"])
+    assert saved["event_f1/dog"] == pytest.approx(ev["per_class"]["dog"])
+    assert "psds1" not in saved
+    assert "event_f1_macro" in capsys.readouterr().out
+
+
+def test_perfect_events_score_one(files, tmp_path, capsys):
+    gt = files["gt"]
+    write_strong(gt[gt["event_label"] != ""], tmp_path / "perfect.tsv")
+    out = tmp_path / "p.json"
+    assert main([str(tmp_path / "perfect.tsv"), "-g", str(files["root"] / "gt.tsv"), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["event_f1_macro"] == pytest.approx(1.0) and saved["segment_f1_macro"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_folder", "nowhere"),
+        ("bad_score_file", "c2.tsv"),
+        ("missing_score_file", "no score file for 1 clip"),
+        ("bad_ground_truth", "bad_gt.tsv:3"),
+        ("no_durations", "needs --durations"),
+        ("threshold_on_events", "--threshold applies to score folders"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(files, tmp_path, capsys, case, expected):
+    root = files["root"]
+    gt, dur, pred = root / "gt.tsv", ["-d", str(root / "durations.tsv")], root / "scores"
+    extra: list[str] = []
+    if case == "missing_folder":
+        pred = tmp_path / "nowhere"
+    elif case in ("bad_score_file", "missing_score_file"):
+        pred = tmp_path / "scores"
+        write_scores_dir(files["scores"], pred)
+        if case == "bad_score_file":
+            (pred / "c2.tsv").write_text("onset\toffset\talarm\n0\t1\n")
+        else:
+            (pred / "c3.tsv").unlink()
+    elif case == "bad_ground_truth":
+        gt = tmp_path / "bad_gt.tsv"
+        gt.write_text("filename\tonset\toffset\tevent_label\nc1.wav\t0.0\t1.0\tdog\nc2.wav\t2.0\t1.0\tdog\n")
+    elif case == "no_durations":
+        dur = []
+    elif case == "threshold_on_events":
+        pred, extra = root / "events.tsv", ["-t", "0.5"]
+    rc = main([str(pred), "-g", str(gt), *dur, *extra])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err, err
+
+
+def test_module_entry_point(files):
+    root = files["root"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sed.score", str(root / "events.tsv"), "-g", str(root / "gt.tsv")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "event_f1_macro" in proc.stdout and "segment_f1_macro" in proc.stdout
