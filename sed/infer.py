@@ -1,0 +1,385 @@
+"""Sound event detection on audio files of any length with a trained checkpoint.
+
+The model was trained on fixed-length clips, so a recording is cut into overlapping windows of that
+length (the last one zero-padded). Every window's frame probabilities land on one common frame grid
+(the label encoder's frame duration); where windows overlap, the probabilities are averaged. The
+model's median filter is applied to the merged sequence, then probabilities are thresholded into events.
+
+Command line::
+
+    python -m sed.infer CHECKPOINT INPUT [INPUT ...] -o events.tsv [--scores-dir DIR]
+
+``INPUT`` is an audio file, a folder of audio files, or a TSV with a ``filename`` column (files
+resolved against ``--audio-dir``, default the TSV's folder). Any sample rate and channel count is
+accepted: channels are averaged and audio is resampled to the model's rate.
+
+Python::
+
+    detector = Detector.from_checkpoint("best.ckpt")
+    probs, timestamps = detector.predict(wav, sample_rate)     # [C, T], T + 1 frame boundaries
+    events = detector.detect_file("kitchen.wav")              # DataFrame filename, onset, offset, event_label
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sed.data.audio import AudioError, read_raw, resample
+from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
+from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
+from sed.utils.io import atomic_open
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("teacher", "student")
+PathLike = Union[str, os.PathLike]
+
+
+class Prediction(NamedTuple):
+    """Frame probabilities of one recording.
+
+    ``probabilities`` is ``[C, T]`` (class order of the checkpoint); ``timestamps`` holds the ``T + 1``
+    frame boundaries in seconds, the last one being the end of the recording.
+    """
+
+    probabilities: np.ndarray
+    timestamps: np.ndarray
+
+
+def _empty_events() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(STRONG_COLUMNS, [object, float, float, object])})
+
+
+class Detector:
+    """A trained student or teacher CRNN with its front-end, scaler, frame grid and post-processing.
+
+    Args:
+        module: a :class:`sed.module.SEDModule` (its configuration gives sample rate, clip length,
+            median filter and default threshold).
+        model: ``"teacher"`` (default) or ``"student"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` picks CUDA when available.
+        hop: seconds between window starts; ``None`` is half a window. Rounded to whole output
+            frames so every window falls on the common frame grid.
+        batch_size: windows per forward pass.
+    """
+
+    def __init__(
+        self,
+        module,
+        model: str = "teacher",
+        device: Optional[str] = None,
+        hop: Optional[float] = None,
+        batch_size: int = 8,
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+        self.model_name = model
+        self.network = getattr(module, model)
+        self.encoder = module.encoder
+        self.classes: list[str] = list(module.classes)
+        self.sample_rate = int(module.cfg.data.sample_rate)
+        self.window_samples = int(float(module.cfg.data.clip_duration) * self.sample_rate)
+        self.frame_samples = int(self.encoder.frame_hop_samples)  # audio samples per output frame
+        self.frame_duration = float(self.encoder.frame_duration)
+        self.window_frames = int(self.encoder.n_frames)
+        if self.window_frames < 1:
+            raise ValueError("the checkpoint's clip length gives no output frame")
+        window = list(module.cfg.evaluation.median_window)
+        self.median_window: int | list[int] = int(window[0]) if len(window) == 1 else [int(w) for w in window]
+        self.default_threshold = float(module.cfg.evaluation.thresholds[0])
+        self.batch_size = int(batch_size)
+        self.hop_frames = self._hop_frames(hop)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: PathLike,
+        model: str = "teacher",
+        device: Optional[str] = None,
+        hop: Optional[float] = None,
+        batch_size: int = 8,
+    ) -> "Detector":
+        """Rebuild the model from a checkpoint written by ``train.py`` (its saved configuration)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        from sed.module import SEDModule
+
+        try:
+            module = SEDModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+        except Exception as err:  # corrupt file, not a checkpoint of this project, …
+            raise ValueError(f"{path}: cannot load checkpoint: {err}") from err
+        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size)
+
+    def _hop_frames(self, hop: Optional[float]) -> int:
+        if hop is None:
+            frames = max(self.window_frames // 2, 1)
+        else:
+            if not hop > 0:
+                raise ValueError(f"hop must be > 0 seconds, got {hop}")
+            frames = int(round(hop / self.frame_duration))
+            if frames < 1 or frames > self.window_frames:
+                raise ValueError(
+                    f"hop {hop} s must lie between one output frame ({self.frame_duration:g} s) and the "
+                    f"window covered by the model ({self.window_frames * self.frame_duration:g} s)"
+                )
+            if not math.isclose(frames * self.frame_duration, hop, rel_tol=1e-6):
+                logger.info(
+                    "hop %g s rounded to %d frames (%g s) to stay on the frame grid",
+                    hop, frames, frames * self.frame_duration,
+                )
+        return frames
+
+    @property
+    def hop_seconds(self) -> float:
+        """Seconds between the starts of two consecutive windows."""
+        return self.hop_frames * self.frame_duration
+
+    # ------------------------------------------------------------------ prediction
+    def _mono(self, wav, sample_rate: int) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
+        x = x.detach().to(torch.float32).cpu()
+        if x.ndim == 2:
+            # [channels, samples]; soundfile's [samples, channels] layout is recognised too.
+            if x.shape[1] < x.shape[0] and x.shape[1] <= 16:
+                x = x.T
+            x = x.mean(dim=0)
+        elif x.ndim != 1:
+            raise ValueError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
+        return resample(x, int(sample_rate), self.sample_rate).contiguous()
+
+    def window_starts(self, n_samples: int) -> np.ndarray:
+        """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""
+        hop_samples = self.hop_frames * self.frame_samples
+        extra = max(n_samples - self.window_samples, 0)
+        n_windows = 1 + math.ceil(extra / hop_samples)
+        return np.arange(n_windows, dtype=np.int64) * hop_samples
+
+    @torch.no_grad()
+    def predict(self, wav, sample_rate: int, postprocess: bool = True) -> Prediction:
+        """Frame probabilities of a whole recording.
+
+        Args:
+            wav: ``[samples]`` or ``[channels, samples]`` (numpy or torch) at ``sample_rate``.
+            sample_rate: rate of ``wav``; resampled to the model's rate when different.
+            postprocess: apply the checkpoint's median filter (after merging the windows).
+
+        Returns:
+            :class:`Prediction` ``(probabilities [C, T], timestamps [T + 1])``.
+        """
+        x = self._mono(wav, sample_rate)
+        n = int(x.shape[0])
+        if n == 0:
+            raise ValueError("empty audio: no samples to analyse")
+        starts = self.window_starts(n)
+        padded_len = int(starts[-1]) + self.window_samples
+        x = torch.nn.functional.pad(x, (0, padded_len - n))
+        total = (len(starts) - 1) * self.hop_frames + self.window_frames
+        # Frames starting before the end of the audio (a final partial frame included).
+        keep = min(total, math.ceil(n / self.frame_samples))
+        sums = torch.zeros(len(self.classes), total, dtype=torch.float64)
+        counts = torch.zeros(total, dtype=torch.float64)
+        for b in range(0, len(starts), self.batch_size):
+            batch_starts = starts[b : b + self.batch_size]
+            windows = torch.stack([x[s : s + self.window_samples] for s in batch_starts]).to(self.device)
+            probs = self.network(self.module.features(windows)).strong.float().cpu().double()
+            if probs.shape[-1] < self.window_frames:
+                raise RuntimeError(
+                    f"the model returned {probs.shape[-1]} frames per window, the label encoder expects "
+                    f"{self.window_frames}"
+                )
+            probs = probs[..., : self.window_frames]
+            for k, start in enumerate(batch_starts):
+                f0 = int(start) // self.frame_samples
+                sums[:, f0 : f0 + self.window_frames] += probs[k]
+                counts[f0 : f0 + self.window_frames] += 1.0
+        merged = (sums[:, :keep] / counts[:keep]).to(torch.float32).numpy()
+        if postprocess:
+            merged = median_filter(merged, self.median_window)
+        timestamps = np.arange(keep + 1, dtype=np.float64) * self.frame_duration
+        timestamps[-1] = n / self.sample_rate  # the last frame ends with the audio (cut or stretched < 1 frame)
+        return Prediction(merged, timestamps)
+
+    def predict_file(self, path: PathLike, postprocess: bool = True) -> Prediction:
+        """:meth:`predict` on an audio file (any format soundfile reads); errors name the file."""
+        data, rate = read_raw(path)  # [channels, samples]
+        try:
+            return self.predict(data.mean(axis=0), rate, postprocess=postprocess)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    # ------------------------------------------------------------------ detection
+    def scores(self, prediction: Prediction) -> pd.DataFrame:
+        """A prediction as a sed_scores_eval score DataFrame (``onset, offset, *classes``)."""
+        return scores_dataframe(prediction.probabilities, prediction.timestamps, self.classes)
+
+    def events(
+        self,
+        prediction: Prediction,
+        filename: str = "audio.wav",
+        threshold: float | Mapping[str, float] | None = None,
+    ) -> pd.DataFrame:
+        """Events of a prediction: ``filename, onset, offset, event_label`` where the (median-filtered)
+        probability is above ``threshold`` (one value or one per class; default the checkpoint's first
+        evaluation threshold). Adjacent active frames make one event."""
+        if threshold is None:
+            threshold = self.default_threshold
+        key = audio_id(filename)
+        events = detections_from_scores({key: self.scores(prediction)}, threshold, filenames={key: filename})
+        return events if len(events) else _empty_events()
+
+    def detect(
+        self,
+        wav,
+        sample_rate: int,
+        threshold: float | Mapping[str, float] | None = None,
+        filename: str = "audio.wav",
+    ) -> pd.DataFrame:
+        """:meth:`predict` then :meth:`events` for one recording held in memory."""
+        return self.events(self.predict(wav, sample_rate), filename, threshold)
+
+    def detect_file(self, path: PathLike, threshold: float | Mapping[str, float] | None = None) -> pd.DataFrame:
+        """:meth:`detect` on an audio file; the ``filename`` column is its basename."""
+        path = Path(path)
+        return self.events(self.predict_file(path), path.name, threshold)
+
+    def run(
+        self,
+        files: Sequence[tuple[str, Path]],
+        output: Optional[PathLike] = None,
+        threshold: float | Mapping[str, float] | None = None,
+        scores_dir: Optional[PathLike] = None,
+    ) -> pd.DataFrame:
+        """Detect events in ``files`` (``(filename, path)`` pairs); write the event TSV to ``output`` and,
+        with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``)."""
+        from sed_scores_eval.base_modules.scores import validate_score_dataframe
+
+        threshold = self.default_threshold if threshold is None else threshold
+        all_events = []
+        for i, (name, path) in enumerate(files, start=1):
+            prediction = self.predict_file(path)
+            events = self.events(prediction, name, threshold)
+            all_events.append(events)
+            logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
+            if scores_dir is not None:
+                scores = self.scores(prediction)
+                validate_score_dataframe(scores, event_classes=self.classes)
+                with atomic_open(Path(scores_dir) / f"{audio_id(name)}.tsv", "w", encoding="utf-8", newline="\n") as f:
+                    scores.to_csv(f, sep="\t", index=False)
+        events = [e for e in all_events if len(e)]
+        result = pd.concat(events, ignore_index=True) if events else _empty_events()
+        if output is not None:
+            write_strong(result, output)
+        return result
+
+
+# ---------------------------------------------------------------------- inputs
+def _tsv_filenames(path: Path) -> list[str]:
+    """Unique values of the ``filename`` column of a TSV, in order of first appearance."""
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise AnnotationError(path, None, f"cannot read TSV: {err}") from None
+    if "filename" not in df.columns:
+        raise AnnotationError(path, 1, f"no 'filename' column; header has {list(df.columns)}")
+    names = [n.strip() for n in df["filename"] if n.strip()]
+    if not names:
+        raise AnnotationError(path, None, "no filenames listed")
+    return list(dict.fromkeys(names))
+
+
+def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = None) -> list[tuple[str, Path]]:
+    """``(filename, path)`` of every recording named by ``inputs``: audio files, folders (their audio
+    files, sorted, not recursive) or TSVs with a ``filename`` column (resolved against ``audio_dir``,
+    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused."""
+    found: list[tuple[str, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(e for e in p.iterdir() if e.is_file() and e.suffix.lower() in AUDIO_EXTENSIONS)
+            if not files:
+                raise FileNotFoundError(f"{p}: no audio files ({'/'.join(AUDIO_EXTENSIONS)}) in this folder")
+            found.extend((f.name, f) for f in files)
+        elif p.suffix.lower() in (".tsv", ".csv") and p.is_file():
+            base = Path(audio_dir) if audio_dir is not None else p.parent
+            for name in _tsv_filenames(p):
+                audio = base / name
+                if not audio.is_file():
+                    raise FileNotFoundError(f"{audio}: audio file listed in {p} not found (set --audio-dir?)")
+                found.append((Path(name).name, audio))
+        elif p.is_file():
+            found.append((p.name, p))
+        else:
+            raise FileNotFoundError(f"{p}: no such audio file, folder or TSV")
+    seen: dict[str, Path] = {}
+    for name, path in found:
+        if name in seen and seen[name].resolve() != path.resolve():
+            raise ValueError(f"two inputs share the filename {name!r}: {seen[name]} and {path}")
+        seen[name] = path
+    return list(seen.items())
+
+
+# ---------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sed.infer",
+        description="Detect sound events in audio files of any length with a trained checkpoint.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint written by train.py (.ckpt)")
+    parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or TSVs with a filename column")
+    parser.add_argument("-o", "--output", default="detections.tsv", help="event TSV to write (default: %(default)s)")
+    parser.add_argument("--scores-dir", default=None, help="also write one sed_scores_eval score TSV per file here")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decision threshold (default: the checkpoint's first evaluation threshold)")
+    parser.add_argument("--model", choices=MODELS, default="teacher", help="network to use (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument("--hop", type=float, default=None,
+                        help="seconds between window starts (default: half the training clip length)")
+    parser.add_argument("--audio-dir", default=None, help="folder of the files listed in TSV inputs (default: the TSV's folder)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        files = collect_inputs(args.inputs, args.audio_dir)
+        detector = Detector.from_checkpoint(
+            args.checkpoint, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
+        )
+        events = detector.run(files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir)
+    except (FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    threshold = detector.default_threshold if args.threshold is None else args.threshold
+    print(
+        f"{len(events)} event(s) in {len(files)} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
+        + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Inference on recordings of any length: windowing, merging, resampling, outputs and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from sed.infer import Detector, collect_inputs, main
+
+CLASSES = ["alarm", "dog", "speech"]
+CLIP = 2.0
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny untrained SEDModule saved the way load_from_checkpoint reads it."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from sed.config import Config
+    from sed.module import SEDModule
+
+    cfg = OmegaConf.structured(Config)
+    cfg.paths.run_dir = "unused"
+    cfg.data.root = "unused"
+    cfg.data.sample_rate = RATE
+    cfg.data.clip_duration = CLIP
+    cfg.features.n_fft = 512
+    cfg.features.win_length = 512
+    cfg.features.n_mels = 16
+    cfg.model.filters = [4, 8]
+    cfg.model.pooling = [[2, 4], [2, 4]]
+    cfg.model.rnn_hidden = 8
+    cfg.model.rnn_layers = 1
+    cfg.evaluation.median_window = [3]
+    cfg.evaluation.thresholds = [0.5, 0.3]
+    torch.manual_seed(0)
+    module = SEDModule(OmegaConf.to_container(cfg, resolve=True), CLASSES)
+    with torch.no_grad():  # make the teacher differ from the student
+        for p in module.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint):
+    return Detector.from_checkpoint(checkpoint, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def long_stereo(tmp_path_factory):
+    """25 s of 44.1 kHz stereo: tones and noise bursts that differ between channels."""
+    rate = 44100
+    t = np.arange(int(25 * rate)) / rate
+    rng = np.random.default_rng(0)
+    left = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 0.1 * t) > 0)
+    right = 0.1 * rng.standard_normal(t.shape) * ((t % 7) < 2)
+    path = tmp_path_factory.mktemp("audio") / "long_stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1).astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+def _direct(detector: Detector, wav: torch.Tensor) -> np.ndarray:
+    """The network run on one clip-length window, without any windowing logic."""
+    with torch.no_grad():
+        out = detector.network(detector.module.features(wav[None]))
+    return out.strong[0, :, : detector.window_frames].numpy()
+
+
+def test_from_checkpoint_reads_model_settings(detector):
+    assert detector.classes == CLASSES
+    assert detector.sample_rate == RATE
+    assert detector.window_samples == int(CLIP * RATE)
+    assert detector.frame_duration == pytest.approx(256 * 4 / RATE)
+    assert detector.window_frames == 31
+    assert detector.hop_frames == 15  # half a window, on the frame grid
+    assert detector.median_window == 3
+    assert detector.default_threshold == 0.5
+    assert detector.model_name == "teacher" and detector.network is detector.module.teacher
+
+
+def test_one_clip_equals_direct_model(detector):
+    wav = torch.randn(int(CLIP * RATE), generator=torch.Generator().manual_seed(1)) * 0.1
+    pred = detector.predict(wav, RATE, postprocess=False)
+    assert pred.probabilities.shape == (3, 31)
+    np.testing.assert_allclose(pred.probabilities, _direct(detector, wav), atol=1e-6)
+    assert pred.timestamps[0] == 0 and pred.timestamps[-1] == pytest.approx(CLIP)
+    assert np.all(np.diff(pred.timestamps) > 0)
+    # Median filtering is the model's filter, applied after merging.
+    from sed.postprocess import median_filter
+
+    filtered = detector.predict(wav, RATE).probabilities
+    np.testing.assert_allclose(filtered, median_filter(_direct(detector, wav), 3), atol=1e-6)
+
+
+def test_overlapping_windows_are_averaged(detector):
+    n = int(3.5 * RATE)
+    wav = torch.randn(n, generator=torch.Generator().manual_seed(2)) * 0.1
+    starts = detector.window_starts(n)
+    hop = detector.hop_frames * detector.frame_samples
+    assert list(starts) == [0, hop, 2 * hop]  # 3.5 s: three 2-s windows at a ~1-s hop, the last one padded
+    assert starts[-1] + detector.window_samples >= n > starts[-2] + detector.window_samples
+    pred = detector.predict(wav, RATE, postprocess=False)
+    h, w = detector.hop_frames, detector.window_frames
+    padded = torch.nn.functional.pad(wav, (0, int(starts[-1]) + detector.window_samples - n))
+    sums = np.zeros((3, 2 * h + w))
+    counts = np.zeros(2 * h + w)
+    for k, start in enumerate(starts):
+        sums[:, k * h : k * h + w] += _direct(detector, padded[start : start + detector.window_samples])
+        counts[k * h : k * h + w] += 1
+    keep = int(np.ceil(n / detector.frame_samples))
+    assert pred.probabilities.shape == (3, keep)
+    np.testing.assert_allclose(pred.probabilities, (sums / counts)[:, :keep], atol=1e-6)
+    assert pred.timestamps[-1] == pytest.approx(3.5)
+
+
+def test_channels_are_averaged(detector, tmp_path):
+    rng = np.random.default_rng(5)
+    stereo = (0.1 * rng.standard_normal((int(CLIP * RATE), 2))).astype(np.float32)
+    sf.write(tmp_path / "stereo.wav", stereo, RATE, subtype="FLOAT")
+    from_file = detector.predict_file(tmp_path / "stereo.wav").probabilities
+    np.testing.assert_allclose(from_file, detector.predict(stereo.mean(axis=1), RATE).probabilities, atol=1e-6)
+    np.testing.assert_allclose(from_file, detector.predict(stereo.T, RATE).probabilities, atol=1e-6)  # [C, N]
+    np.testing.assert_allclose(from_file, detector.predict(stereo, RATE).probabilities, atol=1e-6)  # [N, C]
+
+
+def test_student_and_hop_options(checkpoint):
+    wav = np.random.default_rng(3).standard_normal(int(5 * RATE)).astype(np.float32) * 0.1
+    teacher = Detector.from_checkpoint(checkpoint, device="cpu").predict(wav, RATE).probabilities
+    student = Detector.from_checkpoint(checkpoint, model="student", device="cpu").predict(wav, RATE).probabilities
+    assert teacher.shape == student.shape and not np.allclose(teacher, student)
+    fine = Detector.from_checkpoint(checkpoint, device="cpu", hop=0.5)
+    assert fine.hop_frames == 8  # 0.5 s rounded to whole 64-ms frames
+    assert fine.predict(wav, RATE).probabilities.shape == teacher.shape
+    with pytest.raises(ValueError, match="hop"):
+        Detector.from_checkpoint(checkpoint, device="cpu", hop=5.0)
+    with pytest.raises(ValueError, match="model"):
+        Detector.from_checkpoint(checkpoint, model="teachr")
+
+
+def test_long_44k_stereo_file(detector, long_stereo):
+    """The issue's case: 25 s at 44.1 kHz, two channels."""
+    pred = detector.predict_file(long_stereo)
+    assert pred.probabilities.shape == (3, int(np.ceil(25 * RATE / detector.frame_samples)))
+    assert pred.timestamps[0] == 0.0 and pred.timestamps[-1] == pytest.approx(25.0)
+    assert np.isfinite(pred.probabilities).all()
+    assert (pred.probabilities >= 0).all() and (pred.probabilities <= 1).all()
+    events = detector.events(pred, long_stereo.name)
+    assert list(events.columns) == ["filename", "onset", "offset", "event_label"]
+    assert (events["onset"] >= 0).all() and (events["offset"] <= 25.0 + 1e-9).all()
+    assert (events["onset"] < events["offset"]).all()
+    # Threshold 0: every class active over the whole recording, up to its very end.
+    everything = detector.events(pred, long_stereo.name, threshold=0.0)
+    assert sorted(everything["event_label"]) == CLASSES
+    assert (everything["onset"] == 0).all() and np.allclose(everything["offset"], 25.0)
+
+
+def test_cli_end_to_end(checkpoint, long_stereo, tmp_path):
+    from sed.data.tsv import read_strong
+    from sed_scores_eval.base_modules.io import read_sed_scores
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    sf.write(folder / "short_8k.wav", (0.1 * rng.standard_normal(int(1.3 * 8000))).astype(np.float32), 8000)
+    sf.write(folder / "mono_16k.flac", (0.1 * rng.standard_normal(int(4.5 * RATE))).astype(np.float32), RATE)
+    out = tmp_path / "out" / "events.tsv"
+    scores_dir = tmp_path / "scores"
+    rc = main([str(checkpoint), str(long_stereo), str(folder), "-o", str(out), "--scores-dir", str(scores_dir),
+               "--threshold", "0.4", "--device", "cpu", "--batch-size", "3", "-q"])
+    assert rc == 0
+    events = read_strong(out, CLASSES)
+    assert set(events["filename"]) <= {"long_stereo.wav", "short_8k.wav", "mono_16k.flac"}
+    durations = {"long_stereo.wav": 25.0, "short_8k.wav": 1.3, "mono_16k.flac": 4.5}
+    for name, group in events.groupby("filename"):
+        assert (group["onset"] >= 0).all() and (group["offset"] <= durations[name] + 1e-9).all()
+    scores = read_sed_scores(scores_dir)
+    assert set(scores) == {"long_stereo", "short_8k", "mono_16k"}
+    for key, df in scores.items():
+        assert list(df.columns) == ["onset", "offset", *CLASSES]
+        assert df["onset"].iloc[0] == 0 and df["offset"].iloc[-1] == pytest.approx(durations[
+            next(n for n in durations if n.rsplit(".", 1)[0] == key)])
+    # Detections at the CLI threshold are the score files thresholded (after the median filter).
+    det = Detector.from_checkpoint(checkpoint, device="cpu")
+    expected = det.detect_file(folder / "mono_16k.flac", threshold=0.4)
+    got = events[events["filename"] == "mono_16k.flac"]
+    pd.testing.assert_frame_equal(got[["onset", "offset", "event_label"]].reset_index(drop=True),
+                                  expected[["onset", "offset", "event_label"]], check_exact=False, atol=1e-6)
+
+
+def test_cli_tsv_input(checkpoint, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(audio / name, np.zeros(RATE, dtype=np.float32), RATE)
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("filename\tonset\toffset\tevent_label\na.wav\t0\t1\tdog\na.wav\t0.2\t0.5\tcat\nb.wav\t\t\t\n")
+    assert [n for n, _ in collect_inputs([tsv], audio)] == ["a.wav", "b.wav"]
+    out = tmp_path / "events.tsv"
+    assert main([str(checkpoint), str(tsv), "--audio-dir", str(audio), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    assert out.read_text().splitlines()[0] == "filename\tonset\toffset\tevent_label"
+
+
+def test_cli_errors_name_the_file(checkpoint, tmp_path, capsys):
+    missing_ckpt = tmp_path / "nope.ckpt"
+    clip = tmp_path / "ok.wav"
+    sf.write(clip, np.zeros(RATE, dtype=np.float32), RATE)
+    assert main([str(missing_ckpt), str(clip), "-o", str(tmp_path / "e.tsv")]) == 2
+    assert f"{missing_ckpt}: checkpoint not found" in capsys.readouterr().err
+
+    broken = tmp_path / "broken.wav"
+    broken.write_text("not audio")
+    assert main([str(checkpoint), str(broken), "-o", str(tmp_path / "e.tsv"), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "cannot read audio" in err
+    assert not (tmp_path / "e.tsv").exists()
+
+    assert main([str(checkpoint), str(tmp_path / "ghost.wav"), "--device", "cpu"]) == 2
+    assert "ghost.wav" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), RATE)
+    with pytest.raises(ValueError, match="empty.wav"):
+        Detector.from_checkpoint(checkpoint, device="cpu").predict_file(empty)
