@@ -98,6 +98,4 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
             shown = {k: round(v, 4) for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
             lines.append(f"  {name}: {shown}")
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
-    text = "\n".join(lines)
-    log.info("\n%s", text)
-    print(text, flush=True)
+    log.info("\n%s", "\n".join(lines))

@@ -78,9 +78,23 @@ class SEDModule(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.scaler(self.frontend(audio.float()))
 
+    def predict(self, model: torch.nn.Module, feats: torch.Tensor) -> CRNNOutput:
+        """``model(feats)`` on the label encoder's frame grid.
+
+        The network yields ``(1 + N // hop) // pooling`` frames, the encoder ``(N // hop) // pooling``; when they
+        differ the network has one trailing frame past the clip's labels, which is dropped.
+        """
+        out = model(feats)
+        n = self.encoder.n_frames
+        if out.strong.shape[-1] == n:
+            return out
+        if out.strong.shape[-1] < n:
+            raise ValueError(f"network gives {out.strong.shape[-1]} frames, the label encoder expects {n}")
+        return out._replace(strong_logits=out.strong_logits[..., :n], strong=out.strong[..., :n])
+
     def forward(self, audio: torch.Tensor) -> CRNNOutput:
         """Teacher predictions for raw audio ``[B, N]`` (the teacher is the better model after training)."""
-        return self.teacher(self.features(audio))
+        return self.predict(self.teacher, self.features(audio))
 
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
@@ -97,7 +111,7 @@ class SEDModule(pl.LightningModule):
         elif not self.scaler.is_fitted:
             loader = self.trainer.datamodule.scaler_fit_dataloader()
             with torch.no_grad():
-                self.scaler.fit(self.frontend(b["audio"].to(self.device)) for b in loader)
+                self.scaler.fit((self.frontend(b["audio"].to(self.device)) for b in loader), total=len(loader))
             log.info("Fitted the dataset scaler on %d training clips", len(loader.dataset))
         else:
             return  # restored from the checkpoint being resumed
@@ -143,9 +157,9 @@ class SEDModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         feats, strong, weak = self._augment(self.features(batch["audio"]), batch)
-        student = self.student(feats)
+        student = self.predict(self.student, feats)
         with torch.no_grad():
-            teacher = self.teacher(feats)
+            teacher = self.predict(self.teacher, feats)
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
         losses.update(consistency_losses(student, teacher))
@@ -179,7 +193,7 @@ class SEDModule(pl.LightningModule):
         feats = self.features(batch["audio"])
         store = self._outputs.setdefault(stage, {})
         for name in MODELS:
-            out: CRNNOutput = getattr(self, name)(feats)
+            out = self.predict(getattr(self, name), feats)
             strong = out.strong.float().cpu().numpy()
             weak = out.weak.float().cpu().numpy()
             probs = store.setdefault(name, {})
@@ -284,7 +298,8 @@ class SEDModule(pl.LightningModule):
         out_dir = Path(self.trainer.default_root_dir) / "test"
         for name, result in results.items():
             for key, value in result.metrics.items():
-                self.log(f"test/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
+                if "/" not in key:  # per-class values go to metrics.json, not the console table
+                    self.log(f"test/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
             self.test_results[name] = dict(result.metrics)
         if self.trainer.is_global_zero:
             from sed.outputs import write_test_outputs

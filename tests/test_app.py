@@ -1,0 +1,125 @@
+"""``python train.py`` end to end on a tiny dataset: run, resume, test-only, scaler reuse, config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_train, tiny_overrides
+
+
+def _run_dirs(exp_dir: Path) -> list[Path]:
+    return sorted(p for p in (exp_dir / "tiny").iterdir() if p.is_dir())
+
+
+def _metrics(run_dir: Path, model: str) -> dict:
+    return json.loads((run_dir / "test" / model / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory) -> Path:
+    """One uninterrupted 3-epoch run (the reference for the resume test)."""
+    exp = tmp_path_factory.mktemp("exp_reference")
+    run_train(tiny_overrides(tiny_dataset, exp, epochs=3))
+    (run_dir,) = _run_dirs(exp)
+    return run_dir
+
+
+def test_run_writes_every_output(trained):
+    from sed_scores_eval.base_modules.io import read_sed_scores
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert (trained / ".hydra" / "config.yaml").is_file()
+    assert (trained / "checkpoints" / "last.ckpt").is_file()
+    for model in ("student", "teacher"):
+        out = trained / "test" / model
+        metrics = _metrics(trained, model)
+        for key in ("psds1", "psds2", "weak_f1", "event_f1_macro@0.5", "segment_f1_macro@0.5"):
+            assert key in metrics
+        scores = read_sed_scores(str(out / "scores_postprocessed"))
+        assert len(scores) == 8  # every test clip, with or without events
+        assert (out / "events_th0.5.tsv").read_text().startswith("filename\tonset\toffset\tevent_label")
+        assert (out / "psd_roc.png").stat().st_size > 0
+    events = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss_strong", "train/loss_weak", "train/loss_consistency_strong", "train/lr",
+                "train/consistency_weight", "train/ema_factor", "val/obj_metric", "val/teacher/psds1",
+                "val/student/event_f1_macro@0.5", "hp/teacher/psds1"):
+        assert tag in scalars, tag
+    assert events.Tags()["images"], "no validation-clip figure"
+    assert len(events.Scalars("val/obj_metric")) == 3
+
+
+def test_resume_after_kill_matches_uninterrupted_run(trained, tiny_dataset, tmp_path):
+    """Kill a run mid-way (after its first checkpoint), resume from last.ckpt: same final metrics, same run
+    directory, one TensorBoard run whose curves continue."""
+    exp = tmp_path / "exp"
+    args = tiny_overrides(tiny_dataset, exp, epochs=3)
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list(exp.glob("tiny/*/checkpoints/last.ckpt")):
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    (run_dir,) = _run_dirs(exp)
+    assert not (run_dir / "test").exists(), "the run finished before it could be interrupted"
+    run_train([*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    assert _run_dirs(exp) == [run_dir], "resume must continue in the checkpoint's run directory"
+    for model in ("student", "teacher"):
+        resumed, reference = _metrics(run_dir, model), _metrics(trained, model)
+        for key in ("psds1", "psds2", "weak_f1", "event_f1_macro@0.5"):
+            assert resumed[key] == pytest.approx(reference[key], abs=1e-6), (model, key)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/obj_metric")] == [
+        e.step for e in EventAccumulator(str(trained / "tensorboard")).Reload().Scalars("val/obj_metric")
+    ]
+
+
+def test_test_only_rebuilds_model_from_checkpoint(trained, tiny_dataset, tmp_path):
+    """train=false evaluates a checkpoint with its own architecture even when the YAML now says otherwise."""
+    exp = tmp_path / "exp"
+    changed = ["model.filters=[4,4,4]", "model.rnn_hidden=8", "features.n_mels=64"]
+    ckpt = sorted((trained / "checkpoints").glob("epoch*.ckpt"))[-1]
+    run_train([*tiny_overrides(tiny_dataset, exp), *changed, "train=false", f"ckpt_path={ckpt}"])
+    (run_dir,) = _run_dirs(exp)
+    assert run_dir != trained
+    for model in ("student", "teacher"):  # the reference run tested its best checkpoint: the same file
+        assert _metrics(run_dir, model)["psds1"] == pytest.approx(_metrics(trained, model)["psds1"], abs=1e-9)
+
+
+def test_dataset_scaler_is_saved_reused_and_refused_on_mismatch(tiny_dataset, tmp_path):
+    common = [*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "scaler=dataset_standard", "test=false"]
+    first = run_train(common)
+    (run_dir,) = _run_dirs(tmp_path / "exp")
+    scaler = run_dir / "scaler.pt"
+    assert scaler.is_file()
+    assert "Fitted the dataset scaler" in first.stdout + first.stderr
+
+    reused = run_train([*common, f"scaler.path={scaler}"])
+    log = reused.stdout + reused.stderr
+    assert "Reusing the scaler" in log and "Fitted the dataset scaler" not in log
+
+    refused = run_train([*common, f"scaler.path={scaler}", "features.f_max=6000"], check=False)
+    assert refused.returncode != 0
+    assert "ScalerMismatchError" in refused.stderr and "f_max" in refused.stderr
+
+
+def test_misspelled_key_fails_at_start_with_its_name(tiny_dataset, tmp_path):
+    proc = run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp"), "training.lrr=0.1"], check=False)
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr
+    assert not (tmp_path / "exp").exists() or not list((tmp_path / "exp").rglob("*.ckpt"))
