@@ -238,6 +238,8 @@ class SEDModule(pl.LightningModule):
     def _score_all(self, stage: str, bootstrap: int = 0) -> dict[str, ModelScores]:
         outputs = self._gathered(stage)
         dm = self.trainer.datamodule
+        # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it.
+        psds = ("psds1", "psds2") if stage == "test" or "psds2" in self.cfg.evaluation.obj_metric else ("psds1",)
         results = {}
         for name in MODELS:  # one scoring function, called once per model
             results[name] = score_model(
@@ -250,6 +252,7 @@ class SEDModule(pl.LightningModule):
                 self.cfg.evaluation,
                 bootstrap=bootstrap,
                 per_class=stage == "test",
+                psds=psds,
             )
         return results
 
@@ -258,12 +261,14 @@ class SEDModule(pl.LightningModule):
             self._outputs.pop("val", None)
             self._plot_batch = None
             return
+        # Every process scores the gathered outputs of all processes, so the values agree across ranks
+        # (sync_dist averages identical numbers).
         results = self._score_all("val")
         for name, result in results.items():
             for key, value in result.metrics.items():
-                self.log(f"val/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
+                self.log(f"val/{name}/{key}", value, sync_dist=True)
         ev = self.cfg.evaluation
-        self.log("val/obj_metric", objective(results[ev.obj_model].metrics, ev.obj_metric), prog_bar=True)
+        self.log("val/obj_metric", objective(results[ev.obj_model].metrics, ev.obj_metric), prog_bar=True, sync_dist=True)
         self._log_figures(results)
         self._plot_batch = None
 
@@ -299,7 +304,7 @@ class SEDModule(pl.LightningModule):
         for name, result in results.items():
             for key, value in result.metrics.items():
                 if "/" not in key:  # per-class values go to metrics.json, not the console table
-                    self.log(f"test/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
+                    self.log(f"test/{name}/{key}", value, sync_dist=True)
             self.test_results[name] = dict(result.metrics)
         if self.trainer.is_global_zero:
             from sed.outputs import write_test_outputs

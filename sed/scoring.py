@@ -38,10 +38,12 @@ def score_model(
     evaluation: Any,
     bootstrap: int = 0,
     per_class: bool = False,
+    psds: tuple[str, ...] = ("psds1", "psds2"),
 ) -> ModelScores:
     """Median-filter, tabulate and score one model's outputs (keyed by filename).
 
-    ``evaluation`` carries ``median_window`` and ``thresholds`` (the ``evaluation`` config group).
+    ``evaluation`` carries ``median_window`` and ``thresholds`` (the ``evaluation`` config group); ``psds``
+    names the PSDS scenarios to compute (PSDS2 costs about three times PSDS1).
     Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
     :func:`sed.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
     """
@@ -60,7 +62,7 @@ def score_model(
         durations,
         classes,
         list(evaluation.thresholds),
-        {"bootstrap": bootstrap, "per_class": per_class},
+        {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds)},
     )
     preds = torch.from_numpy(np.stack([weak_probs[f] for f in filenames]))
     targets = torch.from_numpy(np.stack([weak_targets[f] for f in filenames]) > 0.5).long()

@@ -123,3 +123,29 @@ def test_misspelled_key_fails_at_start_with_its_name(tiny_dataset, tmp_path):
     assert proc.returncode != 0
     assert "lrr" in proc.stderr
     assert not (tmp_path / "exp").exists() or not list((tmp_path / "exp").rglob("*.ckpt"))
+
+
+def test_ddp_two_cpu_processes_score_the_whole_set(tiny_dataset, tmp_path):
+    """DDP over gloo with two processes: each trains on its shard, but metrics are computed on the outputs
+    of all processes, so they equal a single-process evaluation of the same checkpoint."""
+    ddp = [*tiny_overrides(tiny_dataset, tmp_path / "ddp", epochs=1), "trainer=ddp_cpu", "trainer.max_epochs=1",
+           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.deterministic=true"]
+    run_train(ddp)
+    (ddp_dir,) = _run_dirs(tmp_path / "ddp")
+    (ckpt,) = (ddp_dir / "checkpoints").glob("epoch*.ckpt")
+    run_train([*tiny_overrides(tiny_dataset, tmp_path / "single"), "train=false", f"ckpt_path={ckpt}"])
+    (single_dir,) = _run_dirs(tmp_path / "single")
+    for model in ("student", "teacher"):
+        distributed, single = _metrics(ddp_dir, model), _metrics(single_dir, model)
+        for key in ("psds1", "psds2", "weak_f1", "event_f1_macro@0.5", "segment_f1_macro@0.5"):
+            assert distributed[key] == pytest.approx(single[key], abs=1e-9), (model, key)
+
+
+def test_multirun_sweep_makes_one_directory_per_job(tiny_dataset, tmp_path):
+    exp = tmp_path / "exp"
+    run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "training.lr=1e-3,3e-4"])
+    (sweep,) = list((exp / "tiny").glob("multirun_*"))
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
