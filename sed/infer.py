@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sed.data.audio import AudioError, read_raw, resample
+from sed.data.audio import AudioError, read_raw
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
 from sed.utils.io import atomic_open
@@ -163,7 +163,11 @@ class Detector:
             x = x.mean(dim=0)
         elif x.ndim != 1:
             raise ValueError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
-        return resample(x, int(sample_rate), self.sample_rate).contiguous()
+        if int(sample_rate) != self.sample_rate:
+            import torchaudio.functional as AF
+
+            x = AF.resample(x, int(sample_rate), self.sample_rate)
+        return x.contiguous()
 
     def window_starts(self, n_samples: int) -> np.ndarray:
         """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""
@@ -177,7 +181,9 @@ class Detector:
         """Frame probabilities of a whole recording.
 
         Args:
-            wav: ``[samples]`` or ``[channels, samples]`` (numpy or torch) at ``sample_rate``.
+            wav: ``[samples]`` or ``[channels, samples]`` (numpy or torch) at ``sample_rate``; soundfile's
+                ``[samples, channels]`` is recognised too (at most 16 channels, more samples than channels).
+                Channels are averaged.
             sample_rate: rate of ``wav``; resampled to the model's rate when different.
             postprocess: apply the checkpoint's median filter (after merging the windows).
 
