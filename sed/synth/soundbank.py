@@ -142,7 +142,7 @@ def _fades(n: int, sample_rate: int, fade_in: float, fade_out: float) -> np.ndar
     a = min(n // 2, max(1, int(fade_in * sample_rate)))
     b = min(n // 2, max(1, int(fade_out * sample_rate)))
     env[:a] = np.sin(0.5 * np.pi * np.arange(a) / a) ** 2
-    env[n - b:] = np.cos(0.5 * np.pi * np.arange(1, b + 1) / b) ** 2 + 1e-3
+    env[n - b:] = np.cos(0.5 * np.pi * np.arange(1, b + 1) / b) ** 2
     return env
 
 
@@ -383,12 +383,14 @@ def _bell_ring(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
 
 
 def _footsteps(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
-    """Regular low thuds (60-400 Hz) about two per second, each a damped low tone plus noise."""
+    """Regular steps about two per second: a low thud (60-400 Hz damped tone plus noise) and a heel click."""
     n = int(dur * sr)
-    x = np.zeros(n)
+    thuds = np.zeros(n)
+    clicks = np.zeros(n)
     period = rng.uniform(0.4, 0.7)
     f_thud = rng.uniform(70.0, 160.0)
     tau = rng.uniform(0.015, 0.04)
+    tau_click = rng.uniform(0.002, 0.006)
     length = int(6 * tau * sr)
     tt = np.arange(length) / sr
     pos = 0.0
@@ -397,10 +399,12 @@ def _footsteps(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
         m = min(length, n - s)
         noise = rng.standard_normal(m)
         thud = (np.sin(TWO_PI * f_thud * rng.uniform(0.9, 1.1) * tt[:m]) + 0.5 * noise) * np.exp(-tt[:m] / tau)
-        x[s:s + m] += thud * rng.uniform(0.6, 1.0)
+        thuds[s:s + m] += thud * rng.uniform(0.6, 1.0)
+        clicks[s:s + m] += rng.standard_normal(m) * np.exp(-tt[:m] / tau_click) * rng.uniform(0.5, 1.0)
         pos += period * rng.uniform(0.85, 1.15)
-    x = _spectral_filter(x, sr, low=50.0, high=_nyq(500.0, sr), order=2)
-    return x
+    thuds = _spectral_filter(thuds, sr, low=50.0, high=_nyq(500.0, sr), order=2)
+    clicks = _spectral_filter(clicks, sr, low=800.0, high=_nyq(4000.0, sr), order=2)
+    return _unit_rms(thuds) + rng.uniform(0.2, 0.4) * _unit_rms(clicks)
 
 
 @dataclass(frozen=True)
