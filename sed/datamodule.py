@@ -97,11 +97,16 @@ class SEDDataModule(pl.LightningDataModule):
             return
         from sed.synth import dataset_layout, generate_dataset
 
-        if not dataset_layout(self.root).complete():
-            log.info("Generating the embedded dataset in %s (seed %d)", self.root, self.generate_seed)
-            generate_dataset(
-                self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate
-            )
+        layout = dataset_layout(self.root)
+        wanted = {"seed": self.generate_seed, "clip_duration": float(self.clip_duration), "sample_rate": self.sample_rate}
+        if layout.complete():
+            found = layout.params()
+            if all(found.get(k) == v for k, v in wanted.items()):
+                return
+            log.info("%s was generated with %s; regenerating with %s", self.root,
+                     {k: found.get(k) for k in wanted}, wanted)
+        log.info("Generating the embedded dataset in %s (seed %d)", self.root, self.generate_seed)
+        generate_dataset(self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate)
 
     @property
     def classes(self) -> list[str]:
