@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -35,6 +35,7 @@ class DataConfig:
     root: str = MISSING
     generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
     generate_seed: int = 0
+    generate_sizes: Optional[Dict[str, int]] = None  # clips per subset (strong, weak, unlabeled, validation, test)
     classes: Optional[List[str]] = None  # null: one class per line of <root>/classes.txt
     sample_rate: int = 16000
     clip_duration: float = 10.0

@@ -32,6 +32,7 @@ class SEDDataModule(pl.LightningDataModule):
         root: str,
         generate: bool = False,
         generate_seed: int = 0,
+        generate_sizes: Optional[dict[str, int]] = None,
         classes: Optional[Sequence[str]] = None,
         sample_rate: int = 16000,
         clip_duration: float = 10.0,
@@ -59,6 +60,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.generate = generate
         self.generate_seed = generate_seed
+        self.generate_sizes = dict(generate_sizes) if generate_sizes else None
         self._classes = list(classes) if classes else None
         self.sample_rate = sample_rate
         self.clip_duration = clip_duration
@@ -95,10 +97,12 @@ class SEDDataModule(pl.LightningDataModule):
         """Generate the embedded dataset when asked to and it is absent or half-written."""
         if not self.generate:
             return
-        from sed.synth import dataset_layout, generate_dataset
+        from sed.synth import DEFAULT_SIZES, dataset_layout, generate_dataset
 
         layout = dataset_layout(self.root)
-        wanted = {"seed": self.generate_seed, "clip_duration": float(self.clip_duration), "sample_rate": self.sample_rate}
+        sizes = {**DEFAULT_SIZES, **(self.generate_sizes or {})}
+        wanted = {"seed": self.generate_seed, "clip_duration": float(self.clip_duration),
+                  "sample_rate": self.sample_rate, "sizes": sizes}
         if layout.complete():
             found = layout.params()
             if all(found.get(k) == v for k, v in wanted.items()):
@@ -106,7 +110,10 @@ class SEDDataModule(pl.LightningDataModule):
             log.info("%s was generated with %s; regenerating with %s", self.root,
                      {k: found.get(k) for k in wanted}, wanted)
         log.info("Generating the embedded dataset in %s (seed %d)", self.root, self.generate_seed)
-        generate_dataset(self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate)
+        generate_dataset(
+            self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate,
+            sizes=sizes,
+        )
 
     @property
     def classes(self) -> list[str]:
