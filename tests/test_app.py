@@ -149,3 +149,18 @@ def test_multirun_sweep_makes_one_directory_per_job(tiny_dataset, tmp_path):
     assert jobs == ["0", "1"]
     for job in jobs:
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bf16_mixed_precision_trains(tiny_dataset, tmp_path):
+    """Mixed precision (bf16 autocast; on the CPU here, on the GPU with trainer=gpu) runs and logs finite losses."""
+    import math
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "trainer.precision=bf16-mixed", "test=false"])
+    (run_dir,) = _run_dirs(tmp_path / "exp")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(events.Scalars("val/obj_metric")[-1].value)
