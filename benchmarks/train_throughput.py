@@ -1,0 +1,309 @@
+"""Training throughput of the DESED-size mean-teacher CRNN, and where a step's time goes.
+
+Measured in one process, on one generated dataset (``sed.synth``, 10 s clips):
+
+* pipeline: ``SEDModule.training_step`` (front-end, scaler, mixup, student and teacher forward, losses)
+  fed by the project's own DataLoader (``SEDDataModule.train_dataloader``: mixed strong/weak/unlabeled
+  batches, workers), then backward, gradient clipping, Adam step and the EMA teacher update, exactly as
+  Lightning runs them. Time blocked in ``next(loader)`` (plus the host-to-device copy) is *data wait*,
+  the rest is *compute*.
+* reference: the same student's forward + backward + Adam step on pre-made tensors (no loader, no
+  teacher, no front-end). The ratio pipeline/reference is the median over pairs of steps run back to back
+  (pipeline step, reference step), so a change of load on a shared machine hits both; the data-wait
+  fraction comes from a contiguous block of pipeline steps (nothing runs between its batches).
+* breakdown: one manual mean-teacher step on a pre-made batch with each part timed separately.
+* ``--lightning``: the same module trained by a real ``pytorch_lightning.Trainer`` (adds its overhead).
+
+    python benchmarks/train_throughput.py                       # CPU, batch 2/2/4
+    python benchmarks/train_throughput.py --batch-sizes 12 12 24 --device cuda --bf16 --lightning
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    ROOT,
+    apply_threads,
+    base_parser,
+    fmt_rate,
+    generate,
+    machine_line,
+    median,
+    note,
+    result,
+    sync,
+    workdir,
+)
+
+BENCH = "train"
+
+
+def build_config(root: Path, batch_sizes: list[int], workers: int) -> dict[str, Any]:
+    """The run configuration train.py would resolve: DESED CRNN, mel front-end, mean-teacher training."""
+    from omegaconf import OmegaConf
+
+    from sed.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    cfg.paths.run_dir = str(root / "run")
+    cfg.data.root = str(root)
+    cfg = OmegaConf.merge(
+        cfg,
+        {
+            "model": OmegaConf.load(ROOT / "conf/model/crnn.yaml"),
+            "training": OmegaConf.load(ROOT / "conf/training/mean_teacher.yaml"),
+            "features": OmegaConf.load(ROOT / "conf/features/mel.yaml"),
+            "scaler": OmegaConf.load(ROOT / "conf/scaler/instance_minmax.yaml"),
+            "data": {"batch_sizes": batch_sizes, "num_workers": workers},
+        },
+    )
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-sizes", type=int, nargs=3, default=None, metavar=("STRONG", "WEAK", "UNLAB"),
+                        help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)")
+    parser.add_argument("--steps", type=int, default=3, help="timed pipeline steps (after 1 warm-up step)")
+    parser.add_argument("--ref-steps", type=int, default=1, help="timed reference steps before and after")
+    parser.add_argument("--pairs", type=int, default=2, help="interleaved (pipeline, reference) step pairs")
+    parser.add_argument("--breakdown-repeats", type=int, default=1, help="manual steps timed part by part")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (embedded config: 2)")
+    parser.add_argument("--file-rate", type=int, default=16000,
+                        help="sample rate of the generated files (44100: the loader also resamples)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks (CUDA)")
+    parser.add_argument("--lightning", action="store_true", help="also train through pytorch_lightning.Trainer")
+    args = parser.parse_args()
+    apply_threads(args.threads)
+
+    import torch
+
+    from sed.datamodule import SEDDataModule
+    from sed.ema import ema_factor, update_teacher
+    from sed.losses import consistency_losses, supervised_losses
+    from sed.module import SEDModule
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
+    bs = args.batch_sizes or ([12, 12, 24] if device.type == "cuda" else [2, 2, 4])
+    batch = sum(bs)
+    print(machine_line(args.device), flush=True)
+    root = workdir(args.workdir, "train")
+    sizes = {"strong": 2 * bs[0], "weak": 2 * bs[1], "unlabeled": 2 * bs[2], "validation": 1, "test": 1}
+    generate(root, sizes, args.file_rate)
+    classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+    config = build_config(root, bs, args.workers)
+    clip_norm = config["trainer"]["gradient_clip_val"]
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(0)
+    module = SEDModule(config, classes).to(device)
+    module.train()
+    n_params = sum(p.numel() for p in module.student.parameters())
+    t_cfg = config["training"]
+    optimizer = torch.optim.Adam(module.student.parameters(), lr=t_cfg["lr"], betas=tuple(t_cfg["betas"]))
+    # training_step outside a Trainer: logging is a no-op, optimizers() is our Adam.
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    module.optimizers = lambda *a, **k: optimizer  # type: ignore[method-assign]
+    step_no = [0]
+
+    def optimise(loss: torch.Tensor) -> None:
+        loss.backward()
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(module.student.parameters(), clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_teacher(module.teacher, module.student, ema_factor(step_no[0], t_cfg["ema_factor"]))
+        step_no[0] += 1
+
+    # ---------------------------------------------------------------- reference: student alone on tensors
+    dm = SEDDataModule(root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers,
+                       epoch_length=10_000, seed=0)
+    dm.set_encoder(module.encoder)
+    dm.setup("fit")
+    mixed = dm.train_dataloader()  # a mixed strong/weak/unlabeled batch, loaded once in this process
+    fixed = to_device(next(iter(torch.utils.data.DataLoader(
+        mixed.dataset, batch_sampler=mixed.batch_sampler, collate_fn=mixed.collate_fn))), device)
+    with torch.no_grad():
+        fixed_feats = module.features(fixed["audio"])
+    ref_student = copy.deepcopy(module.student)
+    ref_opt = torch.optim.Adam(ref_student.parameters(), lr=t_cfg["lr"])
+
+    def reference_step() -> None:
+        with torch.autocast(**autocast):
+            out = ref_student(fixed_feats)
+        loss = supervised_losses(out, fixed["strong"], fixed["weak"], fixed["has_strong"], fixed["has_weak"])
+        (loss["strong"] + loss["weak"]).backward()
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=True)
+
+    def reference_block(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            sync(device)
+            t0 = time.perf_counter()
+            reference_step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    reference_step()  # warm-up
+    ref_times = reference_block(args.ref_steps)
+
+    # ---------------------------------------------------------------- pipeline: DataLoader + training_step
+    loader = dm.train_dataloader()
+    if device.type == "cuda":
+        loader = torch.utils.data.DataLoader(
+            loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn,
+            num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=True,
+        )
+    it = iter(loader)
+    waits: list[float] = []
+    steps: list[float] = []
+
+    def pipeline_step(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        b = to_device(next(it), device)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.autocast(**autocast):
+            loss = module.training_step(b, i)
+        optimise(loss)
+        sync(device)
+        return t1 - t0, time.perf_counter() - t1
+
+    # Block 1, contiguous (nothing else runs between batches): throughput and data-wait fraction.
+    for i in range(1 + args.steps):
+        wait, step = pipeline_step(i)
+        if i > 0:  # the first batch pays worker start-up
+            waits.append(wait)
+            steps.append(step)
+    # Block 2, pairs (pipeline step, reference step): the ratio, robust to the machine's load changing.
+    pair_ratios = []
+    for j in range(args.pairs):
+        wait, step = pipeline_step(1 + args.steps + j)
+        ref = reference_block(1)
+        ref_times += ref
+        pair_ratios.append(ref[0] / (wait + step))
+    ref_times += reference_block(args.ref_steps)
+    del it
+
+    # ---------------------------------------------------------------- breakdown of one step
+    parts: dict[str, list[float]] = {k: [] for k in ("frontend+scaler", "student fwd", "teacher fwd",
+                                                      "losses+backward", "clip+adam", "ema")}
+
+    def timed(name: str, fn):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        parts[name].append(time.perf_counter() - t0)
+        return out
+
+    for _ in range(args.breakdown_repeats):
+        feats = timed("frontend+scaler", lambda: module.features(fixed["audio"]))
+        with torch.autocast(**autocast):
+            s_out = timed("student fwd", lambda: module.student(feats))
+            with torch.no_grad():
+                t_out = timed("teacher fwd", lambda: module.teacher(feats))
+
+        def backward():
+            losses = supervised_losses(s_out, fixed["strong"], fixed["weak"], fixed["has_strong"], fixed["has_weak"])
+            losses.update(consistency_losses(s_out, t_out))
+            sum(losses.values()).backward()
+
+        timed("losses+backward", backward)
+
+        def adam():
+            torch.nn.utils.clip_grad_norm_(module.student.parameters(), clip_norm or 1e9)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        timed("clip+adam", adam)
+        timed("ema", lambda: update_teacher(module.teacher, module.student, 0.999))
+
+    # ---------------------------------------------------------------- report
+    total = sum(waits) + sum(steps)
+    pipe_rate = batch * len(steps) / total
+    compute_rate = batch / median(steps)
+    ref_rate = batch / median(ref_times)
+    wait_frac = sum(waits) / total
+    prec = "bf16" if args.bf16 else "fp32"
+    what = (f"CRNN {n_params:,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 16 kHz "
+            f"(files {args.file_rate} Hz), {args.device} {prec}, {args.workers} workers")
+    note(what)
+    result(BENCH, f"mean-teacher step through DataLoader = {fmt_rate(pipe_rate, 'clips/s')} "
+                  f"(compute only {fmt_rate(compute_rate, 'clips/s')}); reference student fwd+bwd+adam on tensors "
+                  f"= {fmt_rate(ref_rate, 'clips/s')}; ratio {median(pair_ratios):.2f}x (median of "
+                  f"{len(pair_ratios)} interleaved pairs) [{what}; {len(steps)} contiguous steps, "
+                  f"{len(ref_times)} ref steps]")
+    result(BENCH, f"data wait = {100 * wait_frac:.1f}% of wall time (median wait {1e3 * median(waits):.0f} ms vs "
+                  f"step {1e3 * median(steps):.0f} ms per batch, {args.workers} workers)")
+    med = {k: median(v) for k, v in parts.items()}
+    whole = sum(med.values())
+    ref_part = med["student fwd"] + med["losses+backward"] + med["clip+adam"]
+    result(BENCH, "step breakdown: " + ", ".join(f"{k} {100 * v / whole:.1f}%" for k, v in med.items())
+           + f" (sum {1e3 * whole:.0f} ms = {whole / ref_part:.2f}x student fwd+bwd+adam)")
+
+    if args.lightning:
+        lightning_rate, lightning_gap = run_lightning(config, classes, root, bs, args, device)
+        result(BENCH, f"same step through pytorch_lightning.Trainer = {fmt_rate(lightning_rate, 'clips/s')}; "
+                      f"ratio to the manual loop {lightning_rate / pipe_rate:.2f}x, to the reference "
+                      f"{lightning_rate / ref_rate:.2f}x (time between batches {100 * lightning_gap:.1f}%)")
+
+
+def run_lightning(config, classes, root: Path, bs, args, device) -> tuple[float, float]:
+    """clips/s of ``Trainer.fit`` over the timed steps, and the fraction of time between batches."""
+    import pytorch_lightning as pl
+    import torch
+
+    from sed.datamodule import SEDDataModule
+    from sed.module import SEDModule
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+            self.ends: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            sync(device)
+            self.starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            sync(device)
+            self.ends.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    module = SEDModule(config, classes)
+    dm = SEDDataModule(root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers,
+                       epoch_length=10_000, seed=0)
+    dm.set_encoder(module.encoder)
+    clock = Clock()
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        precision="bf16-mixed" if args.bf16 else "32-true", max_steps=1 + args.steps,
+        gradient_clip_val=config["trainer"]["gradient_clip_val"], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        use_distributed_sampler=False, default_root_dir=str(root / "lightning"), callbacks=[clock],
+    )
+    trainer.fit(module, datamodule=dm)
+    starts, ends = clock.starts[1:], clock.ends[1:]
+    wall = ends[-1] - clock.ends[0]
+    gaps = sum(s - e for s, e in zip(starts, clock.ends[:-1]))
+    return sum(bs) * len(ends) / wall, gaps / wall
+
+
+if __name__ == "__main__":
+    main()
