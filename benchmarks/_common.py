@@ -93,15 +93,6 @@ def interleaved(
     return times
 
 
-def ratio_of_medians(times: Mapping[str, Sequence[float]], num: str, den: str) -> float:
-    return median(times[num]) / median(times[den])
-
-
-def paired_ratios(times: Mapping[str, Sequence[float]], num: str, den: str) -> float:
-    """Median over repeats of the per-round ratio (robust to slow phases that hit one round)."""
-    return median(a / b for a, b in zip(times[num], times[den]))
-
-
 # --------------------------------------------------------------------------- output
 def result(bench: str, text: str) -> str:
     """Print one summary line (``RESULT <bench>: ...``) and return it."""
@@ -148,28 +139,33 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _pss_kib(pid: int) -> int:
-    """Proportional set size: shared pages (a forked worker's copy of torch) divided among their users,
-    so summing over processes does not count them once per worker. Falls back to VmRSS."""
+def _private_kib(pid: int) -> int:
+    """Memory only this process holds (USS: private clean + dirty pages). For a forked DataLoader worker
+    this is what it added on top of its parent; pages still shared with the parent are not counted."""
+    total, found = 0, False
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+                found = True
     except (OSError, ValueError, IndexError):
         pass
-    return _status_kib(pid, "VmRSS")
+    return total if found else _status_kib(pid, "VmRSS")
 
 
 def tree_rss_mib(pid: int | None = None) -> float:
-    """Memory of a process and all its descendants (DataLoader workers included), MiB (sum of PSS)."""
+    """Memory of a process tree in MiB: the process's resident set plus each descendant's private memory
+    (DataLoader workers). Unlike a sum of RSS it does not count the parent's pages once per worker, and
+    unlike PSS it does not move when unrelated processes map the same libraries."""
     pid = os.getpid() if pid is None else pid
-    total, stack, seen = 0, [pid], set()
+    total = _status_kib(pid, "VmRSS")
+    stack, seen = _children(pid), {pid}
     while stack:
         p = stack.pop()
         if p in seen:
             continue
         seen.add(p)
-        total += _pss_kib(p)
+        total += _private_kib(p)
         stack += _children(p)
     return total / 1024.0
 

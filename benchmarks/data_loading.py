@@ -15,9 +15,11 @@ resamples to 16 kHz, crops at random and encodes the strong labels, exactly as i
   whose kernel is built once, label encoding.
   Also the cost of writing one cache entry (``sed.utils.io.atomic_open``, which fsyncs) against a plain
   ``np.save`` + rename.
-* memory: peak resident memory (sum of PSS, so pages a forked worker shares with its parent count once)
-  of the process and its workers over one epoch for growing dataset lengths (``--rss-sizes``; hard links
-  to the generated files under new names); streaming keeps it flat.
+* memory: peak memory of the process (RSS) and its workers (private memory, USS: what each forked worker
+  added on top of the pages it shares with the parent) over one epoch for growing dataset lengths (``--rss-sizes``; hard links
+  to the generated files under new names), each size in a fresh process; and, for the largest, the
+  maximum in each quarter of the epoch. Streaming means the second half does not grow over the first
+  (allocator warm-up in the first batches is expected; growth with clips seen is not).
 
     python benchmarks/data_loading.py
     python benchmarks/data_loading.py --clips 200 --workers 0 2 4 --rss-sizes 100 1000 10000
@@ -25,6 +27,7 @@ resamples to 16 kHz, crops at random and encodes the strong labels, exactly as i
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -55,10 +58,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per configuration")
-    parser.add_argument("--rss-sizes", type=int, nargs="+", default=[48, 192], help="dataset lengths for RSS")
+    parser.add_argument("--rss-sizes", type=int, nargs="+", default=[96, 768], help="dataset lengths for memory")
     parser.add_argument("--rss-workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--mmap-threshold", type=int, default=4 << 20,
+                        help="also run the largest memory epoch with workers calling mallopt(M_MMAP_THRESHOLD, this) "
+                             "(0: skip)")
+    parser.add_argument("--rss-child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     apply_threads(args.threads)
+    if args.rss_child:
+        rss_child_main(Path(args.workdir), *args.rss_child, args.batch_size, args.mmap_threshold)
+        return
 
     import numpy as np
     import soundfile as sf
@@ -187,46 +197,100 @@ def main() -> None:
 
     # ---------------------------------------------------------------- memory as the dataset grows
     rss_dir = root / "rss_audio"
-    for n in sorted(args.rss_sizes):
-        rss_dir.mkdir(exist_ok=True)
-        names = [f"grow_{i:06d}.wav" for i in range(n)]
-        for i, name in enumerate(names):
-            dst = rss_dir / name
-            if not dst.exists():
-                os.link(paths[i % len(paths)], dst)
-        src = strong.set_index("filename")
-        rows = []
-        for i, name in enumerate(names):
-            r = src.loc[[filenames[i % len(filenames)]]].reset_index()
-            r["filename"] = name
-            rows.append(r)
-        import pandas as pd
-
-        labels = pd.concat(rows, ignore_index=True)
-        peaks = []
-        for w in args.rss_workers:
-            ds = make_dataset(names, rss_dir, labels=labels)
-            loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=w)
-            with PeakRSS() as peak:
-                t0 = time.perf_counter()
-                epoch(loader)
-                dt = time.perf_counter() - t0
-            peaks.append((w, peak.peak, n / dt))
-            del loader, ds
-        _rss_rows.append((n, peaks))
-    by_w: dict[int, list[tuple[int, float]]] = {}
-    for n, peaks in _rss_rows:
-        for w, p, _ in peaks:
-            by_w.setdefault(w, []).append((n, p))
-    for w, pts in by_w.items():
-        growth = pts[-1][1] - pts[0][1]
-        result(BENCH, f"peak memory (PSS, process + workers), {w} workers, no cache: "
-                      + ", ".join(f"{n} clips {p:.0f} MiB" for n, p in pts)
-                      + f"; growth {growth:+.0f} MiB for {pts[-1][0] / pts[0][0]:.0f}x more clips "
-                      f"({'flat' if abs(growth) < 0.1 * pts[0][1] + 32 else 'NOT flat'})")
+    rss_dir.mkdir(exist_ok=True)
+    for i in range(max(args.rss_sizes)):
+        dst = rss_dir / f"grow_{i:06d}.wav"
+        if not dst.exists():
+            os.link(paths[i % len(paths)], dst)
+    for w in args.rss_workers:
+        runs = {n: _rss_child(root, n, w, args.batch_size) for n in sorted(args.rss_sizes)}
+        big_n = max(runs)
+        big = runs[big_n]
+        quarters = big["quarters"]
+        second_half = max(quarters[2:]) - max(quarters[:2])
+        flat = second_half < 0.05 * big["peak"] + 16
+        result(BENCH, f"peak memory (RSS + workers' USS), {w} workers, no cache, fresh process per size: "
+                      + ", ".join(f"{n} clips {r['peak']:.0f} MiB" for n, r in runs.items())
+                      + f"; during the {big_n}-clip epoch, max per quarter "
+                      + " / ".join(f"{q:.0f}" for q in quarters)
+                      + f" MiB: second half {second_half:+.0f} MiB over the first "
+                      f"({'flat' if flat else 'NOT flat'}), {fmt_rate(big['rate'], 'clips/s')}")
+        if args.mmap_threshold and w > 0:
+            # Before/after of the proposed fix: glibc's dynamic mmap threshold lets freed multi-MB buffers
+            # (decoded audio, resampled audio, collated batches) pile up on the heap of each worker.
+            fixed = _rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold)
+            fq = fixed["quarters"]
+            result(BENCH, f"same {big_n}-clip epoch, {w} workers, worker_init_fn mallopt(M_MMAP_THRESHOLD, "
+                          f"{args.mmap_threshold >> 10} KiB): "
+                          f"peak {fixed['peak']:.0f} MiB (vs {big['peak']:.0f}), max per quarter "
+                          + " / ".join(f"{q:.0f}" for q in fq)
+                          + f" MiB, second half {max(fq[2:]) - max(fq[:2]):+.0f} MiB; "
+                          f"{fmt_rate(fixed['rate'], 'clips/s')} (vs {fmt_rate(big['rate'], 'clips/s')})")
 
 
-_rss_rows: list = []
+def _rss_child(root: Path, n: int, workers: int, batch_size: int, mallopt: int = 0) -> dict:
+    """Peak and per-quarter memory of one epoch over ``n`` clips, measured in a fresh process."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "--rss-child", str(n), str(workers), "--workdir", str(root),
+           "--batch-size", str(batch_size), "--mmap-threshold", str(mallopt)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RSS "))[4:])
+
+
+def fixed_mmap_threshold(nbytes: int):
+    """A DataLoader ``worker_init_fn`` fixing glibc's mmap threshold (which also stops its dynamic growth),
+    so freed buffers above ``nbytes`` go back to the OS instead of fragmenting the worker's heap."""
+
+    def init(worker_id: int) -> None:
+        import ctypes
+        import ctypes.util
+
+        M_MMAP_THRESHOLD = -3
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, int(nbytes))
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+    return init
+
+
+def rss_child_main(root: Path, n: int, workers: int, batch_size: int, mallopt: int = 0) -> None:
+    import json
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from sed.data.datasets import SEDDataset, collate
+    from sed.data.encoder import LabelEncoder
+    from sed.data.tsv import read_strong
+    from sed.synth import dataset_layout
+
+    torch.set_num_threads(1)  # memory, not speed: keep the main process out of thread stalls
+    layout = dataset_layout(root)
+    classes = [c.strip() for c in layout.classes_file.read_text().splitlines() if c.strip()]
+    encoder = LabelEncoder(classes, sample_rate=16000, hop_length=256, clip_duration=10.0, time_pooling=4)
+    strong = read_strong(layout.strong_tsv, classes)
+    sources = sorted(strong["filename"].unique())
+    names = [f"grow_{i:06d}.wav" for i in range(n)]
+    rename = {src: [] for src in sources}
+    for i, name in enumerate(names):
+        rename[sources[i % len(sources)]].append(name)
+    labels = strong.assign(filename=strong["filename"].map(rename)).explode("filename").dropna(subset=["filename"])
+    ds = SEDDataset(root / "rss_audio", names, encoder, 16000, 10.0, strong=labels, random_crop=True)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
+                        worker_init_fn=fixed_mmap_threshold(mallopt) if mallopt and workers else None)
+    n_batches = len(loader)
+    quarters = [0.0] * 4
+    t0 = time.perf_counter()
+    with PeakRSS() as peak:
+        for i, _ in enumerate(loader):
+            q = min(3, 4 * i // n_batches)
+            quarters[q] = max(quarters[q], peak.samples[-1] if peak.samples else 0.0)
+    rate = n / (time.perf_counter() - t0)
+    print("RSS " + json.dumps({"peak": peak.peak, "quarters": quarters, "rate": rate}), flush=True)
 
 
 def _where(key: tuple) -> str:

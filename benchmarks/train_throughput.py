@@ -73,11 +73,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-sizes", type=int, nargs=3, default=None, metavar=("STRONG", "WEAK", "UNLAB"),
                         help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)")
-    parser.add_argument("--steps", type=int, default=3, help="timed pipeline steps (after 1 warm-up step)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed pipeline steps after 1 warm-up step (default: 3 on CPU, 30 on CUDA)")
     parser.add_argument("--ref-steps", type=int, default=1, help="timed reference steps before and after")
-    parser.add_argument("--pairs", type=int, default=2, help="interleaved (pipeline, reference) step pairs")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="interleaved (pipeline, reference) step pairs (default: 2 on CPU, 10 on CUDA)")
     parser.add_argument("--breakdown-repeats", type=int, default=1, help="manual steps timed part by part")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (embedded config: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers (default: 2 on CPU as conf/data/embedded.yaml, 4 on CUDA as desed.yaml)")
     parser.add_argument("--file-rate", type=int, default=16000,
                         help="sample rate of the generated files (44100: the loader also resamples)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks (CUDA)")
@@ -95,7 +98,11 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    bs = args.batch_sizes or ([12, 12, 24] if device.type == "cuda" else [2, 2, 4])
+    gpu = device.type == "cuda"
+    bs = args.batch_sizes or ([12, 12, 24] if gpu else [2, 2, 4])
+    args.steps = args.steps if args.steps is not None else (30 if gpu else 3)
+    args.pairs = args.pairs if args.pairs is not None else (10 if gpu else 2)
+    args.workers = args.workers if args.workers is not None else (4 if gpu else 2)
     batch = sum(bs)
     print(machine_line(args.device), flush=True)
     root = workdir(args.workdir, "train")
