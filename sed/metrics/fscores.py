@@ -1,0 +1,201 @@
+"""Threshold-based F1 scores: intersection F1 from scores (sed_scores_eval), event/segment F1 (sed_eval).
+
+Event- and segment-based F1 are computed on decoded detections, the way DCASE reports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sed.metrics.ground_truth import _drop_classes_without_events, _id_keyed, _prepare
+from sed.postprocess import audio_id
+
+logger = logging.getLogger("sed.metrics")  # one logger for the package, named as before the split
+
+
+# --------------------------------------------------------------------------- intersection F1
+def intersection_f1(
+    scores: Mapping[str, pd.DataFrame],
+    ground_truth: pd.DataFrame | Mapping,
+    thresholds: Sequence[float] = (0.5,),
+    *,
+    dtc: float = 0.5,
+    gtc: float = 0.5,
+    num_jobs: int = 1,
+    strict: bool = False,
+) -> dict[float, dict]:
+    """Intersection-based F1 (DCASE: dtc = gtc = 0.5) at each threshold, from scores.
+
+    Uses sed_scores_eval (statistics computed once, then read at each threshold; a frame is
+    active when its score is strictly above the threshold, as in :func:`detections_from_scores`).
+
+    Returns:
+        ``{threshold: {"f1_macro", "f1_micro", "precision_micro", "recall_micro", "per_class": {class: f1}}}``
+    """
+    from sed_scores_eval.base_modules.precision_recall import single_fscore_from_intermediate_statistics
+    from sed_scores_eval.intersection_based import accumulated_intermediate_statistics
+
+    scores, gt, _ = _prepare(scores, ground_truth, None, strict=strict)
+    scores, classes = _drop_classes_without_events(scores, gt)
+    out: dict[float, dict] = {}
+    if not classes:
+        nan = float("nan")
+        return {
+            float(t): {"f1_macro": nan, "f1_micro": nan, "precision_micro": nan, "recall_micro": nan, "per_class": {}}
+            for t in thresholds
+        }
+    stats, _ = accumulated_intermediate_statistics(
+        scores=scores, ground_truth=gt, dtc_threshold=dtc, gtc_threshold=gtc, num_jobs=num_jobs
+    )
+    for t in thresholds:
+        f, p, r, _ = single_fscore_from_intermediate_statistics(stats, threshold=float(t))
+        out[float(t)] = {
+            "f1_macro": float(f["macro_average"]),
+            "f1_micro": float(f["micro_average"]),
+            "precision_micro": float(p["micro_average"]),
+            "recall_micro": float(r["micro_average"]),
+            "per_class": {c: float(f[c]) for c in classes},
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- sed_eval metrics
+def _sed_eval():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import sed_eval
+    return sed_eval
+
+
+def _events_by_clip(df: pd.DataFrame | Mapping) -> dict[str, list[dict]]:
+    """Strong DataFrame or ground-truth dict -> ``{audio_id: [sed_eval event dict, ...]}``.
+
+    No-event rows are dropped but their clip gets an (empty) entry.
+    """
+    out: dict[str, list[dict]] = {}
+    if isinstance(df, Mapping):
+        for key, events in df.items():
+            out[audio_id(key)] = [
+                {"filename": key, "event_label": lab, "onset": float(a), "offset": float(b)} for a, b, lab in events
+            ]
+        return out
+    if df is None or len(df) == 0:
+        return out
+    names = df["filename"].astype(str).to_numpy()
+    on = pd.to_numeric(df["onset"], errors="coerce").to_numpy(dtype=np.float64)
+    off = pd.to_numeric(df["offset"], errors="coerce").to_numpy(dtype=np.float64)
+    labels = df["event_label"].to_numpy()
+    for name, a, b, lab in zip(names, on, off, labels):
+        key = audio_id(name)
+        events = out.setdefault(key, [])
+        if np.isnan(a) or np.isnan(b) or not isinstance(lab, str) or lab == "":
+            continue
+        events.append({"filename": name, "event_label": lab, "onset": float(a), "offset": float(b)})
+    return out
+
+
+def _clip_list(filenames, gt_events, det_events) -> list[str]:
+    if filenames is None:
+        clips = sorted(gt_events)
+        extra = set(det_events) - set(gt_events)
+        if extra:
+            logger.warning(
+                "%d clip(s) with detections are not in the ground truth and are not evaluated, e.g. %s",
+                len(extra), sorted(extra)[:3],
+            )
+        return clips
+    return sorted({audio_id(f) for f in filenames})
+
+
+def _summary(metric, classes: Sequence[str]) -> dict:
+    overall = metric.results_overall_metrics()
+    average = metric.results_class_wise_average_metrics()
+    per_class = metric.results_class_wise_metrics()
+    return {
+        "f1_macro": float(average["f_measure"]["f_measure"]),
+        "precision_macro": float(average["f_measure"]["precision"]),
+        "recall_macro": float(average["f_measure"]["recall"]),
+        "f1_micro": float(overall["f_measure"]["f_measure"]),
+        "precision_micro": float(overall["f_measure"]["precision"]),
+        "recall_micro": float(overall["f_measure"]["recall"]),
+        "error_rate": float(overall["error_rate"]["error_rate"]),
+        "per_class": {c: float(per_class[c]["f_measure"]["f_measure"]) for c in classes},
+    }
+
+
+def event_f1(
+    detections: pd.DataFrame,
+    ground_truth: pd.DataFrame | Mapping,
+    classes: Sequence[str],
+    collar: float = 0.2,
+    percentage_of_length: float = 0.2,
+    filenames: Sequence[str] | None = None,
+    *,
+    evaluate_onset: bool = True,
+    evaluate_offset: bool = True,
+) -> dict:
+    """Event-based F1 with ``sed_eval.sound_event.EventBasedMetrics`` (DCASE settings by default).
+
+    Each clip in ``filenames`` (ids or filenames; default: every clip of the ground truth,
+    no-event rows included) is evaluated, whether or not it has detections or events; clips
+    are matched by audio id, so ``.wav``/``.flac`` differences do not matter. Empty system
+    output scores 0 (``empty_system_output_handling='zero_score'``).
+
+    Returns:
+        ``{"f1_macro", "precision_macro", "recall_macro", "f1_micro", "precision_micro",
+        "recall_micro", "error_rate", "per_class": {class: f1}}`` (a class without reference
+        events has NaN F1 and is left out of the macro average, as in sed_eval).
+    """
+    sed_eval = _sed_eval()
+    gt_events = _events_by_clip(ground_truth)
+    det_events = _events_by_clip(detections)
+    metric = sed_eval.sound_event.EventBasedMetrics(
+        event_label_list=list(classes),
+        t_collar=float(collar),
+        percentage_of_length=float(percentage_of_length),
+        evaluate_onset=evaluate_onset,
+        evaluate_offset=evaluate_offset,
+        empty_system_output_handling="zero_score",
+    )
+    for clip in _clip_list(filenames, gt_events, det_events):
+        metric.evaluate(reference_event_list=gt_events.get(clip, []), estimated_event_list=det_events.get(clip, []))
+    return _summary(metric, classes)
+
+
+def segment_f1(
+    detections: pd.DataFrame,
+    ground_truth: pd.DataFrame | Mapping,
+    classes: Sequence[str],
+    segment: float = 1.0,
+    filenames: Sequence[str] | None = None,
+    durations: Mapping[str, float] | None = None,
+) -> dict:
+    """Segment-based F1 with ``sed_eval.sound_event.SegmentBasedMetrics`` (``segment`` seconds).
+
+    Clips are chosen as in :func:`event_f1`. With ``durations`` each clip is evaluated over its
+    full length (otherwise up to its last reference or detected offset, sed_eval's default).
+
+    Returns:
+        Same keys as :func:`event_f1`.
+    """
+    sed_eval = _sed_eval()
+    gt_events = _events_by_clip(ground_truth)
+    det_events = _events_by_clip(detections)
+    dur = _id_keyed(durations) if durations is not None else {}
+    metric = sed_eval.sound_event.SegmentBasedMetrics(
+        event_label_list=list(classes),
+        time_resolution=float(segment),
+    )
+    metric.empty_system_output_handling = "zero_score"  # its constructor does not take the option
+    for clip in _clip_list(filenames, gt_events, det_events):
+        metric.evaluate(
+            reference_event_list=gt_events.get(clip, []),
+            estimated_event_list=det_events.get(clip, []),
+            evaluated_length_seconds=dur.get(clip),
+        )
+    return _summary(metric, classes)
