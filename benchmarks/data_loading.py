@@ -218,14 +218,20 @@ def main() -> None:
         if args.mmap_threshold and w > 0:
             # Before/after of the proposed fix: glibc's dynamic mmap threshold lets freed multi-MB buffers
             # (decoded audio, resampled audio, collated batches) pile up on the heap of each worker.
-            fixed = _rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold)
+            # Interleaved with a second default run: separate processes, so load changes hit both.
+            fixed_runs = [_rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold)]
+            default_runs = [big, _rss_child(root, big_n, w, args.batch_size)]
+            fixed_runs.append(_rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold))
+            fixed = {"peak": median(r["peak"] for r in fixed_runs), "rate": median(r["rate"] for r in fixed_runs),
+                     "quarters": [median(q) for q in zip(*(r["quarters"] for r in fixed_runs))]}
+            big = {"peak": median(r["peak"] for r in default_runs), "rate": median(r["rate"] for r in default_runs)}
             fq = fixed["quarters"]
             result(BENCH, f"same {big_n}-clip epoch, {w} workers, worker_init_fn mallopt(M_MMAP_THRESHOLD, "
                           f"{args.mmap_threshold >> 10} KiB): "
                           f"peak {fixed['peak']:.0f} MiB (vs {big['peak']:.0f}), max per quarter "
                           + " / ".join(f"{q:.0f}" for q in fq)
                           + f" MiB, second half {max(fq[2:]) - max(fq[:2]):+.0f} MiB; "
-                          f"{fmt_rate(fixed['rate'], 'clips/s')} (vs {fmt_rate(big['rate'], 'clips/s')})")
+                          f"{fmt_rate(fixed['rate'], 'clips/s')} (vs {fmt_rate(big['rate'], 'clips/s')}) [medians of 2 runs each]")
 
 
 def _rss_child(root: Path, n: int, workers: int, batch_size: int, mallopt: int = 0) -> dict:
