@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
 import pytorch_lightning as pl
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -17,6 +19,20 @@ from sed.data.sampler import MixedBatchSampler
 from sed.data.tsv import read_durations, read_filenames, read_strong, read_weak
 
 log = logging.getLogger(__name__)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Seed the worker as Lightning does, and serve multi-MB allocations (decoded clips) by mmap.
+
+    glibc otherwise keeps the freed audio buffers of a long-lived worker on its heap, and each worker's memory
+    grows through an epoch (measured: 2 workers, 1,180 MiB peak growing vs 876 MiB flat;
+    benchmarks/data_loading.py).
+    """
+    pl_worker_init_function(worker_id)
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD = 4 MiB
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class SEDDataModule(pl.LightningDataModule):
@@ -204,6 +220,7 @@ class SEDDataModule(pl.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=_init_worker if self.num_workers > 0 else None,
             pin_memory=self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator",
             **kwargs,
         )

@@ -218,7 +218,7 @@ class SEDDataset(Dataset):
                 logger.warning("%s: unreadable cache entry, decoding %s again", cpath, path)
         data = self._decode(path, mono)
         cpath.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(cpath, "wb") as f:
+        with atomic_open(cpath, "wb", fsync=False) as f:  # a lost cache entry is just decoded again
             np.save(f, data)
         return data
 
@@ -228,7 +228,10 @@ class SEDDataset(Dataset):
         return int(torch.randint(n - self.n_samples + 1, (1,), generator=gen))
 
     def _pick_channel(self, n_channels: int, gen: torch.Generator) -> int | None:
-        if n_channels == 1 or self.channel == "mean":
+        """Channel to keep, or None for the mean of all (a mono file needs no mixing)."""
+        if n_channels == 1:
+            return 0
+        if self.channel == "mean":
             return None
         return int(torch.randint(n_channels, (1,), generator=gen))
 
