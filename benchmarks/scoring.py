@@ -95,7 +95,6 @@ def operating_point(det, gt, classes: list[str], total_hours: float, s: dict):
     """Intersection-based counts at one threshold (pandas joins): TPR per class, FP per hour of audio per
     class, cross-triggers of class c on class k per hour of class-k ground truth (the PSDS definitions)."""
     import numpy as np
-    import pandas as pd
 
     det = det.reset_index(drop=True).assign(det_id=lambda d: np.arange(len(d)))
     gt = gt.dropna(subset=["onset"]).reset_index(drop=True).assign(gt_id=lambda d: np.arange(len(d)))

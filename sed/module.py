@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
-from torchmetrics.functional.classification import multilabel_f1_score
 
 from sed.augment import mask_time_frequency, mixup
 from sed.data.encoder import LabelEncoder
