@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sed.data.audio import AudioError, read_raw
+from sed.data.audio import AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
 from sed.utils.io import atomic_open
@@ -163,11 +163,7 @@ class Detector:
             x = x.mean(dim=0)
         elif x.ndim != 1:
             raise ValueError(f"audio must be [samples] or [channels, samples], got shape {tuple(x.shape)}")
-        if int(sample_rate) != self.sample_rate:
-            import torchaudio.functional as AF
-
-            x = AF.resample(x, int(sample_rate), self.sample_rate)
-        return x.contiguous()
+        return resample(x, int(sample_rate), self.sample_rate).contiguous()
 
     def window_starts(self, n_samples: int) -> np.ndarray:
         """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""

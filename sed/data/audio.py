@@ -23,16 +23,12 @@ class AudioError(RuntimeError):
     """An audio file is missing or cannot be decoded; the message names the file."""
 
 
-def _log_resample_once(orig: int, target: int) -> None:
+def _log_resample_once(orig: int, target: int, hint: str) -> None:
     with _logged_lock:
         if (orig, target) in _logged_rates:
             return
         _logged_rates.add((orig, target))
-    logger.info(
-        "resampling audio from %d Hz to %d Hz on the fly (logged once per rate pair); "
-        "set a cache_dir to resample each file only once",
-        orig, target,
-    )
+    logger.info("resampling audio from %d Hz to %d Hz (logged once per rate pair)%s", orig, target, hint)
 
 
 def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -55,15 +51,16 @@ def _resampler(orig: int, target: int, dtype: torch.dtype) -> torch.nn.Module:
     return AT.Resample(orig, target, dtype=dtype)
 
 
-def resample(wav: torch.Tensor, orig: int, target: int) -> torch.Tensor:
+def resample(wav: torch.Tensor, orig: int, target: int, hint: str = "") -> torch.Tensor:
     """Resample along the last axis with torchaudio's windowed sinc (no-op when rates match).
 
     The sinc kernel of each rate pair is built once and reused (building it per clip cost 1.4-2.9x the
     resampling itself; benchmarks/data_loading.py); the output is that of ``torchaudio.functional.resample``.
+    ``hint`` is appended to the one-time log line (e.g. how the caller could avoid resampling).
     """
     if orig == target:
         return wav
-    _log_resample_once(orig, target)
+    _log_resample_once(orig, target, hint)
     with torch.no_grad():
         return _resampler(int(orig), int(target), wav.dtype)(wav)
 

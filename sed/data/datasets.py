@@ -26,6 +26,7 @@ from sed.data.tsv import AnnotationError
 from sed.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
+_CACHE_HINT = "; set a cache_dir (data.cache_dir) to resample each file once instead of every epoch"
 
 
 class SEDDataset(Dataset):
@@ -266,7 +267,7 @@ class SEDDataset(Dataset):
         data, rate = read_raw(path)
         ch = self._pick_channel(data.shape[0], gen)
         mono = data.mean(axis=0) if ch is None else data[ch]
-        wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate)
+        wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate, hint=_CACHE_HINT)
         return fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen)
 
     # --- Dataset API ------------------------------------------------------------------

@@ -128,9 +128,10 @@ class FolderSoundBank:
             x = data.mean(axis=1)
             if rate != sample_rate:
                 import torch
-                import torchaudio.functional as AF
 
-                x = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate).numpy()
+                from sed.data.audio import resample
+
+                x = resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate).numpy()
             if len(self._cache) > 256:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = x.astype(np.float32)
