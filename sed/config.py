@@ -57,6 +57,7 @@ class DataConfig:
     num_workers: int = 2
     channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
     cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
+    nonfinite_audio: str = "error"  # NaN/Inf samples: "error" (names the file) or "zero" (silence, warned)
 
 
 @dataclass

@@ -70,6 +70,7 @@ class SEDDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         channel: str = "mean",
         cache_dir: Optional[str] = None,
+        nonfinite_audio: str = "error",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -97,6 +98,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.channel = channel
         self.cache_dir = cache_dir
+        self.nonfinite_audio = nonfinite_audio
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
         self.train_sets: dict[str, SEDDataset] = {}
@@ -160,6 +162,7 @@ class SEDDataModule(pl.LightningDataModule):
             channel=self.channel,
             seed=self.seed,
             cache_dir=self.cache_dir,
+            nonfinite=self.nonfinite_audio,
             **labels,
         )
 

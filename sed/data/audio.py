@@ -15,6 +15,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 CHANNEL_MODES = ("mean", "random")
+NONFINITE_POLICIES = ("error", "zero")
 _logged_rates: set[tuple[int, int]] = set()
 _logged_lock = threading.Lock()
 
@@ -31,8 +32,34 @@ def _log_resample_once(orig: int, target: int, hint: str) -> None:
     logger.info("resampling audio from %d Hz to %d Hz (logged once per rate pair)%s", orig, target, hint)
 
 
-def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode a file to float32 ``[channels, samples]`` at its own rate; errors name the file."""
+def check_finite(data: np.ndarray, path: str | os.PathLike, nonfinite: str = "error") -> np.ndarray:
+    """Catch NaN/Inf samples where audio is read: one of them turns a network's weights or scores into NaN.
+
+    ``nonfinite="error"`` raises :class:`AudioError` naming the file; ``"zero"`` replaces them with 0 and
+    logs a warning naming the file. Float WAV/FLAC can hold them; integer PCM cannot.
+    """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+    if data.dtype.kind != "f":
+        return data
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return data
+    n = int(bad.sum())
+    if nonfinite == "error":
+        raise AudioError(
+            f"{path}: {n} non-finite sample(s) (NaN/Inf) in {data.size}; fix the file, or set "
+            "data.nonfinite_audio=zero to replace them with silence"
+        )
+    logger.warning("%s: %d non-finite sample(s) (NaN/Inf) replaced with 0", path, n)
+    return np.where(bad, np.zeros((), dtype=data.dtype), data)
+
+
+def read_raw(path: str | os.PathLike, nonfinite: str = "error") -> tuple[np.ndarray, int]:
+    """Decode a file to float32 ``[channels, samples]`` at its own rate; errors name the file.
+
+    Non-finite samples are handled by :func:`check_finite` with policy ``nonfinite``.
+    """
     try:
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
     except FileNotFoundError:
@@ -41,7 +68,7 @@ def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         if not os.path.exists(path):
             raise AudioError(f"{path}: audio file not found") from None
         raise AudioError(f"{path}: cannot read audio file: {err}") from None
-    return np.ascontiguousarray(data.T), int(rate)
+    return np.ascontiguousarray(check_finite(data, path, nonfinite).T), int(rate)
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,14 +111,15 @@ def read_audio(
     sample_rate: int,
     channel: str = "mean",
     generator: torch.Generator | None = None,
+    nonfinite: str = "error",
 ) -> torch.Tensor:
-    """Read a file as 1-D float32 at ``sample_rate``.
+    """Read a file as 1-D float32 at ``sample_rate`` (non-finite samples: see :func:`check_finite`).
 
     Multi-channel audio becomes mono by channel mean (``channel="mean"``) or by picking one
     channel at random (``"random"``, using ``generator``). Mixing happens before resampling
     (both are linear, so this is equivalent and cheaper).
     """
-    data, rate = read_raw(path)
+    data, rate = read_raw(path, nonfinite)
     wav = select_channel(torch.from_numpy(data), channel, generator)
     return resample(wav, rate, sample_rate).to(torch.float32).contiguous()
 

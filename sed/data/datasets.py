@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from sed.data.audio import CHANNEL_MODES, AudioError, fit_length, read_raw, resample
+from sed.data.audio import CHANNEL_MODES, NONFINITE_POLICIES, AudioError, check_finite, fit_length, read_raw, resample
 from sed.data.encoder import LabelEncoder
 from sed.data.tsv import AnnotationError
 from sed.utils.io import atomic_open
@@ -48,6 +48,8 @@ class SEDDataset(Dataset):
             (read back memory-mapped, so only the crop is touched).
         check_readable: also open every file's header at construction (slower, but a broken
             file fails now instead of mid-epoch).
+        nonfinite: NaN/Inf samples are an error naming the file (``"error"``) or replaced with
+            silence and logged (``"zero"``); see :func:`sed.data.audio.check_finite`.
 
     Errors: a missing audio file raises :class:`AnnotationError` naming the annotation file
     and line when known (else the audio path); an empty dataset raises naming its source.
@@ -67,11 +69,14 @@ class SEDDataset(Dataset):
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         check_readable: bool = False,
+        nonfinite: str = "error",
     ) -> None:
         if strong is not None and weak is not None:
             raise ValueError("SEDDataset takes strong or weak labels, not both")
         if channel not in CHANNEL_MODES:
             raise ValueError(f"channel must be one of {CHANNEL_MODES}, got {channel!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if int(sample_rate) != encoder.sample_rate or abs(float(clip_duration) - encoder.clip_duration) > 1e-9:
             raise ValueError(
                 f"dataset ({sample_rate} Hz, {clip_duration} s) and label encoder "
@@ -85,6 +90,7 @@ class SEDDataset(Dataset):
         self.random_crop = bool(random_crop)
         self.channel = channel
         self.seed = int(seed)
+        self.nonfinite = nonfinite
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         labels = strong if strong is not None else weak
         self.kind = "strong" if strong is not None else "weak" if weak is not None else "unlabeled"
@@ -200,7 +206,7 @@ class SEDDataset(Dataset):
         return self.cache_dir / f"{self.sample_rate}Hz" / f"{path.name}.{mode}.{digest}.npy"
 
     def _decode(self, path: Path, mono: bool) -> np.ndarray:
-        data, rate = read_raw(path)
+        data, rate = read_raw(path, self.nonfinite)
         if mono and data.shape[0] > 1:
             data = data.mean(axis=0, keepdims=True)
         return resample(torch.from_numpy(data), rate, self.sample_rate).numpy().astype(np.float32, copy=False)
@@ -262,9 +268,10 @@ class SEDDataset(Dataset):
                 )
             except Exception as err:  # noqa: BLE001
                 raise AudioError(f"{path}: cannot read audio file: {err}") from None
+            data = check_finite(data, path, self.nonfinite)
             wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if ch is None else data[:, ch]))
             return fit_length(wav, self.n_samples, random_crop=False)[0], start
-        data, rate = read_raw(path)
+        data, rate = read_raw(path, self.nonfinite)
         ch = self._pick_channel(data.shape[0], gen)
         mono = data.mean(axis=0) if ch is None else data[ch]
         wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate, hint=_CACHE_HINT)

@@ -92,3 +92,25 @@ def test_missing_and_unreadable_files_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="cannot read") as excinfo:
         read_audio(bad, 16000)
     assert str(bad) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_samples_are_refused_naming_the_file(tmp_path, bad):
+    x = sine(440.0, 16000, 0.5)
+    x[100] = bad
+    sf.write(tmp_path / "poisoned.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"poisoned\.wav.*1 non-finite sample"):
+        read_audio(tmp_path / "poisoned.wav", 16000)
+
+
+def test_nonfinite_samples_zeroed_with_a_warning_when_asked(tmp_path, caplog):
+    x = sine(440.0, 16000, 0.5)
+    x[[3, 7]] = np.nan
+    sf.write(tmp_path / "poisoned.wav", x, 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="sed.data.audio"):
+        y = read_audio(tmp_path / "poisoned.wav", 16000, nonfinite="zero")
+    assert torch.isfinite(y).all()
+    assert y[3] == 0 and y[7] == 0 and y[4] == pytest.approx(x[4])
+    assert any("poisoned.wav" in r.getMessage() and "2 non-finite" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="nonfinite"):
+        read_audio(tmp_path / "poisoned.wav", 16000, nonfinite="ignore")

@@ -238,3 +238,21 @@ def test_mixed_batches_through_dataloader(tmp_path, enc):
 def test_collate_rejects_empty_batch():
     with pytest.raises(ValueError):
         collate([])
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("rate", [SR, 8000])
+def test_nonfinite_training_audio_caught_where_read(tmp_path, enc, cache, rate):
+    """A NaN sample in a training clip is an error naming the file (streamed, cached and resampled paths),
+    or silence with nonfinite='zero'."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    x = np.full(rate, 0.1, dtype=np.float32)
+    x[rate // 2] = np.nan
+    wav(audio / "nan.wav", x, rate)
+    kw = {"cache_dir": tmp_path / "cache"} if cache else {}
+    d = SEDDataset(audio, ["nan.wav"], enc, SR, CLIP, **kw)
+    with pytest.raises(AudioError, match=r"nan\.wav.*non-finite"):
+        d[0]
+    z = SEDDataset(audio, ["nan.wav"], enc, SR, CLIP, nonfinite="zero", **kw)
+    assert torch.isfinite(z[0]["audio"]).all()
