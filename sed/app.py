@@ -61,7 +61,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
     """Train and/or test as ``cfg`` says; outputs go to ``run_dir``. Returns the test metrics per model."""
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
+    # Evaluation never generates data: it scores the data that is there.
+    dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, generate=cfg.data.generate and cfg.train, _convert_="all")
     dm.prepare_data()
     if not cfg.train:
         if not cfg.ckpt_path:

@@ -35,6 +35,33 @@ def _init_worker(worker_id: int) -> None:
         pass
 
 
+_SETTING_KEYS = {
+    "seed": "data.generate_seed",
+    "sizes": "data.generate_sizes",
+    "clip_duration": "data.clip_duration",
+    "sample_rate": "data.sample_rate",
+}
+
+
+def _refusal_advice(err: Exception) -> str:
+    """A refused generation in the configuration's terms: which keys to set."""
+    differences = getattr(err, "differences", {})
+    if not differences:
+        return (
+            f"data.generate=true would write the synthetic dataset into data.root={err.root}, which already holds "
+            "files the generator did not write; nothing was changed. To train on that data set data.generate=false "
+            "(and its paths, e.g. data=desed for a prepared DESED copy); to generate the embedded data, point "
+            "data.root at a new or empty folder."
+        )
+    name = lambda k: _SETTING_KEYS.get(k, f"generator {k}")  # noqa: E731
+    listed = "; ".join(f"{name(k)}: {found!r} there, {wanted!r} in this run" for k, (found, wanted) in differences.items())
+    return (
+        f"data.root={err.root} holds the synthetic dataset generated with other settings ({listed}); it is not "
+        "regenerated in place. Use it with its own settings, or point data.root at a new folder to generate one "
+        "with this run's settings."
+    )
+
+
 class SEDDataModule(pl.LightningDataModule):
     """Builds the strong / weak / unlabeled training subsets and the validation and test sets.
 
@@ -112,31 +139,26 @@ class SEDDataModule(pl.LightningDataModule):
         return p if p.is_absolute() else self.root / p
 
     def prepare_data(self) -> None:
-        """Generate the embedded dataset when asked to and it is absent or half-written."""
+        """Generate the embedded dataset when asked to (``data.generate``): into a new or empty ``root``, or to
+        finish an interrupted generation of the same settings. Any other folder is refused, never overwritten."""
         if not self.generate:
             return
-        from sed.synth import DEFAULT_SIZES, dataset_layout, generate_dataset
+        from sed.synth import GenerationRefused, generate_dataset
 
-        layout = dataset_layout(self.root)
-        sizes = {**DEFAULT_SIZES, **(self.generate_sizes or {})}
-        wanted = {"seed": self.generate_seed, "clip_duration": float(self.clip_duration),
-                  "sample_rate": self.sample_rate, "sizes": sizes}
-        if layout.complete():
-            found = layout.params()
-            if all(found.get(k) == v for k, v in wanted.items()):
-                return
-            log.info("%s was generated with %s; regenerating with %s", self.root,
-                     {k: found.get(k) for k in wanted}, wanted)
-        log.info("Generating the embedded dataset in %s (seed %d)", self.root, self.generate_seed)
-        generate_dataset(
-            self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate,
-            sizes=sizes,
-        )
+        try:
+            generate_dataset(
+                self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate,
+                sizes=self.generate_sizes,
+            )
+        except GenerationRefused as err:
+            raise ValueError(_refusal_advice(err)) from None
 
     @property
     def classes(self) -> list[str]:
         """Class list from the config, else one class per line of ``<root>/classes.txt``."""
         if self._classes is None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"data.root={self.root} does not exist (or is not a folder)")
             path = self.root / "classes.txt"
             if not path.is_file():
                 raise FileNotFoundError(

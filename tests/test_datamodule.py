@@ -14,20 +14,38 @@ def _dm(root, **kwargs) -> SEDDataModule:
     return SEDDataModule(**args)
 
 
-def test_generates_embedded_data_once_and_again_when_its_settings_change(tmp_path):
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generates_embedded_data_once_and_refuses_other_settings(tmp_path):
     root = tmp_path / "embedded"
     _dm(root).prepare_data()
-    marker = root / ".complete"
-    assert marker.is_file()
-    stamp = marker.stat().st_mtime_ns
+    assert (root / ".complete").is_file()
+    before = _snapshot(root)
     _dm(root).prepare_data()
-    assert marker.stat().st_mtime_ns == stamp  # complete and matching: left alone
-    _dm(root, clip_duration=1.5).prepare_data()
-    assert marker.stat().st_mtime_ns != stamp
-    import soundfile as sf
+    assert _snapshot(root) == before  # complete and matching: left alone
+    with pytest.raises(ValueError, match=r"data.root=.*embedded holds the synthetic dataset generated with other "
+                                         r"settings \(data.clip_duration: 1.0 there, 1.5 in this run\)"):
+        _dm(root, clip_duration=1.5).prepare_data()
+    with pytest.raises(ValueError, match=r"data.generate_sizes: .* there"):
+        _dm(root, generate_sizes={**SIZES, "strong": 7}).prepare_data()
+    assert _snapshot(root) == before
 
-    info = sf.info(str(next((root / "audio" / "train" / "strong").glob("*.wav"))))
-    assert info.frames == 24000
+
+def test_generation_never_touches_a_users_dataset(tmp_path, tiny_dataset):
+    """`python train.py data.root=/my/data` with the embedded default's data.generate=true: refused, untouched."""
+    import shutil
+
+    user = tmp_path / "my_data"
+    shutil.copytree(tiny_dataset, user)
+    for marker in (".complete", ".generating"):
+        (user / marker).unlink(missing_ok=True)
+    (user / "README.txt").write_text("my own dataset")
+    before = _snapshot(user)
+    with pytest.raises(ValueError, match=r"data.root=.*my_data.*files the generator did not write.*data.generate=false"):
+        _dm(user).prepare_data()
+    assert _snapshot(user) == before
 
 
 def test_mixed_batches_and_eval_sets(tmp_path):
@@ -50,3 +68,5 @@ def test_mixed_batches_and_eval_sets(tmp_path):
 def test_missing_classes_file_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="classes.txt"):
         _ = SEDDataModule(root=str(tmp_path)).classes
+    with pytest.raises(FileNotFoundError, match=r"data.root=.*nowhere does not exist"):
+        _ = SEDDataModule(root=str(tmp_path / "nowhere")).classes

@@ -22,7 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Generate a DESED-like synthetic sound event detection dataset (audio + DCASE TSVs). "
         "The same arguments and seed give byte-identical files.",
     )
-    parser.add_argument("out_dir", help="output folder (created; previous clips of a former run there are replaced)")
+    parser.add_argument(
+        "out_dir",
+        help="output folder: new or empty (a folder an interrupted run of the same settings left is finished; "
+        "any other is refused, never overwritten)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--soundbank", default=None,

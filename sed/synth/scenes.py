@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +42,8 @@ _AUDIO_SUBDIR = {
     "test": "audio/test",
 }
 _PREFIX = {"strong": "strong", "weak": "weak", "unlabeled": "unlabeled", "validation": "val", "test": "test"}
-_NAME_RE = re.compile(r"^(strong|weak|unlabeled|val|test)_\d{5,}\.wav$")
+# What identifies a generated dataset: a folder generated with the same settings is the same dataset.
+SETTINGS_KEYS = ("generator_version", "seed", "sizes", "clip_duration", "sample_rate", "soundbank", "scene")
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class DatasetLayout:
     classes_file: Path
     readme: Path
     marker: Path
+    progress_marker: Path
 
     def audio_dir(self, subset: str) -> Path:
         """Audio folder of ``subset`` (one of :data:`SUBSETS`)."""
@@ -165,6 +166,20 @@ class DatasetLayout:
             return json.loads(self.marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+    def generated_settings(self) -> dict | None:
+        """Settings of the generator run that owns this folder, from its completion marker or, for an
+        interrupted run, its progress marker; None when no marker of the generator is there (a ``.complete``
+        written by another tool, such as recipes/desed/prepare.py, does not count)."""
+        for marker in (self.marker, self.progress_marker):
+            try:
+                found = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(found, dict) and "generator_version" in found:
+                found.setdefault("scene", _scene_settings(SceneConfig()))  # older markers: the defaults
+                return {key: found.get(key) for key in SETTINGS_KEYS}
+        return None
 
     def classes(self) -> list[str]:
         """Class list from ``classes.txt``."""
@@ -195,6 +210,7 @@ def dataset_layout(out_dir: str | os.PathLike) -> DatasetLayout:
         classes_file=root / "classes.txt",
         readme=root / "README.txt",
         marker=root / ".complete",
+        progress_marker=root / ".generating",
     )
 
 
@@ -210,6 +226,14 @@ class _Job:
     path: str
     n_events: int
     duration: float
+
+
+def _scene_settings(config: SceneConfig) -> dict:
+    """How scenes are composed, as it reads back from a JSON marker (tuples become lists); the clip duration
+    and sample rate are settings of their own."""
+    fields = dataclasses.asdict(config)
+    del fields["clip_duration"], fields["sample_rate"]
+    return json.loads(json.dumps(fields))
 
 
 def _clip_rng(seed: int, subset: str, index: int) -> np.random.Generator:
@@ -300,15 +324,53 @@ def _readme(params: dict, classes: Sequence[str]) -> str:
     )
 
 
-def _clear_previous(layout: DatasetLayout) -> None:
-    """Remove the marker and clips a previous run wrote (only files named like ours)."""
+class GenerationRefused(ValueError):
+    """:func:`generate_dataset` will not write into a folder: it is not the generator's, or the generator made
+    it with other settings. ``differences`` maps each setting that differs to ``(found, wanted)``."""
+
+    def __init__(self, root: Path, reason: str, differences: Mapping[str, tuple] | None = None) -> None:
+        self.root = root
+        self.reason = reason
+        self.differences = dict(differences or {})
+        super().__init__(f"{root}: {reason}")
+
+
+def _check_writable(layout: DatasetLayout, settings: dict) -> None:
+    """Generation may create a new or empty folder, or finish one that an interrupted run of the same settings
+    started; anything else would overwrite or delete what someone else wrote, so it is refused."""
+    root = layout.root
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise GenerationRefused(root, "exists and is not a folder")
+    found = layout.generated_settings()
+    if found is None:
+        if next(os.scandir(root), None) is None:
+            return
+        raise GenerationRefused(
+            root, "the folder is not empty and carries no marker of the dataset generator; nothing was written to it"
+        )
+    differences = {k: (found[k], settings[k]) for k in SETTINGS_KEYS if found[k] != settings[k]}
+    if "scene" in differences:  # name only the composition settings that differ
+        there, asked = differences["scene"]
+        differences["scene"] = tuple({k: d.get(k) for k in sorted(set(there) | set(asked)) if there.get(k) != asked.get(k)}
+                                     for d in (there, asked))
+    if differences:
+        listed = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differences.items())
+        raise GenerationRefused(
+            root, f"holds a dataset generated with other settings ({listed}); it is not regenerated in place",
+            differences,
+        )
+
+
+def _clear_previous(layout: DatasetLayout, jobs: Sequence[_Job]) -> None:
+    """Remove the completion marker and the clips an interrupted run of the same plan may have left: only the
+    paths this plan writes (and their temporary files), never another file of the folder."""
     layout.marker.unlink(missing_ok=True)
-    for subset in SUBSETS:
-        folder = layout.audio_dir(subset)
-        if folder.is_dir():
-            for entry in os.scandir(folder):
-                if entry.is_file() and (_NAME_RE.match(entry.name) or entry.name.endswith(".wav.tmp")):
-                    os.unlink(entry.path)
+    for job in jobs:
+        target = Path(job.path)
+        target.unlink(missing_ok=True)
+        target.with_name(f".{target.name}.tmp").unlink(missing_ok=True)
 
 
 def generate_dataset(
@@ -326,20 +388,44 @@ def generate_dataset(
     ``soundbank``: None (procedural classes), a folder (``foreground/<class>/*.wav``,
     ``background/*.wav``) or a :class:`~sed.synth.soundbank.SoundBank`. ``sizes``: clips per
     subset (missing keys take :data:`DEFAULT_SIZES`). ``workers``: processes (default: CPU
-    count, at most 8; the output does not depend on it). The ``.complete`` marker is written
-    last, after removing any previous marker, so an interrupted run is detectable.
+    count, at most 8; the output does not depend on it).
+
+    Safety: only a new or empty folder is generated into, or one this generator owns (its marker) with the
+    same settings, which is returned as it is when complete and finished when an earlier run was interrupted;
+    anything else raises :class:`GenerationRefused` before a byte is written. Files the generator did not
+    plan are never deleted. A ``.generating`` marker is written first and ``.complete`` last, so an
+    interrupted run is detectable and owned.
     """
     if clip_duration <= 0 or sample_rate <= 0:
         raise ValueError(f"clip_duration and sample_rate must be positive, got {clip_duration}, {sample_rate}")
     bank = load_soundbank(soundbank)
     sizes = _check_sizes(sizes)
     config = dataclasses.replace(config or SceneConfig(), clip_duration=float(clip_duration), sample_rate=int(sample_rate))
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "sizes": sizes,
+        "clip_duration": float(clip_duration),
+        "sample_rate": int(sample_rate),
+        "soundbank": bank.describe(),
+        "snr_range": list(config.snr_range),
+        "scene": _scene_settings(config),
+        "classes": list(bank.classes),
+    }
     layout = dataset_layout(out_dir)
-    _clear_previous(layout)
+    settings = {k: params[k] for k in SETTINGS_KEYS}
+    if layout.complete() and layout.generated_settings() == settings:
+        logger.info("%s already holds the dataset of these settings", layout.root)
+        return layout
+    _check_writable(layout, settings)
+    from sed.utils.io import atomic_write_text
+
+    atomic_write_text(layout.progress_marker, json.dumps(params, indent=1, sort_keys=True) + "\n")
     jobs: list[_Job] = []
     for subset in SUBSETS:
         layout.audio_dir(subset).mkdir(parents=True, exist_ok=True)
         jobs += _plan(subset, sizes[subset], seed, config, layout.audio_dir(subset))
+    _clear_previous(layout, jobs)
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     workers = max(1, min(int(workers), len(jobs) or 1))
@@ -358,21 +444,10 @@ def generate_dataset(
     for job, result in zip(jobs, results):
         by_subset[job.subset].append(result)
     _write_metadata(layout, by_subset, bank.classes)
-    params = {
-        "generator_version": GENERATOR_VERSION,
-        "seed": int(seed),
-        "sizes": sizes,
-        "clip_duration": float(clip_duration),
-        "sample_rate": int(sample_rate),
-        "soundbank": bank.describe(),
-        "snr_range": list(config.snr_range),
-        "classes": list(bank.classes),
-    }
-    from sed.utils.io import atomic_write_text
-
     atomic_write_text(layout.classes_file, "".join(f"{c}\n" for c in bank.classes))
     atomic_write_text(layout.readme, _readme(params, bank.classes))
     atomic_write_text(layout.marker, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    layout.progress_marker.unlink()
     return layout
 
 

@@ -13,6 +13,7 @@ from sed.data.tsv import read_durations, read_filenames, read_strong, read_weak
 from sed.synth import (
     DEFAULT_CLASSES,
     FolderSoundBank,
+    GenerationRefused,
     ProceduralSoundBank,
     SceneConfig,
     SoundbankError,
@@ -194,14 +195,16 @@ def test_same_class_overlaps_keep_both_rows(tmp_path):
     assert layout.classes() == ["harmonic_hum"]
 
 
-def test_incomplete_dataset_is_detected_and_regenerated(tmp_path, monkeypatch):
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_generation_is_finished_and_deletes_no_file_it_did_not_plan(tmp_path, monkeypatch):
     import sed.synth.scenes as scenes
 
     out = tmp_path / "ds"
     sizes = {"strong": 4, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1}
     assert not dataset_layout(out).complete()
-    generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
-    assert dataset_layout(out).complete()
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -209,15 +212,56 @@ def test_incomplete_dataset_is_detected_and_regenerated(tmp_path, monkeypatch):
     monkeypatch.setattr(scenes, "_write_metadata", crash)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
-    assert not dataset_layout(out).complete()  # old marker removed before writing anything
+    layout = dataset_layout(out)
+    assert not layout.complete() and layout.progress_marker.is_file()  # interrupted, and ours
     monkeypatch.undo()
-    (out / "audio" / "train" / "strong" / "mine.wav").write_bytes(b"user file")
-    layout = generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes={**sizes, "strong": 2}, workers=1)
-    assert layout.complete()
-    # clips of the former, larger run are gone; files not named like ours are left alone
-    assert sorted(p.name for p in layout.strong_audio.iterdir()) == ["mine.wav", "strong_00001.wav", "strong_00002.wav"]
-    layout.marker.unlink()
-    assert not layout.complete()
+    (layout.strong_audio / "mine.wav").write_bytes(b"user file")
+    (layout.strong_audio / "strong_00099.wav").write_bytes(b"named like ours, not ours")
+    layout = generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
+    assert layout.complete() and not layout.progress_marker.exists()
+    assert sorted(p.name for p in layout.strong_audio.iterdir()) == [
+        "mine.wav", "strong_00001.wav", "strong_00002.wav", "strong_00003.wav", "strong_00004.wav", "strong_00099.wav"
+    ]
+    # complete with the same settings: returned as it is
+    before = _snapshot(out)
+    generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
+    assert _snapshot(out) == before
+
+
+def test_refuses_a_folder_the_generator_did_not_make(tmp_path):
+    """A user's dataset (even one laid out like ours, with clips named like ours) is never overwritten."""
+    user = tmp_path / "my_data"
+    (user / "metadata" / "train").mkdir(parents=True)
+    (user / "audio" / "train" / "strong").mkdir(parents=True)
+    (user / "metadata" / "train" / "strong.tsv").write_text("filename\tonset\toffset\tevent_label\n")
+    (user / "audio" / "train" / "strong" / "strong_00001.wav").write_bytes(b"precious")
+    (user / "README.txt").write_text("my notes")
+    before = _snapshot(user)
+    with pytest.raises(GenerationRefused, match=r"my_data: the folder is not empty and carries no marker"):
+        generate_dataset(user, clip_duration=1.0, sample_rate=SR, workers=1)
+    assert _snapshot(user) == before
+    # a folder prepared by another tool has a .complete marker too, but not the generator's
+    (user / ".complete").write_text('{"prepared_by": "recipes/desed/prepare.py"}')
+    with pytest.raises(GenerationRefused, match="no marker of the dataset generator"):
+        generate_dataset(user, clip_duration=1.0, sample_rate=SR, workers=1)
+    (tmp_path / "empty").mkdir()
+    assert generate_dataset(tmp_path / "empty", clip_duration=1.0, sample_rate=SR, workers=1,
+                            sizes={"strong": 1, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1}).complete()
+
+
+def test_refuses_to_regenerate_its_own_dataset_with_other_settings(tmp_path):
+    out = tmp_path / "ds"
+    sizes = {"strong": 2, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1}
+    generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
+    before = _snapshot(out)
+    with pytest.raises(GenerationRefused, match=r"other settings \(sizes: .*'strong': 2.*'strong': 3") as err:
+        generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes={**sizes, "strong": 3}, workers=1)
+    assert set(err.value.differences) == {"sizes"}
+    with pytest.raises(GenerationRefused) as err:
+        generate_dataset(out, seed=1, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1,
+                         config=SceneConfig(snr_range=(0.0, 6.0)))
+    assert set(err.value.differences) == {"seed", "scene"}
+    assert _snapshot(out) == before
 
 
 def _tone(path: Path, sr: int, seconds: float, freq: float, channels: int = 1, lead: float = 0.0) -> None:
