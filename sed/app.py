@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,16 +12,27 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 
-from sed.checkpointing import AtomicCheckpointIO
+from sed.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, RunStopped, check_resumable, read_checkpoint
+from sed.config import check_known_keys
 from sed.datamodule import SEDDataModule
 from sed.module import SEDModule
+from sed.rundir import lock_run_dir, write_status
 
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Trainer:
-    """The Lightning trainer of ``cfg.trainer`` with checkpointing, TensorBoard and atomic checkpoint files."""
-    callbacks: list = [instantiate(cfg.callbacks.checkpoint)]
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overrides: Any) -> pl.Trainer:
+    """The Lightning trainer of ``cfg.trainer`` with best/last checkpoints, graceful stop on SIGTERM/SIGINT,
+    TensorBoard and atomic checkpoint files."""
+    checkpoint = OmegaConf.to_container(cfg.callbacks.checkpoint, resolve=True)
+    save_last = checkpoint.pop("save_last")
+    every_n_train_steps = checkpoint.pop("every_n_train_steps")
+    # last.ckpt is ResumeCheckpoint's: Lightning's save_last only follows top-k saves and goes stale.
+    callbacks: list = [instantiate(checkpoint, save_last=False)]
+    if save_last:
+        callbacks.append(ResumeCheckpoint(checkpoint["dirpath"], every_n_train_steps, resume_hint))
+    elif every_n_train_steps:
+        raise ValueError("callbacks.checkpoint.every_n_train_steps needs callbacks.checkpoint.save_last=true")
     patience = cfg.callbacks.early_stopping_patience
     if patience:
         callbacks.append(
@@ -40,6 +52,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Traine
 def _evaluation_module(cfg: DictConfig, dm: SEDDataModule) -> SEDModule:
     """Rebuild the model of ``cfg.ckpt_path`` from the configuration saved in it (not from the current YAML);
     post-processing and metrics settings come from the current configuration."""
+    read_checkpoint(cfg.ckpt_path)  # one-line errors for missing, empty, truncated or foreign files
     module = SEDModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=False)
     saved = module.cfg
     for key in ("sample_rate", "clip_duration"):
@@ -57,9 +70,42 @@ def _evaluation_module(cfg: DictConfig, dm: SEDDataModule) -> SEDModule:
     return module
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Train and/or test as ``cfg`` says; outputs go to ``run_dir``. Returns the test metrics per model."""
+def _is_main_process() -> bool:
+    """Not one of the extra processes a distributed launch starts (they share the main process's directory)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str, dict[str, float]]:
+    """Train and/or test as ``cfg`` says; outputs go to ``run_dir``. Returns the test metrics per model.
+
+    ``resume_hint`` is the command that reproduces this run (logged with the checkpoint path on a graceful stop).
+    """
     run_dir = Path(run_dir)
+    check_known_keys(cfg)
+    main_process = _is_main_process()
+    if main_process:
+        lock_run_dir(run_dir)
+    if cfg.train and cfg.ckpt_path and Path(cfg.ckpt_path).resolve().parent.parent != run_dir.resolve():
+        log.info("Resuming from %s in a new run directory %s (the checkpoint's run is finished, or not a run "
+                 "directory; its files are left as they are)", cfg.ckpt_path, run_dir)
+    try:
+        results = _run(cfg, run_dir, resume_hint, main_process)
+    except RunStopped:
+        if main_process:
+            write_status(run_dir, "stopped", last_checkpoint=str(run_dir / "checkpoints" / "last.ckpt"))
+        raise
+    except BaseException as err:
+        if main_process:
+            write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if main_process:
+        headline = {name: {k: v for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1")}
+                    for name, metrics in results.items()}
+        write_status(run_dir, "finished", test=headline or None)
+    return results
+
+
+def _run(cfg: DictConfig, run_dir: Path, resume_hint: str, main_process: bool) -> dict[str, dict[str, float]]:
     pl.seed_everything(cfg.seed, workers=True)
     # Evaluation never generates data: it scores the data that is there.
     dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, generate=cfg.data.generate and cfg.train, _convert_="all")
@@ -69,10 +115,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
             raise ValueError("train=false needs ckpt_path=<checkpoint to evaluate>")
         module = _evaluation_module(cfg, dm)
     else:
-        module = SEDModule(OmegaConf.to_container(cfg, resolve=True), dm.classes)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if cfg.ckpt_path:
+            check_resumable(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path), config, dm.classes)
+        module = SEDModule(config, dm.classes)
         module.scaler_path = cfg.scaler.path
     dm.set_encoder(module.encoder)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, resume_hint)
+    if main_process:
+        write_status(run_dir, "running", pid=os.getpid())
 
     if cfg.train:
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
@@ -86,6 +137,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, dict[str, float]]:
     if trainer.is_global_zero:
         _report(run_dir, trainer, results)
     return results
+
+
+def log_failure(err: BaseException) -> None:
+    """Why the run failed, in the run's log file too (not only on stderr): one line for every handler, the
+    traceback for the file handlers."""
+    log.error("Run failed: %s: %s", type(err).__name__, err)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "Traceback of the failure:", (),
+                            (type(err), err, err.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, float]]) -> None:

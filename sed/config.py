@@ -9,11 +9,13 @@ parts of the configuration (number of classes, number of features) are passed at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from sed.synth.scenes import DEFAULT_SIZES
 
 
 @dataclass
@@ -22,6 +24,17 @@ class PathsConfig:
     exp_dir: str = "exp"
     # The run directory: checkpoints, TensorBoard events, scaler, test outputs, resolved config.
     run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class GenerateSizesConfig:
+    """Clips per subset of the generated dataset (sed.synth's defaults)."""
+
+    strong: int = DEFAULT_SIZES["strong"]
+    weak: int = DEFAULT_SIZES["weak"]
+    unlabeled: int = DEFAULT_SIZES["unlabeled"]
+    validation: int = DEFAULT_SIZES["validation"]
+    test: int = DEFAULT_SIZES["test"]
 
 
 @dataclass
@@ -35,7 +48,7 @@ class DataConfig:
     root: str = MISSING
     generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
     generate_seed: int = 0
-    generate_sizes: Optional[Dict[str, int]] = None  # clips per subset (strong, weak, unlabeled, validation, test)
+    generate_sizes: GenerateSizesConfig = field(default_factory=lambda: GenerateSizesConfig())
     classes: Optional[List[str]] = None  # null: one class per line of <root>/classes.txt
     sample_rate: int = 16000
     clip_duration: float = 10.0
@@ -53,7 +66,7 @@ class DataConfig:
     test_durations: str = "metadata/test/durations.tsv"
     batch_sizes: List[int] = field(default_factory=lambda: [12, 12, 24])  # strong, weak, unlabeled rows per batch
     eval_batch_size: int = 24
-    epoch_length: str = "min"  # "min" (DESED), "max", or a number of batches
+    epoch_length: Any = "min"  # "min" (DESED), "max", or a number of batches
     num_workers: int = 2
     channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
     cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
@@ -187,8 +200,9 @@ class CheckpointConfig:
     monitor: Optional[str] = "val/obj_metric"
     mode: str = "max"
     save_top_k: int = 1
-    save_last: bool = True
+    save_last: bool = True  # last.ckpt: rewritten at the end of every epoch, and on SIGTERM/SIGINT
     every_n_epochs: Optional[int] = None
+    every_n_train_steps: Optional[int] = None  # also rewrite last.ckpt every N optimiser steps (long epochs)
 
 
 @dataclass
@@ -225,21 +239,29 @@ class Config:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
 
-def run_dir_for(train: bool, ckpt_path: Optional[str], default: str) -> str:
-    """Run directory of an invocation: resuming training continues in the checkpoint's own run directory
-    (one log, one TensorBoard run); anything else gets ``default`` (a new timestamped directory)."""
-    if train and ckpt_path:
-        run_dir = Path(ckpt_path).resolve().parent.parent
-        if (run_dir / ".hydra").is_dir():
-            return str(run_dir)
-    return default
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys the schema does not know, however they were added: Hydra checks plain overrides against the
+    schema, but ``+key=value`` (the form its own error message suggests) adds a key that would be ignored."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=False))
+    except ConfigKeyError as err:
+        raise ConfigKeyError(
+            f"unknown configuration key '{err.full_key}': it is not in the schema (sed/config.py), so it would be "
+            "ignored; check its spelling"
+        ) from None
+    except ValidationError as err:
+        raise ValidationError(f"configuration key '{err.full_key}': {err.msg}") from None
 
 
 def register_configs() -> None:
     """Register the schema as ``base_config`` (first in conf/config.yaml's defaults, so every group file and
-    command-line override is merged onto it and checked) and the ``sed_run_dir`` resolver."""
-    if not OmegaConf.has_resolver("sed_run_dir"):
-        OmegaConf.register_new_resolver("sed_run_dir", run_dir_for)
+    command-line override is merged onto it and checked) and the run-directory resolvers (sed.rundir)."""
+    from sed import rundir
+
+    for name, fn in (("sed_run_dir", rundir.choose_run_dir), ("sed_new_dir", rundir.new_dir),
+                     ("sed_config_subdir", rundir.config_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     ConfigStore.instance().store(name="base_config", node=Config)
 
 

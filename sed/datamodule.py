@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -121,6 +122,10 @@ class SEDDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_sizes needs 3 numbers (strong, weak, unlabeled), got {list(batch_sizes)}")
         self.batch_sizes = dict(zip(("strong", "weak", "unlabeled"), (int(b) for b in batch_sizes)))
         self.eval_batch_size = eval_batch_size
+        if isinstance(epoch_length, str) and epoch_length.strip().isdigit():
+            epoch_length = int(epoch_length)
+        if not (epoch_length in ("min", "max") or (isinstance(epoch_length, int) and epoch_length > 0)):
+            raise ValueError(f"data.epoch_length must be 'min', 'max' or a number of batches > 0, got {epoch_length!r}")
         self.epoch_length = epoch_length
         self.num_workers = num_workers
         self.channel = channel
@@ -132,6 +137,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.eval_datasets: dict[str, SEDDataset] = {}
         self.ground_truth: dict[str, pd.DataFrame] = {}
         self.durations: dict[str, dict[str, float]] = {}
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) of an interrupted epoch
 
     # ------------------------------------------------------------------ paths and classes
     def path(self, relative: str) -> Path:
@@ -165,7 +171,8 @@ class SEDDataModule(pl.LightningDataModule):
                     f"data.classes is not set and {path} does not exist: list the classes in the config "
                     "(data.classes=[...]) or write them one per line in classes.txt"
                 )
-            self._classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            # utf-8-sig: a byte-order mark (as some editors write) is not part of the first class name
+            self._classes = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         return self._classes
 
     def set_encoder(self, encoder: LabelEncoder) -> None:
@@ -240,8 +247,11 @@ class SEDDataModule(pl.LightningDataModule):
         return self.trainer.world_size, self.trainer.global_rank
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        # Iterators draw their worker seeds from this generator rather than from torch's global one, so that a
+        # resumed run (whose global random state comes from the checkpoint) draws what the uninterrupted one did.
         return DataLoader(
             dataset,
+            generator=torch.Generator().manual_seed(self.seed),
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -263,7 +273,24 @@ class SEDDataModule(pl.LightningDataModule):
             rank=rank,
             names=names,
         )
+        if self._resume is not None:
+            sampler.resume_at(*self._resume)
+            self._resume = None
         return self._loader(ConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler)
+
+    # ------------------------------------------------------------------ resuming mid-epoch
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: how far the current training epoch got, so that a run resumed from a
+        checkpoint written mid-epoch trains on the remaining batches only (no batch twice, none skipped)."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop
+        return {"epoch": int(loop.epoch_progress.current.processed),
+                "batches_done": int(loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
     def _eval_loader(self, stage: str) -> DataLoader:
         dataset = self.eval_datasets[stage]

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 MODELS = ("student", "teacher")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss is NaN/Inf: the message names the step and the batch's files."""
+
+
 def build_scaler(cfg: DictConfig, signature: dict) -> TorchScaler:
     """The scaler of ``cfg.scaler`` (its ``path`` key is about reuse, not construction)."""
     kwargs = OmegaConf.to_container(cfg.scaler, resolve=True)
@@ -65,7 +69,6 @@ class SEDModule(pl.LightningModule):
             time_pooling=self.student.time_pooling,
         )
         self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
-        self._ema_step = 0
         self._steps_per_epoch = 1
         self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self._plot_batch: Optional[dict[str, Any]] = None
@@ -130,7 +133,8 @@ class SEDModule(pl.LightningModule):
         self._steps_per_epoch = max(total // epochs, 1)
         warmup = t.warmup_epochs * self._steps_per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr)
+            # lr=0 freezes the student (the ratio then does not matter)
+            optimizer, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr if t.lr > 0 else 1.0)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -168,6 +172,13 @@ class SEDModule(pl.LightningModule):
             + t.weak_weight * losses["weak"]
             + weight * (losses["consistency_strong"] + losses["consistency_weak"])
         )
+        if not bool(torch.isfinite(total)):
+            raise NonFiniteLossError(
+                f"training loss is {float(total)} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(strong {float(losses['strong']):.4g}, weak {float(losses['weak']):.4g}); batch files: "
+                f"{', '.join(batch['filename'])}. Stopped before the weights were updated; the checkpoints "
+                "written so far are kept"
+            )
         batch_size = batch["audio"].shape[0]
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
@@ -176,16 +187,14 @@ class SEDModule(pl.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return total
 
-    def on_train_start(self) -> None:
-        self._ema_step = self.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # One teacher update per optimiser step (not per micro-batch under gradient accumulation).
-        if self.global_step > self._ema_step:
-            self._ema_step = self.global_step
-            factor = ema_factor(self.global_step - 1, self.cfg.training.ema_factor)
-            update_teacher(self.teacher, self.student, factor)
-            self.log("train/ema_factor", factor, batch_size=1)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The student's optimiser step, then the teacher's EMA update: one per optimiser step (not per
+        micro-batch under gradient accumulation), and done before any batch-end hook, so a checkpoint written
+        at the end of a batch holds the teacher of that step."""
+        super().optimizer_step(*args, **kwargs)
+        factor = ema_factor(self.global_step, self.cfg.training.ema_factor)  # global_step counts from here on
+        update_teacher(self.teacher, self.student, factor)
+        self.log("train/ema_factor", factor, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:

@@ -30,6 +30,9 @@ class MixedBatchSampler(Sampler[list[int]]):
     ``seed + epoch`` (call :meth:`set_epoch`), identical on every rank; rank ``r`` keeps
     positions ``r, r + R, ...`` of it (truncated to equal length), so ranks see disjoint clips
     and the same number of batches.
+
+    :meth:`resume_at` makes the next pass over one epoch start after the batches a run interrupted
+    mid-epoch had already trained on, so the resumed epoch sees exactly the remaining batches.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
         self.offsets = np.concatenate([[0], np.cumsum(self.subset_sizes)[:-1]]).astype(np.int64)
         self.per_rank = [s // self.num_replicas for s in self.subset_sizes]
         for name, size, n, b in zip(self.names, self.subset_sizes, self.per_rank, self.batch_sizes):
@@ -97,6 +101,10 @@ class MixedBatchSampler(Sampler[list[int]]):
         """Select the shuffle of ``epoch`` (deterministic: seeded by ``seed + epoch``)."""
         self.epoch = int(epoch)
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches the next time ``epoch`` is iterated (once)."""
+        self._resume = (int(epoch), int(batches_done)) if 0 < batches_done < self.n_batches else None
+
     def __len__(self) -> int:
         return self.n_batches
 
@@ -119,7 +127,10 @@ class MixedBatchSampler(Sampler[list[int]]):
             self._subset_stream(i, self.n_batches * b) + self.offsets[i] if b > 0 else None
             for i, b in enumerate(self.batch_sizes)
         ]
-        for k in range(self.n_batches):
+        first = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            first, self._resume = self._resume[1], None
+        for k in range(first, self.n_batches):
             batch: list[int] = []
             for s, b in zip(streams, self.batch_sizes):
                 if b > 0:

@@ -118,3 +118,18 @@ def test_works_as_dataloader_batch_sampler():
     assert len(batches) == 10
     for (x,) in batches:
         assert x.tolist() == [0.0] * 3 + [1.0] * 4 + [2.0] * 8
+
+
+def test_resume_at_skips_the_batches_already_trained_in_that_epoch_only():
+    full = MixedBatchSampler([10, 6], [2, 1], seed=4)
+    full.set_epoch(3)
+    reference = list(full)
+    resumed = MixedBatchSampler([10, 6], [2, 1], seed=4)
+    resumed.resume_at(3, 2)
+    resumed.set_epoch(3)
+    assert list(resumed) == reference[2:]
+    assert list(resumed) == reference  # once: the next pass is whole
+    other = MixedBatchSampler([10, 6], [2, 1], seed=4)
+    other.resume_at(3, 2)
+    other.set_epoch(4)  # a different epoch is not cut
+    assert len(list(other)) == len(other)

@@ -1,0 +1,210 @@
+"""``python train.py`` under faults: SIGTERM mid-epoch, a stale last.ckpt, concurrent runs, finished runs,
+mismatched or broken checkpoints, poisoned audio, non-finite losses, configuration holes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import REPO, run_train, tiny_overrides
+
+
+def _run_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in (exp / "tiny").iterdir() if p.is_dir()) if (exp / "tiny").is_dir() else []
+
+
+def _metrics(run_dir: Path, model: str) -> dict:
+    return json.loads((run_dir / "test" / model / "metrics.json").read_text())
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _progress(ckpt: Path) -> tuple[int, int]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return state["epoch"], state["global_step"]
+
+
+# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps.
+LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dataset, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run of 20 batches per epoch: the reference of the resume tests."""
+    exp = tmp_path_factory.mktemp("reference")
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
+    (run_dir,) = _run_dirs(exp)
+    return run_dir
+
+
+def test_sigterm_mid_epoch_stops_cleanly_and_resume_equals_uninterrupted(finished, tiny_dataset, tmp_path):
+    exp = tmp_path / "exp"
+    args = [*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(exp.glob("tiny/*/checkpoints/last.ckpt")):
+        time.sleep(0.02)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert time.time() - sent < 30, "SIGTERM took too long to stop the run"
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    (run_dir,) = _run_dirs(exp)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    epoch, step = _progress(last)
+    assert epoch == 0 and 3 <= step < 20, (epoch, step)  # stopped mid-epoch, after the step under way
+    assert f"Resume with: python train.py" in output and f"ckpt_path={last}" in output
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
+    first_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
+
+    run_train([*args, f"ckpt_path={last}"])
+    assert _run_dirs(exp) == [run_dir], "resume continues in the run's own directory"
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == first_config
+    assert (run_dir / ".hydra" / "resume_1" / "config.yaml").is_file()
+    for model in ("student", "teacher"):
+        resumed, reference = _metrics(run_dir, model), _metrics(finished, model)
+        for key in ("psds1", "psds2", "weak_f1", "event_f1_macro@0.5", "segment_f1_macro@0.5"):
+            assert resumed[key] == pytest.approx(reference[key], abs=1e-6), (model, key)
+    resumed_weights = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    reference_weights = torch.load(finished / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for name, value in reference_weights.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.allclose(resumed_weights[name], value, atol=1e-6), name
+
+
+def test_last_ckpt_is_the_latest_epoch_when_the_metric_stops_improving(tiny_dataset, tmp_path):
+    """The consistency weight only rises: with mode=min only epoch 0 is a top-k checkpoint. Lightning's own
+    save_last then left last.ckpt at epoch 0 and a resume re-ran the later epochs."""
+    exp = tmp_path / "exp"
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), "test=false",
+               "callbacks.checkpoint.monitor=train/consistency_weight", "callbacks.checkpoint.mode=min"])
+    (run_dir,) = _run_dirs(exp)
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))] == ["epoch000.ckpt"]
+    epoch, step = _progress(run_dir / "checkpoints" / "last.ckpt")
+    assert (epoch, step) == (2, 12)  # 3 epochs of 4 batches
+
+
+def test_resuming_a_finished_run_keeps_its_results(finished, tiny_dataset, tmp_path):
+    before = _snapshot(finished)
+    exp = finished.parent.parent
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), *LONG_EPOCHS, "test=false",
+               f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}"])
+    assert _snapshot(finished) == before
+    new = [d for d in _run_dirs(exp) if d != finished]
+    assert len(new) == 1 and _progress(new[0] / "checkpoints" / "last.ckpt") == (2, 60)
+
+
+def test_concurrent_runs_with_one_name_get_their_own_directories(tiny_dataset, tmp_path):
+    exp = tmp_path / "exp"
+    args = [*tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "data.epoch_length=2"]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    dirs = _run_dirs(exp)
+    assert len(dirs) == 2
+    for run_dir in dirs:
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_run_directory_in_use_is_refused(tiny_dataset, tmp_path):
+    exp = tmp_path / "exp"
+    args = [*tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "data.epoch_length=2"]
+    run_train(args)
+    (run_dir,) = _run_dirs(exp)
+    (run_dir / "status.json").write_text('{"status": "stopped"}')  # resumable, and held by another process:
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sed.rundir import lock_run_dir; "
+                               f"lock_run_dir({str(run_dir)!r}); print('held', flush=True); time.sleep(60)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_train([*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0
+    assert f"{run_dir} is in use by another process (pid {holder.pid})" in proc.stderr
+
+
+def test_resume_with_other_classes_or_model_or_a_broken_file_is_refused_in_one_line(finished, tiny_dataset, tmp_path):
+    args = [*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=3), *LONG_EPOCHS]
+    last = finished / "checkpoints" / "last.ckpt"
+    classes = (tiny_dataset / "classes.txt").read_text().split()
+    swapped = [classes[1], classes[0], *classes[2:]]
+    cases = {
+        f"data.classes=[{','.join(swapped)}]": f"ckpt_path={last} was trained on classes",
+        "model.rnn_hidden=8": f"ckpt_path={last} was trained with another model/front-end (model.rnn_hidden=16 in "
+                              "the checkpoint, 8 now)",
+    }
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[:1000])
+    for override, message in cases.items():
+        proc = run_train([*args, override, f"ckpt_path={last}"], check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (override, proc.stderr[-2000:])
+        assert "size mismatch" not in proc.stderr
+    proc = run_train([*args, f"ckpt_path={truncated}"], check=False)
+    assert proc.returncode != 0
+    assert f"ckpt_path={truncated}: unreadable checkpoint (truncated or corrupt" in proc.stderr
+
+
+def _poisoned_copy(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, str]:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    strong = data / "audio" / "train" / "strong"
+    name = sorted(p.name for p in strong.iterdir())[0]
+    x, sr = sf.read(strong / name, dtype="float32")
+    x[len(x) // 2] = np.nan
+    sf.write(strong / name, x, sr, subtype="FLOAT")
+    return data, name
+
+
+def test_nan_audio_stops_the_run_naming_the_file_in_train_log(tiny_dataset, tmp_path):
+    data, name = _poisoned_copy(tiny_dataset, tmp_path)
+    exp = tmp_path / "exp"
+    proc = run_train([*tiny_overrides(data, exp, epochs=1), "test=false"], check=False)
+    assert proc.returncode != 0
+    assert name in proc.stderr and "non-finite" in proc.stderr
+    (run_dir,) = _run_dirs(exp)
+    log = (run_dir / "train.log").read_text()
+    assert "Run failed" in log and name in log and "non-finite" in log
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not list(run_dir.rglob("*.ckpt"))
+    # the documented alternative: zero the samples, with a warning naming the file
+    proc = run_train([*tiny_overrides(data, exp, epochs=1), "test=false", "data.nonfinite_audio=zero"])
+    assert name in proc.stdout + proc.stderr
+
+
+def test_configuration_holes(tiny_dataset, tmp_path):
+    base = [*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "test=false"]
+    refused = run_train([*base, "+training.lrr=1e-3"], check=False)
+    assert refused.returncode != 0 and "unknown configuration key 'training.lrr'" in refused.stderr
+    # accepted as a user writes them: an int epoch length, sizes from the command line, lr=0 (frozen student)
+    run_train([*base, "data.epoch_length=3", "training.lr=0"])
+    bom = tmp_path / "bom"
+    shutil.copytree(tiny_dataset, bom)
+    (bom / "classes.txt").write_text("\ufeff" + (tiny_dataset / "classes.txt").read_text(), encoding="utf-8")
+    sizes = "{strong:4,weak:2,unlabeled:4,validation:2,test:2}"
+    generated = tmp_path / "generated"
+    run_train([*tiny_overrides(generated, tmp_path / "exp2", epochs=1), "data.generate=true",
+               f"data.generate_sizes={sizes}", "data.batch_sizes=[2,1,2]", "test=false"])
+    assert json.loads((generated / ".complete").read_text())["sizes"]["strong"] == 4
+    from sed.datamodule import SEDDataModule
+
+    assert SEDDataModule(root=str(bom)).classes == (tiny_dataset / "classes.txt").read_text().split()
+    missing = run_train([*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False)
+    assert missing.returncode != 0 and f"data.root={tmp_path / 'nowhere'} does not exist" in missing.stderr
