@@ -184,7 +184,7 @@ def _probe(path: str) -> AudioInfo | str:
 def probe_audio(path: str | os.PathLike) -> AudioInfo | str:
     """Header of one audio file: its :class:`AudioInfo`, or a sentence saying what is wrong with it.
 
-    Ordinary PCM and float WAVs are parsed here (only the first few KB are read: 5-10x faster than
+    Ordinary PCM and float WAVs are parsed here (only the first few KB are read: 4-6x faster than
     ``soundfile.info``, see ``benchmarks/audio_check.py``); anything else (FLAC, OGG, other codecs, unusual
     layouts) goes through ``soundfile.info``.
     """
@@ -194,8 +194,9 @@ def probe_audio(path: str | os.PathLike) -> AudioInfo | str:
 def probe_files(paths: Sequence[str | os.PathLike], workers: Optional[int] = None) -> list[AudioInfo | str]:
     """:func:`probe_audio` of every path, in order, on a thread pool (file system waits overlap).
 
-    ``workers`` defaults to 4 per CPU core, at most 32: on a local disk with warm caches threads gain
-    little, on a network file system most of the time is waiting.
+    ``workers`` defaults to 4 per CPU core, at most 32. With warm caches the work is GIL-bound and threads
+    gain nothing (nor cost much); when reads wait for the disk they overlap (1.4x with 8 threads on a local
+    disk with cold pages, ``benchmarks/audio_check.py``; more on a network file system).
     """
     paths = [os.fspath(p) for p in paths]
     if workers is None:
