@@ -43,7 +43,7 @@ from sed.data.tsv import AnnotationError
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 0.01  # s: an event may end this much after its clip's end (rounding) before it counts as past it
-_HEAD = 4096  # bytes read per file; the fmt and data chunk headers of an ordinary WAV are in the first 100
+_HEAD = 4096  # bytes read per file; an ordinary WAV has its fmt and data chunk headers in the first 100 bytes
 _MAX_CHUNKS = 64  # chunk headers followed before giving up on finding 'data' (then soundfile decides)
 _PARSED_CODECS = {1: (8, 16, 24, 32), 3: (32, 64)}  # PCM, IEEE float: libsndfile reads them as the header says
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
