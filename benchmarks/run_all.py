@@ -24,6 +24,7 @@ BENCHMARKS = {
     "data": "data_loading.py",
     "threads": "cpu_threads.py",
     "train": "train_throughput.py",
+    "audio_check": "audio_check.py",
 }
 
 

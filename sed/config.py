@@ -71,6 +71,9 @@ class DataConfig:
     channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
     cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
     nonfinite_audio: str = "error"  # NaN/Inf samples: "error" (names the file) or "zero" (silence, warned)
+    # Load and check the test set when training starts too, so a broken one fails before training; on when
+    # the run will test.
+    check_test: bool = "${test}"  # type: ignore[assignment]
 
 
 @dataclass

@@ -14,10 +14,11 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from sed.data.checks import ClipSet, check_sets
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.sampler import MixedBatchSampler
-from sed.data.tsv import read_durations, read_filenames, read_strong, read_weak
+from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong, read_weak
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class SEDDataModule(pl.LightningDataModule):
     Paths are relative to ``root`` unless absolute. A training subset whose TSV is ``None`` (or whose batch
     size is 0) is left out. The label encoder comes from the LightningModule (it depends on the network's
     time pooling) unless one is set with :meth:`set_encoder`.
+
+    :meth:`setup` reads every annotation file of the stage and checks every audio file they list
+    (:mod:`sed.data.checks`) before any set is built, raising one error that lists all problems. With
+    ``check_test`` (the configuration sets it when the run will test), fitting loads and checks the test set
+    too, so a broken test set fails before training rather than after it.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class SEDDataModule(pl.LightningDataModule):
         channel: str = "mean",
         cache_dir: Optional[str] = None,
         nonfinite_audio: str = "error",
+        check_test: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -131,6 +138,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.channel = channel
         self.cache_dir = cache_dir
         self.nonfinite_audio = nonfinite_audio
+        self.check_test = check_test
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
         self.train_sets: dict[str, SEDDataset] = {}
@@ -195,50 +203,65 @@ class SEDDataModule(pl.LightningDataModule):
             **labels,
         )
 
-    def _train_subset(self, name: str) -> Optional[SEDDataset]:
-        tsv, audio = self.subsets[name]
-        if tsv is None or self.batch_sizes[name] == 0:
-            return None
+    def _read_set(self, name: str, problems: list[AnnotationError]) -> Optional[tuple[ClipSet, dict]]:
+        """The clips of set ``name`` and the labels its dataset takes; a bad annotation file goes to ``problems``."""
+        tsv, audio, durations = (*self.subsets[name], None) if name in self.subsets else self.eval_sets[name]
         path = self.path(tsv)
-        if name == "strong":
-            df = read_strong(path, self.classes)
-            return self._dataset(audio, sorted(df["filename"].unique()), True, strong=df)
-        if name == "weak":
-            df = read_weak(path, self.classes)
-            return self._dataset(audio, list(df["filename"]), True, weak=df)
-        return self._dataset(audio, read_filenames(path), True)
+        clips, kwargs, ok = ClipSet(name, self.path(audio), []), {}, True
+        try:
+            if name == "unlabeled":
+                files = read_filenames(path)
+                clips.filenames, clips.source, clips.lines = files, files.source, files.lines
+            elif name == "weak":
+                kwargs["weak"] = labels = read_weak(path, self.classes)
+                clips.filenames, clips.source, clips.lines = list(labels["filename"]), str(path), labels.attrs["lines"]
+            else:
+                kwargs["strong"] = clips.events = labels = read_strong(path, self.classes)
+                clips.filenames = sorted(labels["filename"].unique())
+                clips.source, clips.lines = str(path), labels.attrs["lines"]
+        except AnnotationError as err:
+            problems.append(err)
+            ok = False
+        if durations is not None:
+            try:
+                clips.durations = read_durations(self.path(durations))
+            except AnnotationError as err:
+                problems.append(err)
+                ok = False
+        return (clips, kwargs) if ok else None
 
-    def _eval_set(self, stage: str) -> SEDDataset:
-        tsv, audio, durations = self.eval_sets[stage]
-        gt = read_strong(self.path(tsv), self.classes)
-        self.ground_truth[stage] = gt
-        self.durations[stage] = read_durations(self.path(durations))
-        filenames = sorted(gt["filename"].unique())
-        missing = [f for f in filenames if f not in self.durations[stage]]
-        if missing:
-            raise ValueError(
-                f"{self.path(durations)}: no duration for {len(missing)} clip(s) of {self.path(tsv)}, "
-                f"e.g. {missing[0]}"
-            )
-        return self._dataset(audio, filenames, False, strong=gt)
+    def _wanted(self, stage: Optional[str]) -> list[str]:
+        """Sets to load for ``stage`` that are not loaded yet."""
+        names: list[str] = []
+        if stage in (None, "fit") and not self.train_sets:
+            names = [n for n, (tsv, _) in self.subsets.items() if tsv is not None and self.batch_sizes[n] > 0]
+            if not names:
+                raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off")
+        if stage in (None, "fit", "validate"):
+            names.append("val")
+        if stage in (None, "test") or (stage == "fit" and self.check_test):
+            names.append("test")
+        return [n for n in names if n not in self.eval_datasets]
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.encoder is None:
             if self.trainer is None or not hasattr(self.trainer.lightning_module, "encoder"):
                 raise RuntimeError("SEDDataModule needs a label encoder: call set_encoder() first")
             self.encoder = self.trainer.lightning_module.encoder
-        if stage in (None, "fit") and not self.train_sets:
-            for name in ("strong", "weak", "unlabeled"):
-                subset = self._train_subset(name)
-                if subset is not None:
-                    self.train_sets[name] = subset
-            if not self.train_sets:
-                raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off")
+        problems: list[AnnotationError] = []
+        read = [r for r in (self._read_set(name, problems) for name in self._wanted(stage)) if r is not None]
+        events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem
+        for clips, kwargs in read:
+            name = clips.name
+            if "strong" in kwargs:
+                kwargs["strong"] = events[name]  # events past the end of their audio clipped
+            if name in self.subsets:
+                self.train_sets[name] = self._dataset(self.subsets[name][1], clips.filenames, True, **kwargs)
+            else:
+                self.ground_truth[name], self.durations[name] = kwargs["strong"], clips.durations
+                self.eval_datasets[name] = self._dataset(self.eval_sets[name][1], clips.filenames, False, **kwargs)
+        if any(clips.name in self.subsets for clips, _ in read):
             log.info("Training subsets: %s", {k: len(v) for k, v in self.train_sets.items()})
-        if stage in (None, "fit", "validate") and "val" not in self.eval_datasets:
-            self.eval_datasets["val"] = self._eval_set("val")
-        if stage in (None, "test") and "test" not in self.eval_datasets:
-            self.eval_datasets["test"] = self._eval_set("test")
 
     # ------------------------------------------------------------------ loaders
     def _world(self) -> tuple[int, int]:

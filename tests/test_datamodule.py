@@ -1,6 +1,9 @@
+import logging
+
 import pytest
 import torch
 
+from sed.data.checks import DataCheckError
 from sed.data.encoder import LabelEncoder
 from sed.datamodule import SEDDataModule
 
@@ -70,3 +73,82 @@ def test_missing_classes_file_is_explained(tmp_path):
         _ = SEDDataModule(root=str(tmp_path)).classes
     with pytest.raises(FileNotFoundError, match=r"data.root=.*nowhere does not exist"):
         _ = SEDDataModule(root=str(tmp_path / "nowhere")).classes
+
+
+def _prepared(tmp_path, **kwargs) -> SEDDataModule:
+    dm = _dm(tmp_path / "d", **kwargs)
+    dm.prepare_data()
+    dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
+    return dm
+
+
+def test_fit_refuses_bad_audio_of_every_set_at_once_before_training(tmp_path):
+    """An empty unlabeled file failed only if the sampler drew it, and a truncated validation file read as
+    silence with labels; now fitting stops before it starts, naming both."""
+    dm = _prepared(tmp_path)
+    unlabeled = sorted((dm.root / "audio" / "train" / "unlabeled").glob("*.wav"))[-1]
+    unlabeled.write_bytes(b"")
+    val = sorted((dm.root / "audio" / "validation").glob("*.wav"))[0]
+    val.write_bytes(val.read_bytes()[:1000])
+    with pytest.raises(DataCheckError) as excinfo:
+        dm.setup("fit")
+    assert len(excinfo.value.problems) == 2
+    msg = str(excinfo.value)
+    assert f"{unlabeled}: empty file" in msg and f"{val}: truncated" in msg
+    assert msg.count(str(dm.root / "metadata")) == 2  # each names its annotation file and line
+    assert not dm.train_sets and not dm.eval_datasets
+
+
+@pytest.mark.parametrize("broken", ["empty test.tsv", "missing test audio"])
+def test_fit_checks_the_test_set_when_the_run_will_test(tmp_path, broken):
+    dm = _prepared(tmp_path, check_test=True)
+    test_tsv = dm.root / "metadata" / "test" / "test.tsv"
+    if broken == "empty test.tsv":
+        test_tsv.write_text("")
+        expected = f"{test_tsv}:1: empty file"
+    else:
+        gone = sorted((dm.root / "audio" / "test").glob("*.wav"))[0]
+        gone.unlink()
+        expected = f"audio file {gone}: listed but not found"
+    with pytest.raises(DataCheckError, match=expected):
+        dm.setup("fit")
+    assert not dm.train_sets
+
+    quiet = _prepared(tmp_path, check_test=False)  # a run that will not test does not need a test set
+    quiet.setup("fit")
+    assert quiet.train_sets and "test" not in quiet.eval_datasets
+
+
+def test_check_test_follows_whether_the_run_tests():
+    from omegaconf import OmegaConf
+
+    from sed.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    assert cfg.data.check_test is True
+    cfg.test = False
+    assert cfg.data.check_test is False
+
+
+def test_events_past_the_audio_are_clipped_in_what_trains_and_what_is_scored(tmp_path, caplog):
+    """A label past the end of a short clip used to mark its zero padding as the event."""
+    import numpy as np
+    import soundfile as sf
+
+    dm = _prepared(tmp_path)
+    strong_tsv = dm.root / "metadata" / "train" / "strong.tsv"
+    val_tsv = dm.root / "metadata" / "validation" / "validation.tsv"
+    short = sorted((dm.root / "audio" / "train" / "strong").glob("*.wav"))[0]
+    sf.write(short, np.zeros(8000, dtype=np.float32), 16000)  # 0.5 s
+    val_name = val_tsv.read_text().splitlines()[1].split("\t")[0]
+    strong_tsv.write_text("filename\tonset\toffset\tevent_label\n" f"{short.name}\t0.25\t0.9\t{dm.classes[0]}\n")
+    with val_tsv.open("a") as f:
+        f.write(f"{val_name}\t0.5\t7.5\t{dm.classes[0]}\n")
+    with caplog.at_level(logging.WARNING, logger="sed.data.checks"):
+        dm.setup("fit")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned[0].startswith(f"{strong_tsv}: 1 event(s)") and "line 2" in warned[0]
+    assert dm.ground_truth["val"]["offset"].max() <= 1.0
+    labels = dm.train_sets["strong"][0]["strong"][0]  # class 0 over the 1 s window; the audio ends at 0.5 s
+    active = labels.nonzero().flatten() / len(labels)
+    assert labels.any() and active.max() < 0.5

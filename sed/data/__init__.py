@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from sed.data.audio import AudioError, fit_length, read_audio
+from sed.data.checks import DataCheckError, check_sets, probe_audio
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.sampler import MixedBatchSampler
 from sed.data.tsv import (
     AnnotationError,
+    DurationMap,
     FileList,
     merge_overlapping_events,
     read_durations,
@@ -22,13 +24,17 @@ from sed.data.tsv import (
 __all__ = [
     "AnnotationError",
     "AudioError",
+    "DataCheckError",
+    "DurationMap",
     "FileList",
     "LabelEncoder",
     "MixedBatchSampler",
     "SEDDataset",
+    "check_sets",
     "collate",
     "fit_length",
     "merge_overlapping_events",
+    "probe_audio",
     "read_audio",
     "read_durations",
     "read_filenames",

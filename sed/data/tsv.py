@@ -12,7 +12,9 @@ Every problem in a file raises :class:`AnnotationError` whose message starts wit
 ``path:LINE:`` (header is line 1, first data row line 2), so users can jump to the culprit.
 The DataFrames returned carry ``df.attrs["source"]`` (the path) and ``df.attrs["lines"]``
 (filename -> first line where it appears) so later checks (e.g. missing audio) can point
-back to the annotation line.
+back to the annotation line; strong labels also carry ``df.attrs["row_lines"]`` (the line of
+each row, as read; a merged event keeps the line of its earliest row), valid until the rows
+are filtered.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ class AnnotationError(ValueError):
         self.detail = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class DurationMap(dict):
+    """``filename -> duration`` that remembers its file and each entry's line (for messages)."""
+
+    def __init__(
+        self,
+        items: Mapping[str, float] | None = None,
+        source: str | None = None,
+        lines: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(items or {})
+        self.source = source
+        self.lines = dict(lines or {})
 
 
 class FileList(list):
@@ -140,6 +156,7 @@ def read_strong(
     onsets: list[float] = []
     offsets: list[float] = []
     labels: list[str] = []
+    row_lines: list[int] = []
     first_line: dict[str, int] = {}
     for line, row in _rows(path, STRONG_COLUMNS):
         name = _check_filename(path, line, row["filename"])
@@ -163,6 +180,7 @@ def read_strong(
             if known is not None and label not in known:
                 raise AnnotationError(path, line, f"unknown label {label!r}; known: {sorted(known)}")
         first_line.setdefault(name, line)
+        row_lines.append(line)
         names.append(name)
         onsets.append(onset)
         offsets.append(offset)
@@ -175,6 +193,7 @@ def read_strong(
             "event_label": pd.Series(labels, dtype=object),
         }
     )
+    df.attrs["row_lines"] = tuple(row_lines)  # a tuple: pd.concat compares attrs, which an array breaks
     if merge_overlaps:
         df, n_merged = merge_overlapping_events(df)
         if n_merged:
@@ -191,7 +210,8 @@ def merge_overlapping_events(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Merge same-class events of one clip that overlap or touch; return (df, rows removed).
 
     The merged event spans the union; it takes the place of the earliest row of its group,
-    so row order is otherwise preserved. No-event (NaN) rows pass through unchanged.
+    so row order is otherwise preserved (and ``attrs["row_lines"]`` follows the rows kept).
+    No-event (NaN) rows pass through unchanged.
     """
     if len(df) == 0:
         return df.copy(), 0
@@ -226,6 +246,8 @@ def merge_overlapping_events(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         out["offset"] = new_offset
         out = out[keep].reset_index(drop=True)
     out.attrs = dict(df.attrs)
+    if n_merged and "row_lines" in df.attrs:
+        out.attrs["row_lines"] = tuple(np.asarray(df.attrs["row_lines"])[keep].tolist())
     return out, n_merged
 
 
@@ -279,8 +301,8 @@ def read_filenames(path_or_dir: str | os.PathLike) -> FileList:
     return FileList(first_line.keys(), source=str(path), lines=first_line)
 
 
-def read_durations(path: str | os.PathLike) -> dict[str, float]:
-    """Read ``filename duration`` into a dict (durations in seconds, > 0)."""
+def read_durations(path: str | os.PathLike) -> DurationMap:
+    """Read ``filename duration`` into a dict (durations in seconds, > 0) that remembers its lines."""
     path = Path(path)
     out: dict[str, float] = {}
     lines: dict[str, int] = {}
@@ -297,7 +319,7 @@ def read_durations(path: str | os.PathLike) -> dict[str, float]:
             )
         out[name] = d
         lines.setdefault(name, line)
-    return out
+    return DurationMap(out, source=str(path), lines=lines)
 
 
 def _fmt(x: float) -> str:
