@@ -85,6 +85,52 @@ def test_sigterm_mid_epoch_stops_cleanly_and_resume_equals_uninterrupted(finishe
             assert torch.allclose(resumed_weights[name], value, atol=1e-6), name
 
 
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(finished, tiny_dataset, tmp_path):
+    """SIGKILL (no chance to save) after a mid-epoch last.ckpt: the resume continues from that step, in the same
+    run directory, with one TensorBoard run whose curves continue, and ends where the uninterrupted run ended."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tmp_path / "exp"
+    args = [*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None and not list(exp.glob("tiny/*/checkpoints/last.ckpt")):
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    (run_dir,) = _run_dirs(exp)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    epoch, step = _progress(last)
+    assert epoch == 0 and 0 < step < 20 and not (run_dir / "test").exists(), (epoch, step)
+    run_train([*args, f"ckpt_path={last}"])
+    assert _run_dirs(exp) == [run_dir]
+    for model in ("student", "teacher"):
+        resumed, reference = _metrics(run_dir, model), _metrics(finished, model)
+        for key in ("psds1", "psds2", "weak_f1", "event_f1_macro@0.5"):
+            assert resumed[key] == pytest.approx(reference[key], abs=1e-6), (model, key)
+    steps = [e.step for e in EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("val/obj_metric")]
+    assert steps == [e.step for e in EventAccumulator(str(finished / "tensorboard")).Reload().Scalars("val/obj_metric")]
+
+
+def test_corrupt_and_truncated_audio_are_all_reported_before_training(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    strong = sorted((data / "audio" / "train" / "strong").iterdir())[0]
+    strong.write_bytes(b"RIFF garbage, not a wav file")
+    val = sorted((data / "audio" / "validation").iterdir())[0]
+    val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])  # data chunk cut short
+    exp = tmp_path / "exp"
+    proc = run_train(tiny_overrides(data, exp, epochs=1), check=False)
+    assert proc.returncode != 0
+    assert strong.name in proc.stderr and val.name in proc.stderr
+    (run_dir,) = _run_dirs(exp)
+    assert not list(run_dir.rglob("*.ckpt"))
+    assert strong.name in (run_dir / "train.log").read_text()
+
+
 def test_last_ckpt_is_the_latest_epoch_when_the_metric_stops_improving(tiny_dataset, tmp_path):
     """The consistency weight only rises: with mode=min only epoch 0 is a top-k checkpoint. Lightning's own
     save_last then left last.ckpt at epoch 0 and a resume re-ran the later epochs."""
