@@ -37,7 +37,6 @@ import torch
 from sed.data.audio import AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
-from sed.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -270,25 +269,34 @@ class Detector:
         scores_dir: Optional[PathLike] = None,
     ) -> pd.DataFrame:
         """Detect events in ``files`` (``(filename, path)`` pairs); write the event TSV to ``output`` and,
-        with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``)."""
-        from sed_scores_eval.base_modules.scores import validate_score_dataframe
+        with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``).
+
+        ``scores_dir`` is replaced as a whole when the run ends, so it never mixes two runs' clips; a folder
+        holding files sed did not write is refused before any work (:class:`sed.outputs.ScoresDirWriter`).
+        """
+        from sed.outputs import ScoresDirWriter
 
         threshold = self.default_threshold if threshold is None else threshold
-        all_events = []
-        for i, (name, path) in enumerate(files, start=1):
-            prediction = self.predict_file(path)
-            events = self.events(prediction, name, threshold)
-            all_events.append(events)
-            logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
-            if scores_dir is not None:
-                scores = self.scores(prediction)
-                validate_score_dataframe(scores, event_classes=self.classes)
-                with atomic_open(Path(scores_dir) / f"{audio_id(name)}.tsv", "w", encoding="utf-8", newline="\n") as f:
-                    scores.to_csv(f, sep="\t", index=False)
-        events = [e for e in all_events if len(e)]
-        result = pd.concat(events, ignore_index=True) if events else _empty_events()
-        if output is not None:
-            write_strong(result, output)
+        writer = ScoresDirWriter(scores_dir) if scores_dir is not None else None
+        try:
+            all_events = []
+            for i, (name, path) in enumerate(files, start=1):
+                prediction = self.predict_file(path)
+                events = self.events(prediction, name, threshold)
+                all_events.append(events)
+                logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
+                if writer is not None:
+                    writer.write(audio_id(name), self.scores(prediction))
+            events = [e for e in all_events if len(e)]
+            result = pd.concat(events, ignore_index=True) if events else _empty_events()
+            if output is not None:
+                write_strong(result, output)
+            if writer is not None:
+                writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         return result
 
 

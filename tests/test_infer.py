@@ -235,3 +235,28 @@ def test_cli_errors_name_the_file(checkpoint, tmp_path, capsys):
     sf.write(empty, np.zeros(0, dtype=np.float32), RATE)
     with pytest.raises(ValueError, match="empty.wav"):
         Detector.from_checkpoint(checkpoint, device="cpu").predict_file(empty)
+
+
+def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
+    """Re-running into the --scores-dir of an earlier run replaces its score files (sed.score would otherwise
+    score stale clips too); a folder holding files of the user's is refused and left untouched."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(clips / name, np.zeros(RATE, dtype=np.float32), RATE)
+    scores = tmp_path / "scores"
+    common = ["--scores-dir", str(scores), "--device", "cpu", "-q"]
+    assert main([str(checkpoint), str(clips / "a.wav"), str(clips / "b.wav"), "-o", str(tmp_path / "1.tsv"), *common]) == 0
+    assert sorted(p.name for p in scores.iterdir()) == ["a.tsv", "b.tsv"]
+    assert main([str(checkpoint), str(clips / "c.wav"), "-o", str(tmp_path / "2.tsv"), *common]) == 0
+    assert sorted(p.name for p in scores.iterdir()) == ["c.tsv"]
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "a.tsv").write_text("my own table\n")
+    rc = main([str(checkpoint), str(clips), "-o", str(tmp_path / "3.tsv"), "--scores-dir", str(user), "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(user) in err and "not written by sed" in err, err
+    assert (user / "a.tsv").read_text() == "my own table\n" and len(list(user.iterdir())) == 1
+    assert not (tmp_path / "3.tsv").exists()
