@@ -13,6 +13,11 @@ Command line::
 resolved against ``--audio-dir``, default the TSV's folder). Any sample rate and channel count is
 accepted: channels are averaged and audio is resampled to the model's rate.
 
+A file that cannot be processed (unreadable, empty, NaN/Inf samples with ``--nonfinite error``, listed
+but missing) does not stop the others: each is reported on one line at the end, naming the file and
+why, and the outputs hold the files that were processed. Exit status: 0 all files processed, 1 some
+failed, 2 bad arguments or no file processed (then nothing is written).
+
 Python::
 
     detector = Detector.from_checkpoint("best.ckpt")
@@ -34,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sed.data.audio import AudioError, read_raw, resample
+from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
 
@@ -53,6 +58,13 @@ class Prediction(NamedTuple):
 
     probabilities: np.ndarray
     timestamps: np.ndarray
+
+
+class RunResult(NamedTuple):
+    """What :meth:`Detector.run` did: the events of the files processed, one message per file that was not."""
+
+    events: pd.DataFrame
+    failed: list[str]  # "<path>: <why>", one line each
 
 
 def _empty_events() -> pd.DataFrame:
@@ -218,9 +230,12 @@ class Detector:
         timestamps[-1] = n / self.sample_rate  # the last frame ends with the audio (cut or stretched < 1 frame)
         return Prediction(merged, timestamps)
 
-    def predict_file(self, path: PathLike, postprocess: bool = True) -> Prediction:
-        """:meth:`predict` on an audio file (any format soundfile reads); errors name the file."""
-        data, rate = read_raw(path)  # [channels, samples]
+    def predict_file(self, path: PathLike, postprocess: bool = True, nonfinite: str = "error") -> Prediction:
+        """:meth:`predict` on an audio file (any format soundfile reads); errors name the file.
+
+        NaN/Inf samples raise :class:`AudioError` (``nonfinite="error"``) or are read as silence (``"zero"``).
+        """
+        data, rate = read_raw(path, nonfinite)  # [channels, samples]
         try:
             return self.predict(data.mean(axis=0), rate, postprocess=postprocess)
         except ValueError as err:
@@ -267,21 +282,33 @@ class Detector:
         output: Optional[PathLike] = None,
         threshold: float | Mapping[str, float] | None = None,
         scores_dir: Optional[PathLike] = None,
-    ) -> pd.DataFrame:
+        nonfinite: str = "error",
+    ) -> RunResult:
         """Detect events in ``files`` (``(filename, path)`` pairs); write the event TSV to ``output`` and,
         with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``).
 
-        ``scores_dir`` is replaced as a whole when the run ends, so it never mixes two runs' clips; a folder
-        holding files sed did not write is refused before any work (:class:`sed.outputs.ScoresDirWriter`).
+        A file that cannot be read or analysed (:class:`AudioError`, ``ValueError``: unreadable, missing,
+        empty, non-finite samples under ``nonfinite="error"``) is skipped and reported in
+        :attr:`RunResult.failed`; the outputs hold the other files. When no file could be processed,
+        nothing is written. ``scores_dir`` is replaced as a whole at the end, so it never mixes two runs'
+        clips; a folder holding files sed did not write is refused before any work
+        (:class:`sed.outputs.ScoresDirWriter`).
         """
         from sed.outputs import ScoresDirWriter
 
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         threshold = self.default_threshold if threshold is None else threshold
         writer = ScoresDirWriter(scores_dir) if scores_dir is not None else None
         try:
-            all_events = []
+            all_events, failed = [], []
             for i, (name, path) in enumerate(files, start=1):
-                prediction = self.predict_file(path)
+                try:
+                    prediction = self.predict_file(path, nonfinite=nonfinite)
+                except (AudioError, ValueError) as err:  # the file's fault: report it, go on with the others
+                    failed.append(" ".join(str(err).split()))
+                    logger.info("[%d/%d] %s: failed", i, len(files), name)
+                    continue
                 events = self.events(prediction, name, threshold)
                 all_events.append(events)
                 logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
@@ -289,6 +316,10 @@ class Detector:
                     writer.write(audio_id(name), self.scores(prediction))
             events = [e for e in all_events if len(e)]
             result = pd.concat(events, ignore_index=True) if events else _empty_events()
+            if not all_events:  # nothing processed: keep whatever the outputs held
+                if writer is not None:
+                    writer.abort()
+                return RunResult(result, failed)
             if output is not None:
                 write_strong(result, output)
             if writer is not None:
@@ -297,7 +328,7 @@ class Detector:
             if writer is not None:
                 writer.abort()
             raise
-        return result
+        return RunResult(result, failed)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -318,7 +349,8 @@ def _tsv_filenames(path: Path) -> list[str]:
 def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = None) -> list[tuple[str, Path]]:
     """``(filename, path)`` of every recording named by ``inputs``: audio files, folders (their audio
     files, sorted, not recursive) or TSVs with a ``filename`` column (resolved against ``audio_dir``,
-    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused."""
+    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused.
+    Files a TSV lists but that do not exist are kept (the run reports them) unless none of them exists."""
     found: list[tuple[str, Path]] = []
     for item in inputs:
         p = Path(item)
@@ -329,11 +361,13 @@ def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = N
             found.extend((f.name, f) for f in files)
         elif p.suffix.lower() in (".tsv", ".csv") and p.is_file():
             base = Path(audio_dir) if audio_dir is not None else p.parent
-            for name in _tsv_filenames(p):
-                audio = base / name
-                if not audio.is_file():
-                    raise FileNotFoundError(f"{audio}: audio file listed in {p} not found (set --audio-dir?)")
-                found.append((Path(name).name, audio))
+            listed = [(Path(name).name, base / name) for name in _tsv_filenames(p)]
+            if not any(audio.is_file() for _, audio in listed):
+                raise FileNotFoundError(
+                    f"{listed[0][1]}: none of the {len(listed)} audio file(s) listed in {p} exists in {base} "
+                    "(set --audio-dir?)"
+                )
+            found.extend(listed)
         elif p.is_file():
             found.append((p.name, p))
         else:
@@ -364,11 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop", type=float, default=None,
                         help="seconds between window starts (default: half the training clip length)")
     parser.add_argument("--audio-dir", default=None, help="folder of the files listed in TSV inputs (default: the TSV's folder)")
+    parser.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
+                        help="NaN/Inf audio samples: report the file as bad (error) or read them as silence "
+                        "(zero) (default: %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 some files failed, 2 bad arguments or nothing processed)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -378,17 +416,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         detector = Detector.from_checkpoint(
             args.checkpoint, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
         )
-        events = detector.run(files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir)
+        result = detector.run(
+            files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir, nonfinite=args.nonfinite
+        )
     except (FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    threshold = detector.default_threshold if args.threshold is None else args.threshold
-    print(
-        f"{len(events)} event(s) in {len(files)} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
-        + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
-        file=sys.stderr,
-    )
-    return 0
+    done = len(files) - len(result.failed)
+    if done == 0:
+        print(f"error: none of the {len(files)} file(s) could be processed; nothing written:", file=sys.stderr)
+    else:
+        threshold = detector.default_threshold if args.threshold is None else args.threshold
+        print(
+            f"{len(result.events)} event(s) in {done} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
+            + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
+            file=sys.stderr,
+        )
+        if result.failed:
+            print(f"error: {len(result.failed)} of {len(files)} file(s) could not be processed:", file=sys.stderr)
+    for message in result.failed:
+        print(f"  {message}", file=sys.stderr)
+    return 0 if not result.failed else 1 if done else 2
 
 
 if __name__ == "__main__":

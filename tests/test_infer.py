@@ -260,3 +260,52 @@ def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
     assert str(user) in err and "not written by sed" in err, err
     assert (user / "a.tsv").read_text() == "my own table\n" and len(list(user.iterdir())) == 1
     assert not (tmp_path / "3.tsv").exists()
+
+
+def test_cli_reports_every_bad_file_and_keeps_the_good_ones(checkpoint, tmp_path, capsys):
+    """One unreadable, one NaN and one empty file among good ones: the good files are processed and written, each
+    bad file gets one line naming it and why, and the exit status is 1. --nonfinite zero reads the NaN file as
+    silence instead."""
+    from sed_scores_eval.base_modules.io import read_sed_scores
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(6)
+    for name in ("good1.wav", "good2.wav"):
+        sf.write(clips / name, (0.1 * rng.standard_normal(RATE)).astype(np.float32), RATE)
+    (clips / "broken.wav").write_text("not audio")
+    nan = (0.1 * rng.standard_normal(RATE)).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(clips / "nan.wav", nan, RATE, subtype="FLOAT")
+    sf.write(clips / "empty.wav", np.zeros(0, dtype=np.float32), RATE)
+    out, scores = tmp_path / "events.tsv", tmp_path / "scores"
+    args = [str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(scores), "--threshold", "0",
+            "--device", "cpu", "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(lines) == 3, err
+    for name, why in (("broken.wav", "cannot read audio"), ("nan.wav", "non-finite"), ("empty.wav", "empty audio")):
+        (line,) = [line for line in lines if name in line]
+        assert str(clips / name) in line and why in line, line
+    assert "3 of 5 file(s)" in err
+    assert set(pd.read_csv(out, sep="\t")["filename"]) == {"good1.wav", "good2.wav"}  # threshold 0: all active
+    assert sorted(read_sed_scores(scores)) == ["good1", "good2"]
+
+    assert main([*args, "--nonfinite", "zero"]) == 1
+    assert "nan.wav" not in "\n".join(line for line in capsys.readouterr().err.splitlines() if line.startswith("  "))
+    assert sorted(read_sed_scores(scores)) == ["good1", "good2", "nan"]
+    assert np.isfinite(read_sed_scores(scores)["nan"].to_numpy()).all()
+
+
+def test_cli_nothing_processed_exits_2_and_writes_nothing(checkpoint, tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.wav").write_text("not audio")
+    (clips / "b.wav").write_text("not audio either")
+    out = tmp_path / "events.tsv"
+    out.write_text("an earlier result\n")
+    assert main([str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "a.wav" in err and "b.wav" in err
+    assert out.read_text() == "an earlier result\n" and not (tmp_path / "s").exists()
