@@ -309,3 +309,21 @@ def test_cli_nothing_processed_exits_2_and_writes_nothing(checkpoint, tmp_path, 
     err = capsys.readouterr().err
     assert "a.wav" in err and "b.wav" in err
     assert out.read_text() == "an earlier result\n" and not (tmp_path / "s").exists()
+
+
+def test_cli_output_without_detections_scores_zero(checkpoint, tmp_path, capsys):
+    """What sed.infer writes when it detects nothing (a header-only event TSV) is accepted by sed.score."""
+    import json
+
+    from sed.score import main as score
+
+    sf.write(tmp_path / "quiet.wav", np.zeros(RATE, dtype=np.float32), RATE)
+    out = tmp_path / "events.tsv"
+    assert main([str(checkpoint), str(tmp_path / "quiet.wav"), "-o", str(out), "--threshold", "1", "--device", "cpu",
+                 "-q"]) == 0
+    assert out.read_text() == "filename\tonset\toffset\tevent_label\n"
+    gt = tmp_path / "gt.tsv"
+    gt.write_text("filename\tonset\toffset\tevent_label\nquiet.wav\t0.2\t0.6\tdog\n")
+    assert score([str(out), "-g", str(gt), "--json", str(tmp_path / "m.json")]) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["event_f1/dog"] == 0 and metrics["event_recall_micro"] == 0
