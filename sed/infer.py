@@ -2,7 +2,8 @@
 
 The model was trained on fixed-length clips, so a recording is cut into overlapping windows of that
 length (the last one zero-padded). Every window's frame probabilities land on one common frame grid
-(the label encoder's frame duration); where windows overlap, the probabilities are averaged. The
+(the label encoder's frame duration); where windows overlap, the probabilities are averaged
+(:class:`sed.windows.WindowGrid`, which the evaluation of long test clips during training shares). The
 model's median filter is applied to the merged sequence, then probabilities are thresholded into events.
 
 Command line::
@@ -42,6 +43,7 @@ import torch
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
+from sed.windows import WindowGrid
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class Detector:
         self.encoder = module.encoder
         self.classes: list[str] = list(module.classes)
         self.sample_rate = int(module.cfg.data.sample_rate)
-        self.window_samples = int(float(module.cfg.data.clip_duration) * self.sample_rate)
+        self.window_samples = int(self.encoder.n_samples)  # the training clip length
         self.frame_samples = int(self.encoder.frame_hop_samples)  # audio samples per output frame
         self.frame_duration = float(self.encoder.frame_duration)
         self.window_frames = int(self.encoder.n_frames)
@@ -116,6 +118,7 @@ class Detector:
         self.default_threshold = float(module.cfg.evaluation.thresholds[0])
         self.batch_size = int(batch_size)
         self.hop_frames = self._hop_frames(hop)
+        self.grid = WindowGrid(self.window_samples, self.window_frames, self.frame_samples, self.hop_frames)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -178,10 +181,7 @@ class Detector:
 
     def window_starts(self, n_samples: int) -> np.ndarray:
         """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""
-        hop_samples = self.hop_frames * self.frame_samples
-        extra = max(n_samples - self.window_samples, 0)
-        n_windows = 1 + math.ceil(extra / hop_samples)
-        return np.arange(n_windows, dtype=np.int64) * hop_samples
+        return self.grid.starts(n_samples)
 
     @torch.no_grad()
     def predict(self, wav, sample_rate: int, postprocess: bool = True) -> Prediction:
@@ -199,31 +199,18 @@ class Detector:
         """
         x = self._mono(wav, sample_rate)
         n = int(x.shape[0])
-        if n == 0:
-            raise ValueError("empty audio: no samples to analyse")
-        starts = self.window_starts(n)
-        padded_len = int(starts[-1]) + self.window_samples
-        x = torch.nn.functional.pad(x, (0, padded_len - n))
-        total = (len(starts) - 1) * self.hop_frames + self.window_frames
-        # Frames starting before the end of the audio (a final partial frame included).
-        keep = min(total, math.ceil(n / self.frame_samples))
-        sums = torch.zeros(len(self.classes), total, dtype=torch.float64)
-        counts = torch.zeros(total, dtype=torch.float64)
-        for b in range(0, len(starts), self.batch_size):
-            batch_starts = starts[b : b + self.batch_size]
-            windows = torch.stack([x[s : s + self.window_samples] for s in batch_starts]).to(self.device)
-            probs = self.network(self.module.features(windows)).strong.float().cpu().double()
+        windows = self.grid.windows(x)  # raises on empty audio
+        parts = []
+        for b in range(0, len(windows), self.batch_size):
+            probs = self.network(self.module.features(windows[b : b + self.batch_size].to(self.device))).strong
             if probs.shape[-1] < self.window_frames:
                 raise RuntimeError(
                     f"the model returned {probs.shape[-1]} frames per window, the label encoder expects "
                     f"{self.window_frames}"
                 )
-            probs = probs[..., : self.window_frames]
-            for k, start in enumerate(batch_starts):
-                f0 = int(start) // self.frame_samples
-                sums[:, f0 : f0 + self.window_frames] += probs[k]
-                counts[f0 : f0 + self.window_frames] += 1.0
-        merged = (sums[:, :keep] / counts[:keep]).to(torch.float32).numpy()
+            parts.append(probs[..., : self.window_frames].float().cpu())
+        keep = self.grid.n_frames(n)  # frames starting before the end of the audio
+        merged = self.grid.merge(torch.cat(parts), keep).numpy()
         if postprocess:
             merged = median_filter(merged, self.median_window)
         timestamps = np.arange(keep + 1, dtype=np.float64) * self.frame_duration
