@@ -191,7 +191,8 @@ class SEDDataModule(pl.LightningDataModule):
                 f"{self.path(durations)}: no duration for {len(missing)} clip(s) of {self.path(tsv)}, "
                 f"e.g. {missing[0]}"
             )
-        return self._dataset(audio, filenames, False, strong=gt)
+        # Whole clips: one longer than clip_duration is evaluated over its whole length (SEDModule._eval_step).
+        return self._dataset(audio, filenames, False, strong=gt, whole_clip=True)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.encoder is None:
