@@ -21,6 +21,18 @@ from sed.data.tsv import read_durations, read_filenames, read_strong, read_weak
 log = logging.getLogger(__name__)
 
 
+def _warn_unlisted_clips(durations: Path, tsv: Path, audio: Path, listed: dict[str, float], clips: list[str]) -> None:
+    """Warn about clips with a duration and audio but no ground-truth row: they are not evaluated."""
+    known = set(clips)
+    unlisted = [f for f in sorted(listed) if f not in known and (audio / f).is_file()]
+    if unlisted:
+        log.warning(
+            "%d clip(s) of %s with audio in %s are not in %s and are not evaluated (DCASE ground truth lists a clip "
+            "without events as a row with empty onset, offset and label), e.g. %s",
+            len(unlisted), durations, audio, tsv, unlisted[:3],
+        )
+
+
 def _init_worker(worker_id: int) -> None:
     """Seed the worker as Lightning does, and serve multi-MB allocations (decoded clips) by mmap.
 
@@ -191,6 +203,7 @@ class SEDDataModule(pl.LightningDataModule):
                 f"{self.path(durations)}: no duration for {len(missing)} clip(s) of {self.path(tsv)}, "
                 f"e.g. {missing[0]}"
             )
+        _warn_unlisted_clips(self.path(durations), self.path(tsv), self.path(audio), self.durations[stage], filenames)
         # Whole clips: one longer than clip_duration is evaluated over its whole length (SEDModule._eval_step).
         return self._dataset(audio, filenames, False, strong=gt, whole_clip=True)
 
