@@ -204,7 +204,8 @@ class SEDModule(pl.LightningModule):
         """
         audio, grid = batch["audio"], self.window_grid
         lengths = batch["length"].tolist() if "length" in batch else [audio.shape[-1]] * audio.shape[0]
-        views = [grid.windows(audio[i, :n]) for i, n in enumerate(lengths)]
+        # A clip shorter than a window is taken with its padding (as in training), so an empty file is silence.
+        views = [grid.windows(audio[i, : max(n, grid.window_samples)]) for i, n in enumerate(lengths)]
         rows = [(i, k) for i, v in enumerate(views) for k in range(len(v))]  # (clip, window), clip by clip
         chunk = max(audio.shape[0], 1)
         outs: dict[str, list] = {name: [] for name in MODELS}
