@@ -23,6 +23,18 @@ from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_s
 log = logging.getLogger(__name__)
 
 
+def _warn_unlisted_clips(durations: Path, tsv: Path, audio: Path, listed: dict[str, float], clips: list[str]) -> None:
+    """Warn about clips with a duration and audio but no ground-truth row: they are not evaluated."""
+    known = set(clips)
+    unlisted = [f for f in sorted(listed) if f not in known and (audio / f).is_file()]
+    if unlisted:
+        log.warning(
+            "%d clip(s) of %s with audio in %s are not in %s and are not evaluated (DCASE ground truth lists a clip "
+            "without events as a row with empty onset, offset and label), e.g. %s",
+            len(unlisted), durations, audio, tsv, unlisted[:3],
+        )
+
+
 def _init_worker(worker_id: int) -> None:
     """Seed the worker as Lightning does, and serve multi-MB allocations (decoded clips) by mmap.
 
@@ -258,8 +270,12 @@ class SEDDataModule(pl.LightningDataModule):
             if name in self.subsets:
                 self.train_sets[name] = self._dataset(self.subsets[name][1], clips.filenames, True, **kwargs)
             else:
+                tsv, audio, durations = self.eval_sets[name]
                 self.ground_truth[name], self.durations[name] = kwargs["strong"], clips.durations
-                self.eval_datasets[name] = self._dataset(self.eval_sets[name][1], clips.filenames, False, **kwargs)
+                _warn_unlisted_clips(self.path(durations), self.path(tsv), self.path(audio), clips.durations,
+                                     clips.filenames)
+                # Whole clips: one longer than clip_duration is evaluated over its whole length (SEDModule._eval_step).
+                self.eval_datasets[name] = self._dataset(audio, clips.filenames, False, whole_clip=True, **kwargs)
         if any(clips.name in self.subsets for clips, _ in read):
             log.info("Training subsets: %s", {k: len(v) for k, v in self.train_sets.items()})
 

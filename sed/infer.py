@@ -2,7 +2,8 @@
 
 The model was trained on fixed-length clips, so a recording is cut into overlapping windows of that
 length (the last one zero-padded). Every window's frame probabilities land on one common frame grid
-(the label encoder's frame duration); where windows overlap, the probabilities are averaged. The
+(the label encoder's frame duration); where windows overlap, the probabilities are averaged
+(:class:`sed.windows.WindowGrid`, which the evaluation of long test clips during training shares). The
 model's median filter is applied to the merged sequence, then probabilities are thresholded into events.
 
 Command line::
@@ -12,6 +13,11 @@ Command line::
 ``INPUT`` is an audio file, a folder of audio files, or a TSV with a ``filename`` column (files
 resolved against ``--audio-dir``, default the TSV's folder). Any sample rate and channel count is
 accepted: channels are averaged and audio is resampled to the model's rate.
+
+A file that cannot be processed (unreadable, empty, NaN/Inf samples with ``--nonfinite error``, listed
+but missing) does not stop the others: each is reported on one line at the end, naming the file and
+why, and the outputs hold the files that were processed. Exit status: 0 all files processed, 1 some
+failed, 2 bad arguments or no file processed (then nothing is written).
 
 Python::
 
@@ -34,10 +40,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sed.data.audio import AudioError, read_raw, resample
+from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
-from sed.utils.io import atomic_open
+from sed.windows import WindowGrid
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,13 @@ class Prediction(NamedTuple):
 
     probabilities: np.ndarray
     timestamps: np.ndarray
+
+
+class RunResult(NamedTuple):
+    """What :meth:`Detector.run` did: the events of the files processed, one message per file that was not."""
+
+    events: pd.DataFrame
+    failed: list[str]  # "<path>: <why>", one line each
 
 
 def _empty_events() -> pd.DataFrame:
@@ -94,7 +107,7 @@ class Detector:
         self.encoder = module.encoder
         self.classes: list[str] = list(module.classes)
         self.sample_rate = int(module.cfg.data.sample_rate)
-        self.window_samples = int(float(module.cfg.data.clip_duration) * self.sample_rate)
+        self.window_samples = int(self.encoder.n_samples)  # the training clip length
         self.frame_samples = int(self.encoder.frame_hop_samples)  # audio samples per output frame
         self.frame_duration = float(self.encoder.frame_duration)
         self.window_frames = int(self.encoder.n_frames)
@@ -105,6 +118,7 @@ class Detector:
         self.default_threshold = float(module.cfg.evaluation.thresholds[0])
         self.batch_size = int(batch_size)
         self.hop_frames = self._hop_frames(hop)
+        self.grid = WindowGrid(self.window_samples, self.window_frames, self.frame_samples, self.hop_frames)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -167,10 +181,7 @@ class Detector:
 
     def window_starts(self, n_samples: int) -> np.ndarray:
         """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""
-        hop_samples = self.hop_frames * self.frame_samples
-        extra = max(n_samples - self.window_samples, 0)
-        n_windows = 1 + math.ceil(extra / hop_samples)
-        return np.arange(n_windows, dtype=np.int64) * hop_samples
+        return self.grid.starts(n_samples)
 
     @torch.no_grad()
     def predict(self, wav, sample_rate: int, postprocess: bool = True) -> Prediction:
@@ -188,40 +199,30 @@ class Detector:
         """
         x = self._mono(wav, sample_rate)
         n = int(x.shape[0])
-        if n == 0:
-            raise ValueError("empty audio: no samples to analyse")
-        starts = self.window_starts(n)
-        padded_len = int(starts[-1]) + self.window_samples
-        x = torch.nn.functional.pad(x, (0, padded_len - n))
-        total = (len(starts) - 1) * self.hop_frames + self.window_frames
-        # Frames starting before the end of the audio (a final partial frame included).
-        keep = min(total, math.ceil(n / self.frame_samples))
-        sums = torch.zeros(len(self.classes), total, dtype=torch.float64)
-        counts = torch.zeros(total, dtype=torch.float64)
-        for b in range(0, len(starts), self.batch_size):
-            batch_starts = starts[b : b + self.batch_size]
-            windows = torch.stack([x[s : s + self.window_samples] for s in batch_starts]).to(self.device)
-            probs = self.network(self.module.features(windows)).strong.float().cpu().double()
+        windows = self.grid.windows(x)  # raises on empty audio
+        parts = []
+        for b in range(0, len(windows), self.batch_size):
+            probs = self.network(self.module.features(windows[b : b + self.batch_size].to(self.device))).strong
             if probs.shape[-1] < self.window_frames:
                 raise RuntimeError(
                     f"the model returned {probs.shape[-1]} frames per window, the label encoder expects "
                     f"{self.window_frames}"
                 )
-            probs = probs[..., : self.window_frames]
-            for k, start in enumerate(batch_starts):
-                f0 = int(start) // self.frame_samples
-                sums[:, f0 : f0 + self.window_frames] += probs[k]
-                counts[f0 : f0 + self.window_frames] += 1.0
-        merged = (sums[:, :keep] / counts[:keep]).to(torch.float32).numpy()
+            parts.append(probs[..., : self.window_frames].float().cpu())
+        keep = self.grid.n_frames(n)  # frames starting before the end of the audio
+        merged = self.grid.merge(torch.cat(parts), keep).numpy()
         if postprocess:
             merged = median_filter(merged, self.median_window)
         timestamps = np.arange(keep + 1, dtype=np.float64) * self.frame_duration
         timestamps[-1] = n / self.sample_rate  # the last frame ends with the audio (cut or stretched < 1 frame)
         return Prediction(merged, timestamps)
 
-    def predict_file(self, path: PathLike, postprocess: bool = True) -> Prediction:
-        """:meth:`predict` on an audio file (any format soundfile reads); errors name the file."""
-        data, rate = read_raw(path)  # [channels, samples]
+    def predict_file(self, path: PathLike, postprocess: bool = True, nonfinite: str = "error") -> Prediction:
+        """:meth:`predict` on an audio file (any format soundfile reads); errors name the file.
+
+        NaN/Inf samples raise :class:`AudioError` (``nonfinite="error"``) or are read as silence (``"zero"``).
+        """
+        data, rate = read_raw(path, nonfinite)  # [channels, samples]
         try:
             return self.predict(data.mean(axis=0), rate, postprocess=postprocess)
         except ValueError as err:
@@ -268,28 +269,53 @@ class Detector:
         output: Optional[PathLike] = None,
         threshold: float | Mapping[str, float] | None = None,
         scores_dir: Optional[PathLike] = None,
-    ) -> pd.DataFrame:
+        nonfinite: str = "error",
+    ) -> RunResult:
         """Detect events in ``files`` (``(filename, path)`` pairs); write the event TSV to ``output`` and,
-        with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``)."""
-        from sed_scores_eval.base_modules.scores import validate_score_dataframe
+        with ``scores_dir``, one sed_scores_eval score file per recording (``<stem>.tsv``).
 
+        A file that cannot be read or analysed (:class:`AudioError`, ``ValueError``: unreadable, missing,
+        empty, non-finite samples under ``nonfinite="error"``) is skipped and reported in
+        :attr:`RunResult.failed`; the outputs hold the other files. When no file could be processed,
+        nothing is written. ``scores_dir`` is replaced as a whole at the end, so it never mixes two runs'
+        clips; a folder holding files sed did not write is refused before any work
+        (:class:`sed.outputs.ScoresDirWriter`).
+        """
+        from sed.outputs import ScoresDirWriter
+
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         threshold = self.default_threshold if threshold is None else threshold
-        all_events = []
-        for i, (name, path) in enumerate(files, start=1):
-            prediction = self.predict_file(path)
-            events = self.events(prediction, name, threshold)
-            all_events.append(events)
-            logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
-            if scores_dir is not None:
-                scores = self.scores(prediction)
-                validate_score_dataframe(scores, event_classes=self.classes)
-                with atomic_open(Path(scores_dir) / f"{audio_id(name)}.tsv", "w", encoding="utf-8", newline="\n") as f:
-                    scores.to_csv(f, sep="\t", index=False)
-        events = [e for e in all_events if len(e)]
-        result = pd.concat(events, ignore_index=True) if events else _empty_events()
-        if output is not None:
-            write_strong(result, output)
-        return result
+        writer = ScoresDirWriter(scores_dir) if scores_dir is not None else None
+        try:
+            all_events, failed = [], []
+            for i, (name, path) in enumerate(files, start=1):
+                try:
+                    prediction = self.predict_file(path, nonfinite=nonfinite)
+                except (AudioError, ValueError) as err:  # the file's fault: report it, go on with the others
+                    failed.append(" ".join(str(err).split()))
+                    logger.info("[%d/%d] %s: failed", i, len(files), name)
+                    continue
+                events = self.events(prediction, name, threshold)
+                all_events.append(events)
+                logger.info("[%d/%d] %s: %d event(s)", i, len(files), name, len(events))
+                if writer is not None:
+                    writer.write(audio_id(name), self.scores(prediction))
+            events = [e for e in all_events if len(e)]
+            result = pd.concat(events, ignore_index=True) if events else _empty_events()
+            if not all_events:  # nothing processed: keep whatever the outputs held
+                if writer is not None:
+                    writer.abort()
+                return RunResult(result, failed)
+            if output is not None:
+                write_strong(result, output)
+            if writer is not None:
+                writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        return RunResult(result, failed)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -310,7 +336,8 @@ def _tsv_filenames(path: Path) -> list[str]:
 def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = None) -> list[tuple[str, Path]]:
     """``(filename, path)`` of every recording named by ``inputs``: audio files, folders (their audio
     files, sorted, not recursive) or TSVs with a ``filename`` column (resolved against ``audio_dir``,
-    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused."""
+    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused.
+    Files a TSV lists but that do not exist are kept (the run reports them) unless none of them exists."""
     found: list[tuple[str, Path]] = []
     for item in inputs:
         p = Path(item)
@@ -321,11 +348,13 @@ def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = N
             found.extend((f.name, f) for f in files)
         elif p.suffix.lower() in (".tsv", ".csv") and p.is_file():
             base = Path(audio_dir) if audio_dir is not None else p.parent
-            for name in _tsv_filenames(p):
-                audio = base / name
-                if not audio.is_file():
-                    raise FileNotFoundError(f"{audio}: audio file listed in {p} not found (set --audio-dir?)")
-                found.append((Path(name).name, audio))
+            listed = [(Path(name).name, base / name) for name in _tsv_filenames(p)]
+            if not any(audio.is_file() for _, audio in listed):
+                raise FileNotFoundError(
+                    f"{listed[0][1]}: none of the {len(listed)} audio file(s) listed in {p} exists in {base} "
+                    "(set --audio-dir?)"
+                )
+            found.extend(listed)
         elif p.is_file():
             found.append((p.name, p))
         else:
@@ -356,11 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hop", type=float, default=None,
                         help="seconds between window starts (default: half the training clip length)")
     parser.add_argument("--audio-dir", default=None, help="folder of the files listed in TSV inputs (default: the TSV's folder)")
+    parser.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
+                        help="NaN/Inf audio samples: report the file as bad (error) or read them as silence "
+                        "(zero) (default: %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 some files failed, 2 bad arguments or nothing processed)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -370,17 +403,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         detector = Detector.from_checkpoint(
             args.checkpoint, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
         )
-        events = detector.run(files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir)
+        result = detector.run(
+            files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir, nonfinite=args.nonfinite
+        )
     except (FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    threshold = detector.default_threshold if args.threshold is None else args.threshold
-    print(
-        f"{len(events)} event(s) in {len(files)} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
-        + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
-        file=sys.stderr,
-    )
-    return 0
+    done = len(files) - len(result.failed)
+    if done == 0:
+        print(f"error: none of the {len(files)} file(s) could be processed; nothing written:", file=sys.stderr)
+    else:
+        threshold = detector.default_threshold if args.threshold is None else args.threshold
+        print(
+            f"{len(result.events)} event(s) in {done} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
+            + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
+            file=sys.stderr,
+        )
+        if result.failed:
+            print(f"error: {len(result.failed)} of {len(files)} file(s) could not be processed:", file=sys.stderr)
+    for message in result.failed:
+        print(f"  {message}", file=sys.stderr)
+    return 0 if not result.failed else 1 if done else 2
 
 
 if __name__ == "__main__":

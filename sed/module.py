@@ -23,6 +23,7 @@ from sed.models.crnn import CRNNOutput
 from sed.scaler import TorchScaler
 from sed.schedules import exp_rampup, lr_factor
 from sed.scoring import ModelScores, objective, score_model
+from sed.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class SEDModule(pl.LightningModule):
             clip_duration=self.cfg.data.clip_duration,
             time_pooling=self.student.time_pooling,
         )
+        # Evaluation clips longer than a training clip: windows and overlap averaging of sed.infer (half-clip hop).
+        self.window_grid = WindowGrid.from_encoder(self.encoder)
+        self._long_clips_logged: set[str] = set()
         self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
         self._steps_per_epoch = 1
         self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -198,31 +202,64 @@ class SEDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        feats = self.features(batch["audio"])
+        """Frame and clip probabilities of every clip of the batch, over its whole length.
+
+        Each clip is cut into windows of the training clip length (one window when it fits, as in training;
+        :class:`sed.windows.WindowGrid`, shared with ``sed.infer``), the windows go through the front-end and
+        both models in chunks of the batch size, and each clip's frame probabilities are the windows' averaged
+        where they overlap (clip probability: the maximum over its windows). A clip no longer than the training
+        clip keeps the window's frames (scores are cut at its duration later); a longer one keeps the frames
+        starting before its end. ``loss_strong`` is the student's frame BCE over all windows.
+        """
+        audio, grid = batch["audio"], self.window_grid
+        lengths = batch["length"].tolist() if "length" in batch else [audio.shape[-1]] * audio.shape[0]
+        # A clip shorter than a window is taken with its padding (as in training), so an empty file is silence.
+        views = [grid.windows(audio[i, : max(n, grid.window_samples)]) for i, n in enumerate(lengths)]
+        rows = [(i, k) for i, v in enumerate(views) for k in range(len(v))]  # (clip, window), clip by clip
+        chunk = max(audio.shape[0], 1)
+        outs: dict[str, list] = {name: [] for name in MODELS}
+        for a in range(0, len(rows), chunk):
+            feats = self.features(torch.stack([views[i][k] for i, k in rows[a : a + chunk]]))
+            for name in MODELS:
+                outs[name].append(self.predict(getattr(self, name), feats))
         store = self._outputs.setdefault(stage, {})
+        bounds = np.cumsum([0] + [len(v) for v in views])
         for name in MODELS:
-            out = self.predict(getattr(self, name), feats)
-            strong = out.strong.float().cpu().numpy()
-            weak = out.weak.float().cpu().numpy()
+            strong = torch.cat([o.strong for o in outs[name]]).float().cpu()
+            weak = torch.cat([o.weak for o in outs[name]]).float().cpu()
             probs = store.setdefault(name, {})
             weak_probs = store.setdefault(f"{name}_weak", {})
             for i, filename in enumerate(batch["filename"]):
-                probs[filename] = strong[i]
-                weak_probs[filename] = weak[i]
-            if name == "student" and batch["has_strong"].any():
-                rows = batch["has_strong"]
-                loss = supervised_losses(out, batch["strong"], batch["weak"], rows, rows)["strong"]
-                self.log(f"{stage}/loss_strong", loss, batch_size=int(rows.sum()), sync_dist=True)
+                a, b = bounds[i], bounds[i + 1]
+                frames = max(grid.window_frames, grid.n_frames(lengths[i]))
+                probs[filename] = grid.merge(strong[a:b], frames).numpy()
+                weak_probs[filename] = weak[a:b].max(dim=0).values.numpy()
+        if batch["has_strong"].any():
+            student = outs["student"]
+            logits = torch.cat([o.strong_logits for o in student])
+            out = student[0]._replace(strong_logits=logits, weak_logits=torch.cat([o.weak_logits for o in student]))
+            targets = self._window_targets(batch["strong"], rows)
+            has_strong = batch["has_strong"][[i for i, _ in rows]]
+            loss = supervised_losses(out, targets, batch["weak"][[i for i, _ in rows]], has_strong, has_strong)
+            self.log(f"{stage}/loss_strong", loss["strong"], batch_size=int(has_strong.sum()), sync_dist=True)
         targets = store.setdefault("weak_targets", {})
         for i, filename in enumerate(batch["filename"]):
             targets[filename] = batch["weak"][i].cpu().numpy()
         if stage == "val" and self._plot_batch is None:
-            n = self.cfg.evaluation.n_plot_clips
+            n = min(self.cfg.evaluation.n_plot_clips, len(views))  # the first window of each plotted clip
             self._plot_batch = {
-                "features": feats[:n].float().cpu().numpy(),
-                "reference": batch["strong"][:n].cpu().numpy(),
+                "features": self.features(torch.stack([v[0] for v in views[:n]])).float().cpu().numpy(),
+                "reference": batch["strong"][:n, :, : grid.window_frames].cpu().numpy(),
                 "filename": list(batch["filename"][:n]),
             }
+
+    def _window_targets(self, strong: torch.Tensor, rows: list[tuple[int, int]]) -> torch.Tensor:
+        """Strong targets ``[B, C, T]`` of whole clips cut into the frames of each ``(clip, window)``."""
+        grid = self.window_grid
+        need = max(k for _, k in rows) * grid.hop_frames + grid.window_frames
+        if strong.shape[-1] < need:
+            strong = torch.nn.functional.pad(strong, (0, need - strong.shape[-1]))
+        return torch.stack([strong[i, :, k * grid.hop_frames : k * grid.hop_frames + grid.window_frames] for i, k in rows])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -248,6 +285,7 @@ class SEDModule(pl.LightningModule):
         dm = self.trainer.datamodule
         # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it.
         psds = ("psds1", "psds2") if stage == "test" or "psds2" in self.cfg.evaluation.obj_metric else ("psds1",)
+        self._log_long_clips(stage, outputs["student"])
         results = {}
         for name in MODELS:  # one scoring function, called once per model
             results[name] = score_model(
@@ -263,6 +301,21 @@ class SEDModule(pl.LightningModule):
                 psds=psds,
             )
         return results
+
+    def _log_long_clips(self, stage: str, probs: dict[str, np.ndarray]) -> None:
+        """Say once per set how many clips are longer than a training clip (evaluated over their whole length)."""
+        if stage in self._long_clips_logged or not self.trainer.is_global_zero:
+            return
+        self._long_clips_logged.add(stage)
+        n_long = sum(p.shape[-1] > self.encoder.n_frames for p in probs.values())
+        if n_long:
+            grid = self.window_grid
+            log.info(
+                "%d of %d %s clip(s) are longer than data.clip_duration (%g s): evaluated over their whole length "
+                "in %g-s windows every %g s, overlapping frame probabilities averaged (as sed.infer does)",
+                n_long, len(probs), stage, self.encoder.clip_duration, self.encoder.clip_duration,
+                grid.hop_samples / self.encoder.sample_rate,
+            )
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -298,7 +351,7 @@ class SEDModule(pl.LightningModule):
             fig = activity_figure(
                 batch["features"][i],
                 batch["reference"][i],
-                probs[filename],
+                probs[filename][:, : batch["reference"].shape[-1]],  # the first clip_duration seconds
                 self.classes,
                 self.cfg.data.clip_duration,
                 title=f"{filename} (teacher, epoch {self.current_epoch})",

@@ -9,8 +9,9 @@ Layout of ``write_test_outputs(out_dir, name, ...)`` under ``out_dir/name/``::
     psd_roc.png                          PSD-ROC of each PSDS scenario
     psd_roc_<scenario>.tsv               the plotted curve (efpr, etpr) for re-plotting
 
-Score folders are written beside the target and swapped in by rename, other files through
-``sed.utils.io.atomic_open``: an interrupted run never leaves half-written results in place.
+Score folders are written beside the target and swapped in by rename (:class:`ScoresDirWriter`), other
+files through ``sed.utils.io.atomic_open``: an interrupted run never leaves half-written results in place,
+and a score folder never mixes the clips of two runs.
 """
 
 from __future__ import annotations
@@ -50,31 +51,105 @@ def _write_score_table(df: pd.DataFrame, path: Path) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def write_scores_dir(scores: Mapping[str, pd.DataFrame], directory: str | os.PathLike) -> Path:
+def _marker(directory: Path) -> Path:
+    """Where the record of a score folder we wrote lives: beside it, since sed_scores_eval reads every file in it."""
+    return directory.with_name(f".{directory.name}.sed-scores.json")
+
+
+def _check_ours(directory: Path) -> None:
+    """Refuse to replace ``directory`` unless it is absent, empty, or holds only files our marker lists."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    entries = sorted(p.name for p in directory.iterdir())
+    if not entries:
+        return
+    try:
+        written = set(json.loads(_marker(directory).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        written = set()
+    foreign = [e for e in entries if e not in written]
+    if foreign:
+        raise ValueError(
+            f"{directory}: folder holds {len(foreign)} file(s) not written by sed (e.g. {foreign[:3]}); "
+            "refusing to replace it: give a new or empty folder, or remove this one yourself"
+        )
+
+
+class ScoresDirWriter:
+    """Write per-clip score TSVs into a temporary folder beside ``directory``; :meth:`commit` swaps it in.
+
+    The folder then holds the clips of this run only, never a mix with an earlier run's. An existing
+    ``directory`` is replaced only when it is empty or holds nothing but files an earlier writer recorded
+    in its marker (``.<name>.sed-scores.json`` beside it); anything else is refused at construction,
+    before any work. ``owned=True`` is for folders inside a directory this program created (a run's
+    ``test/<model>/``): they are replaced without a marker and none is written.
+    """
+
+    def __init__(self, directory: str | os.PathLike, owned: bool = False) -> None:
+        self.directory = Path(directory)
+        self.owned = owned
+        if not owned:
+            _check_ours(self.directory)
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".tmp", dir=self.directory.parent))
+        self._names: list[str] = []
+
+    def write(self, key: str, df: pd.DataFrame) -> None:
+        """Write the score table of clip ``key`` (its audio id) as ``<key>.tsv``."""
+        _check_id(key)
+        _write_score_table(df, self._tmp / f"{key}.tsv")
+        self._names.append(f"{key}.tsv")
+
+    def commit(self) -> Path:
+        """Replace ``directory`` with the files written so far (checked again: it may have changed meanwhile)."""
+        directory = self.directory
+        try:
+            if not self.owned:
+                _check_ours(directory)
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(directory, old)
+            os.replace(self._tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            self.abort()
+            raise
+        if not self.owned:
+            atomic_write_text(_marker(directory), json.dumps({"files": sorted(self._names)}, indent=1) + "\n")
+        return directory
+
+    def abort(self) -> None:
+        """Drop what was written; ``directory`` stays as it was."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "ScoresDirWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_scores_dir(
+    scores: Mapping[str, pd.DataFrame], directory: str | os.PathLike, owned: bool = False
+) -> Path:
     """Write ``{audio_id: score DataFrame}`` as one TSV per clip, replacing ``directory`` at once.
 
-    Readable by ``sed_scores_eval.io.read_sed_scores`` and :func:`read_scores_dir`.
+    Readable by ``sed_scores_eval.io.read_sed_scores`` and :func:`read_scores_dir`. Which existing
+    folders are replaced, and ``owned``: see :class:`ScoresDirWriter`.
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    with ScoresDirWriter(directory, owned=owned) as writer:
         for key, df in scores.items():
-            _check_id(key)
-            _write_score_table(df, tmp / f"{key}.tsv")
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+            writer.write(key, df)
+    return Path(directory)
 
 
 def read_scores_dir(directory: str | os.PathLike) -> dict[str, pd.DataFrame]:
@@ -204,9 +279,9 @@ def write_test_outputs(
     target = Path(out_dir) / name
     target.mkdir(parents=True, exist_ok=True)
     if scores_raw is not None:
-        write_scores_dir(scores_raw, target / "scores_raw")
+        write_scores_dir(scores_raw, target / "scores_raw", owned=True)
     if scores_post is not None:
-        write_scores_dir(scores_post, target / "scores_postprocessed")
+        write_scores_dir(scores_post, target / "scores_postprocessed", owned=True)
     for t, det in detections_by_threshold.items():
         write_events(det, target / f"events_th{threshold_tag(t)}.tsv")
     write_metrics_json(metrics, target / "metrics.json")

@@ -128,28 +128,43 @@ def scores_dataframe(probs: np.ndarray, timestamps: Sequence[float], classes: Se
 
 
 def batch_to_scores(
-    probs: ArrayLike,
+    probs: ArrayLike | Sequence[ArrayLike],
     filenames: Sequence[str],
-    timestamps: Sequence[float],
+    timestamps: Sequence[float] | Sequence[np.ndarray],
     classes: Sequence[str],
     durations: Mapping[str, float] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """A batch ``[B, C, T]`` of probabilities as ``{audio_id: score DataFrame}``.
+    """A batch of probabilities as ``{audio_id: score DataFrame}``.
 
+    ``probs`` is ``[B, C, T]`` with ``timestamps`` the ``T + 1`` frame boundaries of every clip, or, for
+    clips of different lengths, a sequence of ``[C, T_i]`` arrays with one ``T_i + 1`` boundary array each.
     When ``durations`` (keyed by filename or audio id) knows a clip, frames starting at or after
     its end are dropped and the last frame is cut at the end, so a padded short clip gets no
     scores (hence no detections) past its real length.
     """
-    probs = _to_numpy(probs)
-    if probs.ndim != 3 or probs.shape[0] != len(filenames):
-        raise ValueError(f"batch_to_scores expects [B={len(filenames)}, C, T], got {probs.shape}")
-    timestamps = np.asarray(timestamps, dtype=np.float64)
-    if timestamps.shape != (probs.shape[-1] + 1,):
-        raise ValueError(f"need {probs.shape[-1] + 1} frame boundaries for {probs.shape[-1]} frames, got {timestamps.shape}")
+    if isinstance(probs, (list, tuple)):
+        per_clip = [_to_numpy(p) for p in probs]
+        if len(per_clip) != len(filenames) or any(p.ndim != 2 for p in per_clip):
+            raise ValueError(f"batch_to_scores expects {len(filenames)} [C, T] arrays")
+    else:
+        probs = _to_numpy(probs)
+        if probs.ndim != 3 or probs.shape[0] != len(filenames):
+            raise ValueError(f"batch_to_scores expects [B={len(filenames)}, C, T], got {probs.shape}")
+        per_clip = list(probs)
+    if len(timestamps) and np.ndim(timestamps[0]) == 1:  # one boundary array per clip
+        if len(timestamps) != len(filenames):
+            raise ValueError(f"got {len(timestamps)} timestamp arrays for {len(filenames)} clips")
+        per_ts = [np.asarray(t, dtype=np.float64) for t in timestamps]
+    else:
+        per_ts = [np.asarray(timestamps, dtype=np.float64)] * len(filenames)
     out = {}
     for i, filename in enumerate(filenames):
         key = audio_id(filename)
-        p, ts = probs[i], timestamps
+        p, ts = per_clip[i], per_ts[i]
+        if ts.shape != (p.shape[-1] + 1,):
+            raise ValueError(
+                f"{filename}: need {p.shape[-1] + 1} frame boundaries for {p.shape[-1]} frames, got {ts.shape}"
+            )
         dur = None
         if durations is not None:
             dur = durations.get(filename, durations.get(key))

@@ -7,6 +7,12 @@ as written by a test run) or an event TSV (``filename onset offset event_label``
   events decoded at each ``--threshold`` (score > threshold);
 * events: event-based and segment-based F1.
 
+The ground truth defines the evaluated clips (DCASE lists a clip without events as a row with empty onset,
+offset and label). Predicted clips it does not list are left out, and clips of ``--durations`` it does not list
+are not evaluated; both are reported as a warning on stderr with their count (they usually mean a wrong folder
+or file). None of the predicted clips in the ground truth is an error, and so is a ground-truth clip without a
+score file. An event TSV with a header only (``sed.infer`` found nothing) scores as no detections.
+
 Examples::
 
     python -m sed.score exp/run/test/student/scores_postprocessed -g test.tsv -d durations.tsv
@@ -24,7 +30,6 @@ from typing import Sequence
 
 from sed.postprocess import audio_id
 
-logger = logging.getLogger(__name__)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,7 +53,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="processes for PSDS computation (default 1)")
     p.add_argument("--per-class", action="store_true", help="also print per-class values")
     p.add_argument("--json", type=Path, metavar="PATH", help="write every number to this JSON file")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (warnings are always printed)")
     args = p.parse_args(argv)
     for name in ("collar", "segment"):
         if getattr(args, name) <= 0:
@@ -93,7 +98,8 @@ def _score_folder(args, classes, gt, durations) -> tuple[dict, dict]:
     unknown = sorted({lab for lab in gt["event_label"] if isinstance(lab, str) and lab} - set(classes))
     if unknown:
         raise ValueError(f"{args.ground_truth}: labels {unknown} are not score columns of {args.predictions} {classes}")
-    gt_ids = {audio_id(f) for f in gt["filename"]}
+    gt_ids = _evaluated_clips(args, set(scores), gt, durations)
+    scores = {k: v for k, v in scores.items() if k in gt_ids}
     missing = sorted(gt_ids - set(scores))
     if missing:
         raise ValueError(
@@ -120,7 +126,8 @@ def _score_events(args, classes, gt, durations) -> tuple[dict, dict]:
 
     if args.threshold:
         raise ValueError("--threshold applies to score folders only; an event TSV is already thresholded")
-    det = read_strong(args.predictions, merge_overlaps=False)  # evaluate the events as given
+    # Evaluate the events as given; a header without rows means nothing was detected.
+    det = read_strong(args.predictions, merge_overlaps=False, allow_empty=True)
     det = det[det["event_label"].astype(str) != ""]
     if classes is None:
         labels = set(gt["event_label"]) | set(det["event_label"])
@@ -130,18 +137,7 @@ def _score_events(args, classes, gt, durations) -> tuple[dict, dict]:
             unknown = sorted({lab for lab in df["event_label"] if isinstance(lab, str) and lab} - set(classes))
             if unknown:
                 raise ValueError(f"{path}: labels {unknown} not in --classes {classes}")
-    clips = {audio_id(f) for f in gt["filename"]}
-    if durations is not None:
-        clips |= {audio_id(f) for f in durations}
-    det_ids = {audio_id(f) for f in det["filename"]}
-    outside = sorted(det_ids - clips)
-    if outside and len(outside) == len(det_ids):
-        raise ValueError(
-            f"{args.predictions}: none of its clips (e.g. {outside[:3]}) is in {args.ground_truth}: filenames do not match"
-        )
-    if outside:
-        logger.warning("%s: %d clip(s) not in the ground truth are ignored, e.g. %s", args.predictions, len(outside), outside[:3])
-    clips = sorted(clips)
+    clips = sorted(_evaluated_clips(args, {audio_id(f) for f in det["filename"]}, gt, durations))
     metrics: dict[str, float] = {}
     ev = event_f1(det, gt, classes, args.collar, args.percentage_of_length, filenames=clips)
     seg = segment_f1(det, gt, classes, args.segment, filenames=clips, durations=durations)
@@ -152,6 +148,35 @@ def _score_events(args, classes, gt, durations) -> tuple[dict, dict]:
             metrics[f"{kind}_f1/{c}"] = res["per_class"][c]
     info = {"kind": "events", "clips": len(clips), "classes": classes}
     return metrics, info
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _evaluated_clips(args, predicted: set[str], gt, durations) -> set[str]:
+    """Ids of the ground-truth clips, the evaluated set; warn about predicted or duration clips outside it."""
+    gt_ids = {audio_id(f) for f in gt["filename"]}
+    outside = sorted(predicted - gt_ids)
+    if outside and len(outside) == len(predicted):
+        raise ValueError(
+            f"{args.predictions}: none of its {len(predicted)} clips (e.g. {outside[:3]}) is in {args.ground_truth}: "
+            "filenames do not match"
+        )
+    if outside:
+        _warn(
+            f"{len(outside)} of {len(predicted)} predicted clip(s) are not in {args.ground_truth} and are left out "
+            f"(wrong folder or ground truth?), e.g. {outside[:3]}"
+        )
+    if durations is not None:
+        extra = sorted({audio_id(f) for f in durations} - gt_ids)
+        if extra:
+            _warn(
+                f"{len(extra)} clip(s) of {args.durations} are not in {args.ground_truth} and are not evaluated "
+                f"(DCASE ground truth lists a clip without events as a row with empty onset, offset and label), "
+                f"e.g. {extra[:3]}"
+            )
+    return gt_ids
 
 
 def _fmt(v: float) -> str:
@@ -186,7 +211,7 @@ def format_table(metrics: dict[str, float], classes: Sequence[str], per_class: b
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from sed.data.tsv import read_durations, read_strong
     from sed.outputs import write_metrics_json
 

@@ -42,16 +42,18 @@ def score_model(
 ) -> ModelScores:
     """Median-filter, tabulate and score one model's outputs (keyed by filename).
 
-    ``evaluation`` carries ``median_window`` and ``thresholds`` (the ``evaluation`` config group); ``psds``
-    names the PSDS scenarios to compute (PSDS2 costs about three times PSDS1).
+    ``strong_probs`` are ``[C, T]`` per clip on the encoder's frame grid: ``T`` is the encoder's ``n_frames``
+    for a clip, more for a clip evaluated over a longer whole length. ``evaluation`` carries ``median_window``
+    and ``thresholds`` (the ``evaluation`` config group); ``psds`` names the PSDS scenarios to compute (PSDS2
+    costs about three times PSDS1).
     Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
     :func:`sed.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
     """
     filenames = sorted(strong_probs)
-    raw = np.stack([strong_probs[f] for f in filenames])
+    raw = [np.asarray(strong_probs[f]) for f in filenames]
     windows = list(evaluation.median_window)
-    post = median_filter(raw, windows[0] if len(windows) == 1 else windows)
-    timestamps = encoder.frame_timestamps()
+    post = _median_filter_clips(raw, windows[0] if len(windows) == 1 else windows)
+    timestamps = [encoder.frame_timestamps(p.shape[-1]) for p in raw]
     classes = list(encoder.classes)
     scores_raw = batch_to_scores(raw, filenames, timestamps, classes, durations)
     scores_post = batch_to_scores(post, filenames, timestamps, classes, durations)
@@ -76,6 +78,19 @@ def score_model(
         detections=result.detections,
         psd_rocs=result.rocs,
     )
+
+
+def _median_filter_clips(probs: list[np.ndarray], window) -> list[np.ndarray]:
+    """Median-filter ``[C, T_i]`` clips, one stacked call per clip length (one call when all have one length)."""
+    out: list[np.ndarray] = [np.empty(0)] * len(probs)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(probs):
+        by_length.setdefault(p.shape[-1], []).append(i)
+    for rows in by_length.values():
+        filtered = median_filter(np.stack([probs[i] for i in rows]), window)
+        for i, f in zip(rows, filtered):
+            out[i] = f
+    return out
 
 
 OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1")

@@ -152,3 +152,25 @@ def test_events_past_the_audio_are_clipped_in_what_trains_and_what_is_scored(tmp
     labels = dm.train_sets["strong"][0]["strong"][0]  # class 0 over the 1 s window; the audio ends at 0.5 s
     active = labels.nonzero().flatten() / len(labels)
     assert labels.any() and active.max() < 0.5
+
+
+def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, caplog):
+    """DCASE ground truth lists a clip without events as an empty row: a clip in durations.tsv and on disk but not
+    in the ground truth is not evaluated, and the user is told how many."""
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / "audio" / name, np.zeros(16000, dtype=np.float32), 16000)
+    (tmp_path / "test.tsv").write_text("filename\tonset\toffset\tevent_label\na.wav\t0.1\t0.5\tdog\n")
+    (tmp_path / "durations.tsv").write_text("filename\tduration\na.wav\t1\nb.wav\t1\nc.wav\t1\ngone.wav\t1\n")
+    dm = SEDDataModule(root=str(tmp_path), classes=["dog"], clip_duration=1.0, test_tsv="test.tsv",
+                       test_audio="audio", test_durations="durations.tsv", num_workers=0)
+    dm.set_encoder(LabelEncoder(["dog"], sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
+    with caplog.at_level(logging.WARNING, logger="sed.datamodule"):
+        dm.setup("test")
+    assert dm.eval_datasets["test"].filenames == ["a.wav"]
+    assert "2 clip(s) of" in caplog.text and "b.wav" in caplog.text and "not evaluated" in caplog.text, caplog.text

@@ -235,3 +235,95 @@ def test_cli_errors_name_the_file(checkpoint, tmp_path, capsys):
     sf.write(empty, np.zeros(0, dtype=np.float32), RATE)
     with pytest.raises(ValueError, match="empty.wav"):
         Detector.from_checkpoint(checkpoint, device="cpu").predict_file(empty)
+
+
+def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
+    """Re-running into the --scores-dir of an earlier run replaces its score files (sed.score would otherwise
+    score stale clips too); a folder holding files of the user's is refused and left untouched."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(clips / name, np.zeros(RATE, dtype=np.float32), RATE)
+    scores = tmp_path / "scores"
+    common = ["--scores-dir", str(scores), "--device", "cpu", "-q"]
+    assert main([str(checkpoint), str(clips / "a.wav"), str(clips / "b.wav"), "-o", str(tmp_path / "1.tsv"), *common]) == 0
+    assert sorted(p.name for p in scores.iterdir()) == ["a.tsv", "b.tsv"]
+    assert main([str(checkpoint), str(clips / "c.wav"), "-o", str(tmp_path / "2.tsv"), *common]) == 0
+    assert sorted(p.name for p in scores.iterdir()) == ["c.tsv"]
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "a.tsv").write_text("my own table\n")
+    rc = main([str(checkpoint), str(clips), "-o", str(tmp_path / "3.tsv"), "--scores-dir", str(user), "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(user) in err and "not written by sed" in err, err
+    assert (user / "a.tsv").read_text() == "my own table\n" and len(list(user.iterdir())) == 1
+    assert not (tmp_path / "3.tsv").exists()
+
+
+def test_cli_reports_every_bad_file_and_keeps_the_good_ones(checkpoint, tmp_path, capsys):
+    """One unreadable, one NaN and one empty file among good ones: the good files are processed and written, each
+    bad file gets one line naming it and why, and the exit status is 1. --nonfinite zero reads the NaN file as
+    silence instead."""
+    from sed_scores_eval.base_modules.io import read_sed_scores
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(6)
+    for name in ("good1.wav", "good2.wav"):
+        sf.write(clips / name, (0.1 * rng.standard_normal(RATE)).astype(np.float32), RATE)
+    (clips / "broken.wav").write_text("not audio")
+    nan = (0.1 * rng.standard_normal(RATE)).astype(np.float32)
+    nan[100] = np.nan
+    sf.write(clips / "nan.wav", nan, RATE, subtype="FLOAT")
+    sf.write(clips / "empty.wav", np.zeros(0, dtype=np.float32), RATE)
+    out, scores = tmp_path / "events.tsv", tmp_path / "scores"
+    args = [str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(scores), "--threshold", "0",
+            "--device", "cpu", "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(lines) == 3, err
+    for name, why in (("broken.wav", "cannot read audio"), ("nan.wav", "non-finite"), ("empty.wav", "empty audio")):
+        (line,) = [line for line in lines if name in line]
+        assert str(clips / name) in line and why in line, line
+    assert "3 of 5 file(s)" in err
+    assert set(pd.read_csv(out, sep="\t")["filename"]) == {"good1.wav", "good2.wav"}  # threshold 0: all active
+    assert sorted(read_sed_scores(scores)) == ["good1", "good2"]
+
+    assert main([*args, "--nonfinite", "zero"]) == 1
+    assert "nan.wav" not in "\n".join(line for line in capsys.readouterr().err.splitlines() if line.startswith("  "))
+    assert sorted(read_sed_scores(scores)) == ["good1", "good2", "nan"]
+    assert np.isfinite(read_sed_scores(scores)["nan"].to_numpy()).all()
+
+
+def test_cli_nothing_processed_exits_2_and_writes_nothing(checkpoint, tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.wav").write_text("not audio")
+    (clips / "b.wav").write_text("not audio either")
+    out = tmp_path / "events.tsv"
+    out.write_text("an earlier result\n")
+    assert main([str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "a.wav" in err and "b.wav" in err
+    assert out.read_text() == "an earlier result\n" and not (tmp_path / "s").exists()
+
+
+def test_cli_output_without_detections_scores_zero(checkpoint, tmp_path, capsys):
+    """What sed.infer writes when it detects nothing (a header-only event TSV) is accepted by sed.score."""
+    import json
+
+    from sed.score import main as score
+
+    sf.write(tmp_path / "quiet.wav", np.zeros(RATE, dtype=np.float32), RATE)
+    out = tmp_path / "events.tsv"
+    assert main([str(checkpoint), str(tmp_path / "quiet.wav"), "-o", str(out), "--threshold", "1", "--device", "cpu",
+                 "-q"]) == 0
+    assert out.read_text() == "filename\tonset\toffset\tevent_label\n"
+    gt = tmp_path / "gt.tsv"
+    gt.write_text("filename\tonset\toffset\tevent_label\nquiet.wav\t0.2\t0.6\tdog\n")
+    assert score([str(out), "-g", str(gt), "--json", str(tmp_path / "m.json")]) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["event_f1/dog"] == 0 and metrics["event_recall_micro"] == 0

@@ -303,3 +303,18 @@ def test_desed_style_names_with_dots(data):
     scores2 = {rename[k]: v for k, v in scores.items()}
     cfg = {"psds": ["psds1"], "segment_f1": False, "per_class": False}
     assert evaluate(None, scores2, gt2, dur2, CLASSES, [0.5], cfg) == evaluate(None, scores, gt, durations, CLASSES, [0.5], cfg)
+
+
+def test_psds2_with_a_single_event_class():
+    """With events of one class only, PSDS2 has no other class to cross-trigger: it equals PSDS2 without the
+    cross-trigger term instead of failing inside sed_scores_eval (a validation set with one event class did)."""
+    rng = np.random.default_rng(1)
+    ts = np.arange(21) * 0.1
+    values = {k: 0.3 * rng.random((20, 2)) for k in ("x", "y")}
+    values["x"][1:5, 0] = 0.9  # class a detected where its event is
+    scores = {k: create_score_dataframe(v, ts, ["a", "b"]) for k, v in values.items()}
+    gt = {"x": [(0.1, 0.5, "a")], "y": []}
+    durations = {"x": 2.0, "y": 2.0}
+    value, _ = metrics.psds(scores, gt, durations, PSDS2)
+    no_ct = metrics.PSDSScenario(dtc=PSDS2.dtc, gtc=PSDS2.gtc, alpha_st=PSDS2.alpha_st, max_efpr=PSDS2.max_efpr)
+    assert value == pytest.approx(metrics.psds(scores, gt, durations, no_ct)[0]) and value > 0

@@ -94,3 +94,28 @@ def test_read_scores_dir_errors_name_the_file(tmp_path, run):
         read_scores_dir(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no .tsv"):
         read_scores_dir((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_score_folder_is_replaced_only_when_ours(tmp_path, run):
+    """A folder written by write_scores_dir is replaced whole (no stale clips); a user's folder is refused."""
+    _, _, raw, _, _ = run
+    folder = write_scores_dir(raw, tmp_path / "scores")
+    fewer = {k: raw[k] for k in sorted(raw)[:2]}
+    write_scores_dir(fewer, folder)
+    assert sorted(read_sed_scores(folder)) == sorted(fewer)  # the earlier run's other clips are gone
+
+    (folder / "notes.txt").write_text("mine")  # the user put something of theirs in it
+    with pytest.raises(ValueError, match="notes.txt"):
+        write_scores_dir(raw, folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{k}.tsv" for k in fewer] + ["notes.txt"])
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "c9.tsv").write_text("onset\toffset\talarm\n0\t1\t0.5\n")
+    with pytest.raises(ValueError, match=r"user.*not written by sed"):
+        write_scores_dir(raw, user)
+    assert sorted(p.name for p in user.iterdir()) == ["c9.tsv"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sorted(read_sed_scores(write_scores_dir(raw, empty))) == sorted(raw)

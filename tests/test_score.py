@@ -131,3 +131,50 @@ def test_module_entry_point(files):
     )
     assert proc.returncode == 0, proc.stderr
     assert "event_f1_macro" in proc.stdout and "segment_f1_macro" in proc.stdout
+
+
+def _score(args: list[str], capsys) -> tuple[int, str]:
+    rc = main(args)
+    return rc, capsys.readouterr().err
+
+
+def test_predictions_outside_ground_truth_are_a_visible_warning(files, tmp_path, capsys):
+    """Clips in the predictions but not in the ground truth are left out with a warning that names the count,
+    for score folders and event TSVs alike, without -v."""
+    root = files["root"]
+    extra = dict(files["scores"])
+    extra["stray"] = files["scores"]["c1"]
+    write_scores_dir(extra, tmp_path / "scores")
+    durations = {**files["durations"], "stray.wav": 3.0}
+    write_durations(durations, tmp_path / "durations.tsv")
+    out = tmp_path / "m.json"
+    rc, err = _score([str(tmp_path / "scores"), "-g", str(root / "gt.tsv"), "-d", str(tmp_path / "durations.tsv"),
+                      "--json", str(out)], capsys)
+    assert rc == 0
+    assert "warning: 1 of 7 predicted clip(s) are not in" in err and "stray" in err, err
+    expected = evaluate(None, files["scores"], files["gt"], files["durations"], CLASSES, [0.5])
+    assert json.loads(out.read_text())["psds1"] == pytest.approx(expected["psds1"], abs=1e-9)
+
+    events = pd.concat([files["events"], files["events"].head(2).assign(filename="stray.wav")])
+    write_strong(events, tmp_path / "events.tsv")
+    rc, err = _score([str(tmp_path / "events.tsv"), "-g", str(root / "gt.tsv")], capsys)
+    assert rc == 0 and "warning: 1 of" in err and "stray" in err, err
+
+
+def test_duration_clips_outside_ground_truth_are_a_visible_warning(files, tmp_path, capsys):
+    root = files["root"]
+    write_durations({**files["durations"], "lost1.wav": 3.0, "lost2.wav": 3.0}, tmp_path / "durations.tsv")
+    rc, err = _score([str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(tmp_path / "durations.tsv")],
+                     capsys)
+    assert rc == 0
+    assert "warning: 2 clip(s) of" in err and "lost1" in err and "not evaluated" in err, err
+
+
+def test_header_only_event_file_scores_zero(files, tmp_path, capsys):
+    """An event TSV without events (what sed.infer writes when nothing is detected) is a valid prediction."""
+    (tmp_path / "none.tsv").write_text("filename\tonset\toffset\tevent_label\n")
+    out = tmp_path / "m.json"
+    rc, err = _score([str(tmp_path / "none.tsv"), "-g", str(files["root"] / "gt.tsv"), "--json", str(out)], capsys)
+    assert rc == 0, err
+    saved = json.loads(out.read_text())
+    assert saved["event_f1_macro"] == 0 and saved["segment_f1_micro"] == 0 and saved["event_recall_micro"] == 0

@@ -50,6 +50,10 @@ class SEDDataset(Dataset):
             file fails now instead of mid-epoch).
         nonfinite: NaN/Inf samples are an error naming the file (``"error"``) or replaced with
             silence and logged (``"zero"``); see :func:`sed.data.audio.check_finite`.
+        whole_clip: evaluation: every item is the whole file (never cropped; a shorter one is
+            zero-padded to the clip length as usual), its strong target covers the whole file, and
+            ``length`` holds its true number of samples. :func:`collate` pads such items to the
+            longest of the batch.
 
     Errors: a missing audio file raises :class:`AnnotationError` naming the annotation file
     and line when known (else the audio path); an empty dataset raises naming its source.
@@ -70,6 +74,7 @@ class SEDDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         check_readable: bool = False,
         nonfinite: str = "error",
+        whole_clip: bool = False,
     ) -> None:
         if strong is not None and weak is not None:
             raise ValueError("SEDDataset takes strong or weak labels, not both")
@@ -91,6 +96,7 @@ class SEDDataset(Dataset):
         self.channel = channel
         self.seed = int(seed)
         self.nonfinite = nonfinite
+        self.whole_clip = bool(whole_clip)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         labels = strong if strong is not None else weak
         self.kind = "strong" if strong is not None else "weak" if weak is not None else "unlabeled"
@@ -277,6 +283,14 @@ class SEDDataset(Dataset):
         wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate, hint=_CACHE_HINT)
         return fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen)
 
+    def _load_whole(self, path: Path, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        """The whole file at the target rate (zero-padded to the clip length when shorter) and its true length."""
+        data = self._cached(path) if self.cache_dir is not None else self._decode(path, self.channel == "mean")
+        ch = self._pick_channel(data.shape[0], gen)
+        wav = torch.from_numpy(np.array(data.mean(axis=0) if ch is None else data[ch], dtype=np.float32))
+        length = int(wav.shape[-1])
+        return fit_length(wav, self.n_samples, random_crop=False)[0] if length < self.n_samples else wav, length
+
     # --- Dataset API ------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.filenames)
@@ -284,14 +298,20 @@ class SEDDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         name = self.filenames[index]
         gen = self._rng()
-        audio, start = self._load(self.audio_dir / name, gen)
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
+        if self.whole_clip:
+            audio, length = self._load_whole(self.audio_dir / name, gen)
+            start = 0
+            if length > self.n_samples:  # frames starting before the end of the file
+                n_frames = -(-length // self.encoder.frame_hop_samples)
+        else:
+            audio, start = self._load(self.audio_dir / name, gen)
         if self.kind == "strong":
             ev = self._events.get(name)
             if ev is None:
                 strong = np.zeros((n_classes, n_frames), dtype=np.float32)
             else:
-                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate)
+                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate, n_frames=n_frames)
             weak = strong.max(axis=1)
         elif self.kind == "weak":
             strong = np.zeros((n_classes, n_frames), dtype=np.float32)
@@ -301,7 +321,7 @@ class SEDDataset(Dataset):
         else:
             strong = np.zeros((n_classes, n_frames), dtype=np.float32)
             weak = np.zeros(n_classes, dtype=np.float32)
-        return {
+        item = {
             "audio": audio,
             "strong": torch.from_numpy(strong),
             "weak": torch.from_numpy(np.array(weak, dtype=np.float32)),
@@ -310,15 +330,23 @@ class SEDDataset(Dataset):
             "filename": name,
             "index": int(index),
         }
+        if self.whole_clip:
+            item["length"] = torch.tensor(length)
+        return item
 
     def __repr__(self) -> str:
         return f"SEDDataset({self.kind}, {len(self)} clips from {self.source or self.audio_dir})"
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors of a list of items; ``filename`` stays a list, ``index`` a LongTensor."""
+    """Stack the tensors of a list of items; ``filename`` stays a list, ``index`` a LongTensor.
+
+    Whole-clip items (``whole_clip=True``, with a ``length``) of different lengths have their ``audio`` and
+    ``strong`` zero-padded at the end to the longest of the batch; ``length`` keeps each one's true length.
+    """
     if not batch:
         raise ValueError("collate got an empty batch")
+    padded = ("audio", "strong") if "length" in batch[0] else ()
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
@@ -326,6 +354,9 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = values
         elif key == "index":
             out[key] = torch.tensor(values, dtype=torch.long)
+        elif key in padded:
+            size = max(v.shape[-1] for v in values)
+            out[key] = torch.stack([torch.nn.functional.pad(v, (0, size - v.shape[-1])) for v in values])
         else:
             out[key] = torch.stack(values)
     return out

@@ -83,9 +83,11 @@ class LabelEncoder:
         """Start time (seconds) of frame ``f``."""
         return float(f) * self.frame_duration
 
-    def frame_timestamps(self) -> np.ndarray:
-        """Frame boundaries in seconds, length ``n_frames + 1`` (for sed_scores_eval)."""
-        return np.arange(self.n_frames + 1, dtype=np.float64) * self.frame_duration
+    def frame_timestamps(self, n_frames: int | None = None) -> np.ndarray:
+        """Frame boundaries in seconds, length ``n_frames + 1`` (for sed_scores_eval); ``n_frames`` defaults to a
+        clip's, more for a longer recording on the same grid."""
+        n = self.n_frames if n_frames is None else int(n_frames)
+        return np.arange(n + 1, dtype=np.float64) * self.frame_duration
 
     # --- encoding ---------------------------------------------------------------------
     def _event_arrays(
@@ -105,16 +107,23 @@ class LabelEncoder:
         return onset[valid], offset[valid], idx
 
     def encode_arrays(
-        self, onset: np.ndarray, offset: np.ndarray, class_idx: np.ndarray, shift: float = 0.0
+        self,
+        onset: np.ndarray,
+        offset: np.ndarray,
+        class_idx: np.ndarray,
+        shift: float = 0.0,
+        n_frames: int | None = None,
     ) -> np.ndarray:
-        """Vectorised core of :meth:`encode_strong` (times in seconds, class indices)."""
-        target = np.zeros((self.n_classes, self.n_frames), dtype=np.float32)
+        """Vectorised core of :meth:`encode_strong` (times in seconds, class indices); ``n_frames`` defaults to
+        a clip's (a whole recording longer than a clip has more)."""
+        n = self.n_frames if n_frames is None else int(n_frames)
+        target = np.zeros((self.n_classes, n), dtype=np.float32)
         if len(onset) == 0:
             return target
         start = np.floor(self._frames(np.asarray(onset) - shift) + _EPS)
         stop = np.ceil(self._frames(np.asarray(offset) - shift) - _EPS)
-        start = np.clip(start, 0, self.n_frames).astype(np.int64)
-        stop = np.clip(stop, 0, self.n_frames).astype(np.int64)
+        start = np.clip(start, 0, n).astype(np.int64)
+        stop = np.clip(stop, 0, n).astype(np.int64)
         for c, a, b in zip(class_idx, start, stop):
             if b > a:
                 target[c, a:b] = 1.0

@@ -78,11 +78,12 @@ class FileList(list):
         self.lines = dict(lines or {})
 
 
-def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+def _rows(path: Path, required: Sequence[str], allow_empty: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line_number, {column: stripped value})`` for every non-blank data row.
 
     Missing trailing fields read as empty strings (DCASE no-event rows are often just
-    ``filename``); extra non-empty fields beyond the header are an error.
+    ``filename``); extra non-empty fields beyond the header are an error. A file with a header
+    and no rows is an error unless ``allow_empty``.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -112,7 +113,7 @@ def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, 
         fields += [""] * (len(header) - len(fields))
         n_rows += 1
         yield number, dict(zip(header, fields))
-    if n_rows == 0:
+    if n_rows == 0 and not allow_empty:
         raise AnnotationError(path, 1, "no data rows (empty dataset)")
 
 
@@ -142,10 +143,13 @@ def read_strong(
     path: str | os.PathLike,
     classes: Sequence[str] | None = None,
     merge_overlaps: bool = True,
+    allow_empty: bool = False,
 ) -> pd.DataFrame:
     """Read a strong-label TSV into a DataFrame ``filename, onset, offset, event_label``.
 
     No-event rows (empty onset, offset and label) are kept with NaN times and an empty label.
+    A header without rows is an error (an empty dataset) unless ``allow_empty`` (an event list
+    in which nothing was detected).
     With ``classes`` given, an unknown label is an error. Same-class overlapping or touching
     events of one clip are merged into their union (logged once for the file), because
     sed_scores_eval rejects such ground truth.
@@ -158,7 +162,7 @@ def read_strong(
     labels: list[str] = []
     row_lines: list[int] = []
     first_line: dict[str, int] = {}
-    for line, row in _rows(path, STRONG_COLUMNS):
+    for line, row in _rows(path, STRONG_COLUMNS, allow_empty):
         name = _check_filename(path, line, row["filename"])
         on_s, off_s, label = row["onset"], row["offset"], row["event_label"]
         empties = [_is_missing(on_s), _is_missing(off_s), _is_missing(label)]

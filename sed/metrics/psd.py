@@ -6,7 +6,7 @@ Computed with sed_scores_eval, which evaluates every operating point at once (no
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, NamedTuple
 
 import numpy as np
@@ -101,15 +101,19 @@ def _psds_impl(
         boot = {"psds": nan, "mean": nan, "std": nan, "low": nan, "high": nan} if n_bootstrap else None
         return nan, _nan_roc(scenario), boot
     # Per-clip statistics ("deltas") once; the full-set value and every resample reuse them.
+    evaluated = scenario
+    if len(classes) == 1 and scenario.cttc is not None:
+        # One class has no other to cross-trigger, and sed_scores_eval fails on the empty cross-trigger statistics.
+        evaluated = replace(scenario, cttc=None, alpha_ct=0.0)
     deltas = intersection_based.intermediate_statistics_deltas(
         scores=scores,
         ground_truth=gt,
-        dtc_threshold=scenario.dtc,
-        gtc_threshold=scenario.gtc,
-        cttc_threshold=scenario.cttc,
+        dtc_threshold=evaluated.dtc,
+        gtc_threshold=evaluated.gtc,
+        cttc_threshold=evaluated.cttc,
         num_jobs=num_jobs,
     )
-    roc = _roc(_psds_call(None, gt, dur, scenario, deltas=deltas), scenario)
+    roc = _roc(_psds_call(None, gt, dur, evaluated, deltas=deltas), scenario)
     if not n_bootstrap:
         return roc.value, roc, None
     ids = sorted(deltas)
@@ -121,7 +125,7 @@ def _psds_impl(
         d_b = {n: deltas[ids[i]] for n, i in zip(names, pick)}
         gt_b = {n: gt[ids[i]] for n, i in zip(names, pick)}
         dur_b = {n: dur[ids[i]] for n, i in zip(names, pick)}
-        values[b] = _psds_call(None, gt_b, dur_b, scenario, deltas=d_b)[0]
+        values[b] = _psds_call(None, gt_b, dur_b, evaluated, deltas=d_b)[0]
     alpha = (1.0 - confidence) / 2.0
     boot = {
         "psds": roc.value,

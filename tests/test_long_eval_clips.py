@@ -1,0 +1,115 @@
+"""Validation/test clips longer than data.clip_duration are evaluated over their whole length, like sed.infer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from sed.infer import Detector
+from sed.models.crnn import CRNNOutput
+
+CLASSES = ["alarm", "dog", "speech"]
+CLIP = 2.0
+RATE = 16000
+
+
+def _module():
+    from omegaconf import OmegaConf
+
+    from sed.config import Config
+    from sed.module import SEDModule
+
+    cfg = OmegaConf.structured(Config)
+    cfg.paths.run_dir = "unused"
+    cfg.data.root = "unused"
+    cfg.data.sample_rate = RATE
+    cfg.data.clip_duration = CLIP
+    cfg.features.n_fft = 512
+    cfg.features.win_length = 512
+    cfg.features.n_mels = 16
+    cfg.model.filters = [4, 8]
+    cfg.model.pooling = [[2, 4], [2, 4]]
+    cfg.model.rnn_hidden = 8
+    cfg.model.rnn_layers = 1
+    cfg.evaluation.median_window = [3]
+    cfg.evaluation.thresholds = [0.5]
+    torch.manual_seed(0)
+    return SEDModule(OmegaConf.to_container(cfg, resolve=True), CLASSES)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A test set of one ordinary clip and one twice as long with a dog barking (a loud burst) in its second half."""
+    root = tmp_path_factory.mktemp("long_clips")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(root / "audio" / "short.wav", (0.003 * rng.standard_normal(int(CLIP * RATE))).astype(np.float32), RATE)
+    long = 0.003 * rng.standard_normal(int(2 * CLIP * RATE))
+    long[int(3.0 * RATE) : int(3.5 * RATE)] = 0.5 * rng.standard_normal(int(0.5 * RATE))
+    sf.write(root / "audio" / "long.wav", long.astype(np.float32), RATE)
+    (root / "test.tsv").write_text("filename\tonset\toffset\tevent_label\nshort.wav\t\t\t\nlong.wav\t3.0\t3.5\tdog\n")
+    (root / "durations.tsv").write_text("filename\tduration\nshort.wav\t2.0\nlong.wav\t4.0\n")
+    return root
+
+
+def _test_run(module, root, out_dir):
+    import pytorch_lightning as pl
+
+    from sed.datamodule import SEDDataModule
+
+    dm = SEDDataModule(
+        str(root), classes=CLASSES, sample_rate=RATE, clip_duration=CLIP, strong_tsv=None, weak_tsv=None,
+        unlabeled_tsv=None, test_tsv="test.tsv", test_audio="audio", test_durations="durations.tsv",
+        eval_batch_size=4, num_workers=0,
+    )
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir))
+    trainer.test(module, datamodule=dm, verbose=False)
+    return out_dir / "test"
+
+
+def test_long_test_clip_gives_the_probabilities_of_infer(data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sed.module")
+    module = _module()
+    out = _test_run(module, data, tmp_path)
+    assert "1 of 2 test clip(s) are longer than data.clip_duration" in caplog.text
+    detector = Detector(module, model="teacher", device="cpu")
+    raw = pd.read_csv(out / "teacher" / "scores_raw" / "long.tsv", sep="\t")
+    post = pd.read_csv(out / "teacher" / "scores_postprocessed" / "long.tsv", sep="\t")
+    ref = detector.predict_file(data / "audio" / "long.wav", postprocess=False)
+    assert raw["offset"].iloc[-1] == pytest.approx(4.0)  # scored over the whole clip, not its first 2 s
+    np.testing.assert_allclose(raw["onset"], ref.timestamps[:-1], atol=1e-9)
+    np.testing.assert_allclose(raw[CLASSES].to_numpy().T, ref.probabilities, atol=1e-5)
+    ref = detector.predict_file(data / "audio" / "long.wav")  # the median filter, after merging
+    np.testing.assert_allclose(post[CLASSES].to_numpy().T, ref.probabilities, atol=1e-5)
+
+
+class Loudness(torch.nn.Module):
+    """Stands in for a trained CRNN: 'dog' is active where a frame's mean feature is well above the window's median."""
+
+    time_pooling = 4
+
+    def forward(self, feats: torch.Tensor) -> CRNNOutput:
+        energy = feats.mean(dim=1)  # [B, T]
+        t = energy.shape[-1] // self.time_pooling
+        energy = energy[:, : t * self.time_pooling].reshape(len(energy), t, self.time_pooling).mean(-1)
+        logits = torch.full((len(energy), len(CLASSES), t), -20.0)
+        logits[:, 1] = 60.0 * (energy - energy.median(dim=1, keepdim=True).values - 0.15)
+        strong = torch.sigmoid(logits)
+        weak = strong.max(dim=-1).values
+        return CRNNOutput(logits, torch.logit(weak, eps=1e-6), strong, weak)
+
+
+def test_event_in_the_second_half_of_a_long_test_clip_is_detected(data, tmp_path):
+    module = _module()
+    module.student, module.teacher = Loudness(), Loudness()
+    _test_run(module, data, tmp_path)
+    metrics = module.test_results["teacher"]
+    assert metrics["event_f1@0.5/dog"] == 1.0 and metrics["event_precision_micro@0.5"] == 1.0
+    assert metrics["intersection_f1@0.5/dog"] == 1.0
+    assert metrics["weak_f1"] > 0  # the clip-level label of the long clip counts its second half too
