@@ -108,7 +108,9 @@ class ResumeCheckpoint(Checkpoint):
             self._stop(trainer)
 
     # ------------------------------------------------------------------ signals
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Installed after Lightning's own SIGTERM handler (which would abort a validation with exit status 0 and
+        # no checkpoint) and replacing it.
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):

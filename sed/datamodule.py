@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import signal
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -43,6 +44,10 @@ def _init_worker(worker_id: int) -> None:
     benchmarks/data_loading.py).
     """
     pl_worker_init_function(worker_id)
+    # Ctrl-C and SLURM's SIGTERM reach the whole process group: the main process stops training after the step
+    # (sed.checkpointing.ResumeCheckpoint) and then ends its workers; a worker dying first would break that step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD = 4 MiB
     except (OSError, AttributeError):  # not glibc
