@@ -121,6 +121,10 @@ class ModelConfig:
     rnn_dropout: float = 0.0
     dropout_recurrent_out: float = 0.5
     attention: bool = True
+    bn_eps: float = 1e-3
+    # PyTorch convention (weight of the new batch). The DCASE baseline's 0.99 makes the running statistics
+    # follow the last batch almost alone; desed_crnn keeps it for fidelity.
+    bn_momentum: float = 0.1
 
 
 @dataclass
@@ -129,6 +133,8 @@ class MixupConfig:
     prob: float = 0.5
     mode: str = "soft"  # soft: labels mixed like the inputs; hard: union of the two label sets
     alpha: float = 0.2  # Beta(alpha, alpha) mixing coefficient
+    domain: str = "features"  # features: the normalised log features; linear: magnitudes before log and scaler (DCASE baseline)
+    shared_draw: bool = False  # one coin flip decides for both labelled subsets (DCASE baseline); else one per subset
 
 
 @dataclass
@@ -148,6 +154,9 @@ class TrainingConfig:
     schedule: str = "constant"  # after warm-up: constant | cosine
     min_lr: float = 1e-5  # end of the cosine decay
     ema_factor: float = 0.999
+    # Average the student's BatchNorm statistics into the teacher too; false: only parameters, the teacher's
+    # statistics come from its own training-mode forwards (DCASE baseline).
+    ema_buffers: bool = True
     consistency_max: float = 2.0
     strong_weight: float = 1.0
     weak_weight: float = 1.0

@@ -17,15 +17,18 @@ def ema_factor(step: int, max_factor: float) -> float:
 
 
 @torch.no_grad()
-def update_teacher(teacher: nn.Module, student: nn.Module, factor: float) -> None:
-    """``teacher = factor * teacher + (1 - factor) * student`` for parameters and floating buffers.
+def update_teacher(teacher: nn.Module, student: nn.Module, factor: float, buffers: bool = True) -> None:
+    """``teacher = factor * teacher + (1 - factor) * student`` for parameters and, with ``buffers``, floating
+    buffers.
 
-    BatchNorm running means and variances are averaged too (the DCASE baseline leaves the teacher's at their
-    initial values, so its BatchNorm normalises with statistics that never saw data); integer buffers such as
-    ``num_batches_tracked`` are copied.
+    With ``buffers`` the BatchNorm running means and variances are averaged too and integer buffers such as
+    ``num_batches_tracked`` copied; without (the DCASE baseline) the teacher keeps the statistics its own
+    training-mode forwards accumulate.
     """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.lerp_(s.detach(), 1.0 - factor)
+    if not buffers:
+        return
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         if t.dtype.is_floating_point:
             t.lerp_(s, 1.0 - factor)

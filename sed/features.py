@@ -149,7 +149,8 @@ class FrontEnd(nn.Module):
             sig.update(n_mfcc=self.n_mfcc, dct="ortho")
         return sig
 
-    def forward(self, wav: Tensor) -> Tensor:
+    def magnitude(self, wav: Tensor) -> Tensor:
+        """The linear stage: magnitude (mel) spectrogram ``[B, bins, T']`` in float32, before the log."""
         if wav.dim() not in (1, 2):
             raise ValueError(f"FrontEnd expects a waveform [B, N] or [N], got shape {tuple(wav.shape)}")
         min_len = self.n_fft // 2 + 1  # reflect padding needs more samples than n_fft // 2
@@ -159,12 +160,19 @@ class FrontEnd(nn.Module):
                 f"(n_fft={self.n_fft})"
             )
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            spec = self.spec(wav.float())
-            feats = self.to_db(spec).clamp(min=self.db_range[0], max=self.db_range[1])
+            return self.spec(wav.float())
+
+    def log(self, spec: Tensor) -> Tensor:
+        """The log stage: clamped dB of a :meth:`magnitude` output (then the DCT for ``mfcc``)."""
+        with torch.autocast(device_type=spec.device.type, enabled=False):
+            feats = self.to_db(spec.float()).clamp(min=self.db_range[0], max=self.db_range[1])
             if self.kind == "mfcc":
                 # [.., n_mels, T] -> [.., T, n_mels] @ [n_mels, n_mfcc] -> [.., n_mfcc, T]
                 feats = torch.matmul(feats.transpose(-1, -2), self.dct).transpose(-1, -2)
         return feats
+
+    def forward(self, wav: Tensor) -> Tensor:
+        return self.log(self.magnitude(wav))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.signature().items())

@@ -60,6 +60,8 @@ class SEDModule(pl.LightningModule):
         self.student = instantiate(
             self.cfg.model, n_classes=len(self.classes), n_features=self.frontend.n_features, _convert_="all"
         )
+        if self.cfg.training.mixup.domain not in ("features", "linear"):
+            raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.encoder = LabelEncoder(
@@ -146,24 +148,40 @@ class SEDModule(pl.LightningModule):
         t = self.cfg.training
         return t.consistency_max * exp_rampup(self.global_step, t.warmup_epochs * self._steps_per_epoch)
 
-    def _augment(self, feats: torch.Tensor, batch: dict[str, torch.Tensor]):
+    def _mixup(self, x: torch.Tensor, batch: dict[str, torch.Tensor]):
+        """Mixup within each labelled subset (strong rows with strong rows, weak with weak), on the features
+        or on the linear magnitudes (``training.mixup.domain``); one coin flip per subset, or one for both
+        (``training.mixup.shared_draw``, as the DCASE baseline)."""
         strong, weak = batch["strong"], batch["weak"]
         mix = self.cfg.training.mixup
-        if mix.enabled:
-            feats, strong, weak = feats.clone(), strong.clone(), weak.clone()
-            for rows in (batch["has_strong"], batch["has_weak"]):  # mix within each labelled subset
-                idx = rows.nonzero().squeeze(1)
-                if idx.numel() > 1 and float(torch.rand(())) < mix.prob:
-                    feats[idx], (strong[idx], weak[idx]) = mixup(
-                        feats[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode
-                    )
+        x, strong, weak = x.clone(), strong.clone(), weak.clone()
+        shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
+        for rows in (batch["has_strong"], batch["has_weak"]):
+            idx = rows.nonzero().squeeze(1)
+            draw = shared if shared is not None else (idx.numel() > 1 and float(torch.rand(())) < mix.prob)
+            if idx.numel() > 1 and draw:
+                x[idx], (strong[idx], weak[idx]) = mixup(x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode)
+        return x, strong, weak
+
+    def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised training features and their (mixed) targets, with mixup and masking as configured."""
+        mix = self.cfg.training.mixup
+        strong, weak = batch["strong"], batch["weak"]
+        if mix.enabled and mix.domain == "linear":
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                spec, strong, weak = self._mixup(self.frontend.magnitude(batch["audio"]), batch)
+                feats = self.scaler(self.frontend.log(spec))
+        else:
+            feats = self.features(batch["audio"])
+            if mix.enabled:
+                feats, strong, weak = self._mixup(feats, batch)
         mask = self.cfg.training.masking
         if mask.enabled:
             feats = mask_time_frequency(feats, mask.time_mask_param, mask.freq_mask_param, mask.n_masks)
         return feats, strong, weak
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        feats, strong, weak = self._augment(self.features(batch["audio"]), batch)
+        feats, strong, weak = self.augmented_features(batch)
         student = self.predict(self.student, feats)
         with torch.no_grad():
             teacher = self.predict(self.teacher, feats)
@@ -197,7 +215,7 @@ class SEDModule(pl.LightningModule):
         at the end of a batch holds the teacher of that step."""
         super().optimizer_step(*args, **kwargs)
         factor = ema_factor(self.global_step, self.cfg.training.ema_factor)  # global_step counts from here on
-        update_teacher(self.teacher, self.student, factor)
+        update_teacher(self.teacher, self.student, factor, buffers=self.cfg.training.ema_buffers)
         self.log("train/ema_factor", factor, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation

@@ -63,3 +63,24 @@ def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: float = 1.0, **overrides):
+    """A tiny untrained ``SEDModule`` (seeded); ``overrides`` are dotted config keys, e.g.
+    ``{"training.mixup.prob": 1.0}``."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from sed.config import Config
+    from sed.module import SEDModule
+
+    cfg = OmegaConf.structured(Config)
+    for key, value in {
+        "paths.run_dir": "unused", "data.root": "unused", "data.sample_rate": sample_rate,
+        "data.clip_duration": clip_duration, "features.n_fft": 512, "features.win_length": 512,
+        "features.n_mels": 16, "model.filters": [4, 8], "model.pooling": [[2, 4], [2, 4]], "model.rnn_hidden": 8,
+        "model.rnn_layers": 1, "evaluation.median_window": [3], "evaluation.thresholds": [0.5], **overrides,
+    }.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    torch.manual_seed(0)
+    return SEDModule(OmegaConf.to_container(cfg, resolve=True), classes)

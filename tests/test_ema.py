@@ -46,3 +46,20 @@ def test_first_update_copies_student():
     update_teacher(teacher, student, ema_factor(0, 0.999))
     for t, s in zip(teacher.parameters(), student.parameters()):
         assert torch.equal(t, s)
+
+
+def test_parameters_only_as_the_dcase_baseline():
+    student = _net()
+    teacher = copy.deepcopy(student)
+    student.train()
+    student(torch.randn(16, 3) * 5 + 2)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    update_teacher(teacher, student, factor=0.9, buffers=False)
+    after, stud = teacher.state_dict(), student.state_dict()
+    for name, _ in teacher.named_parameters():
+        torch.testing.assert_close(after[name], 0.9 * before[name] + 0.1 * stud[name])
+    for name, _ in teacher.named_buffers():
+        assert torch.equal(after[name], before[name]), name  # the teacher's own statistics

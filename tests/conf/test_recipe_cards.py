@@ -1,0 +1,64 @@
+"""Recipe cards: what each experiment in conf/exp/ trains with, composed exactly as ``python train.py +exp=NAME``
+composes it. A value that leaks in from elsewhere (the quick start's learning rate once did into desed_crnn)
+fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import sed.config  # noqa: F401  (schema and resolvers)
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+# The DCASE 2023 Task 4 baseline (DESED_task recipes/dcase2023_task4_baseline/confs/default.yaml and its CNN).
+CARDS = {
+    "desed_crnn": {
+        "training.lr": 1e-3, "training.warmup_epochs": 50, "training.schedule": "constant",
+        "training.ema_factor": 0.999, "training.ema_buffers": False,
+        "data.batch_sizes": [12, 12, 24], "data.eval_batch_size": 24, "data.epoch_length": "min",
+        "trainer.max_epochs": 200, "trainer.gradient_clip_val": None,
+        "training.mixup.enabled": True, "training.mixup.prob": 0.5, "training.mixup.mode": "soft",
+        "training.mixup.domain": "linear", "training.mixup.shared_draw": True,
+        "model.bn_eps": 1e-3, "model.bn_momentum": 0.99, "model.dropout": 0.5,
+        "features.n_fft": 2048, "features.hop_length": 256, "features.n_mels": 128,
+        "scaler.statistic": "instance", "scaler.normtype": "minmax",
+        "evaluation.median_window": [7], "evaluation.thresholds": [0.5],
+        "evaluation.obj_metric": "weak_f1+intersection_f1",
+    },
+    "quickstart": {
+        "training.lr": 2e-3, "training.warmup_epochs": 3, "training.ema_factor": 0.99,
+        "data.batch_sizes": [8, 8, 8], "trainer.max_epochs": 20,
+        "training.mixup.domain": "features", "evaluation.median_window": [7],
+        "evaluation.obj_metric": "weak_f1+intersection_f1",
+    },
+}
+
+
+def _compose(name: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"+exp={name}", "data.root=/data"])
+
+
+def test_every_recipe_has_a_card():
+    assert sorted(p.stem for p in (CONF / "exp").glob("*.yaml")) == sorted(CARDS)
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_recipe_card(name):
+    cfg = _compose(name)
+    for key, value in CARDS[name].items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == pytest.approx(value) if isinstance(value, float) else got == value, (name, key, got)
+
+
+def test_default_run_is_the_quickstart_recipe():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        plain = compose("config", overrides=["data.root=/data"])
+    quick = _compose("quickstart")
+    for key in CARDS["quickstart"]:
+        assert OmegaConf.select(plain, key) == OmegaConf.select(quick, key), key
