@@ -70,6 +70,8 @@ class DataConfig:
     num_workers: int = 2
     channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
     cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
+    # Weak clips held out for validation (DCASE baseline: 0.1): the objective's weak F1 is computed on them.
+    weak_val_fraction: float = 0.0
     nonfinite_audio: str = "error"  # NaN/Inf samples: "error" (names the file) or "zero" (silence, warned)
     # Load and check the test set when training starts too, so a broken one fails before training; on when
     # the run will test.

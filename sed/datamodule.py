@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -19,7 +20,7 @@ from sed.data.checks import ClipSet, check_sets
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.sampler import MixedBatchSampler
-from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong, read_weak
+from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong, read_weak, write_weak
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class SEDDataModule(pl.LightningDataModule):
         cache_dir: Optional[str] = None,
         nonfinite_audio: str = "error",
         check_test: bool = False,
+        weak_val_fraction: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -156,6 +158,9 @@ class SEDDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.nonfinite_audio = nonfinite_audio
         self.check_test = check_test
+        if not 0.0 <= weak_val_fraction < 1.0:
+            raise ValueError(f"data.weak_val_fraction must be in [0, 1), got {weak_val_fraction}")
+        self.weak_val_fraction = float(weak_val_fraction)
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
         self.train_sets: dict[str, SEDDataset] = {}
@@ -247,6 +252,25 @@ class SEDDataModule(pl.LightningDataModule):
                 ok = False
         return (clips, kwargs) if ok else None
 
+    def _split_weak(self, filenames: list[str], labels: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """Hold out ``weak_val_fraction`` of the weak clips for validation (as the DCASE baseline: checkpoint
+        selection then sees real recordings), drawn from ``seed``; the held-out list is saved in the run
+        directory as ``weak_validation.tsv``."""
+        n_val = max(1, round(self.weak_val_fraction * len(filenames)))
+        if n_val >= len(filenames):
+            raise ValueError(f"data.weak_val_fraction={self.weak_val_fraction} leaves no weak clip to train on")
+        order = np.random.default_rng([self.seed, 0x7EA4]).permutation(len(filenames))
+        held = {filenames[i] for i in order[:n_val]}
+        train = [f for f in filenames if f not in held]
+        held_out = [f for f in filenames if f in held]
+        log.info("Holding out %d of %d weak clips for validation (data.weak_val_fraction=%g, seed %d)",
+                 n_val, len(filenames), self.weak_val_fraction, self.seed)
+        if self.trainer is not None and self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / "weak_validation.tsv"
+            write_weak(labels[labels["filename"].isin(held)], path)
+            log.info("Held-out weak clips listed in %s", path)
+        return train, held_out
+
     def _wanted(self, stage: Optional[str]) -> list[str]:
         """Sets to load for ``stage`` that are not loaded yet."""
         names: list[str] = []
@@ -272,7 +296,13 @@ class SEDDataModule(pl.LightningDataModule):
             name = clips.name
             if "strong" in kwargs:
                 kwargs["strong"] = events[name]  # events past the end of their audio clipped
-            if name in self.subsets:
+            if name == "weak" and self.weak_val_fraction > 0:
+                train, held_out = self._split_weak(clips.filenames, kwargs["weak"])
+                self.train_sets[name] = self._dataset(self.subsets[name][1], train, True, **kwargs)
+                self.eval_datasets["val_weak"] = self._dataset(
+                    self.subsets[name][1], held_out, False, whole_clip=True, **kwargs
+                )
+            elif name in self.subsets:
                 self.train_sets[name] = self._dataset(self.subsets[name][1], clips.filenames, True, **kwargs)
             else:
                 tsv, audio, durations = self.eval_sets[name]
@@ -344,7 +374,10 @@ class SEDDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         return self._loader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation set; with ``weak_val_fraction``, also the held-out weak clips (second loader)."""
+        if "val_weak" in self.eval_datasets:
+            return [self._eval_loader("val"), self._eval_loader("val_weak")]
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:

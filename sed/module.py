@@ -22,7 +22,7 @@ from sed.losses import consistency_losses, supervised_losses
 from sed.models.crnn import CRNNOutput
 from sed.scaler import TorchScaler
 from sed.schedules import exp_rampup, lr_factor
-from sed.scoring import ModelScores, objective, score_model
+from sed.scoring import ModelScores, objective, score_model, weak_f1
 from sed.windows import WindowGrid
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,9 @@ class SEDModule(pl.LightningModule):
             strong = torch.nn.functional.pad(strong, (0, need - strong.shape[-1]))
         return torch.stack([strong[i, :, k * grid.hop_frames : k * grid.hop_frames + grid.window_frames] for i, k in rows])
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The second loader, when there is one, holds the weak clips held out for validation.
+        self._eval_step(batch, "val" if dataloader_idx == 0 else "val_weak")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test")
@@ -338,11 +339,17 @@ class SEDModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self._outputs.pop("val", None)
+            self._outputs.pop("val_weak", None)
             self._plot_batch = None
             return
         # Every process scores the gathered outputs of all processes, so the values agree across ranks
         # (sync_dist averages identical numbers).
         results = self._score_all("val")
+        held_out = self._gathered("val_weak") if "val_weak" in self.trainer.datamodule.eval_datasets else {}
+        if held_out:  # weak F1 on held-out real weak clips (DCASE baseline); the synthetic one is kept aside
+            for name, result in results.items():
+                result.metrics["weak_f1_synthetic"] = result.metrics["weak_f1"]
+                result.metrics["weak_f1"] = weak_f1(held_out[f"{name}_weak"], held_out["weak_targets"], len(self.classes))
         for name, result in results.items():
             for key, value in result.metrics.items():
                 self.log(f"val/{name}/{key}", value, sync_dist=True)

@@ -28,6 +28,14 @@ class ModelScores:
     psd_rocs: dict[str, PSDROC]
 
 
+def weak_f1(weak_probs: Mapping[str, np.ndarray], weak_targets: Mapping[str, np.ndarray], n_classes: int) -> float:
+    """Macro F1 of clip-level predictions at 0.5 (torchmetrics), over the clips of ``weak_probs``."""
+    filenames = sorted(weak_probs)
+    preds = torch.from_numpy(np.stack([weak_probs[f] for f in filenames]))
+    targets = torch.from_numpy(np.stack([weak_targets[f] for f in filenames]) > 0.5).long()
+    return float(multilabel_f1_score(preds, targets, num_labels=n_classes, average="macro"))
+
+
 def score_model(
     strong_probs: Mapping[str, np.ndarray],
     weak_probs: Mapping[str, np.ndarray],
@@ -66,9 +74,7 @@ def score_model(
         list(evaluation.thresholds),
         {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds)},
     )
-    preds = torch.from_numpy(np.stack([weak_probs[f] for f in filenames]))
-    targets = torch.from_numpy(np.stack([weak_targets[f] for f in filenames]) > 0.5).long()
-    metrics = {"weak_f1": float(multilabel_f1_score(preds, targets, num_labels=len(classes), average="macro"))}
+    metrics = {"weak_f1": weak_f1(weak_probs, weak_targets, len(classes))}
     metrics.update(result.metrics)
     return ModelScores(
         metrics=metrics,

@@ -130,3 +130,18 @@ def test_bf16_mixed_precision_trains(tiny_dataset, tmp_path):
     losses = [e.value for e in events.Scalars("train/loss")]
     assert losses and all(math.isfinite(v) for v in losses)
     assert math.isfinite(events.Scalars("val/obj_metric")[-1].value)
+
+
+def test_weak_clips_held_out_for_the_validation_objective(tiny_dataset, tmp_path):
+    """data.weak_val_fraction (DCASE baseline: 0.1): the objective's weak F1 comes from held-out real weak clips,
+    listed in the run directory; the synthetic validation's clip-level F1 is kept as weak_f1_synthetic."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sed.data.tsv import read_weak
+
+    run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "data.weak_val_fraction=0.25", "test=false"])
+    (run_dir,) = _run_dirs(tmp_path / "exp")
+    held = read_weak(run_dir / "weak_validation.tsv")
+    assert len(held) == 2
+    tags = set(EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"])
+    assert {"val/student/weak_f1", "val/student/weak_f1_synthetic", "val/obj_metric"} <= tags

@@ -174,3 +174,24 @@ def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, c
         dm.setup("test")
     assert dm.eval_datasets["test"].filenames == ["a.wav"]
     assert "2 clip(s) of" in caplog.text and "b.wav" in caplog.text and "not evaluated" in caplog.text, caplog.text
+
+
+def test_weak_validation_split_is_deterministic_and_disjoint(tiny_dataset, tmp_path):
+    """data.weak_val_fraction holds out weak clips (drawn from the seed) as a second validation loader."""
+    def build(seed):
+        dm = SEDDataModule(root=str(tiny_dataset), clip_duration=2.0, batch_sizes=[2, 2, 2], num_workers=0,
+                           weak_val_fraction=0.25, seed=seed)
+        dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
+        dm.setup("fit")
+        return dm
+
+    dm = build(1)
+    train, held = dm.train_sets["weak"].filenames, dm.eval_datasets["val_weak"].filenames
+    assert len(held) == 2 and len(train) == 6 and not set(train) & set(held)
+    assert build(1).eval_datasets["val_weak"].filenames == held
+    assert any(build(s).eval_datasets["val_weak"].filenames != held for s in (2, 3, 4))
+    loaders = dm.val_dataloader()
+    assert isinstance(loaders, list) and len(loaders) == 2
+    assert next(iter(loaders[1]))["has_weak"].all()
+    with pytest.raises(ValueError, match="weak_val_fraction"):
+        SEDDataModule(root=str(tiny_dataset), weak_val_fraction=1.0)

@@ -20,6 +20,7 @@ CARDS = {
         "training.lr": 1e-3, "training.warmup_epochs": 50, "training.schedule": "constant",
         "training.ema_factor": 0.999, "training.ema_buffers": False,
         "data.batch_sizes": [12, 12, 24], "data.eval_batch_size": 24, "data.epoch_length": "min",
+        "data.weak_val_fraction": 0.1,
         "trainer.max_epochs": 200, "trainer.gradient_clip_val": None,
         "training.mixup.enabled": True, "training.mixup.prob": 0.5, "training.mixup.mode": "soft",
         "training.mixup.domain": "linear", "training.mixup.shared_draw": True,
@@ -31,7 +32,7 @@ CARDS = {
     },
     "quickstart": {
         "training.lr": 2e-3, "training.warmup_epochs": 3, "training.ema_factor": 0.99,
-        "data.batch_sizes": [8, 8, 8], "trainer.max_epochs": 20,
+        "data.batch_sizes": [8, 8, 8], "trainer.max_epochs": 20, "data.weak_val_fraction": 0.0,
         "training.mixup.domain": "features", "evaluation.median_window": [7],
         "evaluation.obj_metric": "weak_f1+intersection_f1",
     },
