@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_module
 
 from sed.infer import Detector
 from sed.models.crnn import CRNNOutput
@@ -19,27 +20,7 @@ RATE = 16000
 
 
 def _module():
-    from omegaconf import OmegaConf
-
-    from sed.config import Config
-    from sed.module import SEDModule
-
-    cfg = OmegaConf.structured(Config)
-    cfg.paths.run_dir = "unused"
-    cfg.data.root = "unused"
-    cfg.data.sample_rate = RATE
-    cfg.data.clip_duration = CLIP
-    cfg.features.n_fft = 512
-    cfg.features.win_length = 512
-    cfg.features.n_mels = 16
-    cfg.model.filters = [4, 8]
-    cfg.model.pooling = [[2, 4], [2, 4]]
-    cfg.model.rnn_hidden = 8
-    cfg.model.rnn_layers = 1
-    cfg.evaluation.median_window = [3]
-    cfg.evaluation.thresholds = [0.5]
-    torch.manual_seed(0)
-    return SEDModule(OmegaConf.to_container(cfg, resolve=True), CLASSES)
+    return tiny_module(CLASSES, sample_rate=RATE, clip_duration=CLIP)
 
 
 @pytest.fixture(scope="module")
