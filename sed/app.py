@@ -159,7 +159,8 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
         lines.append(f"Test outputs: {run_dir / 'test'}")
         for name, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
-            lines.append(f"  {name}: {shown}")
+            preferred = " (preferred by validation: deployed by sed.infer)" if name == trainer.lightning_module.preferred_model else ""
+            lines.append(f"  {name}{preferred}: {shown}")
             per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("psds1/") and v == v}
             if per_class:  # DCASE's PSDS1 is 0 when one class is never detected: show which class holds it back
                 weakest = min(per_class, key=per_class.get)

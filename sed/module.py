@@ -79,6 +79,9 @@ class SEDModule(pl.LightningModule):
         self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self._plot_batch: Optional[dict[str, Any]] = None
         self.test_results: dict[str, dict[str, float]] = {}
+        # The model (student or teacher) with the higher validation objective at the last validation: what a
+        # checkpoint is deployed with (forward, sed.infer, sed.export). At short budgets the EMA teacher lags.
+        self.preferred_model = "teacher"
 
     # ------------------------------------------------------------------ features and forward
     def features(self, audio: torch.Tensor) -> torch.Tensor:
@@ -101,8 +104,8 @@ class SEDModule(pl.LightningModule):
         return out._replace(strong_logits=out.strong_logits[..., :n], strong=out.strong[..., :n])
 
     def forward(self, audio: torch.Tensor) -> CRNNOutput:
-        """Teacher predictions for raw audio ``[B, N]`` (the teacher is the better model after training)."""
-        return self.predict(self.teacher, self.features(audio))
+        """Predictions for raw audio ``[B, N]`` of the model validation preferred (:attr:`preferred_model`)."""
+        return self.predict(getattr(self, self.preferred_model), self.features(audio))
 
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
@@ -354,7 +357,11 @@ class SEDModule(pl.LightningModule):
             for key, value in result.metrics.items():
                 self.log(f"val/{name}/{key}", value, sync_dist=True)
         ev = self.cfg.evaluation
-        self.log("val/obj_metric", objective(results[ev.obj_model].metrics, ev.obj_metric), prog_bar=True, sync_dist=True)
+        scores = {name: objective(result.metrics, ev.obj_metric) for name, result in results.items()}
+        for name, score in scores.items():
+            self.log(f"val/{name}/obj_metric", score, sync_dist=True)
+        self.log("val/obj_metric", scores[ev.obj_model], prog_bar=True, sync_dist=True)
+        self.preferred_model = "student" if scores["student"] > scores["teacher"] else "teacher"
         self._log_figures(results)
         self._plot_batch = None
 
@@ -426,10 +433,12 @@ class SEDModule(pl.LightningModule):
         # Random states too, so a resumed run draws the same mixup coefficients and dropout masks as an
         # uninterrupted one (Lightning does not save them).
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        checkpoint["preferred_model"] = self.preferred_model
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preferred_model = checkpoint.get("preferred_model", "teacher")
         states = checkpoint.get("rng_states")
         if not states:
             return

@@ -145,3 +145,15 @@ def test_weak_clips_held_out_for_the_validation_objective(tiny_dataset, tmp_path
     assert len(held) == 2
     tags = set(EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"])
     assert {"val/student/weak_f1", "val/student/weak_f1_synthetic", "val/obj_metric"} <= tags
+
+
+def test_checkpoints_record_the_model_validation_prefers(trained):
+    """At short budgets the EMA teacher can lag the student: each checkpoint names the model (student or teacher)
+    with the higher validation objective at its epoch, and the module's forward uses it."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard")).Reload()
+    last = {name: events.Scalars(f"val/{name}/obj_metric")[-1].value for name in ("student", "teacher")}
+    checkpoint = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["preferred_model"] == ("student" if last["student"] > last["teacher"] else "teacher")
