@@ -27,6 +27,12 @@ def main(cfg: DictConfig) -> float | None:
     from sed.checkpointing import RunStopped
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.train and not cfg.ckpt_path:
+        from sed.rundir import requeued_checkpoint
+
+        cfg.ckpt_path = requeued_checkpoint(hydra_cfg.runtime.output_dir)
+        if cfg.ckpt_path:
+            logging.getLogger(__name__).info("Requeued sweep job: resuming from %s", cfg.ckpt_path)
     hint = " ".join(["python train.py", *(o for o in hydra_cfg.overrides.task if not o.startswith("ckpt_path="))])
     try:
         results = run(cfg, hydra_cfg.runtime.output_dir, resume_hint=hint)

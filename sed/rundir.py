@@ -77,6 +77,15 @@ def choose_run_dir(train: bool, ckpt_path: Optional[str], default: str) -> str:
     return _chosen[key]
 
 
+def requeued_checkpoint(run_dir: str | os.PathLike) -> Optional[str]:
+    """``last.ckpt`` of the unfinished run in ``run_dir``, when a sweep job starts in a directory its earlier
+    attempt trained in: a job requeued by submitit or SLURM (preemption, a time limit with
+    ``hydra.launcher.max_num_timeout``, ``scontrol requeue``) is re-run with its first arguments, and would
+    otherwise train again from epoch 0 over its own checkpoints. None when there is nothing to resume."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() and not is_finished(run_dir) else None
+
+
 def new_dir(path: str) -> str:
     """A fresh directory for a sweep (memoised like :func:`choose_run_dir`).
 

@@ -226,3 +226,40 @@ def test_summary_groups_seeds_per_setting_and_keeps_unfinished_jobs(tmp_path):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])  # not a sweep directory: refused, nothing written
     assert not (tmp_path / "summary.md").exists()
+
+
+def test_requeued_submitit_job_resumes_from_its_last_checkpoint(tiny_dataset, tmp_path):
+    """Preemption (submitit's USR2): the job is requeued and continues from last.ckpt in its run directory instead
+    of training again from epoch 0 over its own checkpoints."""
+    import signal
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tmp_path / "exp"
+    sweep = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
+         *tiny_overrides(tiny_dataset, exp, epochs=5), "test=false", "seed=1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(exp.glob("tiny/*/0/checkpoints/last.ckpt")):
+            assert time.monotonic() < deadline and sweep.poll() is None, "no checkpoint written"
+            time.sleep(0.5)
+        (controller,) = [p.name for p in _sweep_dir(exp).joinpath(".submitit").iterdir() if p.name.isdigit()]
+        job = subprocess.run(["pgrep", "-P", controller], capture_output=True, text=True).stdout.split()
+        os.kill(int(job[0]), signal.SIGUSR2)  # what SLURM sends a preempted submitit job
+        assert sweep.wait(timeout=300) == 0
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    run_dir = _sweep_dir(exp) / "0"
+    log = (run_dir / "train.log").read_text()
+    assert "this job is preempted" in log and "Requeued sweep job: resuming from" in log
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert (run_dir / ".hydra" / "resume_1" / "config.yaml").is_file()  # the first attempt's config kept
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/obj_metric")]
+    assert len(steps) == len(set(steps)) == 5  # every epoch validated once: none redone from epoch 0
