@@ -275,7 +275,9 @@ def register_configs() -> None:
     for name, fn in (("sed_run_dir", rundir.choose_run_dir), ("sed_new_dir", rundir.new_dir),
                      ("sed_config_subdir", rundir.config_subdir)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # sed_new_dir is cached in the config, so that sweep jobs run in other processes (submitit) get the
+            # sweep directory the launcher claimed (Hydra copies the cache into each job's config).
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "sed_new_dir")
     ConfigStore.instance().store(name="base_config", node=Config)
 
 

@@ -77,17 +77,37 @@ def choose_run_dir(train: bool, ckpt_path: Optional[str], default: str) -> str:
     return _chosen[key]
 
 
+def requeued_checkpoint(run_dir: str | os.PathLike) -> Optional[str]:
+    """``last.ckpt`` of the unfinished run in ``run_dir``, when a sweep job starts in a directory its earlier
+    attempt trained in: a job requeued by submitit or SLURM (preemption, a time limit with
+    ``hydra.launcher.max_num_timeout``, ``scontrol requeue``) is re-run with its first arguments, and would
+    otherwise train again from epoch 0 over its own checkpoints. None when there is nothing to resume."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() and not is_finished(run_dir) else None
+
+
 def new_dir(path: str) -> str:
-    """A fresh directory for a sweep (memoised like :func:`choose_run_dir`)."""
+    """A fresh directory for a sweep (memoised like :func:`choose_run_dir`).
+
+    Registered with ``use_cache=True`` (sed/config.py): the launcher process claims the directory once, and
+    sweep jobs that run in other processes (hydra-submitit-launcher, locally or on SLURM) re-compose their config
+    with the launcher's resolver cache, so they get that directory instead of claiming a new ``_1``.
+    """
     key = ("new", path)
     if key not in _chosen:
         _chosen[key] = str(claim_new_dir(path))
     return _chosen[key]
 
 
-def config_subdir(run_dir: str) -> str:
+def config_subdir(run_dir: str) -> Optional[str]:
     """Where Hydra saves this invocation's configuration: ``.hydra`` for a new run, ``.hydra/resume_N`` when a
-    resume continues a run directory, so that the first invocation's configuration is never overwritten."""
+    resume continues a run directory, so that the first invocation's configuration is never overwritten.
+
+    None (not saved) in the extra tasks of a multi-task SLURM job (``SLURM_PROCID`` > 0: one task per GPU, each
+    composing the same config): only task 0 writes it, as only it writes the rest of the run directory.
+    """
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        return None
     key = ("subdir", run_dir)
     if key not in _chosen:
         hydra_dir = Path(run_dir) / ".hydra"
