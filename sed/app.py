@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 
 from sed.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, RunStopped, check_resumable, read_checkpoint
+from sed.complexity import ComplexityReport
 from sed.config import check_known_keys
 from sed.datamodule import SEDDataModule
 from sed.module import SEDModule
@@ -38,6 +39,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overr
         callbacks.append(
             EarlyStopping(monitor=cfg.callbacks.checkpoint.monitor, mode=cfg.callbacks.checkpoint.mode, patience=patience)
         )
+    callbacks += [instantiate(cfg.energy), ComplexityReport(None if cfg.train else cfg.ckpt_path)]  # DCASE reporting
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -160,5 +162,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
         for name, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
             lines.append(f"  {name}: {shown}")
+    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.energy, sed.complexity)
+        lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     log.info("\n%s", "\n".join(lines))
