@@ -30,7 +30,7 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -44,19 +44,30 @@ NOT_COUNTED = ("FFT of the STFT, bias additions, element-wise operations (BatchN
 
 
 class MacCount(NamedTuple):
-    """Multiply-accumulates of one call: the total and per ATen operator (``{"convolution": ..., "addmm": ...}``)."""
+    """Multiply-accumulates of one call: the total and per layer type (``{"Conv2d": ..., "GRU": ..., "Linear": ...}``;
+    operations outside any sub-module go to ``"other"``)."""
 
     total: int
-    by_op: dict[str, int]
+    by_layer: dict[str, int]
 
 
-def count_macs(fn: Callable[..., Any], *args: Any) -> MacCount:
-    """MACs of ``fn(*args)`` as FlopCounterMode counts them (FLOPs / 2; see the module docstring for what is
+def count_macs(module: nn.Module, *args: Any) -> MacCount:
+    """MACs of ``module(*args)`` as FlopCounterMode counts them (FLOPs / 2; see the module docstring for what is
     counted). Runs under ``torch.no_grad``."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    by_op = {str(op).removeprefix("aten."): int(flops) // 2 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
-    return MacCount(sum(by_op.values()), dict(sorted(by_op.items())))
+        module(*args)
+    counts = counter.get_flop_counts()
+    total = sum(counts.get("Global", {}).values()) // 2
+    root = type(module).__name__  # FlopCounterMode names sub-modules "<root class>.<name>"
+    by_layer: dict[str, int] = {}
+    for name, sub in module.named_modules():
+        if name and not any(True for _ in sub.children()):
+            macs = sum(counts.get(f"{root}.{name}", {}).values()) // 2
+            if macs:
+                by_layer[type(sub).__name__] = by_layer.get(type(sub).__name__, 0) + macs
+    if total > sum(by_layer.values()):
+        by_layer["other"] = total - sum(by_layer.values())
+    return MacCount(total, dict(sorted(by_layer.items())))
 
 
 def n_parameters(module: nn.Module) -> int:
@@ -83,10 +94,10 @@ def deployed_complexity(
     with torch.no_grad():
         feats = scaler(feats)
     net = count_macs(network, feats)
-    by_op: dict[str, int] = {}
+    by_layer: dict[str, int] = {}
     for count in (front, scale, net):
-        for op, macs in count.by_op.items():
-            by_op[op] = by_op.get(op, 0) + macs
+        for layer, macs in count.by_layer.items():
+            by_layer[layer] = by_layer.get(layer, 0) + macs
     return {
         "clip_duration_s": n_samples / sample_rate,
         "parameters": n_parameters(network) + n_parameters(frontend) + n_parameters(scaler),
@@ -95,8 +106,7 @@ def deployed_complexity(
         "macs_frontend": front.total,
         "macs_scaler": scale.total,
         "macs_network": net.total,
-        "macs_by_op": dict(sorted(by_op.items())),
-        "network_by_op": net.by_op,
+        "macs_by_layer": dict(sorted(by_layer.items())),
         "counted_with": "torch.utils.flop_counter.FlopCounterMode on CPU, MACs = FLOPs / 2",
         "not_counted": NOT_COUNTED,
     }
@@ -115,7 +125,7 @@ def human(n: float) -> str:
     """``1234567 -> '1.23 M'``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
+            return f"{n / scale:.4g} {unit}"
     return f"{n:g}"
 
 
