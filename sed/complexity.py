@@ -84,15 +84,17 @@ def deployed_complexity(
     left as they were. Returns the ``complexity`` block written to ``metrics.json``.
     """
     frontend, scaler, network = (copy.deepcopy(m).cpu().eval() for m in (frontend, scaler, network))
-    if getattr(scaler, "statistic", None) == "dataset" and not bool(getattr(scaler, "fitted", True)):
-        scaler.fitted.fill_(True)  # an unfitted copy: the arithmetic is the same whatever the statistics
     audio = torch.zeros(1, int(n_samples))
     front = count_macs(frontend, audio)
     with torch.no_grad():
         feats = frontend(audio)
-    scale = count_macs(scaler, feats)
-    with torch.no_grad():
-        feats = scaler(feats)
+    if getattr(scaler, "statistic", None) == "dataset" and not bool(getattr(scaler, "fitted", True)):
+        # Not fitted yet (start of training): it cannot run, and it is element-wise (no MACs), shape-preserving.
+        scale = MacCount(0, {})
+    else:
+        scale = count_macs(scaler, feats)
+        with torch.no_grad():
+            feats = scaler(feats)
     net = count_macs(network, feats)
     by_layer: dict[str, int] = {}
     for count in (front, scale, net):
