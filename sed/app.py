@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping
 
 from sed.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, RunStopped, check_resumable, read_checkpoint
+from sed.complexity import ComplexityReport
 from sed.config import check_known_keys
 from sed.datamodule import SEDDataModule
 from sed.module import SEDModule
@@ -38,6 +39,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overr
         callbacks.append(
             EarlyStopping(monitor=cfg.callbacks.checkpoint.monitor, mode=cfg.callbacks.checkpoint.mode, patience=patience)
         )
+    callbacks += [instantiate(cfg.energy), ComplexityReport(None if cfg.train else cfg.ckpt_path)]  # DCASE reporting
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -171,5 +173,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
                 weakest = min(per_class, key=per_class.get)
                 lines.append("    PSDS1 per class: " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items())
                              + f" (weakest: {weakest})")
+    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.energy, sed.complexity)
+        lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     log.info("\n%s", "\n".join(lines))

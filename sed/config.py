@@ -235,6 +235,17 @@ class LoggerConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """Energy of training and testing, measured with codecarbon offline (sed.energy; DCASE asks for it)."""
+
+    _target_: str = "sed.energy.EnergyTracker"
+    enabled: bool = True
+    country_iso_code: str = "FRA"  # ISO 3166-1 alpha-3: carbon intensity of the electricity (not the kWh)
+    measure_power_secs: float = 15.0  # seconds between power readings
+    tracking_mode: str = "machine"  # machine (whole machine) | process (this process's CPU share)
+
+
+@dataclass
 class Config:
     exp_name: str = "default"
     seed: int = 42
@@ -251,6 +262,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
 def check_known_keys(cfg: DictConfig) -> None:

@@ -209,6 +209,18 @@ def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike) -> N
     atomic_write_text(path, json.dumps(_json_safe(metrics), indent=2) + "\n")
 
 
+def update_metrics_json(path: str | os.PathLike, additions: Mapping[str, Any]) -> None:
+    """Add (or replace) top-level entries of an existing metrics JSON, atomically: reports that are known only
+    after the metrics were written (energy of the test, model complexity) join them there."""
+    path = Path(path)
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    metrics.update(additions)
+    write_metrics_json(metrics, path)
+
+
 def threshold_tag(threshold: float) -> str:
     """``0.5 -> '0.5'``: how thresholds appear in file names and metric keys."""
     return f"{float(threshold):g}"
