@@ -422,6 +422,18 @@ def _torchscript_bytes(graph: InferenceGraph, example: Tensor, metadata: Detecto
     return buffer.getvalue()
 
 
+def serialize(graph: InferenceGraph, metadata: DetectorMetadata, fmt: str = "onnx", opset: int = DEFAULT_OPSET) -> bytes:
+    """The bytes of ``graph`` exported as ``fmt`` (``"onnx"``: dynamo exporter, dynamic batch; ``"torchscript"``:
+    traced), with ``metadata`` stored in them. Traced with a batch of 2 windows (a batch of 1 would be
+    specialised as a constant)."""
+    example = check_windows(metadata)[:2]
+    if fmt == "onnx":
+        return _onnx_bytes(graph, example, metadata, opset)
+    if fmt == "torchscript":
+        return _torchscript_bytes(graph, example, metadata)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
 def check_windows(metadata: DetectorMetadata, audio: Sequence[Tensor] = (), seed: int = 0) -> Tensor:
     """Windows to compare the exported graph with PyTorch on: noise at 3 levels (with a fade, so the dB clamp
     acts at both ends), silence, and the first window of each ``audio`` (mono at the model's rate)."""
@@ -489,12 +501,8 @@ def export_detector(
     for path in check_audio:  # read before the slow export, so a bad file fails at once
         data, rate = read_raw(path)
         clips.append(resample(torch.from_numpy(data.mean(axis=0)).float(), rate, metadata.sample_rate))
-    example = check_windows(metadata)[:2]  # batch 2: a batch of 1 would be specialised as a constant
     logger.info("exporting the %s of %s to %s (%s)", model, checkpoint, output, fmt)
-    if fmt == "onnx":
-        data = _onnx_bytes(graph, example, metadata, opset)
-    else:
-        data = _torchscript_bytes(graph, example, metadata)
+    data = serialize(graph, metadata, fmt, opset)
     diff, n_windows = float("nan"), 0
     if check:
         exported = ExportedModel.from_bytes(data, fmt, output)

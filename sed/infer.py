@@ -120,7 +120,7 @@ class Detector:
             if model is not None and model != metadata.model:
                 raise ValueError(f"{module.path} holds the {metadata.model}, not the {model} (exported with --model)")
             self.device = torch.device(module.device)
-            self.module = self.network = None
+            self.module = self.network = self.encoder = None
             self.exported: Optional[ExportedModel] = module
             model = metadata.model
         else:
@@ -130,6 +130,7 @@ class Detector:
             self.device = torch.device(device)
             self.module = module.eval().to(self.device)
             self.network = getattr(module, model)
+            self.encoder = module.encoder
             self.exported = None
             metadata = DetectorMetadata.from_module(module, model)
         self.metadata = metadata
