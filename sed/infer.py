@@ -1,18 +1,25 @@
-"""Sound event detection on audio files of any length with a trained checkpoint.
+"""Sound event detection on audio files of any length with a trained checkpoint or an exported model.
 
 The model was trained on fixed-length clips, so a recording is cut into overlapping windows of that
 length (the last one zero-padded). Every window's frame probabilities land on one common frame grid
 (the label encoder's frame duration); where windows overlap, the probabilities are averaged
 (:class:`sed.windows.WindowGrid`, which the evaluation of long test clips during training shares). The
 model's median filter is applied to the merged sequence, then probabilities are thresholded into events.
+Frame boundaries and event times are those of the test outputs of ``train.py`` (``events_th*.tsv``): the
+frame grid from 0, the last frame cut at the end of the recording.
 
 Command line::
 
     python -m sed.infer CHECKPOINT INPUT [INPUT ...] -o events.tsv [--scores-dir DIR]
+    python -m sed.infer --onnx model.onnx INPUT [INPUT ...] -o events.tsv           # python -m sed.export
+    python -m sed.infer --torchscript model.pt INPUT [INPUT ...] -o events.tsv
+    ... --median-window 7 | 5,7,9,...   --threshold 0.5   --thresholds dog=0.4,speech=0.6 | thresholds.tsv | .json
 
 ``INPUT`` is an audio file, a folder of audio files, or a TSV with a ``filename`` column (files
 resolved against ``--audio-dir``, default the TSV's folder). Any sample rate and channel count is
-accepted: channels are averaged and audio is resampled to the model's rate.
+accepted: channels are averaged and audio is resampled to the model's rate. An exported model carries
+its classes, window, frame hop, median filter and thresholds; nothing else is read. Median filter and
+thresholds default to the checkpoint's ``evaluation`` configuration (the first threshold).
 
 A file that cannot be processed (unreadable, empty, NaN/Inf samples with ``--nonfinite error``, listed
 but missing) does not stop the others: each is reported on one line at the end, naming the file and
@@ -21,7 +28,7 @@ failed, 2 bad arguments or no file processed (then nothing is written).
 
 Python::
 
-    detector = Detector.from_checkpoint("best.ckpt")
+    detector = Detector.from_checkpoint("best.ckpt")            # or Detector.from_exported("model.onnx")
     probs, timestamps = detector.predict(wav, sample_rate)     # [C, T], T + 1 frame boundaries
     events = detector.detect_file("kitchen.wav")              # DataFrame filename, onset, offset, event_label
 """
@@ -29,6 +36,7 @@ Python::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -42,6 +50,7 @@ import torch
 
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
+from sed.export import DetectorMetadata, ExportedModel, ExportError
 from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
 from sed.windows import WindowGrid
 
@@ -49,13 +58,15 @@ logger = logging.getLogger(__name__)
 
 MODELS = ("teacher", "student")
 PathLike = Union[str, os.PathLike]
+Threshold = Union[float, Mapping[str, float]]
 
 
 class Prediction(NamedTuple):
     """Frame probabilities of one recording.
 
     ``probabilities`` is ``[C, T]`` (class order of the checkpoint); ``timestamps`` holds the ``T + 1``
-    frame boundaries in seconds, the last one being the end of the recording.
+    frame boundaries in seconds: ``f * frame_duration``, the last one cut at the end of the recording when the
+    last frame runs past it (as the test outputs of ``train.py`` are).
     """
 
     probabilities: np.ndarray
@@ -74,48 +85,69 @@ def _empty_events() -> pd.DataFrame:
 
 
 class Detector:
-    """A trained student or teacher CRNN with its front-end, scaler, frame grid and post-processing.
+    """A trained network with its front-end, scaler, frame grid and post-processing.
 
     Args:
         module: a :class:`sed.module.SEDModule` (its configuration gives sample rate, clip length,
-            median filter and default threshold).
-        model: ``"teacher"`` (default) or ``"student"``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` picks CUDA when available.
+            median filter and thresholds), or an :class:`sed.export.ExportedModel` (a file written by
+            ``python -m sed.export``, carrying the same in its metadata).
+        model: ``"teacher"`` (default for a module) or ``"student"``; an exported model holds one network,
+            named in its metadata (another name here is an error).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` picks CUDA when available for a module, the
+            CPU for an exported model (which is loaded on its device already).
         hop: seconds between window starts; ``None`` is half a window. Rounded to whole output
             frames so every window falls on the common frame grid.
         batch_size: windows per forward pass.
+        median_window: filter length in frames, one for all classes or one per class (class order);
+            ``None``: the model's (``evaluation.median_window``).
     """
 
     def __init__(
         self,
         module,
-        model: str = "teacher",
+        model: Optional[str] = None,
         device: Optional[str] = None,
         hop: Optional[float] = None,
         batch_size: int = 8,
+        median_window: int | Sequence[int] | None = None,
     ) -> None:
-        if model not in MODELS:
+        if model is not None and model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.module = module.eval().to(self.device)
+        if isinstance(module, ExportedModel):
+            metadata = module.metadata
+            if model is not None and model != metadata.model:
+                raise ValueError(f"{module.path} holds the {metadata.model}, not the {model} (exported with --model)")
+            self.device = torch.device(module.device)
+            self.module = self.network = self.encoder = None
+            self.exported: Optional[ExportedModel] = module
+            model = metadata.model
+        else:
+            model = model or "teacher"
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.device = torch.device(device)
+            self.module = module.eval().to(self.device)
+            self.network = getattr(module, model)
+            self.encoder = module.encoder
+            self.exported = None
+            metadata = DetectorMetadata.from_module(module, model)
+        self.metadata = metadata
         self.model_name = model
-        self.network = getattr(module, model)
-        self.encoder = module.encoder
-        self.classes: list[str] = list(module.classes)
-        self.sample_rate = int(module.cfg.data.sample_rate)
-        self.window_samples = int(self.encoder.n_samples)  # the training clip length
-        self.frame_samples = int(self.encoder.frame_hop_samples)  # audio samples per output frame
-        self.frame_duration = float(self.encoder.frame_duration)
-        self.window_frames = int(self.encoder.n_frames)
+        self.classes: list[str] = list(metadata.classes)
+        self.sample_rate = metadata.sample_rate
+        self.window_samples = metadata.window_samples  # the training clip length
+        self.frame_samples = metadata.frame_samples  # audio samples per output frame
+        self.frame_duration = metadata.frame_duration
+        self.window_frames = metadata.window_frames
         if self.window_frames < 1:
             raise ValueError("the checkpoint's clip length gives no output frame")
-        window = list(module.cfg.evaluation.median_window)
-        self.median_window: int | list[int] = int(window[0]) if len(window) == 1 else [int(w) for w in window]
-        self.default_threshold = float(module.cfg.evaluation.thresholds[0])
+        self.median_window: int | list[int] = (
+            metadata.median_filter if median_window is None else check_median_window(median_window, self.classes)
+        )
+        self.thresholds: list[float] = list(metadata.thresholds)  # the model's evaluation thresholds
+        self.default_threshold = float(metadata.thresholds[0])
         self.batch_size = int(batch_size)
         self.hop_frames = self._hop_frames(hop)
         self.grid = WindowGrid(self.window_samples, self.window_frames, self.frame_samples, self.hop_frames)
@@ -129,6 +161,7 @@ class Detector:
         device: Optional[str] = None,
         hop: Optional[float] = None,
         batch_size: int = 8,
+        median_window: int | Sequence[int] | None = None,
     ) -> "Detector":
         """Rebuild the model from a checkpoint written by ``train.py`` (its saved configuration)."""
         path = Path(path)
@@ -140,7 +173,23 @@ class Detector:
             module = SEDModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
         except Exception as err:  # corrupt file, not a checkpoint of this project, …
             raise ValueError(f"{path}: cannot load checkpoint: {err}") from err
-        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size)
+        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size, median_window=median_window)
+
+    @classmethod
+    def from_exported(
+        cls,
+        path: PathLike,
+        fmt: Optional[str] = None,
+        model: Optional[str] = None,
+        device: Optional[str] = None,
+        hop: Optional[float] = None,
+        batch_size: int = 8,
+        median_window: int | Sequence[int] | None = None,
+    ) -> "Detector":
+        """A model written by ``python -m sed.export`` (``fmt``: ``"onnx"`` or ``"torchscript"``, default: what
+        the file is); everything else comes from the metadata stored in it."""
+        exported = ExportedModel.load(path, fmt=fmt, device=device)
+        return cls(exported, model=model, hop=hop, batch_size=batch_size, median_window=median_window)
 
     def _hop_frames(self, hop: Optional[float]) -> int:
         if hop is None:
@@ -202,7 +251,7 @@ class Detector:
         windows = self.grid.windows(x)  # raises on empty audio
         parts = []
         for b in range(0, len(windows), self.batch_size):
-            probs = self.network(self.module.features(windows[b : b + self.batch_size].to(self.device))).strong
+            probs = self._strong(windows[b : b + self.batch_size])
             if probs.shape[-1] < self.window_frames:
                 raise RuntimeError(
                     f"the model returned {probs.shape[-1]} frames per window, the label encoder expects "
@@ -213,9 +262,16 @@ class Detector:
         merged = self.grid.merge(torch.cat(parts), keep).numpy()
         if postprocess:
             merged = median_filter(merged, self.median_window)
+        # The frame grid, the last frame cut at the end of the audio: what batch_to_scores gives the test outputs.
         timestamps = np.arange(keep + 1, dtype=np.float64) * self.frame_duration
-        timestamps[-1] = n / self.sample_rate  # the last frame ends with the audio (cut or stretched < 1 frame)
+        timestamps[-1] = min(timestamps[-1], n / self.sample_rate)
         return Prediction(merged, timestamps)
+
+    def _strong(self, windows: torch.Tensor) -> torch.Tensor:
+        """Frame probabilities ``[B, C, >= window_frames]`` of windows ``[B, window_samples]``."""
+        if self.exported is not None:
+            return self.exported(windows)[0]
+        return self.network(self.module.features(windows.to(self.device))).strong
 
     def predict_file(self, path: PathLike, postprocess: bool = True, nonfinite: str = "error") -> Prediction:
         """:meth:`predict` on an audio file (any format soundfile reads); errors name the file.
@@ -237,11 +293,11 @@ class Detector:
         self,
         prediction: Prediction,
         filename: str = "audio.wav",
-        threshold: float | Mapping[str, float] | None = None,
+        threshold: Threshold | None = None,
     ) -> pd.DataFrame:
         """Events of a prediction: ``filename, onset, offset, event_label`` where the (median-filtered)
-        probability is above ``threshold`` (one value or one per class; default the checkpoint's first
-        evaluation threshold). Adjacent active frames make one event."""
+        probability is strictly above ``threshold`` (one value or ``{class: value}`` for every class; default the
+        model's first evaluation threshold). Adjacent active frames make one event."""
         if threshold is None:
             threshold = self.default_threshold
         key = audio_id(filename)
@@ -252,13 +308,13 @@ class Detector:
         self,
         wav,
         sample_rate: int,
-        threshold: float | Mapping[str, float] | None = None,
+        threshold: Threshold | None = None,
         filename: str = "audio.wav",
     ) -> pd.DataFrame:
         """:meth:`predict` then :meth:`events` for one recording held in memory."""
         return self.events(self.predict(wav, sample_rate), filename, threshold)
 
-    def detect_file(self, path: PathLike, threshold: float | Mapping[str, float] | None = None) -> pd.DataFrame:
+    def detect_file(self, path: PathLike, threshold: Threshold | None = None) -> pd.DataFrame:
         """:meth:`detect` on an audio file; the ``filename`` column is its basename."""
         path = Path(path)
         return self.events(self.predict_file(path), path.name, threshold)
@@ -267,7 +323,7 @@ class Detector:
         self,
         files: Sequence[tuple[str, Path]],
         output: Optional[PathLike] = None,
-        threshold: float | Mapping[str, float] | None = None,
+        threshold: Threshold | None = None,
         scores_dir: Optional[PathLike] = None,
         nonfinite: str = "error",
     ) -> RunResult:
@@ -316,6 +372,110 @@ class Detector:
                 writer.abort()
             raise
         return RunResult(result, failed)
+
+
+# ---------------------------------------------------------------------- post-processing options
+def check_median_window(window: int | Sequence[int], classes: Sequence[str]) -> int | list[int]:
+    """A median filter length for every class (one int) or one per class, each >= 1."""
+    values = [int(window)] if isinstance(window, (int, np.integer)) else [int(w) for w in window]
+    if len(values) not in (1, len(classes)):
+        raise ValueError(
+            f"median window: {len(values)} lengths for {len(classes)} classes; give one length or one per class "
+            f"in class order ({', '.join(classes)})"
+        )
+    if min(values) < 1:
+        raise ValueError(f"median window lengths must be >= 1 frame, got {values}")
+    return values[0] if len(values) == 1 else values
+
+
+def parse_median_window(spec: str, classes: Sequence[str]) -> int | list[int]:
+    """``"7"`` or ``"5,7,9"`` (one length per class, class order) as :func:`check_median_window` returns it."""
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--median-window {spec!r}: expected an int or comma-separated ints (one per class)") from None
+    try:
+        return check_median_window(values, classes)
+    except ValueError as err:
+        raise ValueError(f"--median-window {spec!r}: {err}") from None
+
+
+def _threshold_value(value, where: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: threshold {value!r} is not a number") from None
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"{where}: threshold {t:g} is not a probability in [0, 1]")
+    return t
+
+
+def _read_threshold_file(path: Path) -> dict[str, tuple[float, str]]:
+    """``{class: (threshold, where)}`` of a JSON object or a TSV with ``event_label`` (or ``class``) and ``threshold``."""
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read thresholds: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object {{class: threshold}}")
+        return {str(k): (_threshold_value(v, f"{path}: {k}"), str(path)) for k, v in data.items()}
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: cannot read thresholds: {err}") from None
+    name = next((c for c in ("event_label", "class") if c in df.columns), None)
+    if name is None or "threshold" not in df.columns:
+        raise ValueError(f"{path}: expected columns 'event_label' (or 'class') and 'threshold', got {list(df.columns)}")
+    out: dict[str, tuple[float, str]] = {}
+    for line, (label, value) in enumerate(zip(df[name], df["threshold"]), start=2):
+        where = f"{path}:{line}"
+        if label.strip() in out:
+            raise ValueError(f"{where}: class {label.strip()!r} listed twice")
+        out[label.strip()] = (_threshold_value(value, where), where)
+    return out
+
+
+def parse_thresholds(
+    threshold: Optional[float], thresholds: Optional[str], classes: Sequence[str], default: float
+) -> Threshold:
+    """The decision threshold(s) of the command line.
+
+    ``threshold`` is one value for every class (default ``default``, the model's); ``thresholds`` overrides some
+    or all classes: ``"dog=0.4,speech=0.6"``, or a ``.json`` file ``{"dog": 0.4}`` or a TSV file with columns
+    ``event_label`` (or ``class``) and ``threshold``. Returns one float, or ``{class: threshold}`` for every
+    class when ``thresholds`` is given. Unknown classes are an error naming them.
+    """
+    base = default if threshold is None else _threshold_value(threshold, "--threshold")
+    if not thresholds:
+        return base
+    if "=" in thresholds:
+        given: dict[str, tuple[float, str]] = {}
+        for item in thresholds.split(","):
+            label, sep, value = item.partition("=")
+            where = f"--thresholds {item.strip()!r}"
+            if not sep or not label.strip():
+                raise ValueError(f"{where}: expected CLASS=VALUE pairs separated by commas")
+            if label.strip() in given:
+                raise ValueError(f"{where}: class {label.strip()!r} given twice")
+            given[label.strip()] = (_threshold_value(value, where), where)
+    else:
+        path = Path(thresholds)
+        if not path.is_file():
+            raise FileNotFoundError(f"--thresholds {thresholds}: no such file (or give CLASS=VALUE pairs)")
+        given = _read_threshold_file(path)
+    unknown = [(label, where) for label, (_, where) in given.items() if label not in classes]
+    if unknown:
+        raise ValueError(
+            f"{unknown[0][1]}: unknown class(es) {[u for u, _ in unknown]}; the model's classes are {list(classes)}"
+        )
+    return {c: given[c][0] if c in given else base for c in classes}
+
+
+def describe_thresholds(threshold: Threshold) -> str:
+    if isinstance(threshold, Mapping):
+        return "thresholds " + ", ".join(f"{c}={t:g}" for c, t in threshold.items())
+    return f"threshold {threshold:g}"
 
 
 # ---------------------------------------------------------------------- inputs
@@ -371,16 +531,31 @@ def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sed.infer",
-        description="Detect sound events in audio files of any length with a trained checkpoint.",
+        usage="%(prog)s [options] CHECKPOINT INPUT [INPUT ...]\n"
+        "       %(prog)s [options] (--onnx MODEL | --torchscript MODEL) INPUT [INPUT ...]",
+        description="Detect sound events in audio files of any length with a trained checkpoint or a model "
+        "exported by python -m sed.export.",
     )
-    parser.add_argument("checkpoint", help="checkpoint written by train.py (.ckpt)")
-    parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or TSVs with a filename column")
+    parser.add_argument("paths", nargs="+", metavar="CHECKPOINT INPUT",
+                        help="checkpoint written by train.py (.ckpt), unless --onnx/--torchscript is given; then "
+                        "inputs: audio files, folders of audio files, or TSVs with a filename column")
+    exported = parser.add_mutually_exclusive_group()
+    exported.add_argument("--onnx", default=None, metavar="MODEL", help="use this ONNX model (python -m sed.export)")
+    exported.add_argument("--torchscript", default=None, metavar="MODEL", help="use this TorchScript model")
     parser.add_argument("-o", "--output", default="detections.tsv", help="event TSV to write (default: %(default)s)")
     parser.add_argument("--scores-dir", default=None, help="also write one sed_scores_eval score TSV per file here")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="decision threshold (default: the checkpoint's first evaluation threshold)")
-    parser.add_argument("--model", choices=MODELS, default="teacher", help="network to use (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+                        help="decision threshold of every class (default: the model's first evaluation threshold)")
+    parser.add_argument("--thresholds", default=None, metavar="SPEC",
+                        help="class-wise thresholds: CLASS=VALUE,CLASS=VALUE or a .json {class: value} or a TSV "
+                        "(event_label, threshold); classes not named keep --threshold")
+    parser.add_argument("--median-window", default=None, metavar="N",
+                        help="median filter length in frames: one int, or comma-separated lengths, one per class in "
+                        "class order (default: the model's evaluation.median_window)")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="network of a checkpoint (default: teacher); an exported model holds one")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N (default: cuda when available; the CPU for an exported model)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     parser.add_argument("--hop", type=float, default=None,
                         help="seconds between window starts (default: half the training clip length)")
@@ -394,28 +569,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 some files failed, 2 bad arguments or nothing processed)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    exported = args.onnx or args.torchscript
+    if exported:
+        source, inputs = exported, args.paths
+    elif len(args.paths) < 2:
+        parser.error("give a CHECKPOINT and at least one INPUT (or --onnx/--torchscript MODEL and the inputs)")
+    else:
+        source, inputs = args.paths[0], args.paths[1:]
     try:
-        files = collect_inputs(args.inputs, args.audio_dir)
-        detector = Detector.from_checkpoint(
-            args.checkpoint, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
-        )
+        files = collect_inputs(inputs, args.audio_dir)
+        if exported:
+            detector = Detector.from_exported(
+                exported, fmt="onnx" if args.onnx else "torchscript", model=args.model, device=args.device,
+                hop=args.hop, batch_size=args.batch_size,
+            )
+        else:
+            detector = Detector.from_checkpoint(
+                source, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
+            )
+        if args.median_window is not None:
+            detector.median_window = parse_median_window(args.median_window, detector.classes)
+        threshold = parse_thresholds(args.threshold, args.thresholds, detector.classes, detector.default_threshold)
         result = detector.run(
-            files, output=args.output, threshold=args.threshold, scores_dir=args.scores_dir, nonfinite=args.nonfinite
+            files, output=args.output, threshold=threshold, scores_dir=args.scores_dir, nonfinite=args.nonfinite
         )
-    except (FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
+    except (FileNotFoundError, AudioError, AnnotationError, ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     done = len(files) - len(result.failed)
     if done == 0:
         print(f"error: none of the {len(files)} file(s) could be processed; nothing written:", file=sys.stderr)
     else:
-        threshold = detector.default_threshold if args.threshold is None else args.threshold
         print(
-            f"{len(result.events)} event(s) in {done} file(s) ({args.model}, threshold {threshold:g}) -> {args.output}"
+            f"{len(result.events)} event(s) in {done} file(s) ({detector.model_name} of {source}, "
+            f"{describe_thresholds(threshold)}, median window {detector.median_window}) -> {args.output}"
             + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
             file=sys.stderr,
         )

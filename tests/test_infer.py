@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,8 +99,9 @@ def test_one_clip_equals_direct_model(detector):
     pred = detector.predict(wav, RATE, postprocess=False)
     assert pred.probabilities.shape == (3, 31)
     np.testing.assert_allclose(pred.probabilities, _direct(detector, wav), atol=1e-6)
-    assert pred.timestamps[0] == 0 and pred.timestamps[-1] == pytest.approx(CLIP)
-    assert np.all(np.diff(pred.timestamps) > 0)
+    # The frame grid of the test outputs: 31 frames of 64 ms end at 1.984 s; the last 16 ms hold no whole frame
+    # (the network's trailing frame is dropped as in training) and are not stretched into the last one.
+    np.testing.assert_array_equal(pred.timestamps, np.arange(32) * detector.frame_duration)
     # Median filtering is the model's filter, applied after merging.
     from sed.postprocess import median_filter
 
@@ -327,3 +330,94 @@ def test_cli_output_without_detections_scores_zero(checkpoint, tmp_path, capsys)
     assert score([str(out), "-g", str(gt), "--json", str(tmp_path / "m.json")]) == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["event_f1/dog"] == 0 and metrics["event_recall_micro"] == 0
+
+
+# ---------------------------------------------------------------------- median filter and thresholds options
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "mix.wav"
+    rng = np.random.default_rng(11)
+    t = np.arange(int(4.5 * RATE)) / RATE
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 500 * t) * ((t % 1.2) < 0.5) + 0.02 * rng.standard_normal(t.shape))
+             .astype(np.float32), RATE)
+    return path
+
+
+def _events(args, tmp_path, name="e.tsv") -> pd.DataFrame:
+    out = tmp_path / name
+    assert main([*args, "-o", str(out), "--device", "cpu", "-q"]) == 0
+    return pd.read_csv(out, sep="\t")
+
+
+def _expected(detector, path, window, threshold) -> pd.DataFrame:
+    from sed.postprocess import median_filter
+
+    raw = detector.predict_file(path, postprocess=False)
+    prediction = raw._replace(probabilities=median_filter(raw.probabilities, window))
+    return detector.events(prediction, path.name, threshold).reset_index(drop=True)
+
+
+def _same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert len(expected) > 0
+    pd.testing.assert_frame_equal(got[["onset", "offset", "event_label"]].reset_index(drop=True),
+                                  expected[["onset", "offset", "event_label"]], check_exact=False, atol=1e-9,
+                                  check_dtype=False)
+
+
+def test_cli_median_window_one_or_per_class(checkpoint, detector, clip_file, tmp_path, capsys):
+    """--median-window replaces the checkpoint's filter (3): one length, or one per class in class order."""
+    got = _events([str(checkpoint), str(clip_file), "--median-window", "9", "--threshold", "0.45"], tmp_path)
+    _same(got, _expected(detector, clip_file, 9, 0.45))
+    got = _events([str(checkpoint), str(clip_file), "--median-window", "1,5,11", "--threshold", "0.45"], tmp_path)
+    _same(got, _expected(detector, clip_file, [1, 5, 11], 0.45))
+    default = _events([str(checkpoint), str(clip_file), "--threshold", "0.45"], tmp_path)
+    _same(default, _expected(detector, clip_file, 3, 0.45))
+    for bad, why in (("3,5", "2 lengths for 3 classes"), ("0", ">= 1"), ("seven", "expected an int")):
+        assert main([str(checkpoint), str(clip_file), "--median-window", bad, "-o", str(tmp_path / "x.tsv")]) == 2
+        err = capsys.readouterr().err
+        assert "--median-window" in err and why in err, err
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_cli_classwise_thresholds_pairs_json_and_tsv(checkpoint, detector, clip_file, tmp_path, capsys):
+    """--thresholds sets some classes' thresholds (pairs, JSON or TSV file); the others keep --threshold (or the
+    checkpoint's first evaluation threshold, 0.5)."""
+    wanted = {"alarm": 0.3, "dog": 0.5, "speech": 0.62}
+    expected = _expected(detector, clip_file, 3, wanted)
+    assert expected["event_label"].nunique() > 1
+    pairs = _events([str(checkpoint), str(clip_file), "--thresholds", "alarm=0.3,speech=0.62"], tmp_path)
+    _same(pairs, expected)
+    (tmp_path / "t.json").write_text(json.dumps({"alarm": 0.3, "speech": 0.62}))
+    _same(_events([str(checkpoint), str(clip_file), "--thresholds", str(tmp_path / "t.json")], tmp_path), expected)
+    (tmp_path / "t.tsv").write_text("event_label\tthreshold\nalarm\t0.3\nspeech\t0.62\n")
+    _same(_events([str(checkpoint), str(clip_file), "--thresholds", str(tmp_path / "t.tsv")], tmp_path), expected)
+    # Classes not named keep --threshold.
+    mixed = _events([str(checkpoint), str(clip_file), "--threshold", "0.4", "--thresholds", "speech=0.62"], tmp_path)
+    _same(mixed, _expected(detector, clip_file, 3, {"alarm": 0.4, "dog": 0.4, "speech": 0.62}))
+
+    (tmp_path / "bad.tsv").write_text("event_label\tthreshold\nalarm\t0.3\nspeech\thigh\n")
+    for spec, why in (("cat=0.3", "unknown class(es) ['cat']"), ("alarm:0.3", "no such file (or give CLASS=VALUE pairs)"),
+                      ("alarm=0.3,dog", "expected CLASS=VALUE"),
+                      ("dog=1.5", "not a probability"), (str(tmp_path / "bad.tsv"), "bad.tsv:3: threshold 'high'"),
+                      (str(tmp_path / "missing.json"), "no such file")):
+        assert main([str(checkpoint), str(clip_file), "--thresholds", spec, "-o", str(tmp_path / "x.tsv")]) == 2
+        err = capsys.readouterr().err
+        assert why in err, err
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_event_times_are_written_like_the_test_outputs(checkpoint, detector, clip_file, tmp_path):
+    """Onsets and offsets are frame boundaries k * frame_duration (float64, as LabelEncoder.frame_timestamps),
+    written with write_strong's %.10g: the format of events_th*.tsv (checked against a run's files in
+    test_export.py); the last offset is cut at the end of the file."""
+    from sed.data.tsv import write_strong
+
+    events = detector.detect_file(clip_file, threshold=0.0)  # every class active throughout
+    assert np.allclose(events["offset"], 4.5) and (events["onset"] == 0).all()
+    events = detector.detect_file(clip_file, threshold=0.45)
+    frames = np.asarray(events["onset"]) / detector.frame_duration
+    np.testing.assert_array_equal(np.asarray(events["onset"]), np.round(frames) * detector.frame_duration)
+    write_strong(events, tmp_path / "ref.tsv")
+    assert main([str(checkpoint), str(clip_file), "--threshold", "0.45", "-o", str(tmp_path / "e.tsv"),
+                 "--device", "cpu", "-q"]) == 0
+    assert (tmp_path / "e.tsv").read_text() == (tmp_path / "ref.tsv").read_text()
