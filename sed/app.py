@@ -91,7 +91,7 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
         log.info("Resuming from %s in a new run directory %s (the checkpoint's run is finished, or not a run "
                  "directory; its files are left as they are)", cfg.ckpt_path, run_dir)
     try:
-        results, best_val = _run(cfg, run_dir, resume_hint, main_process)
+        results, outcome = _run(cfg, run_dir, resume_hint, main_process)
     except RunStopped:
         if main_process:
             write_status(run_dir, "stopped", last_checkpoint=str(run_dir / "checkpoints" / "last.ckpt"))
@@ -103,15 +103,17 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
     if main_process:
         headline = {name: {k: v for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1")}
                     for name, metrics in results.items()}
-        # best_val_objective: the best checkpoint's monitored score (val/obj_metric), what train.py returns to
-        # a Hydra sweeper and what a sweep summary reports (null when nothing was validated).
-        write_status(run_dir, "finished", test=headline or None, best_val_objective=best_val)
+        write_status(run_dir, "finished", test=headline or None, **outcome)
     return results
 
 
 def _run(
     cfg: DictConfig, run_dir: Path, resume_hint: str, main_process: bool
-) -> tuple[dict[str, dict[str, float]], Optional[float]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Test metrics per model, and what ``status.json`` records of the outcome: ``best_val_objective`` (the best
+    checkpoint's val/obj_metric: what train.py returns to a Hydra sweeper and a sweep summary reports; null when
+    nothing was validated) and ``preferred_model`` (the network validation preferred in the tested or last
+    checkpoint: what sed.infer, sed.export and sed.submit deploy by default)."""
     pl.seed_everything(cfg.seed, workers=True)
     # Evaluation never generates data: it scores the data that is there.
     dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, generate=cfg.data.generate and cfg.train, _convert_="all")
@@ -143,7 +145,7 @@ def _run(
     if trainer.is_global_zero:
         _report(run_dir, trainer, results)
     best = trainer.checkpoint_callback.best_model_score if cfg.train and trainer.checkpoint_callback else None
-    return results, (None if best is None else float(best))
+    return results, {"best_val_objective": None if best is None else float(best), "preferred_model": module.preferred_model}
 
 
 def log_failure(err: BaseException) -> None:

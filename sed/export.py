@@ -15,8 +15,8 @@ Command line::
     python -m sed.export CHECKPOINT -o model.pt --format torchscript    # TorchScript (traced)
     python -m sed.export CHECKPOINT -o model.onnx --model teacher --check-audio clip1.wav clip2.wav
 
-The network defaults to ``evaluation.obj_model`` of the checkpoint's configuration (the one validation
-selected the checkpoint by). The file is checked before it is written: ONNX Runtime (or the reloaded
+The network defaults to the one validation preferred (``preferred_model`` in the checkpoint: the student or
+the teacher, whichever had the higher objective at that epoch). The file is checked before it is written: ONNX Runtime (or the reloaded
 TorchScript module) must reproduce PyTorch's probabilities within ``1e-4`` on a few windows (noise at
 several levels, silence, and the first window of each ``--check-audio`` file), at a batch size other than
 the one exported with; the largest difference is printed. The file is written atomically.
@@ -474,7 +474,7 @@ def export_detector(
     """Export the ``model`` network of ``checkpoint`` with its front-end and scaler to ``output``.
 
     ``fmt``: ``"onnx"`` or ``"torchscript"`` (default: from the suffix, ``.pt``/``.ts``/``.torchscript`` is
-    TorchScript, anything else ONNX). ``model`` defaults to the checkpoint's ``evaluation.obj_model``. With
+    TorchScript, anything else ONNX). ``model`` defaults to the checkpoint's ``preferred_model``. With
     ``check`` the serialised model is run (ONNX Runtime / ``torch.jit.load``) on :func:`check_windows` (plus the
     first window of each ``check_audio`` file) and must match PyTorch within ``tolerance``, else nothing is
     written. The file is written atomically.
@@ -492,7 +492,7 @@ def export_detector(
     if fmt == "onnx" and opset < 17:
         raise ValueError(f"opset {opset}: the STFT of the front-end needs opset >= 17")
     module, info = load_module(checkpoint)
-    model = model or str(module.cfg.evaluation.obj_model)
+    model = model or module.preferred_model
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     metadata = DetectorMetadata.from_module(module, model, source=Path(checkpoint).name, extra=info)
@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="default: from the output suffix (.pt/.ts: torchscript, else onnx)")
     parser.add_argument("--model", choices=MODELS, default=None,
-                        help="network to export (default: the checkpoint's evaluation.obj_model)")
+                        help="network to export (default: the one validation preferred, recorded in the checkpoint)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17; default %(default)s)")
     parser.add_argument("--check-audio", nargs="*", default=[],
                         help="audio files whose first window is also compared with PyTorch")

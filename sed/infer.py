@@ -91,7 +91,8 @@ class Detector:
         module: a :class:`sed.module.SEDModule` (its configuration gives sample rate, clip length,
             median filter and thresholds), or an :class:`sed.export.ExportedModel` (a file written by
             ``python -m sed.export``, carrying the same in its metadata).
-        model: ``"teacher"`` (default for a module) or ``"student"``; an exported model holds one network,
+        model: ``"teacher"`` or ``"student"`` (default for a module: the one validation preferred, recorded in its
+            checkpoint as ``preferred_model``); an exported model holds one network,
             named in its metadata (another name here is an error).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None`` picks CUDA when available for a module, the
             CPU for an exported model (which is loaded on its device already).
@@ -124,7 +125,7 @@ class Detector:
             self.exported: Optional[ExportedModel] = module
             model = metadata.model
         else:
-            model = model or "teacher"
+            model = model or getattr(module, "preferred_model", "teacher")  # the network validation preferred
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.device = torch.device(device)

@@ -291,7 +291,7 @@ def build_submission(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
     eval_audio: Optional[str | os.PathLike] = None,
-    model: str = "teacher",
+    model: Optional[str] = None,
     label: str = DEFAULT_LABEL,
     checkpoint: Optional[str] = None,
     archive: str = "zip",
@@ -304,6 +304,10 @@ def build_submission(
     from sed.outputs import write_scores_dir
 
     run_dir, out = Path(run_dir), Path(out)
+    if model is None:  # the network validation preferred (sed.app records it in status.json)
+        from sed.rundir import read_status
+
+        model = read_status(run_dir).get("preferred_model") or "teacher"
     if model not in ("teacher", "student"):
         raise SubmissionError(f"--model must be teacher or student, got {model!r}")
     if archive not in ARCHIVES:
@@ -376,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="folder to write (new, empty, or written by sed.submit)")
     parser.add_argument("--eval-audio", default=None,
                         help="folder of evaluation audio to detect events in (default: package the run's test outputs)")
-    parser.add_argument("--model", choices=("teacher", "student"), default="teacher", help="default: %(default)s")
+    parser.add_argument("--model", choices=("teacher", "student"), default=None,
+                        help="network to package (default: the one validation preferred, from the run's status.json)")
     parser.add_argument("--label", default=DEFAULT_LABEL,
                         help="submission label, [Lastname]_[INST]_task4_[1-4] (default: %(default)s, to be changed)")
     parser.add_argument("--checkpoint", default=None,

@@ -69,7 +69,7 @@ def test_export_prints_the_check_and_stores_metadata(checkpoint, exported, capsy
     proto = onnx.load(str(exported["onnx"]))
     props = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert props["classes"] == list(module.classes)
-    assert props["model"] == module.cfg.evaluation.obj_model  # the default: the network validation chose
+    assert props["model"] == module.preferred_model  # the default: the network validation preferred
     assert props["sample_rate"] == 16000 and props["window_samples"] == 32000
     assert props["window_frames"] == module.encoder.n_frames
     assert props["frame_samples"] == module.encoder.frame_hop_samples
