@@ -85,7 +85,7 @@ class ResumeCheckpoint(Checkpoint):
 
     # ------------------------------------------------------------------ saving
     def save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, optimiser included
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
