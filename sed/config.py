@@ -240,7 +240,8 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     scaler: ScalerConfig = field(default_factory=ScalerConfig)
     # Free-form `_target_` groups (conf/model, conf/optimizer, ...): any class with its own keys; the shipped
-    # targets are checked against their schemas (KNOWN_TARGETS).
+    # targets are checked against their schemas (KNOWN_TARGETS). Left empty (a Config built in code), model,
+    # optimizer and scheduler mean the CRNN, Adam and the warm-up schedule (default_node).
     model: Dict[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # `_partial_` factories: optimizer(params); scheduler(optimizer[, total_steps=, steps_per_epoch=]) plus the
@@ -260,7 +261,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=False))
         for key, node in _target_nodes(cfg):
-            schema = KNOWN_TARGETS.get(node.get("_target_"))
+            schema = KNOWN_TARGETS.get(node.get("_target_", "sed.models.crnn.CRNN" if key == "model" else None))
             if schema is not None:
                 checked = OmegaConf.structured(schema)
                 OmegaConf.set_struct(checked, True)
@@ -276,6 +277,31 @@ def check_known_keys(cfg: DictConfig) -> None:
         ) from None
     except ValidationError as err:
         raise ValidationError(f"configuration key '{err.full_key}': {err.msg}") from None
+
+
+def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
+    """The node of ``group`` ("model", "optimizer", "scheduler") of a run configuration, resolved.
+
+    A configuration built in code from :class:`Config` (benchmarks, tests) or saved before these groups existed
+    leaves them empty or absent: they then mean what conf/config.yaml's defaults mean, the CRNN (with the
+    schema's defaults under the given keys), ``optimizer=adam`` and ``scheduler=exp_warmup`` on ``training.*``.
+    ``scheduler: {_target_: null}`` (``scheduler=none``) is no scheduler: None.
+    """
+    node = cfg.get(group) if hasattr(cfg, "get") else None
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    if "_target_" in node:
+        return node if node["_target_"] is not None else None
+    t = cfg.training
+    if group == "model":
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), node)
+        return OmegaConf.to_container(merged, resolve=True)
+    if group == "optimizer":
+        return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": t.lr, "betas": list(t.betas),
+                "weight_decay": t.weight_decay, **node}
+    if group == "scheduler":
+        return {"_target_": "sed.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
+                "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
+    raise KeyError(group)
 
 
 def _target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:

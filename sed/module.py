@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from sed.augment import mask_time_frequency, mixup
+from sed.config import default_node
 from sed.data.encoder import LabelEncoder
 from sed.ema import ema_factor, update_teacher
 from sed.losses import consistency_losses, supervised_losses
@@ -60,7 +61,7 @@ class SEDModule(pl.LightningModule):
         self.classes = list(classes)
         self.frontend = instantiate(self.cfg.features, _convert_="all")
         self.scaler = build_scaler(self.cfg, self.frontend.signature())
-        self.student = _build_model(self.cfg.model, len(self.classes), self.frontend.n_features)
+        self.student = _build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.encoder = LabelEncoder(
@@ -135,14 +136,14 @@ class SEDModule(pl.LightningModule):
 
         Both are ``_partial_`` factories. The scheduler factory gets the optimiser, plus ``total_steps`` and
         ``steps_per_epoch`` when it takes them; the scheduler node's ``interval``, ``frequency`` and ``monitor``
-        are Lightning's, not the factory's. An empty scheduler node (``scheduler=null``) keeps the rate constant.
+        are Lightning's, not the factory's. ``scheduler=none`` (a null ``_target_``) keeps the rate constant.
         """
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         self._steps_per_epoch = max(total // epochs, 1)
-        optimizer = _call_factory("optimizer", self.cfg.optimizer, self.student.parameters())
-        spec = OmegaConf.to_container(self.cfg.scheduler, resolve=True) if self.cfg.get("scheduler") else {}
-        if not spec:
+        optimizer = _call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
+        spec = default_node("scheduler", self.cfg)
+        if spec is None:
             return {"optimizer": optimizer}
         lightning = {key: spec.pop(key) for key in ("interval", "frequency", "monitor") if key in spec}
         scheduler = _call_factory(

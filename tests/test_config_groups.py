@@ -77,6 +77,21 @@ def test_default_optimizer_and_schedule_are_the_previous_hard_coded_ones_bit_for
                 assert torch.equal(a, b), (schedule, step)
 
 
+def test_empty_groups_of_a_config_built_in_code_mean_the_shipped_defaults():
+    """Config() (benchmarks, tests, checkpoints saved before these groups) leaves model/optimizer/scheduler empty:
+    they mean conf/config.yaml's defaults, so both ways give the same nodes."""
+    from omegaconf import OmegaConf
+
+    from sed.config import Config, default_node
+
+    composed = _compose("model=crnn")
+    in_code = OmegaConf.structured(Config)
+    in_code.training = composed.training
+    for group in ("model", "optimizer", "scheduler"):
+        assert default_node(group, in_code) == default_node(group, composed), group
+    assert default_node("scheduler", _compose("scheduler=none")) is None
+
+
 def test_lr_zero_freezes_the_student():
     from sed.module import _call_factory
 
