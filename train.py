@@ -1,4 +1,4 @@
-"""Train, resume or evaluate a sound event detector: ``python train.py [+exp=NAME] [key=value ...]``.
+"""Train, resume or evaluate a sound event detector: ``python train.py [exp=NAME] [key=value ...]``.
 
 Configuration: conf/config.yaml and its groups (see README.md). Outputs: exp/<exp_name>/<timestamp>/.
 """
@@ -6,6 +6,7 @@ Configuration: conf/config.yaml and its groups (see README.md). Outputs: exp/<ex
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 import hydra
@@ -64,4 +65,5 @@ def best_val_objective(run_dir: str, warn: bool = False) -> float | None:
 
 
 if __name__ == "__main__":
+    sed.config.accept_appended_exp(sys.argv)  # +exp=NAME, the form documented first, works as exp=NAME
     main()

@@ -10,12 +10,14 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.loggers import TensorBoardLogger
 
-from sed.checkpointing import AtomicCheckpointIO, ResumeCheckpoint, RunStopped, check_resumable, read_checkpoint
+from sed.checkpointing import AtomicCheckpointIO, RunStopped, check_resumable, read_checkpoint
 from sed.complexity import ComplexityReport
 from sed.config import check_known_keys
+from sed.console import ShortEpochLogInterval, quiet_console
 from sed.datamodule import SEDDataModule
+from sed.instantiators import build_callbacks, build_loggers
 from sed.module import SEDModule
 from sed.rundir import lock_run_dir, write_status
 
@@ -23,27 +25,18 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overrides: Any) -> pl.Trainer:
-    """The Lightning trainer of ``cfg.trainer`` with best/last checkpoints, graceful stop on SIGTERM/SIGINT,
-    TensorBoard and atomic checkpoint files."""
-    checkpoint = OmegaConf.to_container(cfg.callbacks.checkpoint, resolve=True)
-    save_last = checkpoint.pop("save_last")
-    every_n_train_steps = checkpoint.pop("every_n_train_steps")
-    # last.ckpt is ResumeCheckpoint's: Lightning's save_last only follows top-k saves and goes stale.
-    callbacks: list = [instantiate(checkpoint, save_last=False)]
-    if save_last:
-        callbacks.append(ResumeCheckpoint(checkpoint["dirpath"], every_n_train_steps, resume_hint))
-    elif every_n_train_steps:
-        raise ValueError("callbacks.checkpoint.every_n_train_steps needs callbacks.checkpoint.save_last=true")
-    patience = cfg.callbacks.early_stopping_patience
-    if patience:
-        callbacks.append(
-            EarlyStopping(monitor=cfg.callbacks.checkpoint.monitor, mode=cfg.callbacks.checkpoint.mode, patience=patience)
-        )
+    """The Lightning trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and
+    ``cfg.logger`` (sed.instantiators: best checkpoint, last.ckpt and graceful stop on SIGTERM/SIGINT always),
+    atomic checkpoint files and a quiet console."""
+    quiet_console()
+    loggers = build_loggers(cfg.get("logger"))
+    callbacks = build_callbacks(cfg.get("callbacks"), run_dir, resume_hint, has_logger=bool(loggers))
+    callbacks.append(ShortEpochLogInterval())
     callbacks += [instantiate(cfg.energy), ComplexityReport(None if cfg.train else cfg.ckpt_path)]  # DCASE reporting
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=instantiate(cfg.logger),
+        logger=loggers or False,
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
         _convert_="all",
@@ -137,9 +130,10 @@ def _run(
         trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     results: dict[str, dict[str, float]] = {}
     if cfg.test:
+        # The best checkpoint by path (not "best", which Lightning warns about next to ResumeCheckpoint).
         ckpt: Optional[str] = None
         if cfg.train:
-            ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
         trainer.test(module, datamodule=dm, ckpt_path=ckpt)
         results = module.test_results
     if trainer.is_global_zero:
@@ -161,9 +155,9 @@ def log_failure(err: BaseException) -> None:
 
 def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, float]]) -> None:
     lines = [f"Run directory: {run_dir}"]
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.best_model_path:
-        lines.append(f"Best checkpoint: {callback.best_model_path}")
+    best = getattr(trainer.checkpoint_callback, "best_model_path", None)
+    if best:
+        lines.append(f"Best checkpoint: {best}")
     if results:
         lines.append(f"Test outputs: {run_dir / 'test'}")
         for name, metrics in results.items():
@@ -177,5 +171,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
                              + f" (weakest: {weakest})")
     for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.energy, sed.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
-    lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            lines.append(f"TensorBoard: tensorboard --logdir {logger.log_dir}")
     log.info("\n%s", "\n".join(lines))

@@ -109,6 +109,16 @@ class ScalerConfig:
 
 @dataclass
 class ModelConfig:
+    """Schema of the CRNN (``model=crnn``, ``crnn_small``).
+
+    ``model`` may name any ``nn.Module`` instead (``model._target_``, or a ``conf/model/NAME.yaml`` of your own with
+    its own keys; only a ``sed.models.crnn.CRNN`` node is checked against this schema). The contract such a module
+    keeps: it is built as ``Module(**keys, n_classes=C, n_features=F)``; ``forward(features)`` takes
+    ``[B, F, T]`` features and returns :class:`sed.models.crnn.CRNNOutput` (``strong_logits``, ``strong``:
+    ``[B, C, T // time_pooling]``, one trailing extra frame allowed; ``weak_logits``, ``weak``: ``[B, C]``;
+    probabilities are the sigmoids of the logits); and it has an int attribute ``time_pooling``.
+    """
+
     _target_: str = "sed.models.crnn.CRNN"
     n_in_channels: int = 1
     filters: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128])
@@ -188,6 +198,7 @@ class TrainerConfig:
     num_nodes: int = 1
     max_epochs: int = 200
     max_steps: int = -1
+    fast_dev_run: Any = False  # True or N: N batches of each stage, nothing saved but last.ckpt (debug=fast_dev_run)
     precision: Any = "32-true"
     gradient_clip_val: Optional[float] = 5.0
     accumulate_grad_batches: int = 1
@@ -219,19 +230,12 @@ class CheckpointConfig:
     every_n_train_steps: Optional[int] = None  # also rewrite last.ckpt every N optimiser steps (long epochs)
 
 
-@dataclass
-class CallbacksConfig:
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    early_stopping_patience: Optional[int] = None  # epochs without val/obj_metric improvement
-
-
-@dataclass
-class LoggerConfig:
-    _target_: str = "pytorch_lightning.loggers.TensorBoardLogger"
-    save_dir: str = "${paths.run_dir}"
-    name: str = "tensorboard"
-    version: str = ""
-    default_hp_metric: bool = False
+# Schemas of the `_target_`s the configuration ships, checked by check_known_keys wherever such a node appears in
+# a free-form group (model, callbacks.<name>); a `_target_` of your own is checked by its constructor.
+KNOWN_TARGETS: Dict[str, type] = {
+    "sed.models.crnn.CRNN": ModelConfig,
+    "pytorch_lightning.callbacks.ModelCheckpoint": CheckpointConfig,
+}
 
 
 @dataclass
@@ -256,12 +260,20 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     scaler: ScalerConfig = field(default_factory=ScalerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # Free-form `_target_` groups (conf/model, conf/optimizer, ...): any class with its own keys; the shipped
+    # targets are checked against their schemas (KNOWN_TARGETS). Left empty (a Config built in code), model,
+    # optimizer and scheduler mean the CRNN, Adam and the warm-up schedule (default_node).
+    model: Dict[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    # `_partial_` factories: optimizer(params); scheduler(optimizer[, total_steps=, steps_per_epoch=]) plus the
+    # Lightning keys interval/frequency/monitor (sed.module.SEDModule.configure_optimizers).
+    optimizer: Dict[str, Any] = field(default_factory=dict)
+    scheduler: Dict[str, Any] = field(default_factory=dict)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    # {name: `_target_` node or null}: every node with a `_target_` is instantiated (sed.app.build_trainer).
+    logger: Dict[str, Any] = field(default_factory=dict)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
@@ -270,6 +282,16 @@ def check_known_keys(cfg: DictConfig) -> None:
     schema, but ``+key=value`` (the form its own error message suggests) adds a key that would be ignored."""
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=False))
+        for key, node in _target_nodes(cfg):
+            schema = KNOWN_TARGETS.get(node.get("_target_", "sed.models.crnn.CRNN" if key == "model" else None))
+            if schema is not None:
+                checked = OmegaConf.structured(schema)
+                OmegaConf.set_struct(checked, True)
+                try:
+                    OmegaConf.merge(checked, OmegaConf.to_container(node, resolve=False))
+                except (ConfigKeyError, ValidationError) as err:
+                    err.full_key = f"{key}.{err.key}" if err.key is not None else key
+                    raise
     except ConfigKeyError as err:
         raise ConfigKeyError(
             f"unknown configuration key '{err.full_key}': it is not in the schema (sed/config.py), so it would be "
@@ -277,6 +299,43 @@ def check_known_keys(cfg: DictConfig) -> None:
         ) from None
     except ValidationError as err:
         raise ValidationError(f"configuration key '{err.full_key}': {err.msg}") from None
+
+
+def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
+    """The node of ``group`` ("model", "optimizer", "scheduler") of a run configuration, resolved.
+
+    A configuration built in code from :class:`Config` (benchmarks, tests) or saved before these groups existed
+    leaves them empty or absent: they then mean what conf/config.yaml's defaults mean, the CRNN (with the
+    schema's defaults under the given keys), ``optimizer=adam`` and ``scheduler=exp_warmup`` on ``training.*``.
+    ``scheduler: {_target_: null}`` (``scheduler=none``) is no scheduler: None.
+    """
+    node = cfg.get(group) if hasattr(cfg, "get") else None
+    node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    if "_target_" in node:
+        return node if node["_target_"] is not None else None
+    t = cfg.training
+    if group == "model":
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), node)
+        return OmegaConf.to_container(merged, resolve=True)
+    if group == "optimizer":
+        return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": t.lr, "betas": list(t.betas),
+                "weight_decay": t.weight_decay, **node}
+    if group == "scheduler":
+        return {"_target_": "sed.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
+                "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
+    raise KeyError(group)
+
+
+def _target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """The `_target_` nodes of the free-form groups, with their dotted keys."""
+    nodes = []
+    if isinstance(cfg.get("model"), DictConfig):
+        nodes.append(("model", cfg.model))
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                nodes.append((f"{group}.{name}", node))
+    return nodes
 
 
 def register_configs() -> None:
@@ -291,6 +350,19 @@ def register_configs() -> None:
             # sweep directory the launcher claimed (Hydra copies the cache into each job's config).
             OmegaConf.register_new_resolver(name, fn, use_cache=name == "sed_new_dir")
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def accept_appended_exp(argv: list[str]) -> None:
+    """Rewrite ``+exp=NAME`` to ``exp=NAME`` in place.
+
+    ``exp`` is in the defaults list (``exp: null``), so ``exp=NAME`` selects a recipe; Hydra refuses the appending
+    form ``+exp=NAME`` for a group already in the list, but it is what this project documented first (and what
+    Hydra's own error message suggests), so both are accepted. train.py calls it before ``hydra.main`` reads
+    ``sys.argv``.
+    """
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("+exp="):
+            argv[i] = arg[1:]
 
 
 register_configs()

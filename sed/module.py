@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import random
 from pathlib import Path
@@ -11,17 +12,20 @@ from typing import Any, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from sed.augment import mask_time_frequency, mixup
+from sed.config import default_node
 from sed.data.encoder import LabelEncoder
 from sed.ema import ema_factor, update_teacher
 from sed.losses import consistency_losses, supervised_losses
 from sed.models.crnn import CRNNOutput
 from sed.scaler import TorchScaler
-from sed.schedules import exp_rampup, lr_factor
+from sed.schedules import exp_rampup
 from sed.scoring import ModelScores, objective, score_model, weak_f1
 from sed.windows import WindowGrid
 
@@ -57,9 +61,7 @@ class SEDModule(pl.LightningModule):
         self.classes = list(classes)
         self.frontend = instantiate(self.cfg.features, _convert_="all")
         self.scaler = build_scaler(self.cfg, self.frontend.signature())
-        self.student = instantiate(
-            self.cfg.model, n_classes=len(self.classes), n_features=self.frontend.n_features, _convert_="all"
-        )
+        self.student = _build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
         if self.cfg.training.mixup.domain not in ("features", "linear"):
             raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
         self.teacher = copy.deepcopy(self.student)
@@ -82,6 +84,7 @@ class SEDModule(pl.LightningModule):
         # The model (student or teacher) with the higher validation objective at the last validation: what a
         # checkpoint is deployed with (forward, sed.infer, sed.export). At short budgets the EMA teacher lags.
         self.preferred_model = "teacher"
+        self._config_logged = False
 
     # ------------------------------------------------------------------ features and forward
     def features(self, audio: torch.Tensor) -> torch.Tensor:
@@ -109,6 +112,7 @@ class SEDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
+        self._log_config_text()
         if self.scaler.statistic != "dataset":
             if self.scaler_path:
                 raise ValueError(
@@ -132,20 +136,26 @@ class SEDModule(pl.LightningModule):
             log.info("Scaler saved to %s (reuse it with scaler.path=%s)", path, path)
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        t = self.cfg.training
-        optimizer = torch.optim.Adam(
-            self.student.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
-        )
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The optimiser of ``cfg.optimizer`` on the student's parameters and the scheduler of ``cfg.scheduler``.
+
+        Both are ``_partial_`` factories. The scheduler factory gets the optimiser, plus ``total_steps`` and
+        ``steps_per_epoch`` when it takes them; the scheduler node's ``interval``, ``frequency`` and ``monitor``
+        are Lightning's, not the factory's. ``scheduler=none`` (a null ``_target_``) keeps the rate constant.
+        """
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         self._steps_per_epoch = max(total // epochs, 1)
-        warmup = t.warmup_epochs * self._steps_per_epoch
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            # lr=0 freezes the student (the ratio then does not matter)
-            optimizer, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr if t.lr > 0 else 1.0)
+        optimizer = _call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
+        spec = default_node("scheduler", self.cfg)
+        if spec is None:
+            return {"optimizer": optimizer}
+        lightning = {key: spec.pop(key) for key in ("interval", "frequency", "monitor") if key in spec}
+        scheduler = _call_factory(
+            "scheduler", spec, optimizer, total_steps=total, steps_per_epoch=self._steps_per_epoch
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        lightning = {key: value for key, value in lightning.items() if value is not None}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning}}
 
     def consistency_weight(self) -> float:
         t = self.cfg.training
@@ -365,11 +375,15 @@ class SEDModule(pl.LightningModule):
         self._log_figures(results)
         self._plot_batch = None
 
+    def _tensorboards(self) -> list[Any]:
+        """The ``SummaryWriter`` of every TensorBoard logger: figures, text and hparams go only there."""
+        return [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+
     @rank_zero_only
     def _log_figures(self, results: dict[str, ModelScores]) -> None:
         every = self.cfg.evaluation.plot_every_n_epochs
-        experiment = getattr(self.logger, "experiment", None)
-        if not every or self._plot_batch is None or experiment is None or not hasattr(experiment, "add_figure"):
+        writers = self._tensorboards()
+        if not every or self._plot_batch is None or not writers:
             return
         if self.current_epoch % every != 0 and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
             return
@@ -388,7 +402,8 @@ class SEDModule(pl.LightningModule):
                 self.cfg.data.clip_duration,
                 title=f"{filename} (teacher, epoch {self.current_epoch})",
             )
-            experiment.add_figure(f"val_clips/{i}", fig, global_step=self.global_step)
+            for writer in writers:
+                writer.add_figure(f"val_clips/{i}", fig, global_step=self.global_step, close=False)
             plt.close(fig)
 
     def on_test_epoch_end(self) -> None:
@@ -413,11 +428,48 @@ class SEDModule(pl.LightningModule):
                     result.psd_rocs,
                 )
             log.info("Test outputs written to %s", out_dir)
+            self._log_test_details(results)
             self._log_hparams()
 
     @rank_zero_only
+    def _log_test_details(self, results: dict[str, ModelScores]) -> None:
+        """Per-class test metrics to every logger, as ``test/<model>/per_class/<metric>/<class>`` (``psds1``,
+        ``event_f1@0.5``, ...; not ``test/<model>/psds1/<class>``: a name that is also the folder of other names
+        breaks MLflow's file store), out of the console table; the PSD-ROC figure of each model to TensorBoard."""
+        for name, result in results.items():
+            per_class = {f"test/{name}/per_class/{key}": float(value) for key, value in result.metrics.items()
+                         if "/" in key and np.isfinite(value)}  # NaN: a class without ground-truth events
+            for logger in self.loggers:
+                logger.log_metrics(per_class, step=self.global_step)
+        writers = self._tensorboards()
+        if not writers:
+            return
+        from sed.outputs import psd_roc_figure
+
+        for name, result in results.items():
+            fig = psd_roc_figure({k: v for k, v in result.psd_rocs.items() if not k.endswith("_raw")})
+            if fig is not None:
+                for writer in writers:
+                    writer.add_figure(f"test/{name}/psd_roc", fig, global_step=self.global_step, close=False)
+
+    @rank_zero_only
+    def _log_config_text(self) -> None:
+        """The resolved configuration as text in TensorBoard (TEXT tab), once per run."""
+        if self._config_logged:
+            return
+        self._config_logged = True
+        text = OmegaConf.to_yaml(self.cfg)
+        for writer in self._tensorboards():
+            # Indented by four spaces: a Markdown code block, so TensorBoard keeps the YAML's layout.
+            writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), self.global_step)
+
+    def on_test_start(self) -> None:
+        self._log_config_text()
+
+    @rank_zero_only
     def _log_hparams(self) -> None:
-        if self.logger is None or not hasattr(self.logger, "log_hyperparams"):
+        tensorboards = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not tensorboards:
             return
         metrics = {
             f"hp/{name}/{key}": value
@@ -426,7 +478,8 @@ class SEDModule(pl.LightningModule):
             if key in ("psds1", "psds2", "weak_f1") or key.startswith(("event_f1_macro", "intersection_f1_macro"))
         }
         params = _flatten(OmegaConf.to_container(self.cfg, resolve=True))
-        self.logger.log_hyperparams(params, metrics)
+        for logger in tensorboards:  # the HPARAMS tab: hyper-parameters next to the final test metrics
+            logger.log_hyperparams(params, metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -446,6 +499,42 @@ class SEDModule(pl.LightningModule):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _build_model(node: Any, n_classes: int, n_features: int) -> torch.nn.Module:
+    """The network of ``cfg.model`` (contract: sed.config.ModelConfig); a class refusing keys left from another
+    model config gets a hint."""
+    try:
+        return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all")
+    except InstantiationException as err:
+        if "unexpected keyword" not in str(err) or node.get("_target_") == "sed.models.crnn.CRNN":
+            raise
+        raise InstantiationException(
+            f"model._target_={node.get('_target_')}: {err}\nmodel.* still holds keys of another model config: "
+            "start from an empty node (~model +model._target_=... +model.KEY=...) or use a conf/model/NAME.yaml"
+        ) from err
+
+
+def _call_factory(group: str, node: Any, first: Any, **optional: Any) -> Any:
+    """``instantiate(node)(first, **kwargs)`` for a ``_partial_`` node of config group ``group``; of ``optional``,
+    only the keywords the factory takes are passed. A factory that refuses its keys fails naming the group."""
+    if not node or "_target_" not in node:
+        raise ValueError(f"{group}: needs a _target_ (e.g. {group}={'adam' if group == 'optimizer' else 'exp_warmup'})")
+    factory = instantiate(node, _convert_="all")
+    if not callable(factory):
+        raise TypeError(f"{group}._target_={node['_target_']} did not give a factory: set {group}._partial_=true")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in optional.items() if takes_any or k in params}
+    try:
+        return factory(first, **kwargs)
+    except TypeError as err:
+        hint = (f" (remove a key it does not take with ~{group}.KEY, or choose another {group} config)"
+                if "unexpected keyword" in str(err) else "")
+        raise TypeError(f"{group}._target_={node['_target_']}: {err}{hint}") from err
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

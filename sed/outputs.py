@@ -234,13 +234,23 @@ def write_events(detections: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def plot_psd_rocs(rocs: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """One panel per PSDS scenario: effective TPR over eFPR (per hour) in black, per-class curves thin."""
+    """:func:`psd_roc_figure` saved as a PNG (nothing written when there is no curve)."""
+    fig = psd_roc_figure(rocs)
+    if fig is None:
+        return
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
+
+
+def psd_roc_figure(rocs: Mapping[str, Any]) -> Any:
+    """One panel per PSDS scenario: effective TPR over eFPR (per hour) in black, per-class curves thin.
+    A matplotlib ``Figure`` (not registered with pyplot), or None when there is no curve."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rocs = {k: r for k, r in rocs.items() if r is not None}
     if not rocs:
-        return
+        return None
     fig = Figure(figsize=(6 * len(rocs), 5), layout="constrained")
     FigureCanvasAgg(fig)
     for ax, (name, roc) in zip(fig.subplots(1, len(rocs), squeeze=False)[0], rocs.items()):
@@ -263,8 +273,7 @@ def plot_psd_rocs(rocs: Mapping[str, Any], path: str | os.PathLike) -> None:
         )
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7, ncol=2)
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
+    return fig
 
 
 def write_test_outputs(

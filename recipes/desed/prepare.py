@@ -323,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python recipes/desed/prepare.py",
         description="Resample a DESED copy once and write it in this project's layout "
-        "(then: python train.py +exp=desed_crnn data.root=OUT_DIR).",
+        "(then: python train.py exp=desed_crnn data.root=OUT_DIR).",
     )
     parser.add_argument("desed_root", help="DESED folder holding audio/ and metadata/ (see recipes/desed/README.md)")
     parser.add_argument("out_dir", help="output folder (data.root of the training run)")
@@ -341,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"prepared {args.out_dir}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), file=sys.stderr)
-    print(f"next: python train.py +exp=desed_crnn data.root={args.out_dir}", file=sys.stderr)
+    print(f"next: python train.py exp=desed_crnn data.root={args.out_dir}", file=sys.stderr)
     return 0
 
 

@@ -112,6 +112,22 @@ def _prepare(
     return scores, gt, dur
 
 
+_warned_absent: dict[tuple, None] = {}  # (absent classes, clip set) already warned about, oldest first
+
+
+def _warn_absent_once(absent: list[str], gt: GroundTruth) -> None:
+    """Warn about classes without ground truth once per evaluation set and process: every PSDS scenario and
+    intersection F1, of the student and of the teacher, at every validation, would otherwise repeat it."""
+    key = (tuple(absent), hash(frozenset(gt)))
+    if key in _warned_absent:
+        return
+    _warned_absent[key] = None
+    while len(_warned_absent) > 64:
+        del _warned_absent[next(iter(_warned_absent))]
+    logger.warning("no ground-truth event for class(es) %s in this set of %d clips: left out of PSDS / "
+                   "intersection F1 (said once per set)", absent, len(gt))
+
+
 def _drop_classes_without_events(scores: dict, gt: GroundTruth) -> tuple[dict, list[str]]:
     """sed_scores_eval refuses classes without any ground-truth event: evaluate without them."""
     first = next(iter(scores.values()))
@@ -124,7 +140,7 @@ def _drop_classes_without_events(scores: dict, gt: GroundTruth) -> tuple[dict, l
     if not absent:
         return scores, classes
     kept = [c for c in classes if c in present]
-    logger.warning("no ground-truth event for class(es) %s: left out of PSDS / intersection F1", absent)
+    _warn_absent_once(absent, gt)
     if not kept:
         return {}, []
     cols = ["onset", "offset", *kept]
