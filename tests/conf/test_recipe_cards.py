@@ -1,4 +1,4 @@
-"""Recipe cards: what each experiment in conf/exp/ trains with, composed exactly as ``python train.py +exp=NAME``
+"""Recipe cards: what each experiment in conf/exp/ trains with, composed exactly as ``python train.py exp=NAME``
 composes it. A value that leaks in from elsewhere (the quick start's learning rate once did into desed_crnn)
 fails here."""
 
@@ -41,7 +41,7 @@ CARDS = {
 
 def _compose(name: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"+exp={name}", "data.root=/data"])
+        return compose("config", overrides=[f"exp={name}", "data.root=/data"])
 
 
 def test_every_recipe_has_a_card():
