@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -133,13 +134,19 @@ def _run(
         # The best checkpoint by path (not "best", which Lightning warns about next to ResumeCheckpoint).
         ckpt: Optional[str] = None
         if cfg.train:
-            ckpt = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+            ckpt = getattr(_best_checkpoint(trainer), "best_model_path", None) or None
         trainer.test(module, datamodule=dm, ckpt_path=ckpt)
         results = module.test_results
     if trainer.is_global_zero:
         _report(run_dir, trainer, results)
-    best = trainer.checkpoint_callback.best_model_score if cfg.train and trainer.checkpoint_callback else None
+    best = getattr(_best_checkpoint(trainer), "best_model_score", None) if cfg.train else None
     return results, {"best_val_objective": None if best is None else float(best), "preferred_model": module.preferred_model}
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> Optional[ModelCheckpoint]:
+    """The best-checkpoint callback, if any (``trainer.checkpoint_callback`` may be ResumeCheckpoint, which keeps
+    last.ckpt and has no best)."""
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
 def log_failure(err: BaseException) -> None:
@@ -155,7 +162,7 @@ def log_failure(err: BaseException) -> None:
 
 def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, float]]) -> None:
     lines = [f"Run directory: {run_dir}"]
-    best = getattr(trainer.checkpoint_callback, "best_model_path", None)
+    best = getattr(_best_checkpoint(trainer), "best_model_path", None)
     if best:
         lines.append(f"Best checkpoint: {best}")
     if results:
