@@ -3,9 +3,9 @@
 Synthetic ground truth (10 classes, 10 s clips, 0-4 events each) and frame probabilities correlated with
 it (noisy, time-smoothed logits around the true activity) at the label encoder's resolution (156 frames).
 
-* ours: ``sed.scoring.score_model`` (median filter, score tables, PSDS1, PSDS2, intersection F1, event and
+* ours: ``sed.evaluation.scoring.score_model`` (median filter, score tables, PSDS1, PSDS2, intersection F1, event and
   segment F1 at the configured threshold, weak F1), the function validation and test call once per model;
-  with the per-part timings ``sed.metrics.evaluate_full`` logs. Also ``sed.metrics.psds`` alone (PSDS1+2).
+  with the per-part timings ``sed.evaluation.metrics.evaluate_full`` logs. Also ``sed.evaluation.metrics.psds`` alone (PSDS1+2).
 * reference: the way DESED's baseline scores with psds_eval, written here from its description (no
   psds_eval dependency): decode the median-filtered probabilities into event tables with pandas at each of
   50 thresholds, count intersection-based TP/FP/cross-triggers per threshold with pandas joins, and build
@@ -161,7 +161,7 @@ def psd_from_points(points, s: dict) -> float:
 
 # --------------------------------------------------------------------------- main
 class _Timings(logging.Handler):
-    """Catches the per-part timings ``sed.metrics.evaluate_full`` logs at INFO."""
+    """Catches the per-part timings ``sed.evaluation.metrics.evaluate_full`` logs at INFO."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -186,11 +186,11 @@ def main() -> None:
     import numpy as np
 
     from sed.data.encoder import LabelEncoder
-    from sed.metrics import PSDS1 as OUR_PSDS1
-    from sed.metrics import PSDS2 as OUR_PSDS2
-    from sed.metrics import ground_truth_dict, psds
-    from sed.postprocess import audio_id, batch_to_scores, median_filter
-    from sed.scoring import score_model
+    from sed.evaluation.metrics import PSDS1 as OUR_PSDS1
+    from sed.evaluation.metrics import PSDS2 as OUR_PSDS2
+    from sed.evaluation.metrics import ground_truth_dict, psds
+    from sed.evaluation.postprocess import audio_id, batch_to_scores, median_filter
+    from sed.evaluation.scoring import score_model
     from sed.synth import DEFAULT_CLASSES
 
     print(machine_line(), flush=True)
@@ -204,7 +204,7 @@ def main() -> None:
          f"reference: {args.thresholds} thresholds")
 
     timings = _Timings()
-    mlog = logging.getLogger("sed.metrics")
+    mlog = logging.getLogger("sed.evaluation.metrics")
     mlog.addHandler(timings)
     mlog.setLevel(logging.INFO)
     logging.getLogger("sed").propagate = False  # keep warnings of the synthetic data quiet
@@ -233,7 +233,7 @@ def main() -> None:
     def ours_objective_only():
         # What checkpoint selection needs with the default obj_metric (weak_f1+intersection_f1):
         # the before/after of the "score less at validation" proposal.
-        from sed.metrics import evaluate_full
+        from sed.evaluation.metrics import evaluate_full
 
         return evaluate_full(None, scores_post, gt, durations, classes, evaluation.thresholds,
                              {"psds": (), "event_f1": False, "segment_f1": False, "per_class": False})
@@ -278,7 +278,7 @@ def main() -> None:
                   f"= {med['ours']:.2f} s; reference {args.thresholds}-threshold pandas decode + psds_eval-style "
                   f"counting (PSDS1+2 only) = {med['reference']:.2f} s; ratio {med['reference'] / med['ours']:.2f}x "
                   f"faster [median of {args.repeats} / {args.ref_repeats}]")
-    result(BENCH, f"PSDS1+PSDS2 alone: sed.metrics.psds {med['ours_psds']:.2f} s vs reference "
+    result(BENCH, f"PSDS1+PSDS2 alone: sed.evaluation.metrics.psds {med['ours_psds']:.2f} s vs reference "
                   f"{med['reference']:.2f} s; ratio {med['reference'] / med['ours_psds']:.2f}x faster")
     if parts:
         other = med["ours"] - evaluate_s

@@ -91,8 +91,8 @@ def main() -> None:
     import torch
 
     from sed.datamodule import SEDDataModule
-    from sed.ema import ema_factor, update_teacher
-    from sed.losses import consistency_losses, supervised_losses
+    from sed.training.ema import ema_factor, update_teacher
+    from sed.training.losses import consistency_losses, supervised_losses
     from sed.module import SEDModule
 
     device = torch.device(args.device)

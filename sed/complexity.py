@@ -188,7 +188,7 @@ class ComplexityReport(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or self.block is None:
             return
-        from sed.outputs import update_metrics_json
+        from sed.evaluation.outputs import update_metrics_json
 
         checkpoint = trainer.ckpt_path or self.evaluated_checkpoint  # Lightning's resolved "best", or train=false's
         block = {**self.block, "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None}

@@ -321,7 +321,7 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
         return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": t.lr, "betas": list(t.betas),
                 "weight_decay": t.weight_decay, **node}
     if group == "scheduler":
-        return {"_target_": "sed.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
+        return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
                 "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
     raise KeyError(group)
 

@@ -264,7 +264,7 @@ class EnergyTracker(pl.Callback):
         }
 
     def _add_to_test_metrics(self, run_dir: Path) -> None:
-        from sed.outputs import update_metrics_json
+        from sed.evaluation.outputs import update_metrics_json
 
         block = self.metrics_block(run_dir)
         for path in sorted((run_dir / "test").glob("*/metrics.json")):

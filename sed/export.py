@@ -115,7 +115,7 @@ class DetectorMetadata:
 
     @property
     def median_filter(self) -> int | list[int]:
-        """The median window as :func:`sed.postprocess.median_filter` takes it."""
+        """The median window as :func:`sed.evaluation.postprocess.median_filter` takes it."""
         return self.median_window[0] if len(self.median_window) == 1 else list(self.median_window)
 
     @classmethod

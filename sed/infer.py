@@ -3,7 +3,7 @@
 The model was trained on fixed-length clips, so a recording is cut into overlapping windows of that
 length (the last one zero-padded). Every window's frame probabilities land on one common frame grid
 (the label encoder's frame duration); where windows overlap, the probabilities are averaged
-(:class:`sed.windows.WindowGrid`, which the evaluation of long test clips during training shares). The
+(:class:`sed.evaluation.windows.WindowGrid`, which the evaluation of long test clips during training shares). The
 model's median filter is applied to the merged sequence, then probabilities are thresholded into events.
 Frame boundaries and event times are those of the test outputs of ``train.py`` (``events_th*.tsv``): the
 frame grid from 0, the last frame cut at the end of the recording.
@@ -51,8 +51,8 @@ import torch
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
 from sed.export import DetectorMetadata, ExportedModel, ExportError
-from sed.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
-from sed.windows import WindowGrid
+from sed.evaluation.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
+from sed.evaluation.windows import WindowGrid
 
 logger = logging.getLogger(__name__)
 
@@ -336,9 +336,9 @@ class Detector:
         :attr:`RunResult.failed`; the outputs hold the other files. When no file could be processed,
         nothing is written. ``scores_dir`` is replaced as a whole at the end, so it never mixes two runs'
         clips; a folder holding files sed did not write is refused before any work
-        (:class:`sed.outputs.ScoresDirWriter`).
+        (:class:`sed.evaluation.outputs.ScoresDirWriter`).
         """
-        from sed.outputs import ScoresDirWriter
+        from sed.evaluation.outputs import ScoresDirWriter
 
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")

@@ -18,16 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from sed.augment import mask_time_frequency, mixup
+from sed.training.augment import mask_time_frequency, mixup
 from sed.config import default_node
 from sed.data.encoder import LabelEncoder
-from sed.ema import ema_factor, update_teacher
-from sed.losses import consistency_losses, supervised_losses
+from sed.training.ema import ema_factor, update_teacher
+from sed.training.losses import consistency_losses, supervised_losses
 from sed.models.crnn import CRNNOutput
 from sed.scaler import TorchScaler
-from sed.schedules import exp_rampup
-from sed.scoring import ModelScores, objective, score_model, weak_f1
-from sed.windows import WindowGrid
+from sed.training.schedules import exp_rampup
+from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
+from sed.evaluation.windows import WindowGrid
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class SEDModule(pl.LightningModule):
         """Frame and clip probabilities of every clip of the batch, over its whole length.
 
         Each clip is cut into windows of the training clip length (one window when it fits, as in training;
-        :class:`sed.windows.WindowGrid`, shared with ``sed.infer``), the windows go through the front-end and
+        :class:`sed.evaluation.windows.WindowGrid`, shared with ``sed.infer``), the windows go through the front-end and
         both models in chunks of the batch size, and each clip's frame probabilities are the windows' averaged
         where they overlap (clip probability: the maximum over its windows). A clip no longer than the training
         clip keeps the window's frames (scores are cut at its duration later); a longer one keeps the frames
@@ -389,7 +389,7 @@ class SEDModule(pl.LightningModule):
             return
         import matplotlib.pyplot as plt
 
-        from sed.plotting import activity_figure
+        from sed.evaluation.plotting import activity_figure
 
         probs = results["teacher"].probabilities
         batch = self._plot_batch
@@ -415,7 +415,7 @@ class SEDModule(pl.LightningModule):
                     self.log(f"test/{name}/{key}", value, sync_dist=True)
             self.test_results[name] = dict(result.metrics)
         if self.trainer.is_global_zero:
-            from sed.outputs import write_test_outputs
+            from sed.evaluation.outputs import write_test_outputs
 
             for name, result in results.items():
                 write_test_outputs(
@@ -444,7 +444,7 @@ class SEDModule(pl.LightningModule):
         writers = self._tensorboards()
         if not writers:
             return
-        from sed.outputs import psd_roc_figure
+        from sed.evaluation.outputs import psd_roc_figure
 
         for name, result in results.items():
             fig = psd_roc_figure({k: v for k, v in result.psd_rocs.items() if not k.endswith("_raw")})

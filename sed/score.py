@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from sed.postprocess import audio_id
+from sed.evaluation.postprocess import audio_id
 
 
 
@@ -83,8 +83,8 @@ def _read_classes(spec: str | None) -> list[str] | None:
 
 
 def _score_folder(args, classes, gt, durations) -> tuple[dict, dict]:
-    from sed.metrics import evaluate_full
-    from sed.outputs import read_scores_dir
+    from sed.evaluation.metrics import evaluate_full
+    from sed.evaluation.outputs import read_scores_dir
 
     if durations is None:
         raise ValueError("scoring a score folder needs --durations (PSDS normalises false positives by duration)")
@@ -122,7 +122,7 @@ def _score_folder(args, classes, gt, durations) -> tuple[dict, dict]:
 
 def _score_events(args, classes, gt, durations) -> tuple[dict, dict]:
     from sed.data.tsv import read_strong
-    from sed.metrics import event_f1, segment_f1
+    from sed.evaluation.metrics import event_f1, segment_f1
 
     if args.threshold:
         raise ValueError("--threshold applies to score folders only; an event TSV is already thresholded")
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from sed.data.tsv import read_durations, read_strong
-    from sed.outputs import write_metrics_json
+    from sed.evaluation.outputs import write_metrics_json
 
     try:
         if not args.predictions.exists():

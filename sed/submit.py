@@ -98,7 +98,7 @@ def _eval_outputs(
     """Post-processed scores and thresholded events of every audio file in ``eval_audio``; any file that cannot be
     processed is an error (a submission covers the whole evaluation set)."""
     from sed.infer import Detector, collect_inputs
-    from sed.postprocess import audio_id
+    from sed.evaluation.postprocess import audio_id
 
     files = collect_inputs([eval_audio])
     detector = Detector.from_checkpoint(checkpoint, model=model, device=device)
@@ -123,7 +123,7 @@ def _eval_outputs(
 def _test_outputs(run_dir: Path, model: str, cfg: Any) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float]:
     """The run's own post-processed test scores and events at the first evaluation threshold."""
     from sed.data.tsv import STRONG_COLUMNS
-    from sed.outputs import read_scores_dir, threshold_tag
+    from sed.evaluation.outputs import read_scores_dir, threshold_tag
 
     out = run_dir / "test" / model
     threshold = float(list(cfg.evaluation.thresholds)[0])
@@ -301,7 +301,7 @@ def build_submission(
     archive's path. Raises :class:`SubmissionError` naming the file at fault."""
     from sed.data.tsv import write_strong
     from sed.energy import read_energy
-    from sed.outputs import write_scores_dir
+    from sed.evaluation.outputs import write_scores_dir
 
     run_dir, out = Path(run_dir), Path(out)
     if model is None:  # the network validation preferred (sed.app records it in status.json)

@@ -16,7 +16,7 @@ from conftest import REPO, run_train, tiny_overrides
 from torch import nn
 
 from sed.models.crnn import CRNNOutput
-from sed.schedules import lr_factor
+from sed.training.schedules import lr_factor
 
 TINY_BATCHES = 4  # training batches per epoch of the tiny dataset with data.batch_sizes=[4,2,4]
 

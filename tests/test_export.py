@@ -122,7 +122,7 @@ def _long_file(folder: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_infer_with_exported_model_equals_checkpoint(checkpoint, exported, tiny_dataset, tmp_path, fmt):
-    from sed.outputs import read_scores_dir
+    from sed.evaluation.outputs import read_scores_dir
 
     meta = ExportedModel.load(exported[fmt]).metadata
     inputs = [str(tiny_dataset / "audio" / "test"), str(_long_file(tmp_path))]

@@ -103,7 +103,7 @@ def test_one_clip_equals_direct_model(detector):
     # (the network's trailing frame is dropped as in training) and are not stretched into the last one.
     np.testing.assert_array_equal(pred.timestamps, np.arange(32) * detector.frame_duration)
     # Median filtering is the model's filter, applied after merging.
-    from sed.postprocess import median_filter
+    from sed.evaluation.postprocess import median_filter
 
     filtered = detector.predict(wav, RATE).probabilities
     np.testing.assert_allclose(filtered, median_filter(_direct(detector, wav), 3), atol=1e-6)
@@ -350,7 +350,7 @@ def _events(args, tmp_path, name="e.tsv") -> pd.DataFrame:
 
 
 def _expected(detector, path, window, threshold) -> pd.DataFrame:
-    from sed.postprocess import median_filter
+    from sed.evaluation.postprocess import median_filter
 
     raw = detector.predict_file(path, postprocess=False)
     prediction = raw._replace(probabilities=median_filter(raw.probabilities, window))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_module
 
-from sed.augment import mixup
+from sed.training.augment import mixup
 
 CLASSES = ["a", "b", "c"]
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from sed.data.tsv import write_durations, write_strong
-from sed.metrics import evaluate, event_f1, segment_f1
-from sed.outputs import write_scores_dir
-from sed.postprocess import batch_to_scores, detections_from_scores
+from sed.evaluation.metrics import evaluate, event_f1, segment_f1
+from sed.evaluation.outputs import write_scores_dir
+from sed.evaluation.postprocess import batch_to_scores, detections_from_scores
 from sed.score import main
 
 REPO = Path(__file__).resolve().parents[1]

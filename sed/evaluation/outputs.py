@@ -5,7 +5,7 @@ Layout of ``write_test_outputs(out_dir, name, ...)`` under ``out_dir/name/``::
     scores_raw/<audio_id>.tsv            sed_scores_eval format: onset offset <class...>
     scores_postprocessed/<audio_id>.tsv
     events_th<t>.tsv                     filename onset offset event_label (one per threshold)
-    metrics.json                         every number of sed.metrics.evaluate (NaN -> null)
+    metrics.json                         every number of sed.evaluation.metrics.evaluate (NaN -> null)
     psd_roc.png                          PSD-ROC of each PSDS scenario
     psd_roc_<scenario>.tsv               the plotted curve (efpr, etpr) for re-plotting
 
@@ -291,7 +291,7 @@ def write_test_outputs(
         out_dir: parent folder; files go to ``out_dir/name/`` (layout in the module docstring).
         scores_raw, scores_post: ``{audio_id: score DataFrame}``; None skips that folder.
         detections_by_threshold: ``{threshold: strong DataFrame}`` (``EvaluationResult.detections``).
-        metrics: flat metrics dict (``sed.metrics.evaluate``).
+        metrics: flat metrics dict (``sed.evaluation.metrics.evaluate``).
         psds_roc: ``{scenario key: PSDROC}`` (``EvaluationResult.rocs``); None or empty: no plot.
 
     Returns:

@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sed.postprocess import audio_id
+from sed.evaluation.postprocess import audio_id
 
-logger = logging.getLogger("sed.metrics")  # one logger for the package, named as before the split
+logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
 
 GroundTruth = dict  # {audio_id: [(onset, offset, label), ...]}
 

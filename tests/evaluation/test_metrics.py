@@ -10,9 +10,9 @@ import sed_eval
 from sed_scores_eval import intersection_based
 from sed_scores_eval.base_modules.scores import create_score_dataframe
 
-from sed import metrics
-from sed.metrics import PSDS1, PSDS2, EvalConfig, evaluate, evaluate_full
-from sed.postprocess import detections_from_scores
+from sed.evaluation import metrics
+from sed.evaluation.metrics import PSDS1, PSDS2, EvalConfig, evaluate, evaluate_full
+from sed.evaluation.postprocess import detections_from_scores
 
 CLASSES = ["alarm", "dog", "speech"]
 FRAME = 0.1
@@ -121,7 +121,7 @@ def test_psds_alignment_rules(data, caplog):
     partial = {k: v for k, v in scores.items() if k != "clip05"}
     with pytest.raises(ValueError, match="have no scores"):
         metrics.psds(partial, gt, durations, PSDS1, strict=True)
-    with caplog.at_level(logging.WARNING, logger="sed.metrics"):
+    with caplog.at_level(logging.WARNING, logger="sed.evaluation.metrics"):
         value, _ = metrics.psds(partial, gt, durations, PSDS1)
     assert "have no scores" in caplog.text and math.isfinite(value)
     with pytest.raises(ValueError, match="no duration"):
@@ -143,12 +143,12 @@ def test_psds_merges_overlapping_ground_truth_and_handles_classes_without_events
             scores=scores, ground_truth=_gt_dict(overlapping), audio_durations=_stem_durations(durations),
             dtc_threshold=0.7, gtc_threshold=0.7, alpha_st=1.0,
         )
-    with caplog.at_level(logging.WARNING, logger="sed.metrics"):
+    with caplog.at_level(logging.WARNING, logger="sed.evaluation.metrics"):
         value, _ = metrics.psds(scores, overlapping, durations, PSDS1)
     assert "merged 1" in caplog.text and math.isfinite(value)
     no_dog = gt[gt["event_label"] != "dog"]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sed.metrics"):
+    with caplog.at_level(logging.WARNING, logger="sed.evaluation.metrics"):
         value, roc = metrics.psds(scores, no_dog, durations, PSDS1)
     assert "dog" in caplog.text and math.isfinite(value) and "dog" not in roc.per_class_psds
     empty = gt.iloc[:2]

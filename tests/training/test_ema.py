@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sed.ema import ema_factor, update_teacher
+from sed.training.ema import ema_factor, update_teacher
 
 
 def _net() -> nn.Module:

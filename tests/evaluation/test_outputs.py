@@ -8,9 +8,9 @@ import pytest
 from sed_scores_eval.base_modules.io import read_sed_scores
 
 from sed.data.tsv import read_strong
-from sed.metrics import PSDS1, evaluate_full, psds
-from sed.outputs import read_scores_dir, write_scores_dir, write_test_outputs
-from sed.postprocess import batch_to_scores, median_filter
+from sed.evaluation.metrics import PSDS1, evaluate_full, psds
+from sed.evaluation.outputs import read_scores_dir, write_scores_dir, write_test_outputs
+from sed.evaluation.postprocess import batch_to_scores, median_filter
 
 CLASSES = ["alarm", "dog", "speech"]
 

@@ -12,9 +12,9 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
-from sed.metrics.ground_truth import _drop_classes_without_events, _prepare
+from sed.evaluation.metrics.ground_truth import _drop_classes_without_events, _prepare
 
-logger = logging.getLogger("sed.metrics")  # one logger for the package, named as before the split
+logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
 
 
 # --------------------------------------------------------------------------- scenarios

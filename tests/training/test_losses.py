@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from sed.losses import consistency_losses, supervised_losses
+from sed.training.losses import consistency_losses, supervised_losses
 from sed.models.crnn import CRNNOutput
 
 

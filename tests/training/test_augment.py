@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sed.augment import mask_time_frequency, mixup
+from sed.training.augment import mask_time_frequency, mixup
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard"])

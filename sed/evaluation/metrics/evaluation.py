@@ -10,12 +10,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from sed.metrics.fscores import event_f1, intersection_f1, segment_f1
-from sed.metrics.ground_truth import _id_keyed, _prepare
-from sed.metrics.psd import PSDROC, SCENARIOS, _psds_impl
-from sed.postprocess import audio_id, detections_at_thresholds
+from sed.evaluation.metrics.fscores import event_f1, intersection_f1, segment_f1
+from sed.evaluation.metrics.ground_truth import _id_keyed, _prepare
+from sed.evaluation.metrics.psd import PSDROC, SCENARIOS, _psds_impl
+from sed.evaluation.postprocess import audio_id, detections_at_thresholds
 
-logger = logging.getLogger("sed.metrics")  # one logger for the package, named as before the split
+logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
 
 
 @dataclass

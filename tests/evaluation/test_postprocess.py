@@ -8,7 +8,7 @@ import torch
 from sed_scores_eval.base_modules.detection import scores_to_event_list
 from sed_scores_eval.base_modules.scores import create_score_dataframe, validate_score_dataframe
 
-from sed.postprocess import (
+from sed.evaluation.postprocess import (
     audio_id,
     batch_to_scores,
     detections_at_thresholds,

@@ -12,8 +12,8 @@ import torch
 from torchmetrics.functional.classification import multilabel_f1_score
 
 from sed.data.encoder import LabelEncoder
-from sed.metrics import PSDROC, evaluate_full
-from sed.postprocess import batch_to_scores, median_filter
+from sed.evaluation.metrics import PSDROC, evaluate_full
+from sed.evaluation.postprocess import batch_to_scores, median_filter
 
 
 @dataclass
@@ -55,7 +55,7 @@ def score_model(
     and ``thresholds`` (the ``evaluation`` config group); ``psds`` names the PSDS scenarios to compute (PSDS2
     costs about three times PSDS1).
     Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
-    :func:`sed.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
+    :func:`sed.evaluation.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
     """
     filenames = sorted(strong_probs)
     raw = [np.asarray(strong_probs[f]) for f in filenames]

@@ -12,10 +12,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sed.metrics.ground_truth import _drop_classes_without_events, _id_keyed, _prepare
-from sed.postprocess import audio_id
+from sed.evaluation.metrics.ground_truth import _drop_classes_without_events, _id_keyed, _prepare
+from sed.evaluation.postprocess import audio_id
 
-logger = logging.getLogger("sed.metrics")  # one logger for the package, named as before the split
+logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
 
 
 # --------------------------------------------------------------------------- intersection F1
