@@ -44,6 +44,8 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 import yaml
 
+from sed.utils.io import swap_in_dir
+
 log = logging.getLogger(__name__)
 
 MARKER = ".sed-submission.json"
@@ -358,15 +360,7 @@ def build_submission(
         }
         (tmp / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _check_out(out)  # again: it may have changed meanwhile
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

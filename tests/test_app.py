@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_train, tiny_overrides
+from conftest import run_train, tiny_overrides
 
 
 def _run_dirs(exp_dir: Path) -> list[Path]:

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from sed.utils.io import atomic_open, atomic_write_text
+from sed.utils.io import atomic_open, atomic_write_text, swap_in_dir
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +108,7 @@ class ScoresDirWriter:
         try:
             if not self.owned:
                 _check_ours(directory)
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(directory, old)
-            os.replace(self._tmp, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            swap_in_dir(self._tmp, directory)
         except BaseException:
             self.abort()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -60,3 +61,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     torch.save(obj, buffer)
     with atomic_open(path, "wb") as handle:
         handle.write(buffer.getbuffer())
+
+
+def swap_in_dir(built: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the folder ``built`` in place of ``target``: the old one is renamed aside (``.<name>.old``) and removed
+    after the new one is in place, so a reader finds the old or the new folder whole, never a mix of both."""
+    built, target = Path(built), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
