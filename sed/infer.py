@@ -36,29 +36,35 @@ Python::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
-from sed.data.tsv import AUDIO_EXTENSIONS, STRONG_COLUMNS, AnnotationError, write_strong
-from sed.export import DetectorMetadata, ExportedModel, ExportError
+from sed.data.inputs import collect_inputs
+from sed.data.tsv import STRONG_COLUMNS, AnnotationError, write_strong
 from sed.evaluation.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
+from sed.evaluation.settings import (
+    Threshold,
+    check_median_window,
+    describe_thresholds,
+    parse_median_window,
+    parse_thresholds,
+)
 from sed.evaluation.windows import WindowGrid
+from sed.export import DetectorMetadata, ExportedModel, ExportError
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("teacher", "student")
 PathLike = Union[str, os.PathLike]
-Threshold = Union[float, Mapping[str, float]]
 
 
 class Prediction(NamedTuple):
@@ -373,159 +379,6 @@ class Detector:
                 writer.abort()
             raise
         return RunResult(result, failed)
-
-
-# ---------------------------------------------------------------------- post-processing options
-def check_median_window(window: int | Sequence[int], classes: Sequence[str]) -> int | list[int]:
-    """A median filter length for every class (one int) or one per class, each >= 1."""
-    values = [int(window)] if isinstance(window, (int, np.integer)) else [int(w) for w in window]
-    if len(values) not in (1, len(classes)):
-        raise ValueError(
-            f"median window: {len(values)} lengths for {len(classes)} classes; give one length or one per class "
-            f"in class order ({', '.join(classes)})"
-        )
-    if min(values) < 1:
-        raise ValueError(f"median window lengths must be >= 1 frame, got {values}")
-    return values[0] if len(values) == 1 else values
-
-
-def parse_median_window(spec: str, classes: Sequence[str]) -> int | list[int]:
-    """``"7"`` or ``"5,7,9"`` (one length per class, class order) as :func:`check_median_window` returns it."""
-    try:
-        values = [int(v) for v in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"--median-window {spec!r}: expected an int or comma-separated ints (one per class)") from None
-    try:
-        return check_median_window(values, classes)
-    except ValueError as err:
-        raise ValueError(f"--median-window {spec!r}: {err}") from None
-
-
-def _threshold_value(value, where: str) -> float:
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: threshold {value!r} is not a number") from None
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"{where}: threshold {t:g} is not a probability in [0, 1]")
-    return t
-
-
-def _read_threshold_file(path: Path) -> dict[str, tuple[float, str]]:
-    """``{class: (threshold, where)}`` of a JSON object or a TSV with ``event_label`` (or ``class``) and ``threshold``."""
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read thresholds: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object {{class: threshold}}")
-        return {str(k): (_threshold_value(v, f"{path}: {k}"), str(path)) for k, v in data.items()}
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ValueError(f"{path}: cannot read thresholds: {err}") from None
-    name = next((c for c in ("event_label", "class") if c in df.columns), None)
-    if name is None or "threshold" not in df.columns:
-        raise ValueError(f"{path}: expected columns 'event_label' (or 'class') and 'threshold', got {list(df.columns)}")
-    out: dict[str, tuple[float, str]] = {}
-    for line, (label, value) in enumerate(zip(df[name], df["threshold"]), start=2):
-        where = f"{path}:{line}"
-        if label.strip() in out:
-            raise ValueError(f"{where}: class {label.strip()!r} listed twice")
-        out[label.strip()] = (_threshold_value(value, where), where)
-    return out
-
-
-def parse_thresholds(
-    threshold: Optional[float], thresholds: Optional[str], classes: Sequence[str], default: float
-) -> Threshold:
-    """The decision threshold(s) of the command line.
-
-    ``threshold`` is one value for every class (default ``default``, the model's); ``thresholds`` overrides some
-    or all classes: ``"dog=0.4,speech=0.6"``, or a ``.json`` file ``{"dog": 0.4}`` or a TSV file with columns
-    ``event_label`` (or ``class``) and ``threshold``. Returns one float, or ``{class: threshold}`` for every
-    class when ``thresholds`` is given. Unknown classes are an error naming them.
-    """
-    base = default if threshold is None else _threshold_value(threshold, "--threshold")
-    if not thresholds:
-        return base
-    if "=" in thresholds:
-        given: dict[str, tuple[float, str]] = {}
-        for item in thresholds.split(","):
-            label, sep, value = item.partition("=")
-            where = f"--thresholds {item.strip()!r}"
-            if not sep or not label.strip():
-                raise ValueError(f"{where}: expected CLASS=VALUE pairs separated by commas")
-            if label.strip() in given:
-                raise ValueError(f"{where}: class {label.strip()!r} given twice")
-            given[label.strip()] = (_threshold_value(value, where), where)
-    else:
-        path = Path(thresholds)
-        if not path.is_file():
-            raise FileNotFoundError(f"--thresholds {thresholds}: no such file (or give CLASS=VALUE pairs)")
-        given = _read_threshold_file(path)
-    unknown = [(label, where) for label, (_, where) in given.items() if label not in classes]
-    if unknown:
-        raise ValueError(
-            f"{unknown[0][1]}: unknown class(es) {[u for u, _ in unknown]}; the model's classes are {list(classes)}"
-        )
-    return {c: given[c][0] if c in given else base for c in classes}
-
-
-def describe_thresholds(threshold: Threshold) -> str:
-    if isinstance(threshold, Mapping):
-        return "thresholds " + ", ".join(f"{c}={t:g}" for c, t in threshold.items())
-    return f"threshold {threshold:g}"
-
-
-# ---------------------------------------------------------------------- inputs
-def _tsv_filenames(path: Path) -> list[str]:
-    """Unique values of the ``filename`` column of a TSV, in order of first appearance."""
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise AnnotationError(path, None, f"cannot read TSV: {err}") from None
-    if "filename" not in df.columns:
-        raise AnnotationError(path, 1, f"no 'filename' column; header has {list(df.columns)}")
-    names = [n.strip() for n in df["filename"] if n.strip()]
-    if not names:
-        raise AnnotationError(path, None, "no filenames listed")
-    return list(dict.fromkeys(names))
-
-
-def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = None) -> list[tuple[str, Path]]:
-    """``(filename, path)`` of every recording named by ``inputs``: audio files, folders (their audio
-    files, sorted, not recursive) or TSVs with a ``filename`` column (resolved against ``audio_dir``,
-    default the TSV's folder). Output filenames are basenames, so two inputs with one name are refused.
-    Files a TSV lists but that do not exist are kept (the run reports them) unless none of them exists."""
-    found: list[tuple[str, Path]] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(e for e in p.iterdir() if e.is_file() and e.suffix.lower() in AUDIO_EXTENSIONS)
-            if not files:
-                raise FileNotFoundError(f"{p}: no audio files ({'/'.join(AUDIO_EXTENSIONS)}) in this folder")
-            found.extend((f.name, f) for f in files)
-        elif p.suffix.lower() in (".tsv", ".csv") and p.is_file():
-            base = Path(audio_dir) if audio_dir is not None else p.parent
-            listed = [(Path(name).name, base / name) for name in _tsv_filenames(p)]
-            if not any(audio.is_file() for _, audio in listed):
-                raise FileNotFoundError(
-                    f"{listed[0][1]}: none of the {len(listed)} audio file(s) listed in {p} exists in {base} "
-                    "(set --audio-dir?)"
-                )
-            found.extend(listed)
-        elif p.is_file():
-            found.append((p.name, p))
-        else:
-            raise FileNotFoundError(f"{p}: no such audio file, folder or TSV")
-    seen: dict[str, Path] = {}
-    for name, path in found:
-        if name in seen and seen[name].resolve() != path.resolve():
-            raise ValueError(f"two inputs share the filename {name!r}: {seen[name]} and {path}")
-        seen[name] = path
-    return list(seen.items())
 
 
 # ---------------------------------------------------------------------- command line

@@ -99,7 +99,8 @@ def _eval_outputs(
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float]:
     """Post-processed scores and thresholded events of every audio file in ``eval_audio``; any file that cannot be
     processed is an error (a submission covers the whole evaluation set)."""
-    from sed.infer import Detector, collect_inputs
+    from sed.data.inputs import collect_inputs
+    from sed.infer import Detector
     from sed.evaluation.postprocess import audio_id
 
     files = collect_inputs([eval_audio])

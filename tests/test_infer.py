@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from sed.infer import Detector, collect_inputs, main
+from sed.data.inputs import collect_inputs
+from sed.infer import Detector, main
 
 CLASSES = ["alarm", "dog", "speech"]
 CLIP = 2.0

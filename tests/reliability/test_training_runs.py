@@ -66,7 +66,7 @@ def test_sigterm_mid_epoch_stops_cleanly_and_resume_equals_uninterrupted(finishe
     last = run_dir / "checkpoints" / "last.ckpt"
     epoch, step = _progress(last)
     assert epoch == 0 and 3 <= step < 20, (epoch, step)  # stopped mid-epoch, after the step under way
-    assert f"Resume with: python train.py" in output and f"ckpt_path={last}" in output
+    assert "Resume with: python train.py" in output and f"ckpt_path={last}" in output
     assert json.loads((run_dir / "status.json").read_text())["status"] == "stopped"
     first_config = (run_dir / ".hydra" / "config.yaml").read_bytes()
 
