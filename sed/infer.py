@@ -50,7 +50,12 @@ import torch
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
 from sed.data.inputs import collect_inputs
 from sed.data.tsv import STRONG_COLUMNS, AnnotationError, write_strong
-from sed.evaluation.postprocess import audio_id, detections_from_scores, median_filter, scores_dataframe
+from sed.evaluation.postprocess import (
+    audio_id,
+    detections_from_scores,
+    median_filter,
+    scores_dataframe,
+)
 from sed.evaluation.settings import (
     Threshold,
     check_median_window,
@@ -59,7 +64,7 @@ from sed.evaluation.settings import (
     parse_thresholds,
 )
 from sed.evaluation.windows import WindowGrid
-from sed.export import DetectorMetadata, ExportedModel, ExportError
+from sed.exported_model import DetectorMetadata, ExportedModel, ExportError
 
 logger = logging.getLogger(__name__)
 
