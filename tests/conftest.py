@@ -84,3 +84,26 @@ def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: flo
         OmegaConf.update(cfg, key, value, merge=False)
     torch.manual_seed(0)
     return SEDModule(OmegaConf.to_container(cfg, resolve=True), classes)
+
+
+def synthetic_detections(classes: list[str], n_clips: int, n_frames: int, frame: float, max_onset: int):
+    """A small detection problem: ground truth (clip c0 without events, every other clip one event per class at
+    random frames), clip durations, and frame probabilities ``[n, C, T]`` correlated with the events.
+    Returns ``(ground_truth, durations, probs, filenames, timestamps)``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    ts = np.arange(n_frames + 1) * frame
+    target = np.zeros((n_clips, len(classes), n_frames), np.float32)
+    rows = [("c0.wav", np.nan, np.nan, "")]
+    for i in range(1, n_clips):
+        for c in range(len(classes)):
+            a = int(rng.integers(0, max_onset))
+            b = int(rng.integers(a + 4, n_frames))
+            target[i, c, a:b] = 1
+            rows.append((f"c{i}.wav", round(ts[a], 6), round(ts[b], 6), classes[c]))
+    gt = pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
+    durations = {f"c{i}.wav": float(round(ts[-1], 6)) for i in range(n_clips)}
+    probs = (0.5 * target + 0.6 * rng.random(target.shape)).astype(np.float32)
+    return gt, durations, probs, [f"c{i}.wav" for i in range(n_clips)], ts

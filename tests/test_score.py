@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import synthetic_detections
 
 from sed.data.tsv import write_durations, write_strong
 from sed.evaluation.metrics import evaluate, event_f1, segment_f1
@@ -23,21 +24,8 @@ CLASSES = ["alarm", "dog", "speech"]
 def files(tmp_path_factory):
     """Ground truth, durations, a score folder and an event TSV for 6 short clips."""
     root = tmp_path_factory.mktemp("score")
-    rng = np.random.default_rng(0)
-    n, t = 6, 30
-    ts = np.arange(t + 1) * 0.1
-    target = np.zeros((n, len(CLASSES), t), np.float32)
-    rows = [("c0.wav", np.nan, np.nan, "")]
-    for i in range(1, n):
-        for c in range(len(CLASSES)):
-            a = int(rng.integers(0, 15))
-            b = int(rng.integers(a + 4, t))
-            target[i, c, a:b] = 1
-            rows.append((f"c{i}.wav", round(ts[a], 6), round(ts[b], 6), CLASSES[c]))
-    gt = pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
-    durations = {f"c{i}.wav": 3.0 for i in range(n)}
-    probs = (0.5 * target + 0.6 * rng.random(target.shape)).astype(np.float32)
-    scores = batch_to_scores(probs, [f"c{i}.wav" for i in range(n)], ts, CLASSES)
+    gt, durations, probs, names, ts = synthetic_detections(CLASSES, n_clips=6, n_frames=30, frame=0.1, max_onset=15)
+    scores = batch_to_scores(probs, names, ts, CLASSES)
     write_strong(gt, root / "gt.tsv")
     write_durations(durations, root / "durations.tsv")
     write_scores_dir(scores, root / "scores")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import synthetic_detections
 from sed_scores_eval.base_modules.io import read_sed_scores
 
 from sed.data.tsv import read_strong
@@ -18,21 +19,7 @@ CLASSES = ["alarm", "dog", "speech"]
 @pytest.fixture(scope="module")
 def run():
     """Scores of 6 clips (0.064 s frames, float32 like a model's output) and their evaluation."""
-    rng = np.random.default_rng(0)
-    n, t = 6, 40
-    ts = np.arange(t + 1) * 0.064
-    target = np.zeros((n, len(CLASSES), t), np.float32)
-    rows = [("c0.wav", np.nan, np.nan, "")]
-    for i in range(1, n):
-        for c in range(len(CLASSES)):
-            a = int(rng.integers(0, 20))
-            b = int(rng.integers(a + 4, t))
-            target[i, c, a:b] = 1
-            rows.append((f"c{i}.wav", ts[a], ts[b], CLASSES[c]))
-    gt = pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label"])
-    durations = {f"c{i}.wav": float(ts[-1]) for i in range(n)}
-    probs = (0.5 * target + 0.6 * rng.random(target.shape)).astype(np.float32)
-    names = [f"c{i}.wav" for i in range(n)]
+    gt, durations, probs, names, ts = synthetic_detections(CLASSES, n_clips=6, n_frames=40, frame=0.064, max_onset=20)
     raw = batch_to_scores(probs, names, ts, CLASSES)
     post = batch_to_scores(median_filter(probs, [3, 5, 1]), names, ts, CLASSES)
     result = evaluate_full(raw, post, gt, durations, CLASSES, [0.3, 0.5])
