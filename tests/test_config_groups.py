@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,10 @@ def _compose(*overrides: str):
 
     import sed.config  # noqa: F401  (the schema)
 
+    # Composing resolves the run-directory resolvers, which claim a directory: keep it out of the repository's exp/.
+    scratch = f"paths.exp_dir={tempfile.gettempdir()}/sed-test-compose"
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=[scratch, *overrides])
 
 
 # ---------------------------------------------------------------------------------------------- optimiser, schedule

@@ -4,6 +4,7 @@ fails here."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from omegaconf import OmegaConf
 import sed.config  # noqa: F401  (schema and resolvers)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+# Composing resolves the run-directory resolvers, which claim a directory: keep it out of the repository's exp/.
+SCRATCH = f"paths.exp_dir={tempfile.gettempdir()}/sed-test-compose"
 
 # The DCASE 2023 Task 4 baseline (DESED_task recipes/dcase2023_task4_baseline/confs/default.yaml and its CNN).
 CARDS = {
@@ -41,7 +44,7 @@ CARDS = {
 
 def _compose(name: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"exp={name}", "data.root=/data"])
+        return compose("config", overrides=[f"exp={name}", "data.root=/data", SCRATCH])
 
 
 def test_every_recipe_has_a_card():
@@ -59,7 +62,7 @@ def test_recipe_card(name):
 
 def test_default_run_is_the_quickstart_recipe():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        plain = compose("config", overrides=["data.root=/data"])
+        plain = compose("config", overrides=["data.root=/data", SCRATCH])
     quick = _compose("quickstart")
     for key in CARDS["quickstart"]:
         assert OmegaConf.select(plain, key) == OmegaConf.select(quick, key), key
