@@ -285,21 +285,23 @@ def test_early_stopping_callback(tiny_dataset, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- exp, debug, local
-def test_every_experiment_is_global_and_selected_with_or_without_plus():
+def test_every_experiment_is_global_and_selected_with_or_without_plus(tmp_path):
     for path in sorted((REPO / "conf" / "exp").glob("*.yaml")):
         assert path.read_text().startswith("# @package _global_\n"), path
-    plain = run_train(["exp=desed_crnn", "--cfg", "job"]).stdout
-    plus = run_train(["+exp=desed_crnn", "--cfg", "job"]).stdout
+    scratch = f"paths.exp_dir={tmp_path}"  # resolving the config claims a run directory: not in the repository
+    plain = run_train(["exp=desed_crnn", scratch, "--cfg", "job"]).stdout
+    plus = run_train(["+exp=desed_crnn", scratch, "--cfg", "job"]).stdout
     assert plain == plus
     assert "exp_name: desed_crnn" in plain and "n_mels: 128" in plain
-    assert "exp_name: quickstart" in run_train(["--cfg", "job"]).stdout
+    assert "exp_name: quickstart" in run_train([scratch, "--cfg", "job"]).stdout
 
 
 def test_local_config_is_optional_and_loaded_after_the_experiment(tmp_path):
     assert "/conf/local/*.yaml" in (REPO / ".gitignore").read_text()
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "default.yaml").write_text("# @package _global_\ndata:\n  num_workers: 7\n")
-    out = run_train(["exp=desed_crnn", f"hydra.searchpath=[file://{tmp_path}]", "--cfg", "job"]).stdout
+    out = run_train(["exp=desed_crnn", f"hydra.searchpath=[file://{tmp_path}]", f"paths.exp_dir={tmp_path}",
+                     "--cfg", "job"]).stdout
     assert "num_workers: 7" in out and "exp_name: desed_crnn" in out
 
 
