@@ -1,5 +1,6 @@
-"""Lightning callbacks and loggers from their config groups (``callbacks``, ``logger``): a dict of named
-``_target_`` nodes, each instantiated unless it is null, as in lightning-hydra-template.
+"""Objects built from config groups. Lightning callbacks and loggers (``callbacks``, ``logger``): a dict of named
+``_target_`` nodes, each instantiated unless it is null, as in lightning-hydra-template; the network (``model``)
+and the ``_partial_`` optimiser and scheduler factories (``optimizer``, ``scheduler``).
 
 ``last.ckpt`` is not one of them: :class:`sed.checkpointing.ResumeCheckpoint` is always added (it is what makes a
 run resumable after a signal or a crash), driven by ``callbacks.checkpoint.save_last`` and
@@ -8,6 +9,7 @@ run resumable after a signal or a crash), driven by ``callbacks.checkpoint.save_
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.loggers import Logger
+from torch import nn
 
 from sed.checkpointing import ResumeCheckpoint
 
@@ -80,3 +83,39 @@ def build_callbacks(cfg: Optional[DictConfig], run_dir: str | Path, resume_hint:
             continue
         callbacks.append(callback)
     return callbacks
+
+
+def build_model(node: Any, n_classes: int, n_features: int) -> nn.Module:
+    """The network of ``cfg.model`` (contract: sed.config.ModelConfig); a class refusing keys left from another
+    model config gets a hint."""
+    try:
+        return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all")
+    except InstantiationException as err:
+        if "unexpected keyword" not in str(err) or node.get("_target_") == "sed.models.crnn.CRNN":
+            raise
+        raise InstantiationException(
+            f"model._target_={node.get('_target_')}: {err}\nmodel.* still holds keys of another model config: "
+            "start from an empty node (~model +model._target_=... +model.KEY=...) or use a conf/model/NAME.yaml"
+        ) from err
+
+
+def call_factory(group: str, node: Any, first: Any, **optional: Any) -> Any:
+    """``instantiate(node)(first, **kwargs)`` for a ``_partial_`` node of config group ``group``; of ``optional``,
+    only the keywords the factory takes are passed. A factory that refuses its keys fails naming the group."""
+    if not node or "_target_" not in node:
+        raise ValueError(f"{group}: needs a _target_ (e.g. {group}={'adam' if group == 'optimizer' else 'exp_warmup'})")
+    factory = instantiate(node, _convert_="all")
+    if not callable(factory):
+        raise TypeError(f"{group}._target_={node['_target_']} did not give a factory: set {group}._partial_=true")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in optional.items() if takes_any or k in params}
+    try:
+        return factory(first, **kwargs)
+    except TypeError as err:
+        hint = (f" (remove a key it does not take with ~{group}.KEY, or choose another {group} config)"
+                if "unexpected keyword" in str(err) else "")
+        raise TypeError(f"{group}._target_={node['_target_']}: {err}{hint}") from err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import random
 from pathlib import Path
@@ -12,22 +11,22 @@ from typing import Any, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from sed.training.augment import mask_time_frequency, mixup
 from sed.config import default_node
 from sed.data.encoder import LabelEncoder
-from sed.training.ema import ema_factor, update_teacher
-from sed.training.losses import consistency_losses, supervised_losses
-from sed.models.crnn import CRNNOutput
-from sed.scaler import TorchScaler
-from sed.training.schedules import exp_rampup
 from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
 from sed.evaluation.windows import WindowGrid
+from sed.instantiators import build_model, call_factory
+from sed.models.crnn import CRNNOutput
+from sed.scaler import TorchScaler
+from sed.training.augment import mask_time_frequency, mixup
+from sed.training.ema import ema_factor, update_teacher
+from sed.training.losses import consistency_losses, supervised_losses
+from sed.training.schedules import exp_rampup
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class SEDModule(pl.LightningModule):
         self.classes = list(classes)
         self.frontend = instantiate(self.cfg.features, _convert_="all")
         self.scaler = build_scaler(self.cfg, self.frontend.signature())
-        self.student = _build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
+        self.student = build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
         if self.cfg.training.mixup.domain not in ("features", "linear"):
             raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
         self.teacher = copy.deepcopy(self.student)
@@ -146,12 +145,12 @@ class SEDModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         self._steps_per_epoch = max(total // epochs, 1)
-        optimizer = _call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
+        optimizer = call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
         spec = default_node("scheduler", self.cfg)
         if spec is None:
             return {"optimizer": optimizer}
         lightning = {key: spec.pop(key) for key in ("interval", "frequency", "monitor") if key in spec}
-        scheduler = _call_factory(
+        scheduler = call_factory(
             "scheduler", spec, optimizer, total_steps=total, steps_per_epoch=self._steps_per_epoch
         )
         lightning = {key: value for key, value in lightning.items() if value is not None}
@@ -171,8 +170,9 @@ class SEDModule(pl.LightningModule):
         shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
         for rows in (batch["has_strong"], batch["has_weak"]):
             idx = rows.nonzero().squeeze(1)
-            draw = shared if shared is not None else (idx.numel() > 1 and float(torch.rand(())) < mix.prob)
-            if idx.numel() > 1 and draw:
+            if idx.numel() < 2:
+                continue
+            if shared if shared is not None else float(torch.rand(())) < mix.prob:
                 x[idx], (strong[idx], weak[idx]) = mixup(x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode)
         return x, strong, weak
 
@@ -499,42 +499,6 @@ class SEDModule(pl.LightningModule):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _build_model(node: Any, n_classes: int, n_features: int) -> torch.nn.Module:
-    """The network of ``cfg.model`` (contract: sed.config.ModelConfig); a class refusing keys left from another
-    model config gets a hint."""
-    try:
-        return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all")
-    except InstantiationException as err:
-        if "unexpected keyword" not in str(err) or node.get("_target_") == "sed.models.crnn.CRNN":
-            raise
-        raise InstantiationException(
-            f"model._target_={node.get('_target_')}: {err}\nmodel.* still holds keys of another model config: "
-            "start from an empty node (~model +model._target_=... +model.KEY=...) or use a conf/model/NAME.yaml"
-        ) from err
-
-
-def _call_factory(group: str, node: Any, first: Any, **optional: Any) -> Any:
-    """``instantiate(node)(first, **kwargs)`` for a ``_partial_`` node of config group ``group``; of ``optional``,
-    only the keywords the factory takes are passed. A factory that refuses its keys fails naming the group."""
-    if not node or "_target_" not in node:
-        raise ValueError(f"{group}: needs a _target_ (e.g. {group}={'adam' if group == 'optimizer' else 'exp_warmup'})")
-    factory = instantiate(node, _convert_="all")
-    if not callable(factory):
-        raise TypeError(f"{group}._target_={node['_target_']} did not give a factory: set {group}._partial_=true")
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in optional.items() if takes_any or k in params}
-    try:
-        return factory(first, **kwargs)
-    except TypeError as err:
-        hint = (f" (remove a key it does not take with ~{group}.KEY, or choose another {group} config)"
-                if "unexpected keyword" in str(err) else "")
-        raise TypeError(f"{group}._target_={node['_target_']}: {err}{hint}") from err
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -50,7 +50,7 @@ def _compose(*overrides: str):
 def test_default_optimizer_and_schedule_are_the_previous_hard_coded_ones_bit_for_bit():
     """conf/optimizer/adam + conf/scheduler/exp_warmup give the same parameters and rates, step after step, as
     the Adam + LambdaLR(lr_factor) that configure_optimizers hard-coded before."""
-    from sed.module import _call_factory
+    from sed.instantiators import call_factory
 
     for schedule in ("constant", "cosine"):
         cfg = _compose(f"training.schedule={schedule}", "training.warmup_epochs=2", "training.weight_decay=1e-4")
@@ -63,9 +63,9 @@ def test_default_optimizer_and_schedule_are_the_previous_hard_coded_ones_bit_for
         warmup = t.warmup_epochs * per_epoch
         old_sched = torch.optim.lr_scheduler.LambdaLR(
             old_opt, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr))
-        new_opt = _call_factory("optimizer", cfg.optimizer, new_params)
+        new_opt = call_factory("optimizer", cfg.optimizer, new_params)
         spec = {k: v for k, v in cfg.scheduler.items() if k not in ("interval", "frequency", "monitor")}
-        new_sched = _call_factory("scheduler", spec, new_opt, total_steps=total, steps_per_epoch=per_epoch)
+        new_sched = call_factory("scheduler", spec, new_opt, total_steps=total, steps_per_epoch=per_epoch)
         assert type(new_opt) is torch.optim.Adam and cfg.scheduler.interval == "step"
         for step in range(total):
             assert new_opt.param_groups[0]["lr"] == old_opt.param_groups[0]["lr"], (schedule, step)
@@ -96,13 +96,13 @@ def test_empty_groups_of_a_config_built_in_code_mean_the_shipped_defaults():
 
 
 def test_lr_zero_freezes_the_student():
-    from sed.module import _call_factory
+    from sed.instantiators import call_factory
 
     cfg = _compose("training.lr=0")
     p = nn.Parameter(torch.ones(3))
-    opt = _call_factory("optimizer", cfg.optimizer, [p])
+    opt = call_factory("optimizer", cfg.optimizer, [p])
     spec = {k: v for k, v in cfg.scheduler.items() if k not in ("interval", "frequency", "monitor")}
-    sched = _call_factory("scheduler", spec, opt, total_steps=10, steps_per_epoch=2)
+    sched = call_factory("scheduler", spec, opt, total_steps=10, steps_per_epoch=2)
     for _ in range(5):
         p.grad = torch.ones(3)
         opt.step()
