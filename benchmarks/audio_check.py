@@ -26,7 +26,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import base_parser, interleaved, machine_line, median, note, result, workdir
+from _common import (
+    base_parser,
+    interleaved,
+    machine_line,
+    median,
+    note,
+    result,
+    workdir,
+)
 
 BENCH = "audio_check"
 

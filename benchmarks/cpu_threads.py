@@ -23,7 +23,15 @@ import os
 import subprocess
 import sys
 
-from _common import apply_threads, base_parser, interleaved, machine_line, median, note, result
+from _common import (
+    apply_threads,
+    base_parser,
+    interleaved,
+    machine_line,
+    median,
+    note,
+    result,
+)
 
 BENCH = "threads"
 

@@ -18,7 +18,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import ROOT, apply_threads, base_parser, interleaved, machine_line, median, note, result
+from _common import (
+    ROOT,
+    apply_threads,
+    base_parser,
+    interleaved,
+    machine_line,
+    median,
+    note,
+    result,
+)
 
 import sed  # noqa: F401,E402  (sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, as every sed entry point does)
 

@@ -17,7 +17,16 @@
 
 from __future__ import annotations
 
-from _common import apply_threads, base_parser, interleaved, machine_line, median, note, result, sync
+from _common import (
+    apply_threads,
+    base_parser,
+    interleaved,
+    machine_line,
+    median,
+    note,
+    result,
+    sync,
+)
 
 BENCH = "frontend"
 

@@ -91,9 +91,9 @@ def main() -> None:
     import torch
 
     from sed.datamodule import SEDDataModule
+    from sed.module import SEDModule
     from sed.training.ema import ema_factor, update_teacher
     from sed.training.losses import consistency_losses, supervised_losses
-    from sed.module import SEDModule
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -8,12 +8,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from sed.checkpointing import AtomicCheckpointIO, RunStopped, check_resumable, read_checkpoint
+from sed.checkpointing import (
+    AtomicCheckpointIO,
+    RunStopped,
+    check_resumable,
+    read_checkpoint,
+)
 from sed.complexity import ComplexityReport
 from sed.config import check_known_keys
 from sed.console import ShortEpochLogInterval, quiet_console

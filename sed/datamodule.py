@@ -20,7 +20,14 @@ from sed.data.checks import ClipSet, check_sets
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.sampler import MixedBatchSampler
-from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong, read_weak, write_weak
+from sed.data.tsv import (
+    AnnotationError,
+    read_durations,
+    read_filenames,
+    read_strong,
+    read_weak,
+    write_weak,
+)
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from typing import Sequence
 from sed.evaluation.postprocess import audio_id
 
 
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m sed.score",

@@ -100,8 +100,8 @@ def _eval_outputs(
     """Post-processed scores and thresholded events of every audio file in ``eval_audio``; any file that cannot be
     processed is an error (a submission covers the whole evaluation set)."""
     from sed.data.inputs import collect_inputs
-    from sed.infer import Detector
     from sed.evaluation.postprocess import audio_id
+    from sed.infer import Detector
 
     files = collect_inputs([eval_audio])
     detector = Detector.from_checkpoint(checkpoint, model=model, device=device)

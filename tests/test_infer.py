@@ -173,8 +173,9 @@ def test_long_44k_stereo_file(detector, long_stereo):
 
 
 def test_cli_end_to_end(checkpoint, long_stereo, tmp_path):
-    from sed.data.tsv import read_strong
     from sed_scores_eval.base_modules.io import read_sed_scores
+
+    from sed.data.tsv import read_strong
 
     folder = tmp_path / "clips"
     folder.mkdir()

@@ -20,7 +20,15 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from sed.data.audio import CHANNEL_MODES, NONFINITE_POLICIES, AudioError, check_finite, fit_length, read_raw, resample
+from sed.data.audio import (
+    CHANNEL_MODES,
+    NONFINITE_POLICIES,
+    AudioError,
+    check_finite,
+    fit_length,
+    read_raw,
+    resample,
+)
 from sed.data.encoder import LabelEncoder
 from sed.data.tsv import AnnotationError
 from sed.utils.io import atomic_open

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sed.data.checks import AudioInfo, ClipSet, DataCheckError, bound_events, check_sets, probe_audio
+from sed.data.checks import (
+    AudioInfo,
+    ClipSet,
+    DataCheckError,
+    bound_events,
+    check_sets,
+    probe_audio,
+)
 from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong
 
 SR = 16000

@@ -6,7 +6,10 @@ import pytest
 import scipy.ndimage
 import torch
 from sed_scores_eval.base_modules.detection import scores_to_event_list
-from sed_scores_eval.base_modules.scores import create_score_dataframe, validate_score_dataframe
+from sed_scores_eval.base_modules.scores import (
+    create_score_dataframe,
+    validate_score_dataframe,
+)
 
 from sed.evaluation.postprocess import (
     audio_id,

@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sed.checkpointing import AtomicCheckpointIO, CheckpointError, NonFiniteWeightsError, read_checkpoint
+from sed.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    NonFiniteWeightsError,
+    read_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

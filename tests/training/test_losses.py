@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from sed.training.losses import consistency_losses, supervised_losses
 from sed.models.crnn import CRNNOutput
+from sed.training.losses import consistency_losses, supervised_losses
 
 
 def _output(strong_logits: torch.Tensor, weak_logits: torch.Tensor) -> CRNNOutput:

@@ -10,10 +10,23 @@ All log to the ``sed.evaluation.metrics`` logger.
 
 from __future__ import annotations
 
-from sed.evaluation.metrics.evaluation import EvalConfig, EvaluationResult, evaluate, evaluate_full
+from sed.evaluation.metrics.evaluation import (
+    EvalConfig,
+    EvaluationResult,
+    evaluate,
+    evaluate_full,
+)
 from sed.evaluation.metrics.fscores import event_f1, intersection_f1, segment_f1
 from sed.evaluation.metrics.ground_truth import GroundTruth, ground_truth_dict
-from sed.evaluation.metrics.psd import PSDROC, PSDS1, PSDS2, SCENARIOS, PSDSScenario, psds, psds_bootstrap
+from sed.evaluation.metrics.psd import (
+    PSDROC,
+    PSDS1,
+    PSDS2,
+    SCENARIOS,
+    PSDSScenario,
+    psds,
+    psds_bootstrap,
+)
 
 __all__ = [
     "PSDROC",

@@ -12,7 +12,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sed.evaluation.metrics.ground_truth import _drop_classes_without_events, _id_keyed, _prepare
+from sed.evaluation.metrics.ground_truth import (
+    _drop_classes_without_events,
+    _id_keyed,
+    _prepare,
+)
 from sed.evaluation.postprocess import audio_id
 
 logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
@@ -37,7 +41,9 @@ def intersection_f1(
     Returns:
         ``{threshold: {"f1_macro", "f1_micro", "precision_micro", "recall_micro", "per_class": {class: f1}}}``
     """
-    from sed_scores_eval.base_modules.precision_recall import single_fscore_from_intermediate_statistics
+    from sed_scores_eval.base_modules.precision_recall import (
+        single_fscore_from_intermediate_statistics,
+    )
     from sed_scores_eval.intersection_based import accumulated_intermediate_statistics
 
     scores, gt, _ = _prepare(scores, ground_truth, None, strict=strict)
