@@ -163,9 +163,12 @@ class TrainingConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     warmup_epochs: int = 50  # exponential learning-rate and consistency ramp-up
+    warmup_fraction: Optional[float] = None  # set: the ramp-up is this share of the run's steps (not warmup_epochs)
     schedule: str = "constant"  # after warm-up: constant | cosine
     min_lr: float = 1e-5  # end of the cosine decay
     ema_factor: float = 0.999
+    # set: the teacher averages about this share of the run's last steps (EMA factor 1 - 1/(horizon * steps))
+    ema_horizon: Optional[float] = None
     # Average the student's BatchNorm statistics into the teacher too; false: only parameters, the teacher's
     # statistics come from its own training-mode forwards (DCASE baseline).
     ema_buffers: bool = True
@@ -322,7 +325,7 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
                 "weight_decay": t.weight_decay, **node}
     if group == "scheduler":
         return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
-                "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
+                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
     raise KeyError(group)
 
 

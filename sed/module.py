@@ -26,7 +26,7 @@ from sed.scaler import TorchScaler
 from sed.training.augment import mask_time_frequency, mixup
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import consistency_losses, supervised_losses
-from sed.training.schedules import exp_rampup
+from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ class SEDModule(pl.LightningModule):
         self._long_clips_logged: set[str] = set()
         self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
         self._steps_per_epoch = 1
+        self._warmup_steps = int(self.cfg.training.warmup_epochs)  # until configure_optimizers knows the run's length
+        self._ema_max = float(self.cfg.training.ema_factor)
         self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         self._plot_batch: Optional[dict[str, Any]] = None
         self.test_results: dict[str, dict[str, float]] = {}
@@ -145,6 +147,11 @@ class SEDModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         self._steps_per_epoch = max(total // epochs, 1)
+        t = self.cfg.training
+        self._warmup_steps = warmup_steps(total, self._steps_per_epoch, t.warmup_epochs, t.warmup_fraction)
+        self._ema_max = ema_max_factor(total, t.ema_factor, t.ema_horizon)
+        log.info("%d optimiser steps: ramp-up over %d steps, teacher EMA factor %.4g", total, self._warmup_steps,
+                 self._ema_max)
         optimizer = call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
         spec = default_node("scheduler", self.cfg)
         if spec is None:
@@ -158,7 +165,7 @@ class SEDModule(pl.LightningModule):
 
     def consistency_weight(self) -> float:
         t = self.cfg.training
-        return t.consistency_max * exp_rampup(self.global_step, t.warmup_epochs * self._steps_per_epoch)
+        return t.consistency_max * exp_rampup(self.global_step, self._warmup_steps)
 
     def _mixup(self, x: torch.Tensor, batch: dict[str, torch.Tensor]):
         """Mixup within each labelled subset (strong rows with strong rows, weak with weak), on the features
@@ -227,7 +234,7 @@ class SEDModule(pl.LightningModule):
         micro-batch under gradient accumulation), and done before any batch-end hook, so a checkpoint written
         at the end of a batch holds the teacher of that step."""
         super().optimizer_step(*args, **kwargs)
-        factor = ema_factor(self.global_step, self.cfg.training.ema_factor)  # global_step counts from here on
+        factor = ema_factor(self.global_step, self._ema_max)  # global_step counts from here on
         update_teacher(self.teacher, self.student, factor, buffers=self.cfg.training.ema_buffers)
         self.log("train/ema_factor", factor, batch_size=1)
 

@@ -28,18 +28,47 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min
     raise ValueError(f"training.schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
+def warmup_steps(total_steps: int, steps_per_epoch: int, warmup_epochs: int, warmup_fraction: float | None) -> int:
+    """Length of the learning-rate and consistency ramp-up in optimiser steps.
+
+    ``warmup_fraction`` (if set) makes it a share of the run, so that one recipe suits a 20-epoch and a 200-epoch
+    budget alike; otherwise ``warmup_epochs`` epochs (the DCASE baseline: 50 of 200).
+    """
+    if warmup_fraction is not None:
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"training.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        return int(round(warmup_fraction * total_steps))
+    return int(warmup_epochs) * int(steps_per_epoch)
+
+
+def ema_max_factor(total_steps: int, ema_factor: float, ema_horizon: float | None) -> float:
+    """The teacher's EMA factor once settled.
+
+    With ``ema_horizon`` set, the teacher averages the students of about the last ``ema_horizon`` of the run:
+    ``1 - 1/(ema_horizon * total_steps)``, kept within [0.9, 0.9999]. A fixed 0.999 averages over 1,000 steps,
+    which is a fifth of a 5,000-step run but the whole of a short one, where the teacher then lags the student.
+    Otherwise ``ema_factor`` (the baseline: 0.999).
+    """
+    if ema_horizon is None:
+        return float(ema_factor)
+    if not 0.0 < ema_horizon <= 1.0:
+        raise ValueError(f"training.ema_horizon must be in (0, 1], got {ema_horizon}")
+    return min(max(1.0 - 1.0 / max(ema_horizon * total_steps, 1.0), 0.9), 0.9999)
+
+
 def warmup_lambda_lr(
     optimizer: torch.optim.Optimizer,
     *,
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: int,
+    warmup_fraction: float | None = None,
     schedule: str = "constant",
     min_lr: float = 1e-5,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The DCASE baseline's schedule as a per-step ``LambdaLR`` (``conf/scheduler/exp_warmup.yaml``).
 
-    :func:`lr_factor` of the step: exponential warm-up over ``warmup_epochs * steps_per_epoch`` steps, then constant
+    :func:`lr_factor` of the step: exponential warm-up over :func:`warmup_steps` steps, then constant
     or cosine decay to ``min_lr`` at ``total_steps``. ``min_lr`` is relative to the optimiser's learning rate; with
     ``lr=0`` (a frozen student) the ratio does not matter.
     """
@@ -47,7 +76,7 @@ def warmup_lambda_lr(
         raise ValueError(f"training.schedule must be 'constant' or 'cosine', got {schedule!r}")
     lr = optimizer.param_groups[0]["lr"]
     min_ratio = min_lr / lr if lr > 0 else 1.0
-    warmup = warmup_epochs * steps_per_epoch
+    warmup = warmup_steps(total_steps, steps_per_epoch, warmup_epochs, warmup_fraction)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps, schedule, min_ratio)
     )

@@ -1,0 +1,57 @@
+"""Run-length-adaptive schedule: warm-up as a share of the run and an EMA horizon that scales with it."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_train, tiny_overrides
+
+from sed.training.schedules import ema_max_factor, lr_factor, warmup_lambda_lr, warmup_steps
+
+
+def test_warmup_fraction_is_a_share_of_the_run_whatever_its_length():
+    assert warmup_steps(1000, 50, warmup_epochs=3, warmup_fraction=0.15) == 150
+    assert warmup_steps(10_000, 50, warmup_epochs=3, warmup_fraction=0.15) == 1500
+    assert warmup_steps(1000, 50, warmup_epochs=3, warmup_fraction=None) == 150  # 3 epochs of 50 steps
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        warmup_steps(1000, 50, warmup_epochs=3, warmup_fraction=1.5)
+
+
+def test_ema_horizon_averages_a_share_of_the_run():
+    # 5 % of 2,000 steps = 100 steps: factor 0.99; of 40,000 steps (the 200-epoch baseline): 0.9995
+    assert ema_max_factor(2000, 0.999, 0.05) == pytest.approx(0.99)
+    assert ema_max_factor(40_000, 0.999, 0.05) == pytest.approx(0.9995)
+    assert ema_max_factor(20, 0.999, 0.05) == 0.9  # clamped: never a teacher that copies the student
+    assert ema_max_factor(10**9, 0.999, 0.5) == 0.9999
+    assert ema_max_factor(2000, 0.999, None) == 0.999  # the baseline's fixed factor
+    with pytest.raises(ValueError, match="ema_horizon"):
+        ema_max_factor(2000, 0.999, 0.0)
+
+
+def test_scheduler_with_warmup_fraction_ramps_over_that_share():
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=1.0)
+    sched = warmup_lambda_lr(opt, total_steps=200, steps_per_epoch=10, warmup_epochs=50, warmup_fraction=0.25)
+    rates = []
+    for _ in range(200):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[:50] == pytest.approx([lr_factor(s, 50, 200, "constant", 1e-5) for s in range(50)])
+    assert rates[49] < 1.0 and rates[50:] == [1.0] * 150
+
+
+def test_module_uses_the_run_length_schedule(tiny_dataset, tmp_path):
+    """A run with warmup_fraction/ema_horizon logs the factor its length implies: ema_horizon 0.5 of a
+    run of N steps settles at 1 - 2/N (above the clamp for N >= 20)."""
+    import csv
+
+    exp = tmp_path / "exp"
+    args = tiny_overrides(tiny_dataset, exp, epochs=2) + [
+        "training.warmup_fraction=0.5", "training.ema_horizon=0.5", "logger=csv",
+    ]
+    run_train(args)
+    rows = list(csv.DictReader(open(next(exp.rglob("metrics.csv")))))
+    factors = [float(r["train/ema_factor"]) for r in rows if r.get("train/ema_factor")]
+    steps = max(int(r["step"]) for r in rows) + 1
+    assert factors and max(factors) <= max(1 - 2 / steps, 0.9) + 1e-6
