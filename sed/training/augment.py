@@ -142,6 +142,8 @@ def frame_shift(
     whole number ``s`` of output frames; the first ``T' * time_pooling`` feature frames (those the targets cover)
     roll circularly by ``s * time_pooling`` and the targets by ``s``, so an event stays on its labels exactly
     (feature frame ``i`` belongs to output frame ``i // time_pooling``). Feature frames past the targets stay put.
+    A shift by any number of feature frames with the label shift rounded (as DESED_task's ``frame_shift``) would
+    leave events up to ``time_pooling - 1`` frames off their labels.
     """
     n = strong.shape[-1]
     span = n * time_pooling
@@ -173,6 +175,12 @@ class Augmentations:
     a band of the magnitudes is exactly what a filter applied to the audio does to them, whatever the scaler;
     after a per-clip min-max scaler the same gain would no longer be in dB. Masks go on the normalised features
     (after mixup), where the row mean is a neutral fill.
+
+    The DCASE 2024 baseline (DESED_task ``recipes/dcase2024_task4_baseline``) differs: its trainer gives the
+    student and the teacher the same (mixed) features; its only other augmentation is the CRNN's in-model time
+    and frequency masking, off in its configuration (``specaugm_*_p: 0``), which would mask the teacher too (it
+    forwards in training mode); its ``frame_shift`` (``desed_task/data_augm.py``) is not called by that trainer,
+    and FilterAugment is not in it.
     """
 
     def __init__(self, config: Any, time_pooling: int) -> None:
