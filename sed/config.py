@@ -150,11 +150,39 @@ class MixupConfig:
 
 
 @dataclass
-class MaskingConfig:
-    enabled: bool = False
-    time_mask_param: int = 20  # longest time mask, in feature frames
-    freq_mask_param: int = 10  # widest frequency mask, in feature bins
-    n_masks: int = 1
+class FilterAugmentConfig:
+    """FilterAugment (Nam et al. 2022): random band gains on the student's magnitude spectrogram."""
+
+    prob: float = 0.0  # per clip; 0: off
+    db_range: List[float] = field(default_factory=lambda: [-6.0, 6.0])  # gains uniform in [low, high] dB
+    n_bands: List[int] = field(default_factory=lambda: [3, 6])  # number of bands uniform in [min, max]
+    min_bandwidth: int = 6  # narrowest band, in bins of the spectrum (mel bands for mel/mfcc)
+    kind: str = "linear"  # step: one gain per band; linear: gains at band edges, interpolated
+
+
+@dataclass
+class FrameShiftConfig:
+    """Circular time shift of both models' input and the strong targets, in whole output frames."""
+
+    prob: float = 0.0  # per clip; 0: off
+    std_frames: float = 90.0  # shift ~ N(0, std) feature frames (DCASE baseline: 90), rounded to output frames
+
+
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment-style time and frequency masks (row mean) on the student's normalised features."""
+
+    prob: float = 0.0  # per clip; 0: off
+    time_mask: int = 20  # longest time mask, in feature frames
+    freq_mask: int = 10  # widest frequency mask, in feature bins
+    n_masks: int = 1  # time masks and frequency masks per clip
+
+
+@dataclass
+class AugmentConfig:
+    filter_augment: FilterAugmentConfig = field(default_factory=FilterAugmentConfig)
+    frame_shift: FrameShiftConfig = field(default_factory=FrameShiftConfig)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
 
 @dataclass
@@ -176,7 +204,7 @@ class TrainingConfig:
     strong_weight: float = 1.0
     weak_weight: float = 1.0
     mixup: MixupConfig = field(default_factory=MixupConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sed.evaluation.windows import WindowGrid
 from sed.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
 from sed.scaler import TorchScaler
-from sed.training.augment import mask_time_frequency, mixup
+from sed.training.augment import Augmentations, mixup
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
@@ -63,6 +63,7 @@ class SEDModule(pl.LightningModule):
         self.student = build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
         if self.cfg.training.mixup.domain not in ("features", "linear"):
             raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
+        self.augment = Augmentations(self.cfg.training.get("augment"), self.student.time_pooling)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self.encoder = LabelEncoder(
@@ -183,28 +184,28 @@ class SEDModule(pl.LightningModule):
                 x[idx], (strong[idx], weak[idx]) = mixup(x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode)
         return x, strong, weak
 
-    def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised training features and their (mixed) targets, with mixup and masking as configured."""
+    def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The student's and the teacher's normalised training features and their targets ``(student, teacher,
+        strong, weak)``: mixup (``training.mixup``, the same draw for both models) and ``training.augment``
+        (:class:`sed.training.augment.Augmentations`: frame shift for both, the rest for the student only)."""
         mix = self.cfg.training.mixup
         strong, weak = batch["strong"], batch["weak"]
-        if mix.enabled and mix.domain == "linear":
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                spec, strong, weak = self._mixup(self.frontend.magnitude(batch["audio"]), batch)
-                feats = self.scaler(self.frontend.log(spec))
-        else:
-            feats = self.features(batch["audio"])
-            if mix.enabled:
-                feats, strong, weak = self._mixup(feats, batch)
-        mask = self.cfg.training.masking
-        if mask.enabled:
-            feats = mask_time_frequency(feats, mask.time_mask_param, mask.freq_mask_param, mask.n_masks)
-        return feats, strong, weak
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            spec = self.frontend.magnitude(batch["audio"])
+            if mix.enabled and mix.domain == "linear":
+                spec, strong, weak = self._mixup(spec, batch)
+            student, teacher, strong = self.augment(spec, strong, lambda m: self.scaler(self.frontend.log(m)))
+        if mix.enabled and mix.domain == "features":  # both models' features in one tensor: one draw mixes both
+            both = teacher if student is teacher else torch.cat([student, teacher], dim=1)
+            both, strong, weak = self._mixup(both, {**batch, "strong": strong})
+            student, teacher = (both, both) if student is teacher else both.split(teacher.shape[1], dim=1)
+        return self.augment.mask(student), teacher, strong, weak
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        feats, strong, weak = self.augmented_features(batch)
+        feats, teacher_feats, strong, weak = self.augmented_features(batch)
         student = self.predict(self.student, feats)
         with torch.no_grad():
-            teacher = self.predict(self.teacher, feats)
+            teacher = self.predict(self.teacher, teacher_feats)
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
         losses.update(consistency_losses(student, teacher))

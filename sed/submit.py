@@ -160,8 +160,10 @@ def _augmentations(cfg: Any) -> Optional[str]:
     names = []
     if cfg.training.mixup.enabled:
         names.append("mixup")
-    if cfg.training.masking.enabled:
-        names.append("time-frequency masking")
+    augment = cfg.training.get("augment") or {}  # absent from runs made before training.augment existed
+    for key, name in (("filter_augment", "FilterAugment"), ("frame_shift", "frame shift"), ("spec_augment", "SpecAugment")):
+        if (augment.get(key) or {}).get("prob", 0.0) > 0:
+            names.append(name)
     return ", ".join(names) or None
 
 

@@ -45,7 +45,8 @@ def test_mixup_mixes_linear_magnitudes_before_log_and_scaler_or_the_features(dom
                                      "training.mixup.shared_draw": True})
     batch = _batch()
     torch.manual_seed(5)
-    feats, strong, weak = module.augmented_features(batch)
+    feats, teacher, strong, weak = module.augmented_features(batch)
+    assert teacher is feats  # no student-only augmentation configured: one input for both
     torch.manual_seed(5)
     want = _expected(module, batch, domain)
     for got, ref in zip((feats, strong, weak), want):
@@ -66,7 +67,7 @@ def test_one_coin_flip_for_both_subsets_or_one_each(shared):
     outcomes = set()
     for seed in range(40):
         torch.manual_seed(seed)
-        feats, _, _ = module.augmented_features(batch)
+        feats, _, _, _ = module.augmented_features(batch)
         outcomes.add(tuple(not torch.allclose(feats[rows], plain[rows]) for rows in (batch["has_strong"], batch["has_weak"])))
     assert outcomes == ({(False, False), (True, True)} if shared else {(False, False), (True, True), (True, False), (False, True)})
 

@@ -1,2 +1,2 @@
-"""Training pieces: augmentation (mixup, masking), the mean teacher's EMA, losses, learning-rate and ramp-up
+"""Training pieces: augmentation (mixup, FilterAugment, frame shift, masks), the mean teacher's EMA, losses, learning-rate and ramp-up
 schedules."""

@@ -32,12 +32,14 @@ CARDS = {
         "scaler.statistic": "instance", "scaler.normtype": "minmax",
         "evaluation.median_window": [7], "evaluation.thresholds": [0.5],
         "evaluation.obj_metric": "weak_f1+intersection_f1",
+        **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
     },
     "quickstart": {
         "training.lr": 2e-3, "training.warmup_epochs": 3, "training.ema_factor": 0.99,
         "data.batch_sizes": [8, 8, 8], "trainer.max_epochs": 20, "data.weak_val_fraction": 0.0,
         "training.mixup.domain": "features", "evaluation.median_window": [7],
         "evaluation.obj_metric": "weak_f1+intersection_f1",
+        **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
     },
 }
 

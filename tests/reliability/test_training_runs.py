@@ -36,8 +36,10 @@ def _progress(ckpt: Path) -> tuple[int, int]:
     return state["epoch"], state["global_step"]
 
 
-# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps.
-LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3"]
+# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
+# on, so that a resume must also restore the random state they draw from.
+LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
+               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment"))]
 
 
 @pytest.fixture(scope="module")
