@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sed.models.embeddings import audio_encoder
+
 log = logging.getLogger(__name__)
 
 NOT_COUNTED = ("FFT of the STFT, bias additions, element-wise operations (BatchNorm, activations, pooling, "
@@ -95,7 +97,8 @@ def deployed_complexity(
         scale = count_macs(scaler, feats)
         with torch.no_grad():
             feats = scaler(feats)
-    net = count_macs(network, feats)
+    # A network with a pretrained audio encoder takes the audio too (its encoder's MACs count as the network's).
+    net = count_macs(network, feats, *((None, audio) if audio_encoder(network) is not None else ()))
     by_layer: dict[str, int] = {}
     for count in (front, scale, net):
         for layer, macs in count.by_layer.items():

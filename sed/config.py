@@ -140,6 +140,30 @@ class ModelConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """A pretrained audio encoder (sed.models.embeddings.ASTEncoder): ``path`` (a local folder with config.json and
+    weights) or ``config`` (ASTConfig keys of a random model)."""
+
+    path: Optional[str] = None
+    config: Any = None  # a dict of ASTConfig keys (Any: its keys are ASTConfig's, checked when it is built)
+    frozen: bool = True
+    finetune_after_epoch: Optional[int] = None  # with frozen: fine-tune from this (0-based) epoch on
+    sample_rate: int = 16000  # of the audio given (conf/model/crnn_ast.yaml: ${data.sample_rate})
+    cache: bool = True  # frozen: embeddings computed once per clip and kept in memory
+    cache_max_gb: float = 4.0
+
+
+@dataclass
+class PretrainedCRNNConfig(ModelConfig):
+    """Schema of ``model=crnn_ast`` (sed.models.pretrained_crnn.PretrainedCRNN): the CRNN's keys, the encoder's,
+    and the width of the projected embeddings appended to the CNN output."""
+
+    _target_: str = "sed.models.pretrained_crnn.PretrainedCRNN"
+    embedding_dim: int = 128
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
 class MixupConfig:
     enabled: bool = True
     prob: float = 0.5
@@ -265,6 +289,7 @@ class CheckpointConfig:
 # a free-form group (model, callbacks.<name>); a `_target_` of your own is checked by its constructor.
 KNOWN_TARGETS: Dict[str, type] = {
     "sed.models.crnn.CRNN": ModelConfig,
+    "sed.models.pretrained_crnn.PretrainedCRNN": PretrainedCRNNConfig,
     "pytorch_lightning.callbacks.ModelCheckpoint": CheckpointConfig,
 }
 

@@ -55,6 +55,7 @@ from sed.exported_model import (
     ExportError,
     PathLike,
 )
+from sed.models.embeddings import model_inputs
 from sed.scaler import _STAT_BUFFERS, TorchScaler
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class InferenceGraph(nn.Module):
         return cls(module.frontend, module.scaler, getattr(module, model), module.encoder.n_frames)
 
     def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.network(self.scaler(self.frontend(audio)))
+        out = self.network(self.scaler(self.frontend(audio)), **model_inputs(self.network, audio))
         return out.strong[..., : self.window_frames], out.weak
 
 

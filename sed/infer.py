@@ -283,7 +283,10 @@ class Detector:
         """Frame probabilities ``[B, C, >= window_frames]`` of windows ``[B, window_samples]``."""
         if self.exported is not None:
             return self.exported(windows)[0]
-        return self.network(self.module.features(windows.to(self.device))).strong
+        from sed.models.embeddings import model_inputs
+
+        windows = windows.to(self.device)
+        return self.network(self.module.features(windows), **model_inputs(self.network, windows)).strong
 
     def predict_file(self, path: PathLike, postprocess: bool = True, nonfinite: str = "error") -> Prediction:
         """:meth:`predict` on an audio file (any format soundfile reads); errors name the file.

@@ -22,6 +22,7 @@ from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
 from sed.evaluation.windows import WindowGrid
 from sed.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
+from sed.models.embeddings import audio_encoder, model_inputs, set_encoder_epoch, shared_encoder_memo
 from sed.scaler import TorchScaler
 from sed.training.augment import Augmentations, mixup
 from sed.training.ema import ema_factor, update_teacher
@@ -64,7 +65,10 @@ class SEDModule(pl.LightningModule):
         if self.cfg.training.mixup.domain not in ("features", "linear"):
             raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
         self.augment = Augmentations(self.cfg.training.get("augment"), self.student.time_pooling)
-        self.teacher = copy.deepcopy(self.student)
+        if audio_encoder(self.student) is not None and self.augment.cfg["frame_shift"]["prob"] > 0:
+            raise ValueError("training.augment.frame_shift would move the features but not the audio encoder's "
+                             "embeddings: set training.augment.frame_shift.prob=0 with model.encoder")
+        self.teacher = copy.deepcopy(self.student, memo=shared_encoder_memo(self.student))  # one frozen encoder
         self.teacher.requires_grad_(False)
         self.encoder = LabelEncoder(
             self.classes,
@@ -94,13 +98,13 @@ class SEDModule(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.scaler(self.frontend(audio.float()))
 
-    def predict(self, model: torch.nn.Module, feats: torch.Tensor) -> CRNNOutput:
+    def predict(self, model: torch.nn.Module, feats: torch.Tensor, **inputs: torch.Tensor) -> CRNNOutput:
         """``model(feats)`` on the label encoder's frame grid.
 
         The network yields ``(1 + N // hop) // pooling`` frames, the encoder ``(N // hop) // pooling``; when they
         differ the network has one trailing frame past the clip's labels, which is dropped.
         """
-        out = model(feats)
+        out = model(feats, **inputs)  # inputs: sed.models.embeddings.model_inputs (a pretrained encoder's)
         n = self.encoder.n_frames
         if out.strong.shape[-1] == n:
             return out
@@ -110,7 +114,8 @@ class SEDModule(pl.LightningModule):
 
     def forward(self, audio: torch.Tensor) -> CRNNOutput:
         """Predictions for raw audio ``[B, N]`` of the model validation preferred (:attr:`preferred_model`)."""
-        return self.predict(getattr(self, self.preferred_model), self.features(audio))
+        model = getattr(self, self.preferred_model)
+        return self.predict(model, self.features(audio), **model_inputs(model, audio))
 
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
@@ -136,6 +141,9 @@ class SEDModule(pl.LightningModule):
             path = Path(self.trainer.default_root_dir) / "scaler.pt"
             self.scaler.save(path)
             log.info("Scaler saved to %s (reuse it with scaler.path=%s)", path, path)
+
+    def on_train_epoch_start(self) -> None:
+        set_encoder_epoch(self.student, self.current_epoch)  # model.encoder.finetune_after_epoch
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -175,13 +183,18 @@ class SEDModule(pl.LightningModule):
         strong, weak = batch["strong"], batch["weak"]
         mix = self.cfg.training.mixup
         x, strong, weak = x.clone(), strong.clone(), weak.clone()
+        inputs = batch.setdefault("inputs", {})  # a pretrained encoder's embeddings: mixed like the features
+        inputs.update({k: v.clone() for k, v in inputs.items()})
         shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
         for rows in (batch["has_strong"], batch["has_weak"]):
             idx = rows.nonzero().squeeze(1)
             if idx.numel() < 2:
                 continue
             if shared if shared is not None else float(torch.rand(())) < mix.prob:
-                x[idx], (strong[idx], weak[idx]) = mixup(x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode)
+                x[idx], (strong[idx], weak[idx], *mixed) = mixup(
+                    x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()])
+                for v, m in zip(inputs.values(), mixed):
+                    v[idx] = m
         return x, strong, weak
 
     def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -202,10 +215,11 @@ class SEDModule(pl.LightningModule):
         return self.augment.mask(student), teacher, strong, weak
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        batch["inputs"] = model_inputs(self.student, batch["audio"], cache=True)  # shared with the teacher
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
-        student = self.predict(self.student, feats)
+        student = self.predict(self.student, feats, **batch["inputs"])
         with torch.no_grad():
-            teacher = self.predict(self.teacher, teacher_feats)
+            teacher = self.predict(self.teacher, teacher_feats, **batch["inputs"])
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
         losses.update(consistency_losses(student, teacher))
@@ -258,9 +272,10 @@ class SEDModule(pl.LightningModule):
         chunk = max(audio.shape[0], 1)
         outs: dict[str, list] = {name: [] for name in MODELS}
         for a in range(0, len(rows), chunk):
-            feats = self.features(torch.stack([views[i][k] for i, k in rows[a : a + chunk]]))
+            windows = torch.stack([views[i][k] for i, k in rows[a : a + chunk]])
+            feats, inputs = self.features(windows), model_inputs(self.student, windows, cache=True)
             for name in MODELS:
-                outs[name].append(self.predict(getattr(self, name), feats))
+                outs[name].append(self.predict(getattr(self, name), feats, **inputs))
         store = self._outputs.setdefault(stage, {})
         bounds = np.cumsum([0] + [len(v) for v in views])
         for name in MODELS:

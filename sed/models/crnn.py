@@ -204,9 +204,13 @@ class CRNN(nn.Module):
             )
         return x.transpose(2, 3)
 
-    def forward(self, features: Tensor) -> CRNNOutput:
+    def cnn_frames(self, features: Tensor) -> Tensor:
+        """The CNN's output ``[B, T', channels]``: what the BiGRU reads (a subclass may append to it)."""
         x = self.cnn(self._check_input(features))  # [B, ch, T', 1]
-        x = x.squeeze(-1).transpose(1, 2)  # [B, T', ch]
+        return x.squeeze(-1).transpose(1, 2)
+
+    def recurrent_heads(self, x: Tensor) -> CRNNOutput:
+        """BiGRU over ``x`` ``[B, T', rnn input]``, then the strong and weak heads."""
         x, _ = self.rnn(x)
         x = self.rnn_out_dropout(x)  # [B, T', 2*hidden]
         # Heads' outputs in float32 even under autocast: the sigmoid/attention pooling and the
@@ -225,3 +229,6 @@ class CRNN(nn.Module):
             weak = strong.mean(-1)
         weak_logits = weighted_mean_logit(strong_logits, log_att, dim=-1)
         return CRNNOutput(strong_logits=strong_logits, weak_logits=weak_logits, strong=strong, weak=weak)
+
+    def forward(self, features: Tensor) -> CRNNOutput:
+        return self.recurrent_heads(self.cnn_frames(features))

@@ -16,14 +16,17 @@ from sed.config import AugmentConfig
 
 
 def mixup(
-    features: torch.Tensor, targets: list[torch.Tensor], alpha: float, mode: str = "soft"
+    features: torch.Tensor, targets: list[torch.Tensor], alpha: float, mode: str = "soft",
+    inputs: Sequence[torch.Tensor] = (),
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Mix each row with another row of the same batch slice.
 
     One coefficient ``c ~ Beta(alpha, alpha)`` for the slice and a random permutation ``p``:
     ``x' = c x + (1 - c) x[p]``. Targets follow: ``soft`` mixes them with the same ``c``;
     ``hard`` takes the union ``max(y, y[p])`` (an event present in either input is present in the mix).
-    Draws from torch's global generator, so runs are reproducible under a fixed seed.
+    ``inputs`` (other inputs of the same rows, e.g. a pretrained encoder's embeddings) are mixed exactly like
+    the features and returned after the targets. Draws from torch's global generator, so runs are reproducible
+    under a fixed seed.
     """
     if mode not in ("soft", "hard"):
         raise ValueError(f"training.mixup.mode must be 'soft' or 'hard', got {mode!r}")
@@ -35,7 +38,7 @@ def mixup(
         new_targets = [c * y + (1.0 - c) * y[perm] for y in targets]
     else:
         new_targets = [torch.maximum(y, y[perm]) for y in targets]
-    return mixed, new_targets
+    return mixed, new_targets + [c * v + (1.0 - c) * v[perm] for v in inputs]
 
 
 def mask_time_frequency(

@@ -26,10 +26,13 @@ def update_teacher(teacher: nn.Module, student: nn.Module, factor: float, buffer
     training-mode forwards accumulate.
     """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.lerp_(s.detach(), 1.0 - factor)
+        if t is not s:  # a tensor both hold (a shared frozen encoder) has nothing to average
+            t.lerp_(s.detach(), 1.0 - factor)
     if not buffers:
         return
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        if t is s:
+            continue
         if t.dtype.is_floating_point:
             t.lerp_(s, 1.0 - factor)
         else:

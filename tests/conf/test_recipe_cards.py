@@ -42,6 +42,12 @@ CARDS = {
         **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
     },
 }
+# The DCASE 2024 architecture (a frozen pretrained encoder beside the CNN) with the 2023 baseline's training card.
+CARDS["crnn_ast"] = {
+    **{k: v for k, v in CARDS["desed_crnn"].items() if k != "model.dropout"},
+    "model._target_": "sed.models.pretrained_crnn.PretrainedCRNN", "model.dropout": 0.5,
+    "model.embedding_dim": 128, "model.encoder.frozen": True, "model.encoder.finetune_after_epoch": None,
+}
 
 
 def _compose(name: str):
