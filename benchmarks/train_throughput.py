@@ -12,10 +12,17 @@ Measured in one process, on one generated dataset (``sed.synth``, 10 s clips):
   (pipeline step, reference step), so a change of load on a shared machine hits both; the data-wait
   fraction comes from a contiguous block of pipeline steps (nothing runs between its batches).
 * breakdown: one manual mean-teacher step on a pre-made batch with each part timed separately.
+* step cost (``--step-repeats``, interleaved rounds on one pre-made batch): the module's whole step
+  (``training_step`` + backward + clip + Adam + EMA) as a ratio to the student's own fwd+bwd+Adam (the
+  reference), and the teacher's forward as the module runs it (train mode, ``torch.inference_mode``) and as it
+  ran before (``no_grad``), each as a ratio to the student's forward with autograd.
+* ``--compile`` / ``--channels-last``: ``training.compile=true`` / ``model.channels_last=true`` (the reference
+  student gets the same model, and stays eager).
 * ``--lightning``: the same module trained by a real ``pytorch_lightning.Trainer`` (adds its overhead).
 
     python benchmarks/train_throughput.py                       # CPU, batch 2/2/4
     python benchmarks/train_throughput.py --batch-sizes 12 12 24 --device cuda --bf16 --lightning
+    python benchmarks/train_throughput.py --batch-sizes 12 12 24 --threads 1 --steps 0 --pairs 0 --breakdown-repeats 0 --step-repeats 3  # DESED size, step cost only
 """
 
 from __future__ import annotations
@@ -85,6 +92,10 @@ def main() -> None:
                         help="sample rate of the generated files (44100: the loader also resamples)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks (CUDA)")
     parser.add_argument("--lightning", action="store_true", help="also train through pytorch_lightning.Trainer")
+    parser.add_argument("--step-repeats", type=int, default=3,
+                        help="interleaved rounds of (module step, reference, student fwd, teacher fwds) on one batch")
+    parser.add_argument("--compile", action="store_true", help="training.compile=true (torch.compile the networks)")
+    parser.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
     args = parser.parse_args()
     apply_threads(args.threads)
 
@@ -110,6 +121,10 @@ def main() -> None:
     generate(root, sizes, args.file_rate)
     classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
     config = build_config(root, bs, args.workers)
+    if args.compile:
+        config["training"]["compile"] = True
+    if args.channels_last:
+        config["model"]["channels_last"] = True
     clip_norm = config["trainer"]["gradient_clip_val"]
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
     if device.type == "cuda":
@@ -241,8 +256,49 @@ def main() -> None:
         timed("clip+adam", adam)
         timed("ema", lambda: update_teacher(module.teacher, module.student, 0.999))
 
+    # ---------------------------------------------------------------- step cost vs the student's own step
+    try:  # the module's teacher forward (a checkout before sed.training.step_speed ran it under no_grad)
+        from sed.training.step_speed import teacher_forward
+    except ImportError:
+        teacher_forward = None
+    nets = getattr(module, "_train_nets", {"student": module.student, "teacher": module.teacher})
+
+    def module_step() -> None:
+        with torch.autocast(**autocast):
+            loss = module.training_step(fixed, 0)
+        optimise(loss)
+
+    def student_fwd() -> None:
+        with torch.autocast(**autocast):
+            nets["student"](fixed_feats)
+
+    def teacher_module() -> None:
+        with torch.autocast(**autocast):
+            if teacher_forward is None:
+                with torch.no_grad():
+                    nets["teacher"](fixed_feats)
+            else:
+                teacher_forward(nets["teacher"], fixed_feats)
+
+    def teacher_no_grad() -> None:
+        with torch.autocast(**autocast), torch.no_grad():
+            nets["teacher"](fixed_feats)
+
+    rounds = {"step": module_step, "reference": reference_step, "student fwd": student_fwd,
+              "teacher fwd": teacher_module, "teacher fwd no_grad": teacher_no_grad}
+    cost: dict[str, list[float]] = {k: [] for k in rounds}
+    for name, fn in rounds.items():  # warm-up (compiles the inference graph when --compile)
+        fn()
+    for _ in range(args.step_repeats):
+        for name, fn in rounds.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            cost[name].append(time.perf_counter() - t0)
+
     # ---------------------------------------------------------------- report
-    total = sum(waits) + sum(steps)
+    total = (sum(waits) + sum(steps)) or float("nan")  # --steps 0: no contiguous block
     pipe_rate = batch * len(steps) / total
     compute_rate = batch / median(steps)
     ref_rate = batch / median(ref_times)
@@ -251,6 +307,19 @@ def main() -> None:
     what = (f"CRNN {n_params:,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 16 kHz "
             f"(files {args.file_rate} Hz), {args.device} {prec}, {args.workers} workers")
     note(what)
+    opts = "".join(f", {o}" for o, on in (("compile", args.compile), ("channels-last", args.channels_last)) if on)
+    what = what + opts
+    c = {k: median(v) for k, v in cost.items()}
+    result(BENCH, f"mean-teacher step on one batch (training_step + backward + clip + Adam + EMA) = "
+                  f"{1e3 * c['step']:.0f} ms = {c['step'] / c['reference']:.2f}x the student's own fwd+bwd+Adam "
+                  f"({1e3 * c['reference']:.0f} ms, eager) [{what}; median of {args.step_repeats} interleaved rounds]")
+    result(BENCH, f"teacher forward as the module runs it (train mode, "
+                  f"{'no_grad' if teacher_forward is None else 'inference_mode'}) = {1e3 * c['teacher fwd']:.0f} ms = "
+                  f"{c['teacher fwd'] / c['student fwd']:.2f}x the student's forward with autograd "
+                  f"({1e3 * c['student fwd']:.0f} ms); under no_grad {1e3 * c['teacher fwd no_grad']:.0f} ms = "
+                  f"{c['teacher fwd no_grad'] / c['student fwd']:.2f}x")
+    if not steps:  # --steps 0: only the step cost
+        return
     result(BENCH, f"mean-teacher step through DataLoader = {fmt_rate(pipe_rate, 'clips/s')} "
                   f"(compute only {fmt_rate(compute_rate, 'clips/s')}); reference student fwd+bwd+adam on tensors "
                   f"= {fmt_rate(ref_rate, 'clips/s')}; ratio {median(pair_ratios):.2f}x (median of "

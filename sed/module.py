@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import random
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +30,7 @@ from sed.training.augment import Augmentations, mixup
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
+from sed.training.step_speed import compiled_models, teacher_forward
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,11 @@ class SEDModule(pl.LightningModule):
                              "embeddings: set training.augment.frame_shift.prob=0 with model.encoder")
         self.teacher = copy.deepcopy(self.student, memo=shared_encoder_memo(self.student))  # one frozen encoder
         self.teacher.requires_grad_(False)
+        # What training_step calls: the modules, or their torch.compile wrappers (training.compile); a plain
+        # dict, so the wrappers are no submodules and the state dict keeps its keys.
+        self._train_nets = {name: getattr(self, name) for name in MODELS}
+        if self.cfg.training.get("compile", False):
+            self._train_nets = compiled_models(self._train_nets)
         self.encoder = LabelEncoder(
             self.classes,
             sample_rate=self.cfg.data.sample_rate,
@@ -98,7 +106,7 @@ class SEDModule(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.scaler(self.frontend(audio.float()))
 
-    def predict(self, model: torch.nn.Module, feats: torch.Tensor, **inputs: torch.Tensor) -> CRNNOutput:
+    def predict(self, model: Callable[..., CRNNOutput], feats: torch.Tensor, **inputs: torch.Tensor) -> CRNNOutput:
         """``model(feats)`` on the label encoder's frame grid.
 
         The network yields ``(1 + N // hop) // pooling`` frames, the encoder ``(N // hop) // pooling``; when they
@@ -217,9 +225,8 @@ class SEDModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch["inputs"] = model_inputs(self.student, batch["audio"], cache=True)  # shared with the teacher
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
-        student = self.predict(self.student, feats, **batch["inputs"])
-        with torch.no_grad():
-            teacher = self.predict(self.teacher, teacher_feats, **batch["inputs"])
+        student = self.predict(self._train_nets["student"], feats, **batch["inputs"])
+        teacher = self.predict(partial(teacher_forward, self._train_nets["teacher"]), teacher_feats, **batch["inputs"])
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
         losses.update(consistency_losses(student, teacher))
