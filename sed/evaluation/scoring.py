@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import multilabel_f1_score
 
 from sed.data.encoder import LabelEncoder
 from sed.evaluation.metrics import PSDROC, evaluate_full
-from sed.evaluation.postprocess import batch_to_scores
+from sed.evaluation.postprocess import audio_id, batch_to_scores
 from sed.evaluation.tuning import (
     PostprocessingSettings,
     median_filter_clips,
@@ -79,7 +79,8 @@ def score_model(
     else:
         if settings.classes != classes:
             raise ValueError(f"post-processing settings are for classes {settings.classes}, the model has {classes}")
-        post, scores_post = settings.postprocess(raw, filenames, timestamps, durations, scores_raw)
+        scores_post = settings.apply(scores_raw, durations)
+        post = [scores_post[audio_id(f)][classes].to_numpy().T for f in filenames]  # SEBBs: box confidences
     gt = ground_truth[ground_truth["filename"].isin(filenames)]
     result = evaluate_full(
         scores_raw,
@@ -94,7 +95,7 @@ def score_model(
     metrics = {"weak_f1": weak_f1(weak_probs, weak_targets, len(classes))}
     metrics.update(result.metrics)
     if pipsds_windows:
-        sweep = median_window_sweep(raw, filenames, timestamps, classes, gt, durations, list(pipsds_windows))
+        sweep = median_window_sweep(scores_raw, gt, durations, list(pipsds_windows))
         metrics["pipsds1"] = sweep.pipsds
         if per_class:
             metrics.update({f"pipsds1/{c}": sweep.pipsds_per_class.get(c, float("nan")) for c in classes})

@@ -72,25 +72,17 @@ class PostprocessingSettings:
             raise ValueError(f"thresholds name classes {sorted(self.thresholds)}, the model has {self.classes}")
 
     # ------------------------------------------------------------------ applying
-    def postprocess(
-        self,
-        probs: Sequence[np.ndarray],
-        filenames: Sequence[str],
-        timestamps: Sequence[np.ndarray],
-        durations: Mapping[str, float] | None,
-        scores_raw: Mapping[str, pd.DataFrame] | None = None,
-    ) -> tuple[list[np.ndarray], dict[str, pd.DataFrame]]:
-        """Post-processed ``[C, T]`` frame probabilities (SEBBs: the raw ones, boxes are not frames) and score
-        tables of clips ``filenames`` (``timestamps``: each clip's ``T + 1`` frame boundaries)."""
+    def apply(
+        self, scores: Mapping[str, pd.DataFrame], durations: Mapping[str, float] | None = None
+    ) -> dict[str, pd.DataFrame]:
+        """Post-processed score tables of raw ones (``{audio_id: DataFrame}``): median-filtered on the same frames,
+        or SEBBs over the clip's duration (``durations`` keyed by filename or audio id; default the scores' end)."""
         if self.method == "median":
-            post = median_filter_clips(list(probs), self.median_window)
-            return post, batch_to_scores(post, filenames, timestamps, self.classes, durations)
+            return median_filter_scores(scores, self.median_window)
         from sed.evaluation.bounding_boxes import sebb_scores
 
-        if scores_raw is None:
-            scores_raw = batch_to_scores(list(probs), filenames, timestamps, self.classes, durations)
-        dur = None if durations is None else {audio_id(f): durations[f] for f in filenames if f in durations}
-        return list(probs), sebb_scores(self.sebbs, scores_raw, dur)
+        dur = None if durations is None else {audio_id(k): float(v) for k, v in durations.items()}
+        return sebb_scores(self.sebbs, scores, dur)
 
     def threshold(self, default: float) -> float | dict[str, float]:
         """The decision threshold(s) events are decoded with: the tuned ones, else ``default``."""
@@ -226,26 +218,33 @@ def median_filter_clips(probs: list[np.ndarray], window: int | Sequence[int]) ->
 
 
 # ---------------------------------------------------------------------------------------------------- tuning
+def median_filter_scores(scores: Mapping[str, pd.DataFrame], window: int | Sequence[int]) -> dict[str, pd.DataFrame]:
+    """Score tables median-filtered along their frames (one length, or one per class), frames unchanged."""
+    from sed_scores_eval.base_modules.scores import create_score_dataframe
+
+    out = {}
+    for key, df in scores.items():
+        classes = list(df.columns[2:])
+        values = df[classes].to_numpy(dtype=np.float64).T
+        timestamps = np.append(df["onset"].to_numpy(dtype=np.float64), float(df["offset"].iloc[-1]))
+        out[key] = create_score_dataframe(median_filter(values, window).T, timestamps, classes)
+    return out
+
+
 def median_window_sweep(
-    probs: Sequence[np.ndarray],
-    filenames: Sequence[str],
-    timestamps: Sequence[np.ndarray],
-    classes: Sequence[str],
+    scores: Mapping[str, pd.DataFrame],
     ground_truth: pd.DataFrame | Mapping,
     durations: Mapping[str, float],
     windows: Sequence[int],
     metric: str = "psds1",
 ):
-    """:func:`sed.evaluation.metrics.psd.psds_sweep` over the median filters ``windows`` (every class filtered with
-    the same length in each set): per-window, per-class PSDS and the piPSDS of the set."""
+    """:func:`sed.evaluation.metrics.psd.psds_sweep` over the median filters ``windows`` of raw ``scores`` (every
+    class filtered with the same length in each set): per-window, per-class PSDS and the piPSDS of the set."""
     if metric not in WINDOW_METRICS:
         raise ValueError(f"evaluation.tuning.window_metric must be one of {WINDOW_METRICS}, got {metric!r}")
     if not windows or min(int(w) for w in windows) < 1:
         raise ValueError(f"evaluation.tuning.median_windows must be lengths >= 1, got {list(windows)}")
-    sets = [
-        batch_to_scores(median_filter_clips(list(probs), int(w)), filenames, timestamps, classes, durations)
-        for w in windows
-    ]
+    sets = [median_filter_scores(scores, int(w)) for w in windows]
     return psds_sweep(sets, ground_truth, durations, SCENARIOS[metric])
 
 
@@ -309,31 +308,46 @@ def tune_postprocessing(
     evaluation: Any,
     model: str = "",
 ) -> PostprocessingSettings:
-    """Post-processing settings of one model tuned on its validation outputs.
+    """:func:`tune_on_scores` of one model's validation outputs: raw ``[C, T]`` frame probabilities per filename on
+    the encoder's frame grid."""
+    filenames = sorted(probs)
+    raw = [np.asarray(probs[f]) for f in filenames]
+    timestamps = [encoder.frame_timestamps(p.shape[-1]) for p in raw]
+    scores = batch_to_scores(raw, filenames, timestamps, list(encoder.classes), durations)
+    return tune_on_scores(scores, ground_truth[ground_truth["filename"].isin(filenames)], durations, evaluation, model)
 
-    ``probs``: raw ``[C, T]`` frame probabilities per validation filename on the encoder's frame grid;
+
+def tune_on_scores(
+    scores: Mapping[str, pd.DataFrame],
+    ground_truth: pd.DataFrame | Mapping,
+    durations: Mapping[str, float],
+    evaluation: Any,
+    model: str = "",
+) -> PostprocessingSettings:
+    """Post-processing settings tuned on raw validation score tables (``{audio_id: DataFrame}``, e.g. a run's
+    ``validation/<model>/scores_raw/``) and their ground truth and durations.
+
     ``evaluation``: the ``evaluation`` config (``postprocessing``, ``median_window``, ``thresholds``, ``tuning``).
     ``median``: class-wise windows from ``tuning.median_windows``; ``sebbs``: SEBB parameters by sebbs's own
-    search. Then, with ``tuning.thresholds``, class-wise thresholds. Classes without validation events keep the
-    configured window (its first value) and threshold (the first of ``evaluation.thresholds``).
+    selection. Then, with ``tuning.thresholds``, class-wise thresholds. Classes without validation events keep the
+    configured window and threshold (the first of ``evaluation.thresholds``).
     """
     method = str(evaluation.postprocessing)
     if method not in METHODS:
         raise ValueError(f"evaluation.postprocessing must be one of {METHODS}, got {method!r}")
     tuning = evaluation.tuning
-    classes = list(encoder.classes)
-    filenames = sorted(probs)
-    raw = [np.asarray(probs[f]) for f in filenames]
-    timestamps = [encoder.frame_timestamps(p.shape[-1]) for p in raw]
-    gt = ground_truth[ground_truth["filename"].isin(filenames)]
-    record: dict[str, Any] = {"set": "validation", "clips": len(filenames), "model": model}
-    configured = list(evaluation.median_window)
+    scores, gt, dur = _prepare(scores, ground_truth, durations)
+    classes = list(next(iter(scores.values())).columns[2:])
+    record: dict[str, Any] = {"set": "validation", "clips": len(scores), "model": model}
+    configured = [int(w) for w in evaluation.median_window]
     default_windows = configured * len(classes) if len(configured) == 1 else configured
+    if len(default_windows) != len(classes):
+        raise ValueError(f"evaluation.median_window: {len(configured)} lengths for {len(classes)} classes")
     if method == "median":
         grid = [int(w) for w in tuning.median_windows]
-        sweep = median_window_sweep(raw, filenames, timestamps, classes, gt, durations, grid, tuning.window_metric)
+        sweep = median_window_sweep(scores, gt, dur, grid, tuning.window_metric)
         best = best_per_class(sweep.per_class, grid, dict(zip(classes, default_windows)))
-        windows = [int(best[c][0]) if c in best else int(default_windows[i]) for i, c in enumerate(classes)]
+        windows = [int(best[c][0]) if c in best else default_windows[i] for i, c in enumerate(classes)]
         record["median_window"] = {
             "criterion": f"per-class {tuning.window_metric} on validation", "grid": grid,
             "values": {c: best[c][1] for c in best}, "untuned": [c for c in classes if c not in best],
@@ -343,23 +357,20 @@ def tune_postprocessing(
     else:
         from sed.evaluation.bounding_boxes import tune_sebbs
 
-        scores_raw = batch_to_scores(raw, filenames, timestamps, classes, durations)
-        prepared, gt_dict, dur = _prepare(scores_raw, gt, durations)
         grid = {"step_filter_lengths": list(tuning.sebbs_step_filter_lengths),
                 "merge_thresholds_abs": list(tuning.sebbs_merge_thresholds_abs),
                 "merge_thresholds_rel": list(tuning.sebbs_merge_thresholds_rel)}
-        params, values = tune_sebbs(prepared, gt_dict, dur, grid, tuning.window_metric)
-        record["sebbs"] = {"criterion": f"per-class {tuning.window_metric} on validation (sebbs "
-                           "select_best_psds)", "grid": grid, "values": values,
-                           "untuned": [c for c in classes if c not in values]}
+        params, values = tune_sebbs(scores, gt, dur, grid, tuning.window_metric)
+        record["sebbs"] = {"criterion": f"per-class {tuning.window_metric} on validation (sebbs select_best_psds)",
+                           "grid": grid, "values": values, "untuned": [c for c in classes if c not in values]}
         settings = PostprocessingSettings(classes, "sebbs", sebbs=params, tuning=record)
     if tuning.thresholds:
-        _, scores_post = settings.postprocess(raw, filenames, timestamps, durations)
-        thresholds, f1 = tune_thresholds(scores_post, gt, tuning.threshold_metric, float(evaluation.thresholds[0]))
+        thresholds, f1 = tune_thresholds(settings.apply(scores, dur), gt, tuning.threshold_metric,
+                                         float(evaluation.thresholds[0]))
         settings.thresholds = thresholds
         record["thresholds"] = {"criterion": f"per-class best {tuning.threshold_metric} on validation",
                                 "values": f1, "untuned": [c for c in classes if c not in f1]}
-    logger.info("%s post-processing tuned on %d validation clips: %s", model or "model", len(filenames),
+    logger.info("%s post-processing tuned on %d validation clips: %s", model or "model", len(scores),
                 describe(settings))
     return settings
 
