@@ -147,6 +147,9 @@ class Detector:
             self.module = self.network = self.encoder = None
             self.exported: Optional[ExportedModel] = module
             model = metadata.model
+            if postprocessing is None and metadata.extra.get("postprocessing"):  # embedded by sed.export
+                postprocessing = PostprocessingSettings.from_json(
+                    metadata.extra["postprocessing"], f"{module.path}: metadata extra.postprocessing")
         else:
             model = model or getattr(module, "preferred_model", "teacher")  # the network validation preferred
             if device is None:
@@ -250,11 +253,21 @@ class Detector:
         hop: Optional[float] = None,
         batch_size: int = 8,
         median_window: int | Sequence[int] | None = None,
+        postprocessing: PathLike | bool | None = None,
     ) -> "Detector":
         """A model written by ``python -m sed.export`` (``fmt``: ``"onnx"`` or ``"torchscript"``, default: what
-        the file is); everything else comes from the metadata stored in it."""
+        the file is); everything else comes from the metadata stored in it, the post-processing tuned on validation
+        included (``postprocessing``: another settings file, or ``False`` for the plain ``evaluation`` settings)."""
         exported = ExportedModel.load(path, fmt=fmt, device=device)
-        return cls(exported, model=model, hop=hop, batch_size=batch_size, median_window=median_window)
+        detector = cls(exported, model=model, hop=hop, batch_size=batch_size, median_window=median_window)
+        if postprocessing is False and detector.postprocessing is not None:
+            detector.postprocessing = None
+            if median_window is None:
+                detector.median_window = exported.metadata.median_filter
+        elif postprocessing not in (None, True, False):
+            detector.use_postprocessing(load_settings(postprocessing, detector.model_name, detector.classes),
+                                        keep_median_window=median_window is not None)
+        return detector
 
     def _hop_frames(self, hop: Optional[float]) -> int:
         if hop is None:
@@ -505,13 +518,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source, inputs = args.paths[0], args.paths[1:]
     try:
         files = collect_inputs(inputs, args.audio_dir)
+        pp = False if (args.postprocessing or "").lower() == "none" else args.postprocessing
         if exported:
             detector = Detector.from_exported(
                 exported, fmt="onnx" if args.onnx else "torchscript", model=args.model, device=args.device,
-                hop=args.hop, batch_size=args.batch_size,
+                hop=args.hop, batch_size=args.batch_size, postprocessing=pp,
             )
         else:
-            pp = False if (args.postprocessing or "").lower() == "none" else args.postprocessing
             detector = Detector.from_checkpoint(
                 source, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size,
                 postprocessing=pp,

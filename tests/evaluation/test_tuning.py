@@ -218,3 +218,12 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
                        str(tiny_dataset / cfg.data.test_audio), "-o", str(out), "-q"]) == 0
     preferred = saved["preferred_model"]
     assert out.read_text() == (run / "test" / preferred / "events_tuned.tsv").read_text()
+    # sed.export embeds the settings; sed.infer on the exported file decodes the same events.
+    from sed.export import export_detector
+
+    exported = export_detector(ckpt, tmp_path / "model.pt", check=False)
+    assert exported.metadata.extra["postprocessing"]["method"] == "median"
+    out_ts = tmp_path / "events_ts.tsv"
+    assert infer_main(["--torchscript", str(tmp_path / "model.pt"), str(tiny_dataset / cfg.data.test_tsv),
+                       "--audio-dir", str(tiny_dataset / cfg.data.test_audio), "-o", str(out_ts), "-q"]) == 0
+    assert out_ts.read_text() == out.read_text()
