@@ -299,8 +299,7 @@ class SEDModule(pl.LightningModule):
         self._eval_step(batch, "val" if dataloader_idx == 0 else "val_weak")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        # The second loader, when there is one, is the validation set: it tunes the post-processing (tune_at_test).
-        self._eval_step(batch, "test" if dataloader_idx == 0 else tune_at_test.STAGE)
+        self._eval_step(batch, "test" if dataloader_idx == 0 else tune_at_test.STAGE)  # 2nd: validation, to tune
 
     def _gathered(self, stage: str) -> dict[str, dict[str, np.ndarray]]:
         """Outputs of every process merged by filename (padded shards repeat clips; the dict drops repeats)."""
