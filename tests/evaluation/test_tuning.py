@@ -15,7 +15,11 @@ from omegaconf import OmegaConf
 from sed.config import EvaluationConfig
 from sed.evaluation.metrics import psds
 from sed.evaluation.metrics.psd import PSDS1
-from sed.evaluation.postprocess import batch_to_scores, detections_from_scores, median_filter
+from sed.evaluation.postprocess import (
+    batch_to_scores,
+    detections_from_scores,
+    median_filter,
+)
 from sed.evaluation.tuning import (
     PostprocessingSettings,
     load_settings,
@@ -155,7 +159,9 @@ def test_sebbs_tuning_reports_the_psds_of_its_choice():
 
 
 def test_pipsds_equals_sed_scores_eval():
-    from sed_scores_eval.intersection_based import postprocessing_independent_psds_from_postprocessed_scores
+    from sed_scores_eval.intersection_based import (
+        postprocessing_independent_psds_from_postprocessed_scores,
+    )
 
     from sed.data.encoder import LabelEncoder
     from sed.evaluation.metrics.ground_truth import ground_truth_dict
