@@ -23,6 +23,7 @@ from sed.complexity import ComplexityReport
 from sed.config import check_known_keys
 from sed.console import ShortEpochLogInterval, quiet_console
 from sed.datamodule import SEDDataModule
+from sed.evaluation.tune_at_test import validation_needed_at_test
 from sed.instantiators import build_callbacks, build_loggers
 from sed.module import SEDModule
 from sed.rundir import lock_run_dir, write_status
@@ -100,7 +101,7 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
             write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise
     if main_process:
-        headline = {name: {k: v for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1")}
+        headline = {name: {k: v for k, v in metrics.items() if k in ("psds1", "pipsds1", "psds2", "weak_f1")}
                     for name, metrics in results.items()}
         write_status(run_dir, "finished", test=headline or None, **outcome)
     return results
@@ -128,6 +129,7 @@ def _run(
         module = SEDModule(config, dm.classes)
         module.scaler_path = cfg.scaler.path
     dm.set_encoder(module.encoder)
+    dm.validate_at_test = validation_needed_at_test(cfg.evaluation)  # tuning post-processing on validation
     trainer = build_trainer(cfg, run_dir, resume_hint)
     if main_process:
         write_status(run_dir, "running", pid=os.getpid())
@@ -173,7 +175,8 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if results:
         lines.append(f"Test outputs: {run_dir / 'test'}")
         for name, metrics in results.items():
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in ("psds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
+            shown = {k: round(v, 4) for k, v in metrics.items()
+                     if k in ("psds1", "pipsds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
             preferred = " (preferred by validation: deployed by sed.infer)" if name == trainer.lightning_module.preferred_model else ""
             lines.append(f"  {name}{preferred}: {shown}")
             per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("psds1/") and v == v}
@@ -181,6 +184,9 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
                 weakest = min(per_class, key=per_class.get)
                 lines.append("    PSDS1 per class: " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items())
                              + f" (weakest: {weakest})")
+    if results and (run_dir / "postprocessing.json").is_file():
+        lines.append(f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
+                     f"{run_dir / 'postprocessing.json'}")
     for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.energy, sed.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     for logger in trainer.loggers:

@@ -238,9 +238,34 @@ class TrainingConfig:
 
 
 @dataclass
+class TuningConfig:
+    """What post-processing tuning on the validation set searches (sed.evaluation.tuning)."""
+
+    # Candidate median-filter lengths (frames); each class takes the one maximising its validation `window_metric`.
+    # Also the filter set of piPSDS (evaluation.pipsds).
+    median_windows: List[int] = field(default_factory=lambda: [1, 3, 5, 7, 9, 13, 17, 21])
+    window_metric: str = "psds1"  # psds1 | psds2: per-class PSDS on validation (threshold-free)
+    thresholds: bool = True  # also class-wise decision thresholds maximising each class's validation F1
+    threshold_metric: str = "event_f1"  # event_f1 (collar-based, sed_eval's) | intersection_f1
+    # evaluation.postprocessing=sebbs: the grid sebbs.csebbs.tune searches (its defaults, DCASE 2024's).
+    sebbs_step_filter_lengths: List[float] = field(default_factory=lambda: [0.32, 0.48, 0.64])  # seconds
+    sebbs_merge_thresholds_abs: List[float] = field(default_factory=lambda: [0.15, 0.2, 0.3])
+    sebbs_merge_thresholds_rel: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0])
+
+
+@dataclass
 class EvaluationConfig:
     median_window: List[int] = field(default_factory=lambda: [7])  # one length, or one per class
     thresholds: List[float] = field(default_factory=lambda: [0.5])
+    # Post-processing of the test outputs: median (evaluation.median_window, or tuned) | sebbs (Sound Event Bounding
+    # Boxes, pip install sebbs; always tuned on validation).
+    postprocessing: str = "median"
+    # Tune the post-processing on the validation set at test time (the tested checkpoint's outputs on the validation
+    # set, never the test set): class-wise median windows and thresholds, saved with the model.
+    tune_postprocessing: bool = False
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    pipsds: bool = True  # also piPSDS (post-processing independent PSDS over tuning.median_windows) at test time
+    save_validation_scores: bool = False  # also write validation/<model>/scores_raw/ at test time (offline tuning)
     # Selects the best checkpoint, logged as val/obj_metric: any '+'-joined sum of
     # weak_f1, psds1, psds2, intersection_f1, event_f1.
     obj_metric: str = "weak_f1+intersection_f1"

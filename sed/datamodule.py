@@ -175,6 +175,9 @@ class SEDDataModule(pl.LightningDataModule):
         self.ground_truth: dict[str, pd.DataFrame] = {}
         self.durations: dict[str, dict[str, float]] = {}
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) of an interrupted epoch
+        # The test stage also runs the validation set (second test loader) to tune the post-processing on it
+        # (sed.evaluation.tune_at_test); set by the app from the evaluation config.
+        self.validate_at_test = False
 
     # ------------------------------------------------------------------ paths and classes
     def path(self, relative: str) -> Path:
@@ -285,7 +288,7 @@ class SEDDataModule(pl.LightningDataModule):
             names = [n for n, (tsv, _) in self.subsets.items() if tsv is not None and self.batch_sizes[n] > 0]
             if not names:
                 raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off")
-        if stage in (None, "fit", "validate"):
+        if stage in (None, "fit", "validate") or (stage == "test" and self.validate_at_test):
             names.append("val")
         if stage in (None, "test") or (stage == "fit" and self.check_test):
             names.append("test")
@@ -387,7 +390,10 @@ class SEDDataModule(pl.LightningDataModule):
             return [self._eval_loader("val"), self._eval_loader("val_weak")]
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test set; with :attr:`validate_at_test`, also the validation set (second loader)."""
+        if self.validate_at_test:
+            return [self._eval_loader("test"), self._eval_loader("val")]
         return self._eval_loader("test")
 
     def scaler_fit_dataloader(self) -> DataLoader:

@@ -241,6 +241,7 @@ def export_detector(
     written. The file is written atomically.
     """
     from sed.data.audio import read_raw, resample
+    from sed.evaluation.tuning import load_settings, settings_path_for
     from sed.utils.io import atomic_open
 
     output = Path(output)
@@ -256,6 +257,10 @@ def export_detector(
     model = model or module.preferred_model
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    tuned = settings_path_for(checkpoint)  # post-processing tuned on validation, saved beside it by train.py
+    if tuned.is_file():
+        info = {**info, "postprocessing": load_settings(tuned, model, classes=module.classes).to_json()}
+        logger.info("embedding the post-processing tuned on validation from %s", tuned)
     metadata = DetectorMetadata.from_module(module, model, source=Path(checkpoint).name, extra=info)
     graph = InferenceGraph.from_module(module, model)
     clips = []

@@ -63,6 +63,12 @@ from sed.evaluation.settings import (
     parse_median_window,
     parse_thresholds,
 )
+from sed.evaluation.tuning import (
+    PostprocessingSettings,
+    describe,
+    load_settings,
+    settings_path_for,
+)
 from sed.evaluation.windows import WindowGrid
 from sed.exported_model import DetectorMetadata, ExportedModel, ExportError
 
@@ -82,6 +88,7 @@ class Prediction(NamedTuple):
 
     probabilities: np.ndarray
     timestamps: np.ndarray
+    boxes: bool = False  # post-processing is SEBBs: scores() turns the (raw) probabilities into bounding boxes
 
 
 class RunResult(NamedTuple):
@@ -111,7 +118,11 @@ class Detector:
             frames so every window falls on the common frame grid.
         batch_size: windows per forward pass.
         median_window: filter length in frames, one for all classes or one per class (class order);
-            ``None``: the model's (``evaluation.median_window``).
+            ``None``: the model's (``evaluation.median_window``, or the tuned windows of ``postprocessing``).
+        postprocessing: post-processing tuned on validation (:class:`sed.evaluation.tuning.PostprocessingSettings`,
+            from ``train.py evaluation.tune_postprocessing=true`` or ``evaluation.postprocessing=sebbs``): its
+            class-wise median windows or SEBBs, and its class-wise thresholds as the default threshold.
+            :meth:`from_checkpoint` finds the file saved beside the checkpoint by itself.
     """
 
     def __init__(
@@ -122,6 +133,7 @@ class Detector:
         hop: Optional[float] = None,
         batch_size: int = 8,
         median_window: int | Sequence[int] | None = None,
+        postprocessing: Optional[PostprocessingSettings] = None,
     ) -> None:
         if model is not None and model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
@@ -135,6 +147,9 @@ class Detector:
             self.module = self.network = self.encoder = None
             self.exported: Optional[ExportedModel] = module
             model = metadata.model
+            if postprocessing is None and metadata.extra.get("postprocessing"):  # embedded by sed.export
+                postprocessing = PostprocessingSettings.from_json(
+                    metadata.extra["postprocessing"], f"{module.path}: metadata extra.postprocessing")
         else:
             model = model or getattr(module, "preferred_model", "teacher")  # the network validation preferred
             if device is None:
@@ -160,9 +175,37 @@ class Detector:
         )
         self.thresholds: list[float] = list(metadata.thresholds)  # the model's evaluation thresholds
         self.default_threshold = float(metadata.thresholds[0])
+        self.postprocessing: Optional[PostprocessingSettings] = None
+        if postprocessing is not None:
+            self.use_postprocessing(postprocessing, keep_median_window=median_window is not None)
         self.batch_size = int(batch_size)
         self.hop_frames = self._hop_frames(hop)
         self.grid = WindowGrid(self.window_samples, self.window_frames, self.frame_samples, self.hop_frames)
+
+    def use_postprocessing(self, settings: PostprocessingSettings, keep_median_window: bool = False) -> None:
+        """Post-process with ``settings`` (tuned on validation): their median windows (unless
+        ``keep_median_window``) or SEBBs, and their class-wise thresholds as the default."""
+        if settings.classes != self.classes:
+            raise ValueError(f"post-processing settings are for classes {settings.classes}, the model has {self.classes}")
+        self.postprocessing = settings
+        if settings.method == "median" and not keep_median_window:
+            self.median_window = list(settings.median_window)
+
+    @property
+    def threshold(self) -> Threshold:
+        """The default decision threshold(s): the tuned class-wise ones, else the first evaluation threshold."""
+        if self.postprocessing is not None and self.postprocessing.thresholds is not None:
+            return dict(self.postprocessing.thresholds)
+        return self.default_threshold
+
+    @property
+    def uses_sebbs(self) -> bool:
+        return self.postprocessing is not None and self.postprocessing.method == "sebbs"
+
+    def describe_postprocessing(self) -> str:
+        if self.uses_sebbs:
+            return "SEBBs tuned on validation"
+        return f"median window {self.median_window}"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,8 +217,13 @@ class Detector:
         hop: Optional[float] = None,
         batch_size: int = 8,
         median_window: int | Sequence[int] | None = None,
+        postprocessing: PathLike | bool | None = None,
     ) -> "Detector":
-        """Rebuild the model from a checkpoint written by ``train.py`` (its saved configuration)."""
+        """Rebuild the model from a checkpoint written by ``train.py`` (its saved configuration).
+
+        ``postprocessing``: a settings file (``<run>/postprocessing.json``); ``None`` uses the one ``train.py``
+        saved beside the checkpoint when there is one (``<checkpoint stem>.postprocessing.json``); ``False`` none.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -185,7 +233,15 @@ class Detector:
             module = SEDModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
         except Exception as err:  # corrupt file, not a checkpoint of this project, …
             raise ValueError(f"{path}: cannot load checkpoint: {err}") from err
-        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size, median_window=median_window)
+        settings = None
+        if postprocessing is not False:
+            found = settings_path_for(path) if postprocessing in (None, True) else Path(postprocessing)
+            if postprocessing not in (None, True) or found.is_file():
+                name = model or getattr(module, "preferred_model", "teacher")
+                settings = load_settings(found, name, classes=module.classes)
+                logger.info("post-processing tuned on validation from %s (%s)", found, describe(settings))
+        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size, median_window=median_window,
+                   postprocessing=settings)
 
     @classmethod
     def from_exported(
@@ -197,11 +253,21 @@ class Detector:
         hop: Optional[float] = None,
         batch_size: int = 8,
         median_window: int | Sequence[int] | None = None,
+        postprocessing: PathLike | bool | None = None,
     ) -> "Detector":
         """A model written by ``python -m sed.export`` (``fmt``: ``"onnx"`` or ``"torchscript"``, default: what
-        the file is); everything else comes from the metadata stored in it."""
+        the file is); everything else comes from the metadata stored in it, the post-processing tuned on validation
+        included (``postprocessing``: another settings file, or ``False`` for the plain ``evaluation`` settings)."""
         exported = ExportedModel.load(path, fmt=fmt, device=device)
-        return cls(exported, model=model, hop=hop, batch_size=batch_size, median_window=median_window)
+        detector = cls(exported, model=model, hop=hop, batch_size=batch_size, median_window=median_window)
+        if postprocessing is False and detector.postprocessing is not None:
+            detector.postprocessing = None
+            if median_window is None:
+                detector.median_window = exported.metadata.median_filter
+        elif postprocessing not in (None, True, False):
+            detector.use_postprocessing(load_settings(postprocessing, detector.model_name, detector.classes),
+                                        keep_median_window=median_window is not None)
+        return detector
 
     def _hop_frames(self, hop: Optional[float]) -> int:
         if hop is None:
@@ -272,12 +338,12 @@ class Detector:
             parts.append(probs[..., : self.window_frames].float().cpu())
         keep = self.grid.n_frames(n)  # frames starting before the end of the audio
         merged = self.grid.merge(torch.cat(parts), keep).numpy()
-        if postprocess:
+        if postprocess and not self.uses_sebbs:
             merged = median_filter(merged, self.median_window)
         # The frame grid, the last frame cut at the end of the audio: what batch_to_scores gives the test outputs.
         timestamps = np.arange(keep + 1, dtype=np.float64) * self.frame_duration
         timestamps[-1] = min(timestamps[-1], n / self.sample_rate)
-        return Prediction(merged, timestamps)
+        return Prediction(merged, timestamps, boxes=postprocess and self.uses_sebbs)
 
     def _strong(self, windows: torch.Tensor) -> torch.Tensor:
         """Frame probabilities ``[B, C, >= window_frames]`` of windows ``[B, window_samples]``."""
@@ -301,8 +367,14 @@ class Detector:
 
     # ------------------------------------------------------------------ detection
     def scores(self, prediction: Prediction) -> pd.DataFrame:
-        """A prediction as a sed_scores_eval score DataFrame (``onset, offset, *classes``)."""
-        return scores_dataframe(prediction.probabilities, prediction.timestamps, self.classes)
+        """A prediction as a sed_scores_eval score DataFrame (``onset, offset, *classes``); with SEBB
+        post-processing, its bounding boxes (confidence over each box, -inf elsewhere)."""
+        df = scores_dataframe(prediction.probabilities, prediction.timestamps, self.classes)
+        if prediction.boxes:
+            from sed.evaluation.bounding_boxes import sebb_scores
+
+            df = sebb_scores(self.postprocessing.sebbs, {"clip": df})["clip"]
+        return df
 
     def events(
         self,
@@ -311,10 +383,11 @@ class Detector:
         threshold: Threshold | None = None,
     ) -> pd.DataFrame:
         """Events of a prediction: ``filename, onset, offset, event_label`` where the (median-filtered)
-        probability is strictly above ``threshold`` (one value or ``{class: value}`` for every class; default the
-        model's first evaluation threshold). Adjacent active frames make one event."""
+        probability is strictly above ``threshold`` (one value or ``{class: value}`` for every class; default
+        :attr:`threshold`: the tuned class-wise thresholds, else the model's first evaluation threshold). Adjacent
+        active frames make one event."""
         if threshold is None:
-            threshold = self.default_threshold
+            threshold = self.threshold
         key = audio_id(filename)
         events = detections_from_scores({key: self.scores(prediction)}, threshold, filenames={key: filename})
         return events if len(events) else _empty_events()
@@ -356,7 +429,7 @@ class Detector:
 
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        threshold = self.default_threshold if threshold is None else threshold
+        threshold = self.threshold if threshold is None else threshold
         writer = ScoresDirWriter(scores_dir) if scores_dir is not None else None
         try:
             all_events, failed = [], []
@@ -413,7 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(event_label, threshold); classes not named keep --threshold")
     parser.add_argument("--median-window", default=None, metavar="N",
                         help="median filter length in frames: one int, or comma-separated lengths, one per class in "
-                        "class order (default: the model's evaluation.median_window)")
+                        "class order (default: the tuned windows, else the model's evaluation.median_window)")
+    parser.add_argument("--postprocessing", default=None, metavar="JSON",
+                        help="post-processing tuned on validation (<run>/postprocessing.json); default: the file "
+                        "train.py saved beside the checkpoint, if any; 'none' for the model's evaluation settings")
     parser.add_argument("--model", choices=MODELS, default=None,
                         help="network of a checkpoint (default: teacher); an exported model holds one")
     parser.add_argument("--device", default=None,
@@ -445,18 +521,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source, inputs = args.paths[0], args.paths[1:]
     try:
         files = collect_inputs(inputs, args.audio_dir)
+        pp = False if (args.postprocessing or "").lower() == "none" else args.postprocessing
         if exported:
             detector = Detector.from_exported(
                 exported, fmt="onnx" if args.onnx else "torchscript", model=args.model, device=args.device,
-                hop=args.hop, batch_size=args.batch_size,
+                hop=args.hop, batch_size=args.batch_size, postprocessing=pp,
             )
         else:
             detector = Detector.from_checkpoint(
-                source, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size
+                source, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size,
+                postprocessing=pp,
             )
         if args.median_window is not None:
+            if detector.uses_sebbs:
+                raise ValueError("--median-window: the post-processing is SEBBs (give --postprocessing none to "
+                                 "median-filter instead)")
             detector.median_window = parse_median_window(args.median_window, detector.classes)
-        threshold = parse_thresholds(args.threshold, args.thresholds, detector.classes, detector.default_threshold)
+        threshold = detector.threshold
+        if args.threshold is not None or args.thresholds:
+            threshold = parse_thresholds(args.threshold, args.thresholds, detector.classes, detector.threshold)
         result = detector.run(
             files, output=args.output, threshold=threshold, scores_dir=args.scores_dir, nonfinite=args.nonfinite
         )
@@ -469,7 +552,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         print(
             f"{len(result.events)} event(s) in {done} file(s) ({detector.model_name} of {source}, "
-            f"{describe_thresholds(threshold)}, median window {detector.median_window}) -> {args.output}"
+            f"{describe_thresholds(threshold)}, {detector.describe_postprocessing()}) -> {args.output}"
             + (f"; scores in {args.scores_dir}" if args.scores_dir else ""),
             file=sys.stderr,
         )

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from sed.config import default_node
 from sed.data.encoder import LabelEncoder
+from sed.evaluation import tune_at_test
 from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
 from sed.evaluation.windows import WindowGrid
 from sed.instantiators import build_model, call_factory
@@ -302,7 +303,8 @@ class SEDModule(pl.LightningModule):
             targets = self._window_targets(batch["strong"], rows)
             has_strong = batch["has_strong"][[i for i, _ in rows]]
             loss = supervised_losses(out, targets, batch["weak"][[i for i, _ in rows]], has_strong, has_strong)
-            self.log(f"{stage}/loss_strong", loss["strong"], batch_size=int(has_strong.sum()), sync_dist=True)
+            self.log(f"{stage}/loss_strong", loss["strong"], batch_size=int(has_strong.sum()), sync_dist=True,
+                     add_dataloader_idx=False)
         targets = store.setdefault("weak_targets", {})
         for i, filename in enumerate(batch["filename"]):
             targets[filename] = batch["weak"][i].cpu().numpy()
@@ -326,8 +328,8 @@ class SEDModule(pl.LightningModule):
         # The second loader, when there is one, holds the weak clips held out for validation.
         self._eval_step(batch, "val" if dataloader_idx == 0 else "val_weak")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test" if dataloader_idx == 0 else tune_at_test.STAGE)  # 2nd: validation, to tune
 
     def _gathered(self, stage: str) -> dict[str, dict[str, np.ndarray]]:
         """Outputs of every process merged by filename (padded shards repeat clips; the dict drops repeats)."""
@@ -342,11 +344,12 @@ class SEDModule(pl.LightningModule):
                 merged.setdefault(key, {}).update(values)
         return merged
 
-    def _score_all(self, stage: str, bootstrap: int = 0) -> dict[str, ModelScores]:
+    def _score_all(self, stage: str, bootstrap: int = 0, settings: Optional[dict] = None) -> dict[str, ModelScores]:
         outputs = self._gathered(stage)
         dm = self.trainer.datamodule
-        # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it.
-        psds = ("psds1", "psds2") if stage == "test" or "psds2" in self.cfg.evaluation.obj_metric else ("psds1",)
+        # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it; piPSDS only at test.
+        ev, test = self.cfg.evaluation, stage == "test"
+        psds = ("psds1", "psds2") if test or "psds2" in ev.obj_metric else ("psds1",)
         self._log_long_clips(stage, outputs["student"])
         results = {}
         for name in MODELS:  # one scoring function, called once per model
@@ -357,10 +360,12 @@ class SEDModule(pl.LightningModule):
                 self.encoder,
                 dm.ground_truth[stage],
                 dm.durations[stage],
-                self.cfg.evaluation,
+                ev,
                 bootstrap=bootstrap,
-                per_class=stage == "test",
+                per_class=test,
                 psds=psds,
+                settings=(settings or {}).get(name),
+                pipsds_windows=ev.tuning.median_windows if test and ev.pipsds else (),
             )
         return results
 
@@ -437,7 +442,11 @@ class SEDModule(pl.LightningModule):
             plt.close(fig)
 
     def on_test_epoch_end(self) -> None:
-        results = self._score_all("test", bootstrap=self.cfg.evaluation.psds_bootstrap)
+        ev, dm = self.cfg.evaluation, self.trainer.datamodule
+        validation = self._gathered(tune_at_test.STAGE)  # the tested checkpoint on the validation set
+        settings = tune_at_test.tune_models(validation, MODELS, self.encoder, dm.ground_truth.get("val"),
+                                            dm.durations.get("val"), ev)
+        results = self._score_all("test", bootstrap=ev.psds_bootstrap, settings=settings)
         out_dir = Path(self.trainer.default_root_dir) / "test"
         for name, result in results.items():
             for key, value in result.metrics.items():
@@ -447,6 +456,8 @@ class SEDModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             from sed.evaluation.outputs import write_test_outputs
 
+            tune_at_test.save_outputs(Path(self.trainer.default_root_dir), validation, settings, MODELS, self.encoder,
+                                      dm.durations.get("val"), ev, self.trainer.ckpt_path, self.preferred_model)
             for name, result in results.items():
                 write_test_outputs(
                     out_dir,
@@ -454,7 +465,7 @@ class SEDModule(pl.LightningModule):
                     result.scores_raw,
                     result.scores_postprocessed,
                     result.detections,
-                    result.metrics,
+                    {**result.metrics, "postprocessing": tune_at_test.report(settings.get(name), ev)},
                     result.psd_rocs,
                 )
             log.info("Test outputs written to %s", out_dir)

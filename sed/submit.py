@@ -95,16 +95,17 @@ def _tested_checkpoint(run_dir: Path, metrics: dict[str, Any], cfg: Any, given: 
 
 
 def _eval_outputs(
-    eval_audio: Path, checkpoint: Path, model: str, device: Optional[str]
-) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float]:
+    eval_audio: Path, checkpoint: Path, model: str, device: Optional[str], postprocessing: Optional[Path] = None
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float | str]:
     """Post-processed scores and thresholded events of every audio file in ``eval_audio``; any file that cannot be
-    processed is an error (a submission covers the whole evaluation set)."""
+    processed is an error (a submission covers the whole evaluation set). ``postprocessing``: the run's settings
+    tuned on validation (default: those beside the checkpoint, if any); the threshold is then ``"tuned"``."""
     from sed.data.inputs import collect_inputs
     from sed.evaluation.postprocess import audio_id
     from sed.infer import Detector
 
     files = collect_inputs([eval_audio])
-    detector = Detector.from_checkpoint(checkpoint, model=model, device=device)
+    detector = Detector.from_checkpoint(checkpoint, model=model, device=device, postprocessing=postprocessing)
     scores: dict[str, pd.DataFrame] = {}
     events, failed = [], []
     for i, (name, path) in enumerate(files, start=1):
@@ -120,17 +121,20 @@ def _eval_outputs(
     if failed:
         raise SubmissionError(f"{len(failed)} evaluation file(s) could not be processed:\n  " + "\n  ".join(failed))
     table = pd.concat(events, ignore_index=True)
-    return scores, table, detector.default_threshold
+    tuned = detector.postprocessing is not None and detector.postprocessing.thresholds is not None
+    return scores, table, "tuned" if tuned else detector.default_threshold
 
 
-def _test_outputs(run_dir: Path, model: str, cfg: Any) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float]:
-    """The run's own post-processed test scores and events at the first evaluation threshold."""
+def _test_outputs(run_dir: Path, model: str, cfg: Any) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float | str]:
+    """The run's own post-processed test scores and events at the thresholds tuned on validation when the run
+    tuned them (``events_tuned.tsv``), else at the first evaluation threshold."""
     from sed.data.tsv import STRONG_COLUMNS
-    from sed.evaluation.outputs import read_scores_dir, threshold_tag
+    from sed.evaluation.outputs import events_file_name, read_scores_dir
 
     out = run_dir / "test" / model
-    threshold = float(list(cfg.evaluation.thresholds)[0])
-    events_path = out / f"events_th{threshold_tag(threshold)}.tsv"
+    threshold: float | str = "tuned" if (out / events_file_name("tuned")).is_file() else float(
+        list(cfg.evaluation.thresholds)[0])
+    events_path = out / events_file_name(threshold)
     if not events_path.is_file():
         raise SubmissionError(f"{events_path}: not found (the run's test outputs are incomplete)")
     try:
@@ -182,7 +186,7 @@ def _time_pooling(cfg: Any) -> int:
 
 def metadata_yaml(
     label: str, run_dir: Path, cfg: Any, metrics: dict[str, Any], energy: dict[str, Any], model: str,
-    threshold: float,
+    threshold: float | str,
 ) -> str:
     """The ``<label>.meta.yaml`` text: DCASE's layout (submission, system, results), run values filled in."""
     complexity = metrics.get("complexity") or {}
@@ -193,7 +197,13 @@ def metadata_yaml(
         device = f"{hardware['gpu_count']} x {hardware['gpu_model']}"
     measured = (test or fit).get("measured")
     method = "; ".join(f"{k} {v}" for k, v in ((test or fit).get("method") or {}).items()) or None
-    tag = f"{threshold:g}"
+    tag = threshold if isinstance(threshold, str) else f"{threshold:g}"
+    postprocessing = f"median filtering ({_median_filter_ms(cfg)} ms), threshold {tag}"
+    pp = metrics.get("postprocessing") or {}
+    if pp.get("tuned_on"):  # sed.evaluation.tuning: chosen on the validation set
+        postprocessing = ("sound event bounding boxes (SEBBs)" if pp.get("method") == "sebbs" else
+                          "class-wise median filtering") + " tuned on validation" + (
+            ", class-wise thresholds tuned on validation" if tag == "tuned" else f", threshold {tag}")
     ev = metrics.get(f"event_f1_macro@{tag}")
     classes = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(f"event_f1@{tag}/")})
     class_lines = "".join(f"      {_v(c)}: {_v(metrics.get(f'event_f1@{tag}/{c}'))}\n" for c in classes) or "      {}\n"
@@ -233,7 +243,7 @@ system:
     decision_making: null
     machine_learning_semi_supervised: mean-teacher student
     segmentation_method: null
-    post-processing: {_v(f"median filtering ({_median_filter_ms(cfg)} ms), threshold {tag}")}
+    post-processing: {_v(postprocessing)}
     pretrained_models: null  # TODO if any
   complexity:
     total_parameters: {_v(complexity.get("parameters"))}  # one CRNN (student and teacher have the same)
@@ -337,7 +347,9 @@ def build_submission(
         if not eval_audio.exists():
             raise SubmissionError(f"{eval_audio}: no such evaluation audio folder or file")
         ckpt = _tested_checkpoint(run_dir, metrics, cfg, checkpoint)
-        scores, events, threshold = _eval_outputs(eval_audio, ckpt, model, device)
+        tuned = run_dir / "postprocessing.json"
+        scores, events, threshold = _eval_outputs(eval_audio, ckpt, model, device,
+                                                  tuned if tuned.is_file() else None)
     else:
         if checkpoint:
             raise SubmissionError("--checkpoint is for --eval-audio; without it the run's test outputs are packaged")

@@ -5,6 +5,7 @@ Layout of ``write_test_outputs(out_dir, name, ...)`` under ``out_dir/name/``::
     scores_raw/<audio_id>.tsv            sed_scores_eval format: onset offset <class...>
     scores_postprocessed/<audio_id>.tsv
     events_th<t>.tsv                     filename onset offset event_label (one per threshold)
+    events_tuned.tsv                     the same at the class-wise thresholds tuned on validation (when tuned)
     metrics.json                         every number of sed.evaluation.metrics.evaluate (NaN -> null)
     psd_roc.png                          PSD-ROC of each PSDS scenario
     psd_roc_<scenario>.tsv               the plotted curve (efpr, etpr) for re-plotting
@@ -213,9 +214,14 @@ def update_metrics_json(path: str | os.PathLike, additions: Mapping[str, Any]) -
     write_metrics_json(metrics, path)
 
 
-def threshold_tag(threshold: float) -> str:
-    """``0.5 -> '0.5'``: how thresholds appear in file names and metric keys."""
-    return f"{float(threshold):g}"
+def threshold_tag(threshold: float | str) -> str:
+    """``0.5 -> '0.5'``: how thresholds appear in file names and metric keys (a tag such as ``"tuned"`` as is)."""
+    return threshold if isinstance(threshold, str) else f"{float(threshold):g}"
+
+
+def events_file_name(threshold: float | str) -> str:
+    """``events_th0.5.tsv`` for a threshold, ``events_tuned.tsv`` for the class-wise thresholds tuned on validation."""
+    return f"events_{threshold}.tsv" if isinstance(threshold, str) else f"events_th{threshold_tag(threshold)}.tsv"
 
 
 def write_events(detections: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -296,7 +302,7 @@ def write_test_outputs(
     if scores_post is not None:
         write_scores_dir(scores_post, target / "scores_postprocessed", owned=True)
     for t, det in detections_by_threshold.items():
-        write_events(det, target / f"events_th{threshold_tag(t)}.tsv")
+        write_events(det, target / events_file_name(t))
     write_metrics_json(metrics, target / "metrics.json")
     if psds_roc:
         plot_psd_rocs(psds_roc, target / "psd_roc.png")

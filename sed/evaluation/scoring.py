@@ -4,7 +4,7 @@ training module calls once for the student and once for the teacher."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,12 @@ from torchmetrics.functional.classification import multilabel_f1_score
 
 from sed.data.encoder import LabelEncoder
 from sed.evaluation.metrics import PSDROC, evaluate_full
-from sed.evaluation.postprocess import batch_to_scores, median_filter
+from sed.evaluation.postprocess import audio_id, batch_to_scores
+from sed.evaluation.tuning import (
+    PostprocessingSettings,
+    median_filter_clips,
+    median_window_sweep,
+)
 
 
 @dataclass
@@ -24,7 +29,7 @@ class ModelScores:
     probabilities: dict[str, np.ndarray]  # filename -> [C, T] post-processed
     scores_raw: dict[str, pd.DataFrame]
     scores_postprocessed: dict[str, pd.DataFrame]
-    detections: dict[float, pd.DataFrame]
+    detections: dict[float | str, pd.DataFrame]  # threshold, or "tuned" (class-wise thresholds) -> events
     psd_rocs: dict[str, PSDROC]
 
 
@@ -47,35 +52,53 @@ def score_model(
     bootstrap: int = 0,
     per_class: bool = False,
     psds: tuple[str, ...] = ("psds1", "psds2"),
+    settings: Optional[PostprocessingSettings] = None,
+    pipsds_windows: Sequence[int] = (),
 ) -> ModelScores:
-    """Median-filter, tabulate and score one model's outputs (keyed by filename).
+    """Post-process, tabulate and score one model's outputs (keyed by filename).
 
     ``strong_probs`` are ``[C, T]`` per clip on the encoder's frame grid: ``T`` is the encoder's ``n_frames``
     for a clip, more for a clip evaluated over a longer whole length. ``evaluation`` carries ``median_window``
     and ``thresholds`` (the ``evaluation`` config group); ``psds`` names the PSDS scenarios to compute (PSDS2
-    costs about three times PSDS1).
+    costs about three times PSDS1). ``settings`` (tuned on validation, :mod:`sed.evaluation.tuning`) replace the
+    configured median filter, and their class-wise thresholds add the F1 metrics ``...@tuned``.
+    ``pipsds_windows`` adds ``pipsds1`` (``pipsds1/<class>``), the post-processing independent PSDS1 over median
+    filters of those lengths applied to the raw outputs.
     Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
     :func:`sed.evaluation.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
     """
     filenames = sorted(strong_probs)
     raw = [np.asarray(strong_probs[f]) for f in filenames]
-    windows = list(evaluation.median_window)
-    post = _median_filter_clips(raw, windows[0] if len(windows) == 1 else windows)
     timestamps = [encoder.frame_timestamps(p.shape[-1]) for p in raw]
     classes = list(encoder.classes)
     scores_raw = batch_to_scores(raw, filenames, timestamps, classes, durations)
-    scores_post = batch_to_scores(post, filenames, timestamps, classes, durations)
+    if settings is None:
+        windows = list(evaluation.median_window)
+        post = median_filter_clips(raw, windows[0] if len(windows) == 1 else windows)
+        scores_post = batch_to_scores(post, filenames, timestamps, classes, durations)
+    else:
+        if settings.classes != classes:
+            raise ValueError(f"post-processing settings are for classes {settings.classes}, the model has {classes}")
+        scores_post = settings.apply(scores_raw, durations)
+        post = [scores_post[audio_id(f)][classes].to_numpy().T for f in filenames]  # SEBBs: box confidences
+    gt = ground_truth[ground_truth["filename"].isin(filenames)]
     result = evaluate_full(
         scores_raw,
         scores_post,
-        ground_truth[ground_truth["filename"].isin(filenames)],
+        gt,
         durations,
         classes,
         list(evaluation.thresholds),
         {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds)},
+        class_thresholds=None if settings is None else settings.thresholds,
     )
     metrics = {"weak_f1": weak_f1(weak_probs, weak_targets, len(classes))}
     metrics.update(result.metrics)
+    if pipsds_windows:
+        sweep = median_window_sweep(scores_raw, gt, durations, list(pipsds_windows))
+        metrics["pipsds1"] = sweep.pipsds
+        if per_class:
+            metrics.update({f"pipsds1/{c}": sweep.pipsds_per_class.get(c, float("nan")) for c in classes})
     return ModelScores(
         metrics=metrics,
         probabilities=dict(zip(filenames, post)),
@@ -84,19 +107,6 @@ def score_model(
         detections=result.detections,
         psd_rocs=result.rocs,
     )
-
-
-def _median_filter_clips(probs: list[np.ndarray], window) -> list[np.ndarray]:
-    """Median-filter ``[C, T_i]`` clips, one stacked call per clip length (one call when all have one length)."""
-    out: list[np.ndarray] = [np.empty(0)] * len(probs)
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(probs):
-        by_length.setdefault(p.shape[-1], []).append(i)
-    for rows in by_length.values():
-        filtered = median_filter(np.stack([probs[i] for i in rows]), window)
-        for i, f in zip(rows, filtered):
-            out[i] = f
-    return out
 
 
 OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1")

@@ -76,18 +76,19 @@ def _read_threshold_file(path: Path) -> dict[str, tuple[float, str]]:
 
 
 def parse_thresholds(
-    threshold: Optional[float], thresholds: Optional[str], classes: Sequence[str], default: float
+    threshold: Optional[float], thresholds: Optional[str], classes: Sequence[str], default: Threshold
 ) -> Threshold:
     """The decision threshold(s) of the command line.
 
-    ``threshold`` is one value for every class (default ``default``, the model's); ``thresholds`` overrides some
-    or all classes: ``"dog=0.4,speech=0.6"``, or a ``.json`` file ``{"dog": 0.4}`` or a TSV file with columns
-    ``event_label`` (or ``class``) and ``threshold``. Returns one float, or ``{class: threshold}`` for every
-    class when ``thresholds`` is given. Unknown classes are an error naming them.
+    ``threshold`` is one value for every class (default ``default``, the model's: one value or, when tuned,
+    ``{class: threshold}``); ``thresholds`` overrides some or all classes: ``"dog=0.4,speech=0.6"``, or a ``.json``
+    file ``{"dog": 0.4}`` or a TSV file with columns ``event_label`` (or ``class``) and ``threshold``. Returns one
+    float, or ``{class: threshold}`` for every class when ``thresholds`` (or a class-wise ``default``) applies.
+    Unknown classes are an error naming them.
     """
     base = default if threshold is None else _threshold_value(threshold, "--threshold")
     if not thresholds:
-        return base
+        return dict(base) if isinstance(base, Mapping) else base
     if "=" in thresholds:
         given: dict[str, tuple[float, str]] = {}
         for item in thresholds.split(","):
@@ -108,7 +109,7 @@ def parse_thresholds(
         raise ValueError(
             f"{unknown[0][1]}: unknown class(es) {[u for u, _ in unknown]}; the model's classes are {list(classes)}"
         )
-    return {c: given[c][0] if c in given else base for c in classes}
+    return {c: given[c][0] if c in given else base[c] if isinstance(base, Mapping) else base for c in classes}
 
 
 def describe_thresholds(threshold: Threshold) -> str:

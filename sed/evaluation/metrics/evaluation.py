@@ -13,7 +13,11 @@ import pandas as pd
 from sed.evaluation.metrics.fscores import event_f1, intersection_f1, segment_f1
 from sed.evaluation.metrics.ground_truth import _id_keyed, _prepare
 from sed.evaluation.metrics.psd import PSDROC, SCENARIOS, _psds_impl
-from sed.evaluation.postprocess import audio_id, detections_at_thresholds
+from sed.evaluation.postprocess import (
+    audio_id,
+    detections_at_thresholds,
+    detections_from_scores,
+)
 
 logger = logging.getLogger("sed.evaluation.metrics")  # one logger for the package, named as before the split
 
@@ -66,12 +70,15 @@ class EvaluationResult:
     """Everything :func:`evaluate_full` produced: the flat metrics, detections and PSD-ROCs."""
 
     metrics: dict[str, float]
-    detections: dict[float, pd.DataFrame] = field(default_factory=dict)
+    detections: dict[float | str, pd.DataFrame] = field(default_factory=dict)  # threshold or "tuned" -> events
     rocs: dict[str, PSDROC] = field(default_factory=dict)
 
 
-def _fmt_threshold(t: float) -> str:
-    return f"{float(t):g}"
+TUNED = "tuned"  # metric-key and file tag of the class-wise thresholds (``event_f1_macro@tuned``, events_tuned.tsv)
+
+
+def _fmt_threshold(t: float | str) -> str:
+    return t if isinstance(t, str) else f"{float(t):g}"
 
 
 def evaluate(
@@ -126,12 +133,15 @@ def evaluate_full(
     thresholds: Sequence[float] = (0.5,),
     cfg: EvalConfig | Mapping | None = None,
     filenames: Mapping[str, str] | None = None,
+    class_thresholds: Mapping[str, float] | None = None,
 ) -> EvaluationResult:
     """:func:`evaluate` that also returns the detections per threshold and the PSD-ROCs.
 
     ``filenames`` maps audio id -> filename for the detections' ``filename`` column (default:
     taken from the ground-truth DataFrame, else ``id + '.wav'``). ``rocs`` keys are
-    ``psds1``, ``psds2`` (and ``psds1_raw``, ``psds2_raw``).
+    ``psds1``, ``psds2`` (and ``psds1_raw``, ``psds2_raw``). ``class_thresholds`` (``{class: threshold}``, e.g.
+    tuned on validation) adds every F1 metric at those thresholds under the tag ``tuned``
+    (``event_f1_macro@tuned``, ``event_f1@tuned/<c>``, ...) and their detections under the key ``"tuned"``.
     """
     cfg = EvalConfig.from_any(cfg)
     classes = list(classes)
@@ -187,7 +197,8 @@ def evaluate_full(
     if cfg.intersection_f1 and thresholds:
         t0 = time.perf_counter()
         inter = intersection_f1(
-            scores_post, gt, thresholds, dtc=cfg.intersection_dtc, gtc=cfg.intersection_gtc, num_jobs=cfg.num_jobs
+            scores_post, gt, thresholds, dtc=cfg.intersection_dtc, gtc=cfg.intersection_gtc, num_jobs=cfg.num_jobs,
+            classwise=class_thresholds,
         )
         for t, res in inter.items():
             ts = _fmt_threshold(t)
@@ -199,7 +210,11 @@ def evaluate_full(
         tick("intersection_f1", t0)
 
     t0 = time.perf_counter()
-    detections = detections_at_thresholds(scores_post, thresholds, filenames=filenames)
+    detections: dict = detections_at_thresholds(scores_post, thresholds, filenames=filenames)
+    if class_thresholds is not None:
+        detections[TUNED] = detections_from_scores(
+            scores_post, {c: float(class_thresholds[c]) for c in classes}, filenames=filenames
+        )
     tick("decode", t0)
     clips = sorted(audio_id(k) for k in scores_post)
     for kind, enabled in (("event", cfg.event_f1), ("segment", cfg.segment_f1)):

@@ -32,11 +32,13 @@ def intersection_f1(
     gtc: float = 0.5,
     num_jobs: int = 1,
     strict: bool = False,
-) -> dict[float, dict]:
+    classwise: Mapping[str, float] | None = None,
+) -> dict[float | str, dict]:
     """Intersection-based F1 (DCASE: dtc = gtc = 0.5) at each threshold, from scores.
 
     Uses sed_scores_eval (statistics computed once, then read at each threshold; a frame is
     active when its score is strictly above the threshold, as in :func:`detections_from_scores`).
+    ``classwise`` (``{class: threshold}``) adds the F1 at those class-wise thresholds under the key ``"tuned"``.
 
     Returns:
         ``{threshold: {"f1_macro", "f1_micro", "precision_micro", "recall_micro", "per_class": {class: f1}}}``
@@ -48,19 +50,22 @@ def intersection_f1(
 
     scores, gt, _ = _prepare(scores, ground_truth, None, strict=strict)
     scores, classes = _drop_classes_without_events(scores, gt)
-    out: dict[float, dict] = {}
+    out: dict[float | str, dict] = {}
+    keyed: list[tuple[float | str, float | dict]] = [(float(t), float(t)) for t in thresholds]
+    if classwise is not None:
+        keyed.append(("tuned", {c: float(classwise[c]) for c in classes}))
     if not classes:
         nan = float("nan")
         return {
-            float(t): {"f1_macro": nan, "f1_micro": nan, "precision_micro": nan, "recall_micro": nan, "per_class": {}}
-            for t in thresholds
+            key: {"f1_macro": nan, "f1_micro": nan, "precision_micro": nan, "recall_micro": nan, "per_class": {}}
+            for key, _ in keyed
         }
     stats, _ = accumulated_intermediate_statistics(
         scores=scores, ground_truth=gt, dtc_threshold=dtc, gtc_threshold=gtc, num_jobs=num_jobs
     )
-    for t in thresholds:
-        f, p, r, _ = single_fscore_from_intermediate_statistics(stats, threshold=float(t))
-        out[float(t)] = {
+    for key, t in keyed:
+        f, p, r, _ = single_fscore_from_intermediate_statistics(stats, threshold=t)
+        out[key] = {
             "f1_macro": float(f["macro_average"]),
             "f1_micro": float(f["micro_average"]),
             "precision_micro": float(p["micro_average"]),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -189,3 +189,67 @@ def psds_bootstrap(
         num_jobs=num_jobs, strict=strict,
     )
     return boot
+
+
+# --------------------------------------------------------------------------- post-processing independent PSDS
+class PostprocessingSweep(NamedTuple):
+    """PSDS of one scenario under each of several post-processings of the same outputs, and their piPSDS.
+
+    ``per_class[i]`` holds the single-class PSDS of every class with ground truth under post-processing ``i``;
+    ``pipsds`` is the post-processing independent PSDS (Ebbers et al., DCASE 2023) of the whole set: at every eFPR
+    each class takes the best TPR any of the post-processings reaches; ``pipsds_per_class`` the same per class.
+    """
+
+    psds: list[float]
+    per_class: list[dict[str, float]]
+    pipsds: float
+    pipsds_per_class: dict[str, float]
+
+
+def psds_sweep(
+    scores_sets: Sequence[Mapping[str, pd.DataFrame]],
+    ground_truth: pd.DataFrame | Mapping,
+    durations: Mapping[str, float],
+    scenario: PSDSScenario = PSDS1,
+    *,
+    num_jobs: int = 1,
+) -> PostprocessingSweep:
+    """PSDS under each post-processing in ``scores_sets`` (the same clips post-processed differently) and the piPSDS
+    over all of them, from one pass of sed_scores_eval's per-clip statistics per set.
+
+    The piPSDS is sed_scores_eval's ``postprocessing_independent_psds_from_postprocessed_scores`` (what its
+    ``median_filter_independent_psds`` computes when the sets are median filters); the per-set, per-class values
+    are those :func:`psds` gives for each set alone. Classes without ground-truth events are left out, as in
+    :func:`psds`; with no event at all every value is NaN.
+    """
+    from sed_scores_eval.intersection_based import (
+        intermediate_statistics_deltas,
+        postprocessing_independent_psds_from_postprocessed_scores,
+    )
+    from sed_scores_eval.intersection_based.psds import psds_from_psd_roc
+
+    if not scores_sets:
+        raise ValueError("psds_sweep: no post-processed score sets")
+    prepared = []
+    for scores in scores_sets:
+        scores, gt, dur = _prepare(scores, ground_truth, durations)
+        scores, classes = _drop_classes_without_events(scores, gt)
+        prepared.append(scores)
+    nan = float("nan")
+    if not classes:
+        logger.warning("no ground-truth events at all: PSDS and piPSDS are undefined (NaN)")
+        return PostprocessingSweep([nan] * len(scores_sets), [{} for _ in scores_sets], nan, {})
+    evaluated = scenario
+    if len(classes) == 1 and scenario.cttc is not None:
+        evaluated = replace(scenario, cttc=None, alpha_ct=0.0)  # see _psds_impl
+    kwargs = dict(dtc_threshold=evaluated.dtc, gtc_threshold=evaluated.gtc, cttc_threshold=evaluated.cttc)
+    deltas = [intermediate_statistics_deltas(scores=s, ground_truth=gt, num_jobs=num_jobs, **kwargs) for s in prepared]
+    roc_kwargs = dict(alpha_ct=evaluated.alpha_ct, alpha_st=evaluated.alpha_st, unit_of_time="hour",
+                      max_efpr=evaluated.max_efpr)
+    value, pi_per_class, _, _, rocs, single_rocs = postprocessing_independent_psds_from_postprocessed_scores(
+        None, gt, dur, deltas=deltas, num_jobs=1, **kwargs, **roc_kwargs
+    )
+    max_efpr = evaluated.max_efpr
+    values = [float(psds_from_psd_roc(etpr, efpr, max_efpr)) for etpr, efpr in rocs]
+    per_class = [{c: float(psds_from_psd_roc(r[0], r[1], max_efpr)) for c, r in single.items()} for single in single_rocs]
+    return PostprocessingSweep(values, per_class, float(value), {c: float(v) for c, v in pi_per_class.items()})
