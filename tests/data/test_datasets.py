@@ -139,7 +139,7 @@ def test_unknown_label_and_mismatched_encoder(tmp_path, enc):
     with pytest.raises(AnnotationError, match=rf"^{tsv}:2: unknown label 'zebra'"):
         SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv))  # read without classes
     with pytest.raises(ValueError, match="disagree"):
-        SEDDataset(audio, ["x.wav"], enc, 22050, CLIP)
+        SEDDataset(audio, ["x.wav"], enc, SR, CLIP + 0.5)
 
 
 def _active_frames(audio: torch.Tensor, hop: int, n_frames: int) -> np.ndarray:
