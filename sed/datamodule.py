@@ -170,7 +170,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.weak_val_fraction = float(weak_val_fraction)
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
-        self.input_sample_rate: Optional[int] = None  # set with the encoder (set_encoder)
+        self.input_sample_rate: int | None = None  # set with the encoder (set_encoder)
         self.train_sets: dict[str, SEDDataset] = {}
         self.eval_datasets: dict[str, SEDDataset] = {}
         self.ground_truth: dict[str, pd.DataFrame] = {}
@@ -213,7 +213,7 @@ class SEDDataModule(pl.LightningDataModule):
             self._classes = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         return self._classes
 
-    def set_encoder(self, encoder: LabelEncoder, input_sample_rate: Optional[int] = None) -> None:
+    def set_encoder(self, encoder: LabelEncoder, input_sample_rate: int | None = None) -> None:
         """The model's label encoder, and the rate its front-end takes audio at when it resamples inside the model
         (``features.input_sample_rate``; None: the encoder's rate, the loader resamples)."""
         self.encoder = encoder
@@ -240,7 +240,7 @@ class SEDDataModule(pl.LightningDataModule):
                 paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
         return dict(Counter(info.sample_rate for info in probe_files(paths) if isinstance(info, AudioInfo)))
 
-    def resolve_input_sample_rate(self, value: Any, model_rate: int) -> Optional[int]:
+    def resolve_input_sample_rate(self, value: Any, model_rate: int) -> int | None:
         """``features.input_sample_rate`` as the model is built with it: ``"auto"`` becomes the files' rate when they
         all share one that differs from ``model_rate`` (the model then resamples; logged), else None (the loader
         resamples, as without the key); any other value is returned as it is."""

@@ -61,7 +61,7 @@ class DetectorMetadata:
     model: str
     source: str = ""  # the checkpoint exported (file name), for provenance
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # epoch, step, …
-    model_sample_rate: Optional[int] = None  # the rate inside the model when it resamples its input; None: sample_rate
+    model_sample_rate: int | None = None  # the rate inside the model when it resamples its input; None: sample_rate
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -89,7 +89,7 @@ class DetectorMetadata:
         return self.frame_samples / (self.model_sample_rate or self.sample_rate)
 
     @property
-    def input_frame_samples(self) -> Union[int, Fraction]:
+    def input_frame_samples(self) -> int | Fraction:
         """Input samples per output frame: ``frame_samples``, or a ``Fraction`` of them when the model resamples."""
         if self.model_sample_rate is None or self.model_sample_rate == self.sample_rate:
             return self.frame_samples

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torchaudio
@@ -60,7 +60,7 @@ class FrontEnd(nn.Module):
         n_mfcc: int = 40,
         db_range: tuple[float, float] = (-50.0, 80.0),
         amin: float = 1e-5,
-        input_sample_rate: Optional[int] = None,
+        input_sample_rate: int | None = None,
     ) -> None:
         super().__init__()
         if kind not in FRONTEND_KINDS:
@@ -102,7 +102,7 @@ class FrontEnd(nn.Module):
         rate = None if input_sample_rate is None else int(input_sample_rate)
         #: The rate the front-end takes audio at; None (or the model's rate) means no resampling layer.
         self.input_sample_rate = None if rate == self.sample_rate else rate
-        self.resampler: Optional[Resample] = (
+        self.resampler: Resample | None = (
             Resample(rate, self.sample_rate) if self.input_sample_rate is not None else None
         )
 

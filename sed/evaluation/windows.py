@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ class WindowGrid:
 
     window_samples: int
     window_frames: int
-    frame_samples: Union[int, Fraction]
+    frame_samples: int | Fraction
     hop_frames: int
 
     def __post_init__(self) -> None:
@@ -44,7 +43,7 @@ class WindowGrid:
             raise ValueError(f"hop_frames must lie in [1, {self.window_frames}], got {self.hop_frames}")
 
     @classmethod
-    def from_encoder(cls, encoder, hop_frames: int | None = None, input_rate: Optional[int] = None) -> "WindowGrid":
+    def from_encoder(cls, encoder, hop_frames: int | None = None, input_rate: int | None = None) -> "WindowGrid":
         """Windows of the encoder's clip length; ``hop_frames`` defaults to half a window. ``input_rate``: the rate of
         the audio windowed when it is not the encoder's (a model that resamples its input)."""
         from sed.features import input_clip_samples
@@ -57,7 +56,7 @@ class WindowGrid:
         return cls(n_in, frames, Fraction(int(encoder.frame_hop_samples) * int(input_rate), int(encoder.sample_rate)), hop)
 
     @property
-    def hop_samples(self) -> Union[int, Fraction]:
+    def hop_samples(self) -> int | Fraction:
         """Samples between window starts (a ``Fraction`` when a frame is not a whole number of samples)."""
         return self.hop_frames * self.frame_samples
 
