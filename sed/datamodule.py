@@ -243,9 +243,10 @@ class SEDDataModule(pl.LightningDataModule):
     def resolve_input_sample_rate(self, value: Any, model_rate: int) -> int | None:
         """``features.input_sample_rate`` as the model is built with it: ``"auto"`` becomes the files' rate when they
         all share one that differs from ``model_rate`` (the model then resamples; logged), else None (the loader
-        resamples, as without the key); any other value is returned as it is."""
+        resamples, as without the key); the model's own rate becomes None too (no resampler, the same front-end and
+        checkpoints as without the key); any other value is returned as it is."""
         if value != "auto":
-            return value
+            return None if value is not None and value == int(model_rate) else value
         rates = self.audio_sample_rates()
         if len(rates) == 1 and next(iter(rates)) != int(model_rate):
             rate = next(iter(rates))
