@@ -36,6 +36,8 @@ from _common import (
     workdir,
 )
 
+import sed  # noqa: F401,E402  (sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, as every sed entry point does)
+
 BENCH = "input_resampling"
 NATIVE = 44100
 
