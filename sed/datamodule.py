@@ -340,8 +340,9 @@ class SEDDataModule(pl.LightningDataModule):
             if self.trainer is None or not hasattr(self.trainer.lightning_module, "encoder"):
                 raise RuntimeError("SEDDataModule needs a label encoder: call set_encoder() first")
             self.encoder = self.trainer.lightning_module.encoder
-            frontend = getattr(self.trainer.lightning_module, "frontend", None)
-            self.input_sample_rate = getattr(frontend, "input_sample_rate", None)
+        if self.trainer is not None and hasattr(self.trainer.lightning_module, "frontend"):
+            # The rate the model being trained or evaluated takes, whatever set_encoder was told.
+            self.input_sample_rate = getattr(self.trainer.lightning_module.frontend, "input_sample_rate", None)
         problems: list[AnnotationError] = []
         read = [r for r in (self._read_set(name, problems) for name in self._wanted(stage)) if r is not None]
         events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem
