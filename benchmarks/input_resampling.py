@@ -36,7 +36,7 @@ from _common import (
     workdir,
 )
 
-import sed  # noqa: F401,E402  (sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, as every sed entry point does)
+import sed  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP, as every sed entry point does)
 
 BENCH = "input_resampling"
 NATIVE = 44100
@@ -159,7 +159,7 @@ def main() -> None:
     optimisers = {name: torch.optim.Adam(m.student.parameters(), lr=t_cfg.lr) for name, m in modules.items()}
     for name, m in modules.items():
         m.log = lambda *a, **k: None  # type: ignore[method-assign]
-        m.optimizers = (lambda opt: (lambda *a, **k: opt))(optimisers[name])  # type: ignore[method-assign]
+        m.optimizers = lambda *a, _opt=optimisers[name], **k: _opt  # type: ignore[method-assign]
 
     def step(name: str, batch_: dict[str, Any], i: int) -> None:
         m, opt = modules[name], optimisers[name]

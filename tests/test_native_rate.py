@@ -141,7 +141,7 @@ def test_export_takes_native_rate_audio_and_matches_pytorch(trained, native_data
     from sed.infer import Detector
 
     ckpt = trained / "checkpoints" / "last.ckpt"
-    clip = sorted((native_dataset / "audio" / "test").glob("*.wav"))[0]
+    clip = min((native_dataset / "audio" / "test").glob("*.wav"))
     result = export_detector(ckpt, tmp_path / "model.onnx", check_audio=[clip])
     meta = result.metadata
     assert meta.sample_rate == NATIVE and meta.model_sample_rate == 16000 and meta.window_samples == TINY_CLIP * NATIVE
