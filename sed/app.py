@@ -124,11 +124,14 @@ def _run(
         module = _evaluation_module(cfg, dm)
     else:
         config = OmegaConf.to_container(cfg, resolve=True)
+        features = config["features"]  # "auto": the files' common rate (saved resolved, so checkpoints know it)
+        features["input_sample_rate"] = dm.resolve_input_sample_rate(features.get("input_sample_rate"),
+                                                                     features["sample_rate"])
         if cfg.ckpt_path:
             check_resumable(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path), config, dm.classes)
         module = SEDModule(config, dm.classes)
         module.scaler_path = cfg.scaler.path
-    dm.set_encoder(module.encoder)
+    dm.set_encoder(module.encoder, module.frontend.input_sample_rate)
     dm.validate_at_test = validation_needed_at_test(cfg.evaluation)  # tuning post-processing on validation
     trainer = build_trainer(cfg, run_dir, resume_hint)
     if main_process:

@@ -117,13 +117,19 @@ def deployed_complexity(
     }
 
 
+def _clip_input(pl_module: Any) -> tuple[int, int]:
+    """``(samples, rate)`` of one training clip as the front-end takes it (at its input rate when it resamples)."""
+    grid = getattr(pl_module, "window_grid", None)
+    if grid is None:
+        return int(pl_module.encoder.n_samples), int(pl_module.encoder.sample_rate)
+    return int(grid.window_samples), int(getattr(pl_module.frontend, "input_rate", pl_module.encoder.sample_rate))
+
+
 def module_complexity(pl_module: Any, model: str = "teacher") -> dict[str, Any]:
     """:func:`deployed_complexity` of a :class:`sed.module.SEDModule`'s front-end, scaler and ``model`` for one
     training clip."""
-    encoder = pl_module.encoder
-    return deployed_complexity(
-        pl_module.frontend, pl_module.scaler, getattr(pl_module, model), encoder.n_samples, encoder.sample_rate
-    )
+    n_samples, rate = _clip_input(pl_module)
+    return deployed_complexity(pl_module.frontend, pl_module.scaler, getattr(pl_module, model), n_samples, rate)
 
 
 def human(n: float) -> str:
@@ -163,7 +169,7 @@ class ComplexityReport(pl.Callback):
         usable = scaler.statistic == "instance" or bool(scaler.fitted)
         if pl_module.example_input_array is None and usable:
             # Lightning's model summary then counts FLOPs (forward: front-end, scaler, teacher) instead of "0".
-            pl_module.example_input_array = torch.zeros(1, int(pl_module.encoder.n_samples))
+            pl_module.example_input_array = torch.zeros(1, _clip_input(pl_module)[0])
         if self.block is None:
             try:
                 self.block = module_complexity(pl_module)

@@ -92,6 +92,10 @@ class FeaturesConfig:
     n_mfcc: int = 40
     db_range: List[float] = field(default_factory=lambda: [-50.0, 80.0])
     amin: float = 1e-5
+    # Rate of the audio the model takes (the loader passes files at this rate; the front-end resamples to
+    # sample_rate on the device, inside the graph): null = the model's rate (the loader resamples); a rate in Hz;
+    # or "auto": the files' rate when they all share one that differs from the model's (read from their headers).
+    input_sample_rate: Any = None
 
 
 @dataclass

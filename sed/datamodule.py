@@ -6,7 +6,7 @@ import ctypes
 import logging
 import signal
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -170,6 +170,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.weak_val_fraction = float(weak_val_fraction)
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
+        self.input_sample_rate: int | None = None  # set with the encoder (set_encoder)
         self.train_sets: dict[str, SEDDataset] = {}
         self.eval_datasets: dict[str, SEDDataset] = {}
         self.ground_truth: dict[str, pd.DataFrame] = {}
@@ -215,8 +216,51 @@ class SEDDataModule(pl.LightningDataModule):
             self._classes = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         return self._classes
 
-    def set_encoder(self, encoder: LabelEncoder) -> None:
+    def set_encoder(self, encoder: LabelEncoder, input_sample_rate: int | None = None) -> None:
+        """The model's label encoder, and the rate its front-end takes audio at when it resamples inside the model
+        (``features.input_sample_rate``; None: the encoder's rate, the loader resamples)."""
         self.encoder = encoder
+        self.input_sample_rate = input_sample_rate
+
+    @property
+    def loader_sample_rate(self) -> int:
+        """The rate the datasets deliver audio at: the model's input rate when it resamples, else ``sample_rate``."""
+        return int(self.input_sample_rate or self.sample_rate)
+
+    def audio_sample_rates(self) -> dict[int, int]:
+        """``{rate: number of files}`` over the audio folders of the training subsets and the evaluation sets in use,
+        read from the files' headers (:func:`sed.data.checks.probe_files`); unreadable or non-audio files are left
+        to the checks of :meth:`setup`."""
+        from collections import Counter
+
+        from sed.data.checks import AudioInfo, probe_files
+
+        folders = [audio for name, (tsv, audio) in self.subsets.items() if tsv is not None and self.batch_sizes[name] > 0]
+        folders += [audio for _, audio, _ in self.eval_sets.values()]
+        paths = []
+        for folder in dict.fromkeys(self.path(f) for f in folders):
+            if folder.is_dir():
+                paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
+        return dict(Counter(info.sample_rate for info in probe_files(paths) if isinstance(info, AudioInfo)))
+
+    def resolve_input_sample_rate(self, value: Any, model_rate: int) -> int | None:
+        """``features.input_sample_rate`` as the model is built with it: ``"auto"`` becomes the files' rate when they
+        all share one that differs from ``model_rate`` (the model then resamples; logged), else None (the loader
+        resamples, as without the key); the model's own rate becomes None too (no resampler, the same front-end and
+        checkpoints as without the key); any other value is returned as it is."""
+        if value != "auto":
+            return None if value is not None and value == int(model_rate) else value
+        rates = self.audio_sample_rates()
+        if len(rates) == 1 and next(iter(rates)) != int(model_rate):
+            rate = next(iter(rates))
+            log.info("features.input_sample_rate=auto: all %d audio files are at %d Hz, the model resamples them to "
+                     "%d Hz on the device (the loader passes them at their own rate)", rates[rate], rate, model_rate)
+            return rate
+        shown = ", ".join(f"{n} at {r} Hz" for r, n in sorted(rates.items())) or "no audio files found"
+        log.info("features.input_sample_rate=auto: files %s; %s", shown,
+                 "already at the model's rate, nothing to resample" if list(rates) == [int(model_rate)]
+                 else f"the loader resamples to {model_rate} Hz")
+        return None
 
     # ------------------------------------------------------------------ datasets
     def _dataset(self, audio: str, filenames: list[str], train: bool, **labels) -> SEDDataset:
@@ -225,7 +269,7 @@ class SEDDataModule(pl.LightningDataModule):
             self.path(audio),
             filenames,
             self.encoder,
-            sample_rate=self.sample_rate,
+            sample_rate=self.loader_sample_rate,
             clip_duration=self.clip_duration,
             random_crop=train,
             channel=self.channel,
@@ -299,6 +343,9 @@ class SEDDataModule(pl.LightningDataModule):
             if self.trainer is None or not hasattr(self.trainer.lightning_module, "encoder"):
                 raise RuntimeError("SEDDataModule needs a label encoder: call set_encoder() first")
             self.encoder = self.trainer.lightning_module.encoder
+        if self.trainer is not None and hasattr(self.trainer.lightning_module, "frontend"):
+            # The rate the model being trained or evaluated takes, whatever set_encoder was told.
+            self.input_sample_rate = getattr(self.trainer.lightning_module.frontend, "input_sample_rate", None)
         problems: list[AnnotationError] = []
         read = [r for r in (self._read_set(name, problems) for name in self._wanted(stage)) if r is not None]
         events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem

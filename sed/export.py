@@ -1,7 +1,8 @@
 """Export a trained detector as one ONNX or TorchScript graph, with everything inference needs stored inside.
 
-The graph maps raw mono audio windows ``audio [batch, window_samples]`` (float32, at the model's sample rate,
-the training clip length) to frame probabilities ``strong [batch, classes, window_frames]`` and clip
+The graph maps raw mono audio windows ``audio [batch, window_samples]`` (float32, at the rate the model takes:
+``features.input_sample_rate`` when it resamples inside the model, whose windowed-sinc resampler is then part of
+the graph, else the model's rate; the training clip length) to frame probabilities ``strong [batch, classes, window_frames]`` and clip
 probabilities ``weak [batch, classes]``: front-end (:class:`sed.features.FrontEnd`), scaler
 (:class:`sed.scaler.TorchScaler`) and one network (student or teacher), in evaluation mode. The batch axis is
 dynamic; the window length is fixed, and ``sed.infer`` slides windows over longer audio exactly as it does
@@ -197,7 +198,7 @@ def serialize(graph: InferenceGraph, metadata: DetectorMetadata, fmt: str = "onn
 
 def check_windows(metadata: DetectorMetadata, audio: Sequence[Tensor] = (), seed: int = 0) -> Tensor:
     """Windows to compare the exported graph with PyTorch on: noise at 3 levels (with a fade, so the dB clamp
-    acts at both ends), silence, and the first window of each ``audio`` (mono at the model's rate)."""
+    acts at both ends), silence, and the first window of each ``audio`` (mono at the rate the model takes)."""
     gen = torch.Generator().manual_seed(seed)
     n = metadata.window_samples
     fade = torch.linspace(1.0, 1e-3, n) ** 2

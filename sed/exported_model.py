@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -23,6 +24,9 @@ FORMATS = ("onnx", "torchscript")
 MODELS = ("student", "teacher")
 METADATA_FORMAT = "sed.detector"
 METADATA_VERSION = 1
+#: Written by a model that resamples its input (``model_sample_rate`` set); version 1 readers refuse it rather than
+#: misread the frame grid.
+METADATA_VERSION_RESAMPLING = 2
 TORCHSCRIPT_METADATA = "sed_metadata.json"
 INPUT_NAME = "audio"
 OUTPUT_NAMES = ("strong", "weak")
@@ -40,7 +44,10 @@ class DetectorMetadata:
     """What inference needs besides the graph: the window geometry, the classes and the post-processing.
 
     Output frame ``f`` of a window spans ``[f, f + 1) * frame_duration`` seconds from the window start;
-    ``frame_duration = frame_samples / sample_rate``. ``median_window`` holds one length for every class or one
+    ``frame_duration = frame_samples / model_sample_rate``. ``sample_rate`` and ``window_samples`` are those of the
+    graph's input; a model that resamples its input (``features.input_sample_rate``) has ``model_sample_rate``, the
+    rate its frames are counted at (``frame_samples`` samples per frame at that rate); otherwise it is None (the
+    same rate). ``median_window`` holds one length for every class or one
     per class; ``thresholds`` are the checkpoint's evaluation thresholds, the first one being the default.
     """
 
@@ -54,15 +61,19 @@ class DetectorMetadata:
     model: str
     source: str = ""  # the checkpoint exported (file name), for provenance
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # epoch, step, …
+    model_sample_rate: int | None = None  # the rate inside the model when it resamples its input; None: sample_rate
 
     def __post_init__(self) -> None:
         if not self.classes:
             raise ValueError("no classes")
         if min(self.sample_rate, self.window_samples, self.window_frames, self.frame_samples) < 1:
             raise ValueError("sample_rate, window_samples, window_frames and frame_samples must be positive")
-        if self.window_frames * self.frame_samples > self.window_samples + self.frame_samples:
+        if self.model_sample_rate is not None and self.model_sample_rate < 1:
+            raise ValueError("model_sample_rate must be positive")
+        frame = self.input_frame_samples
+        if self.window_frames * frame > self.window_samples + frame:
             raise ValueError(
-                f"{self.window_frames} frames of {self.frame_samples} samples do not fit a window of "
+                f"{self.window_frames} frames of {float(frame):g} samples do not fit a window of "
                 f"{self.window_samples} samples"
             )
         if len(self.median_window) not in (1, len(self.classes)) or min(self.median_window) < 1:
@@ -75,7 +86,14 @@ class DetectorMetadata:
     @property
     def frame_duration(self) -> float:
         """Seconds per output frame (exactly what the label encoder uses)."""
-        return self.frame_samples / self.sample_rate
+        return self.frame_samples / (self.model_sample_rate or self.sample_rate)
+
+    @property
+    def input_frame_samples(self) -> int | Fraction:
+        """Input samples per output frame: ``frame_samples``, or a ``Fraction`` of them when the model resamples."""
+        if self.model_sample_rate is None or self.model_sample_rate == self.sample_rate:
+            return self.frame_samples
+        return Fraction(self.frame_samples * self.sample_rate, self.model_sample_rate)
 
     @property
     def window_seconds(self) -> float:
@@ -89,11 +107,15 @@ class DetectorMetadata:
     @classmethod
     def from_module(cls, module, model: str, source: str = "", extra: Optional[dict] = None) -> "DetectorMetadata":
         """The metadata of a :class:`sed.module.SEDModule` (its configuration and label encoder)."""
+        from sed.features import input_clip_samples
+
         encoder, ev = module.encoder, module.cfg.evaluation
+        rate = int(module.frontend.input_rate)  # the rate the graph takes (features.input_sample_rate when set)
         return cls(
             classes=tuple(module.classes),
-            sample_rate=int(module.cfg.data.sample_rate),
-            window_samples=int(encoder.n_samples),
+            sample_rate=rate,
+            model_sample_rate=int(encoder.sample_rate) if rate != int(encoder.sample_rate) else None,
+            window_samples=input_clip_samples(encoder.clip_duration, rate, int(encoder.sample_rate)),
             window_frames=int(encoder.n_frames),
             frame_samples=int(encoder.frame_hop_samples),
             median_window=tuple(int(w) for w in ev.median_window),
@@ -109,9 +131,12 @@ class DetectorMetadata:
         values["classes"] = list(self.classes)
         values["median_window"] = list(self.median_window)
         values["thresholds"] = list(self.thresholds)
-        props = {"format": METADATA_FORMAT, "format_version": METADATA_VERSION}
+        if self.model_sample_rate is None:  # files of models without a resampler stay what version 1 wrote
+            values.pop("model_sample_rate")
+        version = METADATA_VERSION if self.model_sample_rate is None else METADATA_VERSION_RESAMPLING
+        props = {"format": METADATA_FORMAT, "format_version": version}
         props.update(values)
-        props["frame_duration"] = self.frame_duration  # informational: derived from frame_samples / sample_rate
+        props["frame_duration"] = self.frame_duration  # informational: frame_samples / (model_sample_rate or sample_rate)
         props["inputs"] = {INPUT_NAME: f"float32 [batch, {self.window_samples}] mono audio at {self.sample_rate} Hz"}
         props["outputs"] = {
             "strong": f"float32 [batch, {len(self.classes)}, {self.window_frames}] frame probabilities, "
@@ -129,10 +154,11 @@ class DetectorMetadata:
             values = {key: json.loads(value) for key, value in props.items()}
         except (TypeError, ValueError) as err:
             raise ExportError(f"{path}: malformed sed metadata ({err})") from None
-        if values["format"] != METADATA_FORMAT or values.get("format_version") != METADATA_VERSION:
+        versions = (METADATA_VERSION, METADATA_VERSION_RESAMPLING)
+        if values["format"] != METADATA_FORMAT or values.get("format_version") not in versions:
             raise ExportError(
                 f"{path}: metadata format {values.get('format')!r} version {values.get('format_version')!r} is not "
-                f"{METADATA_FORMAT!r} version {METADATA_VERSION}"
+                f"{METADATA_FORMAT!r} version {' or '.join(map(str, versions))}"
             )
         names = ("classes", "sample_rate", "window_samples", "window_frames", "frame_samples", "median_window",
                  "thresholds", "model")
@@ -150,6 +176,7 @@ class DetectorMetadata:
                 thresholds=tuple(float(t) for t in values["thresholds"]),
                 model=str(values["model"]),
                 source=str(values.get("source", "")),
+                model_sample_rate=None if values.get("model_sample_rate") is None else int(values["model_sample_rate"]),
                 extra=dict(values.get("extra") or {}),
             )
         except (TypeError, ValueError) as err:

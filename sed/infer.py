@@ -17,7 +17,9 @@ Command line::
 
 ``INPUT`` is an audio file, a folder of audio files, or a TSV with a ``filename`` column (files
 resolved against ``--audio-dir``, default the TSV's folder). Any sample rate and channel count is
-accepted: channels are averaged and audio is resampled to the model's rate. An exported model carries
+accepted: channels are averaged and audio is resampled to the rate the model takes (its
+``features.input_sample_rate`` when it resamples inside the model: files already at that rate go in as they are,
+and the model resamples each window on the device). An exported model carries
 its classes, window, frame hop, median filter and thresholds; nothing else is read. Median filter and
 thresholds default to the checkpoint's ``evaluation`` configuration (the first threshold).
 
@@ -163,9 +165,9 @@ class Detector:
         self.metadata = metadata
         self.model_name = model
         self.classes: list[str] = list(metadata.classes)
-        self.sample_rate = metadata.sample_rate
-        self.window_samples = metadata.window_samples  # the training clip length
-        self.frame_samples = metadata.frame_samples  # audio samples per output frame
+        self.sample_rate = metadata.sample_rate  # the rate the model takes (its input rate when it resamples)
+        self.window_samples = metadata.window_samples  # the training clip length at that rate
+        self.frame_samples = metadata.input_frame_samples  # input samples per output frame (a Fraction when resampling)
         self.frame_duration = metadata.frame_duration
         self.window_frames = metadata.window_frames
         if self.window_frames < 1:
@@ -307,7 +309,7 @@ class Detector:
         return resample(x, int(sample_rate), self.sample_rate).contiguous()
 
     def window_starts(self, n_samples: int) -> np.ndarray:
-        """Start sample of every window for a recording of ``n_samples`` (at the model's rate)."""
+        """Start sample of every window for a recording of ``n_samples`` (at the rate the model takes)."""
         return self.grid.starts(n_samples)
 
     @torch.no_grad()
@@ -318,7 +320,7 @@ class Detector:
             wav: ``[samples]`` or ``[channels, samples]`` (numpy or torch) at ``sample_rate``; soundfile's
                 ``[samples, channels]`` is recognised too (at most 16 channels, more samples than channels).
                 Channels are averaged.
-            sample_rate: rate of ``wav``; resampled to the model's rate when different.
+            sample_rate: rate of ``wav``; resampled to the rate the model takes when different.
             postprocess: apply the checkpoint's median filter (after merging the windows).
 
         Returns:

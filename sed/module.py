@@ -86,8 +86,9 @@ class SEDModule(pl.LightningModule):
             clip_duration=self.cfg.data.clip_duration,
             time_pooling=self.student.time_pooling,
         )
-        # Evaluation clips longer than a training clip: windows and overlap averaging of sed.infer (half-clip hop).
-        self.window_grid = WindowGrid.from_encoder(self.encoder)
+        # Evaluation clips longer than a training clip: windows and overlap averaging of sed.infer (half-clip hop),
+        # cut at the rate the front-end takes (features.input_sample_rate when the model resamples).
+        self.window_grid = WindowGrid.from_encoder(self.encoder, input_rate=self.frontend.input_rate)
         self._long_clips_logged: set[str] = set()
         self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
         self._steps_per_epoch = 1
@@ -381,7 +382,7 @@ class SEDModule(pl.LightningModule):
                 "%d of %d %s clip(s) are longer than data.clip_duration (%g s): evaluated over their whole length "
                 "in %g-s windows every %g s, overlapping frame probabilities averaged (as sed.infer does)",
                 n_long, len(probs), stage, self.encoder.clip_duration, self.encoder.clip_duration,
-                grid.hop_samples / self.encoder.sample_rate,
+                grid.hop_frames * self.encoder.frame_duration,
             )
 
     def on_validation_epoch_end(self) -> None:

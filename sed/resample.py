@@ -2,10 +2,12 @@
 
 Two methods, both made of differentiable tensor ops (gradients flow to the input):
 
-* ``"sinc"``: band-limited windowed-sinc interpolation, ``torchaudio.functional.resample``
-  (Hann window by default, ``lowpass_filter_width`` zero crossings, ``rolloff`` of Nyquist).
-  Local (finite kernel), so edges are handled like zero padding. Output length
-  ``ceil(N * new_freq / orig_freq)``.
+* ``"sinc"``: band-limited windowed-sinc interpolation, the output of ``torchaudio.functional.resample``
+  (Hann window by default, ``lowpass_filter_width`` zero crossings, ``rolloff`` of Nyquist) and of the
+  loader's resampling (:func:`sed.data.audio.resample`). The kernel is built once, a non-persistent buffer
+  (it follows ``.to(device)`` and stays out of checkpoints), and applied with one strided ``conv1d``, so
+  the layer runs on the GPU and exports to ONNX/TorchScript. Local (finite kernel), so edges are handled
+  like zero padding. Output length ``ceil(N * new_freq / orig_freq)``.
 * ``"fft"``: ideal band-limited resampling in the frequency domain: ``rfft``, keep/zero-pad the
   bins up to the new Nyquist, ``irfft``. Exact for periodic band-limited signals; assumes the
   clip is periodic, so a non-periodic signal shows ringing near both ends. Same output length.
@@ -74,6 +76,18 @@ class Resample(nn.Module):
         self.rolloff = float(rolloff)
         self.resampling_method = resampling_method
         self.beta = beta
+        self.gcd = math.gcd(self.orig_freq, self.new_freq)
+        self.width = 0
+        if method == "sinc" and self.orig_freq != self.new_freq:
+            # torchaudio's kernel ([new/gcd, 1, taps]), built in float32 as the loader builds it (so both give the
+            # same samples); torchaudio.transforms.Resample keeps it as a persistent buffer, which would add a key
+            # to every checkpoint's state dict: this one is not saved.
+            sinc = torchaudio.transforms.Resample(
+                self.orig_freq, self.new_freq, resampling_method=resampling_method,
+                lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff, beta=beta, dtype=torch.float32,
+            )
+            self.width = int(sinc.width)
+            self.register_buffer("kernel", sinc.kernel.detach().clone(), persistent=False)
 
     def output_length(self, n_samples: int) -> int:
         """Number of output samples for ``n_samples`` input samples."""
@@ -83,16 +97,30 @@ class Resample(nn.Module):
         if self.orig_freq == self.new_freq:
             return wav
         if self.method == "sinc":
-            return torchaudio.functional.resample(
-                wav,
-                self.orig_freq,
-                self.new_freq,
-                lowpass_filter_width=self.lowpass_filter_width,
-                rolloff=self.rolloff,
-                resampling_method=self.resampling_method,
-                beta=self.beta,
-            )
+            return self._sinc(wav)
         return fft_resample(wav, self.output_length(wav.shape[-1]))
+
+    def _sinc(self, wav: Tensor) -> Tensor:
+        """torchaudio's polyphase application of the kernel (``_apply_sinc_resample_kernel``), with the output
+        length computed in integers so that exporters see a constant."""
+        if not wav.is_floating_point():
+            raise TypeError(f"Resample expects a floating-point waveform, got {wav.dtype}")
+        orig, new = self.orig_freq // self.gcd, self.new_freq // self.gcd
+        shape = wav.shape
+        n = shape[-1]
+        x = wav.reshape(-1, n)
+        x = torch.nn.functional.pad(x, (self.width, self.width + orig))
+        y = torch.nn.functional.conv1d(x[:, None], self.kernel.to(x.dtype), stride=orig)
+        y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, : -(-new * n // orig)]
+        return y.reshape(shape[:-1] + y.shape[-1:])
+
+    def signature(self) -> dict[str, object]:
+        """What changes the output, as plain values (part of the front-end signature)."""
+        sig: dict[str, object] = {"orig_freq": self.orig_freq, "new_freq": self.new_freq, "method": self.method}
+        if self.method == "sinc":
+            sig.update(lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff,
+                       window=self.resampling_method, beta=self.beta)
+        return sig
 
     def extra_repr(self) -> str:
         return f"orig_freq={self.orig_freq}, new_freq={self.new_freq}, method={self.method!r}"

@@ -155,6 +155,13 @@ def _v(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+def _input_rate(cfg) -> float:
+    """The rate the system takes audio at: the front-end's input rate when the model resamples (resolved
+    ``features.input_sample_rate``), else the model's ``data.sample_rate``."""
+    rate = cfg.features.get("input_sample_rate")
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else float(cfg.data.sample_rate)
+
+
 def _features_name(cfg: Any) -> str:
     kind = cfg.features.kind
     return {"mel": "log-mel energies", "mfcc": "MFCC", "stft": "log-magnitude spectrogram"}.get(kind, kind)
@@ -234,7 +241,7 @@ submission:
 system:
   description:
     input_channels: mono
-    input_sampling_rate: {_v(cfg.data.sample_rate / 1000)}  # kHz
+    input_sampling_rate: {_v(_input_rate(cfg) / 1000)}  # kHz
     acoustic_features: {_v(_features_name(cfg))}
     data_augmentation: {_v(_augmentations(cfg))}
     embeddings: null  # TODO if you use pre-trained embeddings

@@ -195,3 +195,30 @@ def test_weak_validation_split_is_deterministic_and_disjoint(tiny_dataset, tmp_p
     assert next(iter(loaders[1]))["has_weak"].all()
     with pytest.raises(ValueError, match="weak_val_fraction"):
         SEDDataModule(root=str(tiny_dataset), weak_val_fraction=1.0)
+
+
+def test_input_sample_rate_auto_is_the_files_common_rate(tmp_path, caplog):
+    """features.input_sample_rate=auto: the files' rate when all share one other than the model's, else None."""
+    import logging
+
+    import numpy as np
+    import soundfile as sf
+
+    def dataset(rates: list[int]) -> SEDDataModule:
+        root = tmp_path / "_".join(map(str, rates))
+        for i, rate in enumerate(rates):
+            folder = root / ("audio/train/strong" if i % 2 else "audio/validation")
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / f"c{i}.wav", np.zeros(rate // 10, dtype=np.float32), rate)
+        (root / "audio/validation/notes.txt").write_text("not audio")  # ignored: the checks of setup report it
+        return SEDDataModule(str(root), classes=["a"], weak_tsv=None, unlabeled_tsv=None)
+
+    caplog.set_level(logging.INFO, logger="sed.datamodule")
+    assert dataset([44100, 44100, 44100]).resolve_input_sample_rate("auto", 16000) == 44100
+    assert "all 3 audio files are at 44100 Hz" in caplog.text
+    assert dataset([44100, 48000]).resolve_input_sample_rate("auto", 16000) is None  # mixed: the loader resamples
+    assert "1 at 44100 Hz, 1 at 48000 Hz; the loader resamples to 16000 Hz" in caplog.text
+    assert dataset([16000, 16000]).resolve_input_sample_rate("auto", 16000) is None
+    dm = dataset([22050])
+    assert dm.resolve_input_sample_rate(44100, 16000) == 44100 and dm.resolve_input_sample_rate(None, 16000) is None
+    assert dm.resolve_input_sample_rate(16000, 16000) is None  # the model's own rate: no resampling layer

@@ -147,3 +147,82 @@ def test_too_short_or_bad_shape_input_raises() -> None:
         fe(torch.zeros(1, 500))
     with pytest.raises(ValueError, match=r"\[B, N\]"):
         fe(torch.zeros(1, 1, 4000))
+
+
+# --------------------------------------------------------------------------- resampling inside the model
+# features.input_sample_rate: the front-end takes 44.1 kHz audio and resamples it to the model's 16 kHz itself.
+NATIVE = 44100
+
+
+def _native_clip(seconds: float = 2.0, seed: int = 1) -> torch.Tensor:
+    """Tones (one above the model's Nyquist, which resampling must remove) + noise + a silent stretch, at 44.1 kHz."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * NATIVE)
+    t = np.arange(n) / NATIVE
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t) + 0.2 * np.sin(2 * np.pi * 12000 * t)
+    x += 0.05 * rng.standard_normal(n)
+    x[n // 4 : n // 2] = 0.0
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def test_gradient_reaches_the_input_through_the_in_model_resampler() -> None:
+    fe = FrontEnd(input_sample_rate=NATIVE)
+    wav = _native_clip().reshape(2, -1).clone().requires_grad_(True)
+    fe(wav).sum().backward()
+    assert wav.grad is not None and wav.grad.shape == wav.shape
+    assert torch.isfinite(wav.grad).all() and wav.grad.abs().sum() > 0
+    # The gradient is that of the chain resampler -> STFT: the vector-Jacobian product of the resampler with the
+    # gradient the same front-end gets at the model's rate (computed in float64 to compare the float32 chain).
+    resampled = fe.resample(wav.detach()).requires_grad_(True)
+    FrontEnd()(resampled).sum().backward()
+    x = wav.detach().double().requires_grad_(True)
+    (expected,) = torch.autograd.grad(fe.resampler(x), x, grad_outputs=resampled.grad.double())
+    torch.testing.assert_close(wav.grad.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_logmel_resampled_in_the_model_equals_loader_resampling() -> None:
+    """Same samples, same frames: the in-model resampler applies the loader's float32 sinc kernel (the loader's
+    ``sed.data.audio.resample``), so the features differ only by float32 rounding in the convolution (measured: 0 on
+    the CPU). Tolerance 1e-3 dB, the front-end's own float32 budget (TOL_DB above), for other devices and conv
+    algorithms."""
+    from sed.data.audio import resample
+
+    native = _native_clip()
+    in_model = FrontEnd(input_sample_rate=NATIVE)
+    loader_side = resample(native, NATIVE, SR)
+    assert in_model.resample(native).shape == loader_side.shape == (2 * SR,)
+    got, ref = in_model(native), FrontEnd()(loader_side)
+    assert got.shape == ref.shape and got.shape[-1] == in_model.n_frames(native.shape[-1]) == FrontEnd().n_frames(2 * SR)
+    assert float((got - ref).abs().max()) <= TOL_DB
+    assert in_model.input_rate == NATIVE and FrontEnd().input_rate == SR
+
+
+def test_input_rate_is_part_of_the_signature_and_scaler_files_refuse_a_mismatch(tmp_path) -> None:
+    from sed.scaler import ScalerMismatchError, TorchScaler
+
+    plain, native = FrontEnd(), FrontEnd(input_sample_rate=NATIVE)
+    assert "input_sample_rate" not in plain.signature()  # unchanged for models without a resampler
+    assert FrontEnd(input_sample_rate=SR).signature() == plain.signature()  # the model's own rate: no resampler
+    assert native.signature()["input_sample_rate"] == NATIVE
+    assert native.signature()["resampler"]["method"] == "sinc"
+    assert native.state_dict().keys() == plain.state_dict().keys()  # the kernel is not saved: checkpoints unchanged
+    scaler = TorchScaler("dataset", signature=native.signature()).fit([native(_native_clip()[None])], progress=False)
+    scaler.save(tmp_path / "scaler.pt")
+    assert TorchScaler.load(tmp_path / "scaler.pt", expected_signature=native.signature()).is_fitted
+    with pytest.raises(ScalerMismatchError, match="input_sample_rate"):
+        TorchScaler.load(tmp_path / "scaler.pt", expected_signature=plain.signature())
+
+
+@pytest.mark.parametrize("value", ["auto", 0, -44100])
+def test_bad_input_sample_rate_raises(value) -> None:
+    with pytest.raises(ValueError, match="input_sample_rate"):
+        FrontEnd(input_sample_rate=value)
+
+
+def test_clip_duration_must_be_whole_samples_at_the_input_rate() -> None:
+    from sed.features import input_clip_samples
+
+    assert input_clip_samples(10.0, NATIVE, SR) == 441000 and input_clip_samples(2.0, NATIVE, SR) == 88200
+    assert input_clip_samples(1.0, 22050, SR) == 22050 and input_clip_samples(1.0, SR, SR) == SR
+    with pytest.raises(ValueError, match=r"data.clip_duration=1.00001 s .*features.input_sample_rate=44100"):
+        input_clip_samples(1.00001, NATIVE, SR)

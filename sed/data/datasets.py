@@ -31,6 +31,7 @@ from sed.data.audio import (
 )
 from sed.data.encoder import LabelEncoder
 from sed.data.tsv import AnnotationError
+from sed.features import input_clip_samples
 from sed.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ class SEDDataset(Dataset):
         audio_dir: folder holding the audio files named in ``filenames``.
         filenames: clips of this dataset; ``None`` takes the filenames of ``strong``/``weak``
             in order of first appearance. A clip absent from ``strong`` has no events.
-        encoder: label encoder (its sample rate and clip duration must match).
+        encoder: label encoder (its clip duration must match).
+        sample_rate: rate of the audio items: the encoder's (the model's) rate, or the rate the model takes when it
+            resamples its input (``features.input_sample_rate``); labels are framed at the encoder's rate either
+            way (crop shifts and lengths are converted through seconds, exactly).
         strong / weak: labels from :func:`sed.data.tsv.read_strong` / ``read_weak``
             (at most one of them).
         random_crop: training crops a random window of longer files (labels move with it);
@@ -90,16 +94,18 @@ class SEDDataset(Dataset):
             raise ValueError(f"channel must be one of {CHANNEL_MODES}, got {channel!r}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        if int(sample_rate) != encoder.sample_rate or abs(float(clip_duration) - encoder.clip_duration) > 1e-9:
+        if abs(float(clip_duration) - encoder.clip_duration) > 1e-9:
             raise ValueError(
-                f"dataset ({sample_rate} Hz, {clip_duration} s) and label encoder "
-                f"({encoder.sample_rate} Hz, {encoder.clip_duration} s) disagree; labels would be misaligned"
+                f"dataset ({clip_duration} s) and label encoder ({encoder.clip_duration} s) disagree on the clip "
+                "duration; labels would be misaligned"
             )
         self.audio_dir = Path(audio_dir)
         self.encoder = encoder
         self.sample_rate = int(sample_rate)
         self.clip_duration = float(clip_duration)
-        self.n_samples = encoder.n_samples
+        # At another rate than the encoder's (a model that resamples its input), the clip whose resampling gives the
+        # encoder's clip exactly (sed.features.input_clip_samples raises when there is none).
+        self.n_samples = input_clip_samples(self.clip_duration, self.sample_rate, encoder.sample_rate)
         self.random_crop = bool(random_crop)
         self.channel = channel
         self.seed = int(seed)
@@ -310,8 +316,8 @@ class SEDDataset(Dataset):
         if self.whole_clip:
             audio, length = self._load_whole(self.audio_dir / name, gen)
             start = 0
-            if length > self.n_samples:  # frames starting before the end of the file
-                n_frames = -(-length // self.encoder.frame_hop_samples)
+            if length > self.n_samples:  # frames starting before the end of the file (on the encoder's grid)
+                n_frames = -(-length * self.encoder.sample_rate // (self.sample_rate * self.encoder.frame_hop_samples))
         else:
             audio, start = self._load(self.audio_dir / name, gen)
         if self.kind == "strong":

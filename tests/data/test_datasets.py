@@ -139,7 +139,7 @@ def test_unknown_label_and_mismatched_encoder(tmp_path, enc):
     with pytest.raises(AnnotationError, match=rf"^{tsv}:2: unknown label 'zebra'"):
         SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv))  # read without classes
     with pytest.raises(ValueError, match="disagree"):
-        SEDDataset(audio, ["x.wav"], enc, 22050, CLIP)
+        SEDDataset(audio, ["x.wav"], enc, SR, CLIP + 0.5)
 
 
 def _active_frames(audio: torch.Tensor, hop: int, n_frames: int) -> np.ndarray:
@@ -256,3 +256,63 @@ def test_nonfinite_training_audio_caught_where_read(tmp_path, enc, cache, rate):
         d[0]
     z = SEDDataset(audio, ["nan.wav"], enc, SR, CLIP, nonfinite="zero", **kw)
     assert torch.isfinite(z[0]["audio"]).all()
+
+
+# --------------------------------------------------------------------------- audio at the model's input rate
+NATIVE = 44100
+
+
+def test_native_rate_items_keep_the_frames_and_targets_of_loader_resampling(tmp_path, enc):
+    """A model that resamples its input (features.input_sample_rate=44100) gets 44.1 kHz items: the clip resampled in
+    the model has the frames of the loader-resampled clip, and the strong targets (framed at the model's rate) are
+    the same, for evaluation crops and for whole clips longer than the clip length."""
+    from sed.features import FrontEnd
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    burst_file(audio / "x.wav", CLIP, 0.2, 0.55, sr=NATIVE)
+    burst_file(audio / "long.wav", 2.7 * CLIP, 1.3, 2.2, sr=NATIVE)
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text(HEADER + "x.wav\t0.2\t0.55\ta\nlong.wav\t1.3\t2.2\tb\n")
+    strong = read_strong(tsv, CLASSES)
+    fe, fe_native = FrontEnd(n_fft=512, win_length=512, n_mels=16), FrontEnd(n_fft=512, win_length=512, n_mels=16,
+                                                                              input_sample_rate=NATIVE)
+    for whole_clip in (False, True):
+        loader = SEDDataset(audio, None, enc, SR, CLIP, strong=strong, whole_clip=whole_clip)
+        native = SEDDataset(audio, None, enc, NATIVE, CLIP, strong=strong, whole_clip=whole_clip)
+        for i in range(2):
+            a, b = loader[i], native[i]
+            n_in = b["length"] if whole_clip else NATIVE * CLIP
+            assert b["audio"].shape[-1] >= n_in and a["audio"].shape[-1] == fe_native.resampled_length(b["audio"].shape[-1])
+            assert fe(a["audio"]).shape == fe_native(b["audio"]).shape
+            torch.testing.assert_close(fe_native(b["audio"]), fe(a["audio"]), rtol=0, atol=1e-3)
+            torch.testing.assert_close(b["strong"], a["strong"], rtol=0, atol=0)
+            torch.testing.assert_close(b["weak"], a["weak"], rtol=0, atol=0)
+    assert native[1]["strong"].shape[-1] == loader[1]["strong"].shape[-1] > enc.n_frames  # the whole 2.7-s clip
+
+
+def test_native_rate_random_crops_move_the_labels_with_the_audio(tmp_path, enc):
+    """Training crops at the input rate shift the labels by the crop's start in seconds: the burst's frames in the
+    features of the crop (resampled in the model) are the target's active frames."""
+    from sed.features import FrontEnd
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    burst_file(audio / "x.wav", 3 * CLIP, 1.1, 1.6, sr=NATIVE)
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text(HEADER + "x.wav\t1.1\t1.6\ta\n")
+    d = SEDDataset(audio, None, enc, NATIVE, CLIP, strong=read_strong(tsv, CLASSES), random_crop=True, seed=5)
+    fe = FrontEnd(n_fft=512, win_length=512, n_mels=16, input_sample_rate=NATIVE)
+    hop = enc.frame_hop_samples
+    seen = 0
+    for _ in range(8):
+        item = d[0]
+        x = fe.resample(item["audio"])
+        assert x.shape[-1] == enc.n_samples
+        active = _active_frames(x, hop, enc.n_frames)
+        target = item["strong"][0].numpy() > 0
+        # Frames where the burst fills (almost) the whole frame agree; partial edge frames may go either way.
+        inner = np.convolve(active.astype(int), [1, 1, 1], mode="same") == 3
+        assert (target[inner] == 1).all() and not target[np.convolve(active.astype(int), [1, 1, 1], "same") == 0].any()
+        seen += int(target.any())
+    assert seen  # some crops held the burst
