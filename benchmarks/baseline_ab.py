@@ -203,6 +203,7 @@ def run_monitored(name: str, cmd: list[str], cwd: Path, env: dict[str, str], log
                     if text:
                         run.fragments.append((now, text))
                         out.write(f"{now:9.3f} {text}\n")
+                out.flush()  # the log can be followed while the run goes on
         except BaseException:
             _kill_group(proc)
             raise
