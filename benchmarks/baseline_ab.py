@@ -13,7 +13,8 @@ the other, alternating which goes first (A B, B A, ...: ``--pairs`` pairs), each
   shared libraries; the 2023 recipe's environment read WAVs through torchaudio's soundfile backend, which is what
   the replacement does: float32, [channels, samples]). ``--baseline-torchaudio-load`` keeps ``torchaudio.load``.
 - **ours**: ``python train.py +exp=desed_crnn data.root=... data.generate=false`` with the same classes, batch
-  sizes, workers and one epoch.
+  sizes, workers and one epoch, and ``+callbacks.tqdm_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar``
+  (Lightning 2 uses rich's bar when rich is installed, which prints nothing per step into a pipe).
 
 Everything is measured from the outside, the same way for both, from the timestamps at which the Lightning TQDM
 progress bar lines (both print them; the child's output is read unbuffered and each ``\\r``/``\\n``-separated
@@ -59,6 +60,9 @@ from pathlib import Path
 from _common import ROOT, machine_line, median, note, result, tree_rss_mib
 
 RECIPE = Path("recipes") / "dcase2023_task4_baseline"
+# Lightning 2 picks RichProgressBar when rich is installed, which draws nothing per step when its output is not
+# a terminal; ours is given Lightning's TQDM bar, which is what the baseline's Lightning 1.9 uses.
+TQDM_BAR = "pytorch_lightning.callbacks.TQDMProgressBar"
 BAR_TRAIN = re.compile(r"^Epoch (\d+):\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 BAR_VAL = re.compile(r"^Validation")
 BAR_TEST = re.compile(r"^Testing")
@@ -347,7 +351,7 @@ def main() -> None:
                               f"data.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
                               f"data.eval_batch_size={args.eval_batch_size}", f"data.num_workers={args.workers}",
                               f"trainer.max_epochs={args.epochs}", f"paths.exp_dir={scratch / f'ours_exp_{i}'}",
-                              "exp_name=baseline_ab"]
+                              "exp_name=baseline_ab", f"+callbacks.tqdm_bar._target_={TQDM_BAR}"]
         note(f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
              f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
              + " ".join(bl_cmd(0)))
