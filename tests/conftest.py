@@ -46,6 +46,10 @@ def tiny_overrides(data_root: Path, exp_dir: Path, epochs: int = 2) -> list[str]
         "trainer.deterministic=true",
         "trainer.log_every_n_steps=1",
         "training.warmup_epochs=1",
+        # The quick start's augmentations and validation tuning off: the tests that exercise them turn them on.
+        "training.augment.filter_augment.prob=0",
+        "training.augment.frame_shift.prob=0",
+        "evaluation.tune_postprocessing=false",
         "evaluation.plot_every_n_epochs=1",
         "evaluation.n_plot_clips=1",
         f"paths.exp_dir={exp_dir}",
