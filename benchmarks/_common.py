@@ -239,6 +239,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def training_device(name: str):
+    """``(torch.device(name), is_cuda)``; a clear exit when CUDA is asked for and absent."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} but torch.cuda.is_available() is False")
+    return device, device.type == "cuda"
+
+
 def apply_threads(threads: int | None) -> None:
     if threads:
         import torch

@@ -33,6 +33,7 @@ from _common import (
     note,
     result,
     sync,
+    training_device,
     workdir,
 )
 
@@ -92,10 +93,7 @@ def main() -> None:
     from sed.resample import Resample
     from sed.training.ema import ema_factor, update_teacher
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    gpu = device.type == "cuda"
+    device, gpu = training_device(args.device)
     bs = args.batch_sizes or ([12, 12, 24] if gpu else [2, 2, 4])
     workers = args.workers if args.workers is not None else (4 if gpu else 2)
     steps = args.steps if args.steps is not None else (20 if gpu else 4)

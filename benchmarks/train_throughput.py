@@ -43,6 +43,7 @@ from _common import (
     note,
     result,
     sync,
+    training_device,
     workdir,
 )
 
@@ -106,10 +107,7 @@ def main() -> None:
     from sed.training.ema import ema_factor, update_teacher
     from sed.training.losses import consistency_losses, supervised_losses
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    gpu = device.type == "cuda"
+    device, gpu = training_device(args.device)
     bs = args.batch_sizes or ([12, 12, 24] if gpu else [2, 2, 4])
     args.steps = args.steps if args.steps is not None else (30 if gpu else 3)
     args.pairs = args.pairs if args.pairs is not None else (10 if gpu else 2)
