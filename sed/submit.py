@@ -155,10 +155,16 @@ def _v(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
-def _input_rate(cfg) -> float:
-    """The rate the system takes audio at: the front-end's input rate when the model resamples (resolved
-    ``features.input_sample_rate``), else the model's ``data.sample_rate``."""
+def _input_rate(cfg: Any, metrics: dict[str, Any]) -> float:
+    """The rate the system takes audio at: the front-end's input rate when the model resamples
+    (``features.input_sample_rate``), else the model's ``data.sample_rate``. ``auto`` is resolved from the files
+    when the model is built, so the number is read from the tested checkpoint's saved configuration."""
     rate = cfg.features.get("input_sample_rate")
+    tested = (metrics.get("complexity") or {}).get("checkpoint")
+    if rate == "auto" and tested and Path(tested).is_file():
+        from sed.checkpointing import read_checkpoint
+
+        rate = read_checkpoint(tested)["hyper_parameters"]["config"]["features"].get("input_sample_rate")
     return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else float(cfg.data.sample_rate)
 
 
@@ -241,7 +247,7 @@ submission:
 system:
   description:
     input_channels: mono
-    input_sampling_rate: {_v(_input_rate(cfg) / 1000)}  # kHz
+    input_sampling_rate: {_v(_input_rate(cfg, metrics) / 1000)}  # kHz
     acoustic_features: {_v(_features_name(cfg))}
     data_augmentation: {_v(_augmentations(cfg))}
     embeddings: null  # TODO if you use pre-trained embeddings

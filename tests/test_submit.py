@@ -139,3 +139,22 @@ def test_refuses_a_run_without_test_results(tiny_dataset, tmp_path):
     proc = _submit(str(tmp_path), "-o", str(tmp_path / "out"))
     assert proc.returncode == 2 and "test/teacher/metrics.json: not found" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_metadata_states_the_rate_auto_resolved_to(tmp_path):
+    """``features.input_sample_rate=auto`` is resolved from the files when the model is built: the submission's
+    input rate is the number saved in the tested checkpoint, not the model's rate of the run's YAML."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from sed.submit import _input_rate
+
+    ckpt = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"classes": ["a"], "config": {
+        "features": {"input_sample_rate": 44100}}}}, ckpt)
+    cfg = OmegaConf.create({"features": {"input_sample_rate": "auto"}, "data": {"sample_rate": 16000}})
+    assert _input_rate(cfg, {"complexity": {"checkpoint": str(ckpt)}}) == 44100.0
+    fixed = OmegaConf.create({"features": {"input_sample_rate": 22050}, "data": {"sample_rate": 16000}})
+    assert _input_rate(fixed, {}) == 22050.0
+    loader = OmegaConf.create({"features": {"input_sample_rate": None}, "data": {"sample_rate": 16000}})
+    assert _input_rate(loader, {}) == 16000.0
