@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from sed.config import default_node
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
+from sed.evaluation.parallel import ScoringPool, resolve_workers
 from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
 from sed.evaluation.windows import WindowGrid
 from sed.instantiators import build_model, call_factory
@@ -31,7 +32,7 @@ from sed.training.augment import Augmentations, mixup
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
-from sed.training.step_speed import compiled_models, teacher_forward
+from sed.training.step_speed import FiniteCheck, compiled_models, host_to_device, subset_rows, teacher_forward
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class SEDModule(pl.LightningModule):
         self._long_clips_logged: set[str] = set()
         self.scaler_path: Optional[str] = None  # set by the app: reuse this fitted scaler instead of fitting
         self._steps_per_epoch = 1
+        self._scoring_pool: Optional[ScoringPool] = None  # sed.evaluation.parallel, started at the first scoring
+        self._finite_checks: list[FiniteCheck] = []  # this step's, read before the optimiser step
         self._warmup_steps = int(self.cfg.training.warmup_epochs)  # until configure_optimizers knows the run's length
         self._ema_max = float(self.cfg.training.ema_factor)
         self._outputs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -196,10 +199,12 @@ class SEDModule(pl.LightningModule):
         inputs = batch.setdefault("inputs", {})  # a pretrained encoder's embeddings: mixed like the features
         inputs.update({k: v.clone() for k, v in inputs.items()})
         shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
-        for rows in (batch["has_strong"], batch["has_weak"]):
-            idx = rows.nonzero().squeeze(1)
-            if idx.numel() < 2:
+        rows = batch.get("subset_rows") or {k: subset_rows(batch[f"has_{k}"].cpu()) for k in ("strong", "weak")}
+        for idx in (rows["strong"], rows["weak"]):
+            if len(range(x.shape[0])[idx] if isinstance(idx, slice) else idx) < 2:
                 continue
+            if isinstance(idx, list):
+                idx = host_to_device(torch.tensor(idx), x.device)
             if shared if shared is not None else float(torch.rand(())) < mix.prob:
                 x[idx], (strong[idx], weak[idx], *mixed) = mixup(
                     x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()])
@@ -225,6 +230,7 @@ class SEDModule(pl.LightningModule):
         return self.augment.mask(student), teacher, strong, weak
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self._check_finite()  # a previous step's, if it was run outside a Trainer (no optimiser-step hook)
         batch["inputs"] = model_inputs(self.student, batch["audio"], cache=True)  # shared with the teacher
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
         student = self.predict(self._train_nets["student"], feats, **batch["inputs"])
@@ -238,20 +244,36 @@ class SEDModule(pl.LightningModule):
             + t.weak_weight * losses["weak"]
             + weight * (losses["consistency_strong"] + losses["consistency_weak"])
         )
-        if not bool(torch.isfinite(total)):
-            raise NonFiniteLossError(
-                f"training loss is {float(total)} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(strong {float(losses['strong']):.4g}, weak {float(losses['weak']):.4g}); batch files: "
-                f"{', '.join(batch['filename'])}. Stopped before the weights were updated; the checkpoints "
-                "written so far are kept"
-            )
+        self._finite_checks.append(FiniteCheck(total, losses, batch["filename"], self.current_epoch, self.global_step))
+        if total.device.type != "cuda":
+            self._check_finite()
         batch_size = batch["audio"].shape[0]
         for name, value in losses.items():
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        self.log("train/consistency_weight", weight, batch_size=batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        # Host numbers logged as host tensors: Lightning would copy a float to the GPU (a synchronisation).
+        self.log("train/consistency_weight", torch.tensor(weight), batch_size=batch_size)
+        self.log("train/lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), batch_size=batch_size)
         return total
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The labelled subsets' rows, found on the host before the batch goes to the device (mixup needs them)."""
+        if self.training and isinstance(batch, dict) and "has_strong" in batch:
+            batch["subset_rows"] = {k: subset_rows(batch[f"has_{k}"]) for k in ("strong", "weak")}
+        return batch
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss of this step is NaN/Inf, before the weights are updated.
+
+        On a GPU this runs after the backward pass has been queued and waits only for the forward (see
+        :class:`FiniteCheck`), so the device keeps working while the host checks."""
+        checks, self._finite_checks = self._finite_checks, []
+        for check in checks:
+            if not check.finite():
+                raise NonFiniteLossError(check.message())
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The student's optimiser step, then the teacher's EMA update: one per optimiser step (not per
@@ -260,7 +282,7 @@ class SEDModule(pl.LightningModule):
         super().optimizer_step(*args, **kwargs)
         factor = ema_factor(self.global_step, self._ema_max)  # global_step counts from here on
         update_teacher(self.teacher, self.student, factor, buffers=self.cfg.training.ema_buffers)
-        self.log("train/ema_factor", factor, batch_size=1)
+        self.log("train/ema_factor", torch.tensor(factor), batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
@@ -352,23 +374,36 @@ class SEDModule(pl.LightningModule):
         ev, test = self.cfg.evaluation, stage == "test"
         psds = ("psds1", "psds2") if test or "psds2" in ev.obj_metric else ("psds1",)
         self._log_long_clips(stage, outputs["student"])
-        results = {}
-        for name in MODELS:  # one scoring function, called once per model
-            results[name] = score_model(
-                outputs[name],
-                outputs[f"{name}_weak"],
-                outputs["weak_targets"],
-                self.encoder,
-                dm.ground_truth[stage],
-                dm.durations[stage],
-                ev,
+        jobs = {  # one scoring function, called once per model (at the same time with scoring workers)
+            name: dict(
+                strong_probs=outputs[name],
+                weak_probs=outputs[f"{name}_weak"],
+                weak_targets=outputs["weak_targets"],
+                encoder=self.encoder,
+                ground_truth=dm.ground_truth[stage],
+                durations=dm.durations[stage],
+                evaluation=ev,
                 bootstrap=bootstrap,
                 per_class=test,
                 psds=psds,
                 settings=(settings or {}).get(name),
                 pipsds_windows=ev.tuning.median_windows if test and ev.pipsds else (),
             )
-        return results
+            for name in MODELS
+        }
+        workers = resolve_workers(ev.get("scoring_workers", "auto"), len(jobs))
+        if self._scoring_pool is None or self._scoring_pool.workers != workers:
+            self.teardown_scoring()
+            self._scoring_pool = ScoringPool(workers)
+        return self._scoring_pool.map(score_model, jobs)
+
+    def teardown_scoring(self) -> None:
+        if self._scoring_pool is not None:
+            self._scoring_pool.close()
+            self._scoring_pool = None
+
+    def teardown(self, stage: str) -> None:
+        self.teardown_scoring()
 
     def _log_long_clips(self, stage: str, probs: dict[str, np.ndarray]) -> None:
         """Say once per set how many clips are longer than a training clip (evaluated over their whole length)."""

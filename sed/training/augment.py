@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sed.config import AugmentConfig
+from sed.training.step_speed import host_to_device
 
 
 def mixup(
@@ -30,7 +31,7 @@ def mixup(
     """
     if mode not in ("soft", "hard"):
         raise ValueError(f"training.mixup.mode must be 'soft' or 'hard', got {mode!r}")
-    perm = torch.randperm(features.shape[0]).to(features.device)
+    perm = host_to_device(torch.randperm(features.shape[0]), features.device)
     concentration = torch.tensor(float(alpha))
     c = float(torch.distributions.Beta(concentration, concentration).sample())
     mixed = c * features + (1.0 - c) * features[perm]
@@ -55,15 +56,15 @@ def mask_time_frequency(
     out = features.clone()
     fill = features.mean(dim=(1, 2), keepdim=True)
     device = features.device
-    chosen = (torch.rand((b, 1, 1)) < prob).to(device)
+    chosen = host_to_device(torch.rand((b, 1, 1)) < prob, device)
     frames = torch.arange(t, device=device).view(1, 1, t)
     bins = torch.arange(f, device=device).view(1, f, 1)
     for _ in range(n_masks):
         for size, param, axis in ((t, time_mask_param, frames), (f, freq_mask_param, bins)):
             if param <= 0:
                 continue
-            width = torch.randint(0, min(param, size) + 1, (b, 1, 1)).to(device)
-            start = (torch.rand((b, 1, 1)).to(device) * (size - width + 1)).long()
+            width = host_to_device(torch.randint(0, min(param, size) + 1, (b, 1, 1)), device)
+            start = (host_to_device(torch.rand((b, 1, 1)), device) * (size - width + 1)).long()
             region = (axis >= start) & (axis < start + width) & chosen
             out = torch.where(region, fill.expand_as(out), out)
     return out
@@ -132,7 +133,7 @@ def filter_augment(magnitude: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """FilterAugment of magnitude (amplitude) spectrograms ``[B, F, T]``: each row times a random filter of
     :func:`filter_gains` (``kwargs``), a gain of ``g`` dB scaling a bin by ``10 ** (g / 20)``."""
     b, f, _ = magnitude.shape
-    gains = filter_gains(b, f, **kwargs).to(magnitude.device)
+    gains = host_to_device(filter_gains(b, f, **kwargs), magnitude.device)
     return magnitude * torch.pow(10.0, gains / 20.0).to(magnitude.dtype)[:, :, None]
 
 
@@ -159,9 +160,9 @@ def frame_shift(
     chosen = torch.rand(b) < prob
     shift = torch.round(torch.randn(b) * float(std_frames) / time_pooling).long() * chosen  # in output frames
     device = features.device
-    src = torch.remainder(torch.arange(n)[None, :] - shift[:, None], n).to(device)  # rolled[j] = x[(j - s) mod n]
+    src = host_to_device(torch.remainder(torch.arange(n)[None, :] - shift[:, None], n), device)  # rolled[j] = x[(j - s) mod n]
     strong = torch.gather(strong, 2, src[:, None, :].expand(-1, strong.shape[1], -1))
-    src = torch.remainder(torch.arange(span)[None, :] - time_pooling * shift[:, None], span).to(device)
+    src = host_to_device(torch.remainder(torch.arange(span)[None, :] - time_pooling * shift[:, None], span), device)
     rolled = torch.gather(features[..., :span], 2, src[:, None, :].expand(-1, features.shape[1], -1))
     return torch.cat([rolled, features[..., span:]], dim=-1), strong
 

@@ -9,9 +9,12 @@ from sed.models.crnn import CRNNOutput
 
 
 def _masked_bce(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    if not bool(rows.any()):
-        return logits.sum() * 0.0  # keeps the graph (DDP expects every parameter to get a gradient)
-    return F.binary_cross_entropy_with_logits(logits[rows].float(), targets[rows].float())
+    """Mean BCE over the elements of the rows where ``rows`` is true; 0 (graph kept: DDP expects every parameter
+    to get a gradient) when there is none. Weighted by the mask rather than indexed by it, so that the host never
+    waits for the device to know how many rows there are."""
+    per_row = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").flatten(1).mean(1)
+    weight = rows.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def supervised_losses(

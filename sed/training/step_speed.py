@@ -1,4 +1,5 @@
-"""Cheaper mean-teacher steps: the teacher's forward without autograd, and ``torch.compile`` of the networks.
+"""Cheaper mean-teacher steps: the teacher's forward without autograd, ``torch.compile`` of the networks, and no
+host-device synchronisation inside a step on a GPU.
 
 Measured on CPU (``benchmarks/train_throughput.py``, benchmarks/README.md): both networks' train-mode forwards
 are dominated by the dropout masks (``bernoulli_`` fills them serially from the CPU generator on non-Intel CPUs,
@@ -15,6 +16,30 @@ import torch
 from torch import nn
 
 from sed.models.crnn import CRNNOutput
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` (made on the host: random draws, row indices) on ``device`` without making the host wait.
+
+    A plain ``.to("cuda")`` from pageable memory waits until every kernel queued before it has run, so one such
+    copy per step keeps the host from queueing the next step while the GPU works (``benchmarks/gpu_training.py
+    --sync-debug`` lists them). On CUDA the copy goes through pinned memory, asynchronously; elsewhere it is
+    ``.to``. The values are the same: the draws still come from the CPU generator, as on a CPU run.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def subset_rows(mask: torch.Tensor) -> slice | list[int]:
+    """The rows where the host-side boolean ``mask`` is true: a slice when they are contiguous (the mixed batch
+    sampler puts each subset in one block), else their indices. Either indexes a device tensor with no copy of an
+    index tensor and no ``nonzero`` (which waits for the device)."""
+    rows = mask.nonzero().flatten().tolist()
+    if rows and rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return rows
 
 
 def teacher_forward(model: Callable[..., CRNNOutput], feats: torch.Tensor, **inputs: torch.Tensor) -> CRNNOutput:
@@ -41,3 +66,36 @@ def compiled_models(models: dict[str, nn.Module]) -> dict[str, Callable[..., CRN
     float rounding; ``tests/training/test_step_speed.py``).
     """
     return {name: torch.compile(model) for name, model in models.items()}
+
+
+class FiniteCheck:
+    """Whether a step's loss is finite, read without stalling a GPU.
+
+    On CUDA the flag is copied to pinned host memory asynchronously, right after the loss, and an event marks that
+    point: reading it waits for the forward pass only, not for the backward queued after it (``bool(loss)`` would
+    wait for everything queued). On the CPU it is read at once.
+    """
+
+    def __init__(self, total: torch.Tensor, losses: dict[str, torch.Tensor], files: list[str], epoch: int, step: int):
+        self.total, self.losses, self.files, self.epoch, self.step = total.detach(), losses, list(files), epoch, step
+        flag = torch.isfinite(self.total)
+        self.event = None
+        if flag.device.type == "cuda":
+            self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.flag.copy_(flag, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.flag = flag
+
+    def finite(self) -> bool:
+        if self.event is not None:
+            self.event.synchronize()
+        return bool(self.flag)
+
+    def message(self) -> str:
+        return (
+            f"training loss is {float(self.total)} at epoch {self.epoch}, step {self.step} "
+            f"(strong {float(self.losses['strong']):.4g}, weak {float(self.losses['weak']):.4g}); batch files: "
+            f"{', '.join(self.files)}. Stopped before the weights were updated; the checkpoints written so far are kept"
+        )

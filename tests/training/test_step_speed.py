@@ -105,3 +105,65 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
     for got, want in zip(compiled.teacher.buffers(), eager.teacher.buffers()):
         assert torch.allclose(got.float(), want.float(), atol=1e-5)
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their keys
+
+
+def test_subset_rows_are_a_slice_when_contiguous():
+    from sed.training.step_speed import subset_rows
+
+    assert subset_rows(torch.tensor([True, True, False, False])) == slice(0, 2)
+    assert subset_rows(torch.tensor([False, False, True, True, False])) == slice(2, 4)
+    assert subset_rows(torch.tensor([True, False, True])) == [0, 2]
+    assert subset_rows(torch.tensor([False, False])) == []
+
+
+def test_masked_bce_equals_the_bce_of_the_selected_rows():
+    """The loss weighted by the row mask (no boolean indexing, so no host-device synchronisation) is the mean BCE
+    over the labelled rows, as indexing gave; with no labelled row it is 0 and the graph still reaches the logits."""
+    import torch.nn.functional as F
+
+    from sed.models.crnn import CRNNOutput
+
+    g = torch.Generator().manual_seed(3)
+    strong, weak = torch.randn(6, 3, 15, generator=g, requires_grad=True), torch.randn(6, 3, generator=g)
+    out = CRNNOutput(strong, weak, strong.sigmoid(), weak.sigmoid())
+    ys, yw = (torch.rand(6, 3, 15, generator=g) > 0.5).float(), (torch.rand(6, 3, generator=g) > 0.5).float()
+    rows_s, rows_w = torch.tensor([1, 1, 0, 0, 1, 0]).bool(), torch.tensor([0, 0, 1, 1, 0, 0]).bool()
+    got = supervised_losses(out, ys, yw, rows_s, rows_w)
+    assert got["strong"].item() == pytest.approx(F.binary_cross_entropy_with_logits(strong[rows_s], ys[rows_s]).item(), rel=1e-6)
+    assert got["weak"].item() == pytest.approx(F.binary_cross_entropy_with_logits(weak[rows_w], yw[rows_w]).item(), rel=1e-6)
+    none = supervised_losses(out, ys, yw, torch.zeros(6, dtype=torch.bool), rows_w)["strong"]
+    none.backward()
+    assert none.item() == 0.0 and strong.grad is not None and not strong.grad.any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_step_never_waits_for_the_device():
+    """On a GPU the whole step (augmentation, mixup, both models, losses, the loss check, logging of host numbers,
+    backward) queues work without one host-device synchronisation, and a NaN loss is still refused before the
+    optimiser step."""
+    from sed.module import NonFiniteLossError
+
+    module = tiny_module(CLASSES, **{"training.mixup.prob": 1.0}).cuda()
+    optimizer = torch.optim.Adam(module.student.parameters())
+    module.log = lambda *a, **k: None
+    module.optimizers = lambda *a, **k: optimizer
+    module.train()
+    batch = module.on_before_batch_transfer(_batch(), 0)
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    _step_once = lambda b: module.training_step(dict(b), 0).backward()  # noqa: E731
+    _step_once(batch)  # warm-up: cuDNN/cuBLAS handles, pinned-memory pool
+    module._check_finite()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _step_once(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    module.on_before_optimizer_step(optimizer)  # the finite check: passes
+
+    bad = dict(batch, audio=batch["audio"] * float("nan"))
+    module.training_step(bad, 1).backward()
+    before = [p.detach().clone() for p in module.student.parameters()]
+    with pytest.raises(NonFiniteLossError, match="clip0.wav"):
+        module.on_before_optimizer_step(optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.student.parameters()))
