@@ -275,6 +275,9 @@ class EvaluationConfig:
     obj_metric: str = "weak_f1+intersection_f1"
     obj_model: str = "student"  # student | teacher
     psds_bootstrap: int = 0  # >0: bootstrapped 95% confidence interval of PSDS at test time
+    # Processes scoring the student and the teacher at the same time (validation and test): auto = 2 on machines
+    # with >= 4 CPUs (GPU machines: the device waits while the CPU scores), 0 (one after the other) below.
+    scoring_workers: Any = "auto"
     plot_every_n_epochs: int = 5  # TensorBoard figures of validation clips (0: never)
     n_plot_clips: int = 3
 
