@@ -50,6 +50,13 @@ VARIANTS: dict[str, tuple[list[int], str, int, list[str]]] = {
     "b48_bf16_w8": ([48, 48, 96], "bf16-mixed", 8, []),
     "b48_bf16_compile": ([48, 48, 96], "bf16-mixed", 8, ["training.compile=true"]),
     "b96_bf16_w12": ([96, 96, 192], "bf16-mixed", 12, []),
+    # channels-last CNN activations: BatchNorm and pooling kernels that use the whole GPU on 16-32 channels
+    "b12_fp32_cl": ([12, 12, 24], "32-true", 4, ["model.channels_last=true"]),
+    "b12_bf16_cl": ([12, 12, 24], "bf16-mixed", 4, ["model.channels_last=true"]),
+    "b12_bf16_cl_nobar": ([12, 12, 24], "bf16-mixed", 4, ["model.channels_last=true", "trainer.enable_progress_bar=false"]),
+    "b48_bf16_cl": ([48, 48, 96], "bf16-mixed", 4, ["model.channels_last=true"]),
+    "b48_bf16_cl_compile": ([48, 48, 96], "bf16-mixed", 8, ["model.channels_last=true", "training.compile=true"]),
+    "b96_bf16_w12_cl": ([96, 96, 192], "bf16-mixed", 12, ["model.channels_last=true"]),
 }
 EPOCH_VARIANT = "epoch"  # DESED's own epoch (data.epoch_length=min) with validation, bf16 (trainer=gpu), 4 workers
 
@@ -86,8 +93,9 @@ class _UtilSampler(threading.Thread):
 class StepTiming(_Callback):
     """Host timestamps of every training batch, epoch and validation; writes them as JSON to ``out`` at the end."""
 
-    def __init__(self, out: str, skip: int = 10, sync_debug_step: int = -1) -> None:
+    def __init__(self, out: str, skip: int = 10, sync_debug_step: int = -1, profile_steps: int = 0) -> None:
         self.out, self.skip, self.sync_debug_step = Path(out), skip, sync_debug_step
+        self.profile_steps, self._profiler = profile_steps, None
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.epochs: list[dict[str, float]] = []
@@ -112,7 +120,8 @@ class StepTiming(_Callback):
     def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
         if "synchronizing CUDA operation" not in str(message):
             return
-        frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename]
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "site-packages/torch/" not in f.filename and "warnings" not in f.filename]
         ours = [f for f in frames if "/sed/" in f.filename or "lightning" in f.filename]
         where = ours[-1] if ours else (frames[-1] if frames else None)
         key = f"{where.filename.split('site-packages/')[-1]}:{where.lineno} {where.line}" if where else "?"
@@ -142,8 +151,24 @@ class StepTiming(_Callback):
         if step == self.skip:
             self._sync()
             self.sampler.start()
+        if self.profile_steps and step == self.skip + 5:  # the kernels of a few steps, after the timed ones began
+            import torch
+
+            self._profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+            self._profiler.__enter__()
+        elif step == self.skip + 5 + self.profile_steps:
+            self._end_profile()
         self.batch = int(batch["audio"].shape[0])
         self.starts.append(time.perf_counter())
+
+    def _end_profile(self) -> None:
+        if self._profiler is not None:
+            self._sync()
+            self._profiler.__exit__(None, None, None)
+            key = "self_cuda_time_total" if self._cuda() else "self_cpu_time_total"
+            self.out.with_suffix(".profile.txt").write_text(self._profiler.key_averages().table(sort_by=key, row_limit=40))
+            self._profiler = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.ends.append(time.perf_counter())
@@ -152,6 +177,7 @@ class StepTiming(_Callback):
         self.epochs.append({"start": time.perf_counter()})
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._end_profile()
         self._sync()
         self.epochs[-1]["train_end"] = time.perf_counter()
         self.epochs[-1]["steps"] = trainer.num_training_batches
@@ -201,9 +227,12 @@ def summarise(record: dict[str, Any], timed_epoch: int | None = None) -> dict[st
             "max_memory_gib": record["max_memory_bytes"] / 2**30, "sync_sites": record["sync_sites"],
         }
     epochs = record["epochs"][1:]  # the first pays worker start-up and cuDNN's autotuning
-    train = [e["train_end"] - e["start"] for e in epochs]
+    # Lightning validates inside the training epoch (before on_train_epoch_end): training is from the epoch's start
+    # to its last batch's end, the whole epoch to on_train_epoch_end.
+    last_end = [max(e for e in ends if e <= ep["train_end"]) for ep in epochs]
+    train = [end - ep["start"] for end, ep in zip(last_end, epochs)]
     val = [e.get("validation_s", 0.0) for e in epochs]
-    whole = [t + v for t, v in zip(train, val)]
+    whole = [ep["train_end"] - ep["start"] for ep in epochs]
     return {
         "epochs": len(epochs), "steps_per_epoch": epochs[0]["steps"] if epochs else 0,
         "train_s": median(train), "validation_s": median(val), "epoch_s": median(whole),
@@ -217,11 +246,12 @@ def batch_clips(record: dict[str, Any]) -> float:
     return record["batch"] * record["epochs"][1]["steps"]
 
 
-def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    out = runs / f"{name}.json"
+def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace, profile: bool = False) -> dict[str, Any] | None:
+    label = f"{name}_profile" if profile else name
+    out = runs / f"{label}.json"
     classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
     overrides = [f"data.root={root}", "data.generate=false", f"data.classes=[{','.join(classes)}]", f"paths.exp_dir={runs / 'exp'}",
-                 f"hydra.run.dir={runs / name}", "test=false", f"+callbacks.timing.out={out}",
+                 f"hydra.run.dir={runs / label}", "test=false", f"+callbacks.timing.out={out}",
                  "+callbacks.timing._target_=gpu_training.StepTiming", "trainer.enable_progress_bar=true",
                  f"+callbacks.timing.skip={2 if name == EPOCH_VARIANT else args.skip}"]
     overrides += ["trainer=gpu"] if args.device == "cuda" else ["trainer=default", "trainer.accelerator=cpu"]
@@ -235,6 +265,8 @@ def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace) -> 
                       "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *extra]
         if args.sync_debug:
             overrides.append(f"+callbacks.timing.sync_debug_step={args.skip // 2}")
+        if profile:  # a run of its own: profiling slows the steps it records
+            overrides.append("+callbacks.timing.profile_steps=5")
         if args.device != "cuda" and precision != "32-true":
             overrides[overrides.index(f"trainer.precision={precision}")] = "trainer.precision=bf16-mixed"
     overrides += args.overrides
@@ -242,7 +274,7 @@ def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace) -> 
     cmd = [sys.executable, str(ROOT / "train.py"), "exp=desed_crnn", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
-    (runs / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    (runs / f"{label}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.is_file():
         note(f"{name}: train.py failed ({proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n"
              + (proc.stdout + proc.stderr)[-2500:])
@@ -262,6 +294,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the 'epoch' variant (the first is left out)")
     parser.add_argument("--only", nargs="+", default=None, help=f"variants: {', '.join([*VARIANTS, EPOCH_VARIANT])}")
     parser.add_argument("--sync-debug", action="store_true", help="list the host-device synchronisations of a step")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
+                        help="torch.profiler tables (GPU time by kernel over 5 steps) of these variants, beside the JSON")
     parser.add_argument("--timeout", type=float, default=420, help="seconds per train.py run")
     parser.add_argument("--workdir", default=None, help="folder for generated data and runs (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write every summary to this JSON file")
@@ -296,6 +330,11 @@ def main() -> None:
                       f"{' '.join(extra)}; {s['steps']} steps after {args.skip}]")
         for site, count in sorted(s["sync_sites"].items(), key=lambda kv: -kv[1]):
             note(f"host sync x{count} in 2 steps: {site}")
+    for name in args.profile:
+        if run_variant(name, work / "data", runs, args, profile=True) is not None:
+            table = (runs / f"{name}_profile.profile.txt").read_text()
+            note(f"{name}: GPU time by kernel over 5 steps (torch.profiler), {runs / f'{name}_profile.profile.txt'}:")
+            print("\n".join(table.splitlines()[:28]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=1))
 
