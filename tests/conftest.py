@@ -69,6 +69,18 @@ def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.Compl
     return proc
 
 
+@pytest.fixture(scope="session")
+def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """One tested epoch of the tiny configuration, with the model summary on and codecarbon's country set: the
+    run the tests of sed.export, sed.submit and the energy report read (never write into it). Shared because each
+    ``train.py`` process spends most of its ~10 s importing Lightning. Returns ``(run_dir, console output)``."""
+    exp = tmp_path_factory.mktemp("exp_tested")
+    proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1),
+                      "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir, proc.stdout + proc.stderr
+
+
 def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: float = 1.0, **overrides):
     """A tiny untrained ``SEDModule`` (seeded); ``overrides`` are dotted config keys, e.g.
     ``{"training.mixup.prob": 1.0}``."""
