@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,46 @@ def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
                       "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
     (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
     return run_dir, proc.stdout + proc.stderr
+
+
+_CAPTURE_RETURN = (
+    "import json\n"
+    "from hydra.experimental.callback import Callback\n\n"
+    "class Capture(Callback):\n"
+    "    def on_job_end(self, config, job_return, **kwargs):\n"
+    "        print('RETURNED=' + json.dumps(job_return.return_value))\n"
+)
+
+
+def run_train_returning(args: list[str], capture_dir: Path) -> tuple[subprocess.CompletedProcess, object]:
+    """``python train.py ARGS`` and what its task function returned (the value a sweeper receives), captured by
+    an extra Hydra callback (a module written into ``capture_dir``)."""
+    (capture_dir / "capture_return.py").write_text(_CAPTURE_RETURN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(capture_dir), os.environ.get("PYTHONPATH", "")]))
+        proc = run_train([*args, "+hydra.callbacks.capture._target_=capture_return.Capture"])
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RETURNED=")]
+    return proc, json.loads(line[len("RETURNED="):])
+
+
+@pytest.fixture(scope="session")
+def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
+    """One uninterrupted, tested 3-epoch tiny run (never write into it) and the value train.py's task function
+    returned for it: the run of tests/test_app.py (outputs, test-only, resume reference) and of the sweeper's
+    return-value test in tests/test_sweeps.py. Returns ``(run_dir, returned value)``."""
+    exp = tmp_path_factory.mktemp("exp_3_epochs")
+    _, value = run_train_returning(tiny_overrides(tiny_dataset, exp, epochs=3), tmp_path_factory.mktemp("capture"))
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir, value
+
+
+@pytest.fixture(scope="session")
+def lr_sweep(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """``python train.py -m ... training.lr=1e-3,3e-4``: a tested 1-epoch multirun of two jobs with Hydra's basic
+    launcher (never write into it). Returns ``(exp_dir, stdout)``."""
+    exp = tmp_path_factory.mktemp("exp_lr_sweep")
+    proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
+    return exp, proc.stdout
 
 
 def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: float = 1.0, **overrides):
