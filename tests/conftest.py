@@ -82,6 +82,25 @@ def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     return run_dir, proc.stdout + proc.stderr
 
 
+# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
+# on (filter augment with its non-default per-band steps, two SpecAugment masks), so that a resume must also restore
+# the random state they draw from.
+LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
+               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment")),
+               "training.augment.filter_augment.kind=step", "training.augment.spec_augment.n_masks=2"]
+
+
+@pytest.fixture(scope="session")
+def long_augmented_run(tiny_dataset, tmp_path_factory) -> Path:
+    """An uninterrupted, tested 2-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
+    reference of tests/reliability's resume tests and the end-to-end run of tests/training/test_augment.py. Never
+    write into it (new run directories beside it are fine)."""
+    exp = tmp_path_factory.mktemp("reference")
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir
+
+
 _CAPTURE_RETURN = (
     "import json\n"
     "from hydra.experimental.callback import Callback\n\n"

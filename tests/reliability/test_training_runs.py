@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, run_train, tiny_overrides
+from conftest import LONG_EPOCHS, REPO, run_train, tiny_overrides
 
 
 def _run_dirs(exp: Path) -> list[Path]:
@@ -36,19 +36,11 @@ def _progress(ckpt: Path) -> tuple[int, int]:
     return state["epoch"], state["global_step"]
 
 
-# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
-# on, so that a resume must also restore the random state they draw from.
-LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
-               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment"))]
-
-
 @pytest.fixture(scope="module")
-def finished(tiny_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted 2-epoch run of 20 batches per epoch: the reference of the resume tests."""
-    exp = tmp_path_factory.mktemp("reference")
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
-    (run_dir,) = _run_dirs(exp)
-    return run_dir
+def finished(long_augmented_run) -> Path:
+    """An uninterrupted 2-epoch run of 20 batches per epoch (conftest's LONG_EPOCHS, shared with the augmentation
+    tests): the reference of the resume tests."""
+    return long_augmented_run
 
 
 def test_sigterm_mid_epoch_stops_cleanly_and_resume_equals_uninterrupted(finished, tiny_dataset, tmp_path):
