@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,77 @@ def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """One tested epoch of the tiny configuration, with the model summary on and codecarbon's country set: the
+    run the tests of sed.export, sed.submit and the energy report read (never write into it). Shared because each
+    ``train.py`` process spends most of its ~10 s importing Lightning. Returns ``(run_dir, console output)``."""
+    exp = tmp_path_factory.mktemp("exp_tested")
+    proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1),
+                      "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir, proc.stdout + proc.stderr
+
+
+# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
+# on (filter augment with its non-default per-band steps, two SpecAugment masks), so that a resume must also restore
+# the random state they draw from.
+LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
+               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment")),
+               "training.augment.filter_augment.kind=step", "training.augment.spec_augment.n_masks=2"]
+
+
+@pytest.fixture(scope="session")
+def long_augmented_run(tiny_dataset, tmp_path_factory) -> Path:
+    """An uninterrupted, tested 2-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
+    reference of tests/reliability's resume tests and the end-to-end run of tests/training/test_augment.py. Never
+    write into it (new run directories beside it are fine)."""
+    exp = tmp_path_factory.mktemp("reference")
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir
+
+
+_CAPTURE_RETURN = (
+    "import json\n"
+    "from hydra.experimental.callback import Callback\n\n"
+    "class Capture(Callback):\n"
+    "    def on_job_end(self, config, job_return, **kwargs):\n"
+    "        print('RETURNED=' + json.dumps(job_return.return_value))\n"
+)
+
+
+def run_train_returning(args: list[str], capture_dir: Path) -> tuple[subprocess.CompletedProcess, object]:
+    """``python train.py ARGS`` and what its task function returned (the value a sweeper receives), captured by
+    an extra Hydra callback (a module written into ``capture_dir``)."""
+    (capture_dir / "capture_return.py").write_text(_CAPTURE_RETURN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(capture_dir), os.environ.get("PYTHONPATH", "")]))
+        proc = run_train([*args, "+hydra.callbacks.capture._target_=capture_return.Capture"])
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RETURNED=")]
+    return proc, json.loads(line[len("RETURNED="):])
+
+
+@pytest.fixture(scope="session")
+def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
+    """One uninterrupted, tested 3-epoch tiny run (never write into it) and the value train.py's task function
+    returned for it: the run of tests/test_app.py (outputs, test-only, resume reference) and of the sweeper's
+    return-value test in tests/test_sweeps.py. Returns ``(run_dir, returned value)``."""
+    exp = tmp_path_factory.mktemp("exp_3_epochs")
+    _, value = run_train_returning(tiny_overrides(tiny_dataset, exp, epochs=3), tmp_path_factory.mktemp("capture"))
+    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+    return run_dir, value
+
+
+@pytest.fixture(scope="session")
+def lr_sweep(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """``python train.py -m ... training.lr=1e-3,3e-4``: a tested 1-epoch multirun of two jobs with Hydra's basic
+    launcher (never write into it). Returns ``(exp_dir, stdout)``."""
+    exp = tmp_path_factory.mktemp("exp_lr_sweep")
+    proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
+    return exp, proc.stdout
 
 
 def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: float = 1.0, **overrides):

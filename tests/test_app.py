@@ -18,12 +18,9 @@ def _metrics(run_dir: Path, model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory) -> Path:
-    """One uninterrupted 3-epoch run (the reference for the resume test)."""
-    exp = tmp_path_factory.mktemp("exp_reference")
-    run_train(tiny_overrides(tiny_dataset, exp, epochs=3))
-    (run_dir,) = _run_dirs(exp)
-    return run_dir
+def trained(trained_3_epochs) -> Path:
+    """One uninterrupted 3-epoch run (the reference for the resume test): conftest's shared run."""
+    return trained_3_epochs[0]
 
 
 def test_run_writes_every_output(trained):
@@ -104,9 +101,8 @@ def test_ddp_two_cpu_processes_score_the_whole_set(tiny_dataset, tmp_path):
             assert distributed[key] == pytest.approx(single[key], abs=1e-9), (model, key)
 
 
-def test_multirun_sweep_makes_one_directory_per_job(tiny_dataset, tmp_path):
-    exp = tmp_path / "exp"
-    run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "training.lr=1e-3,3e-4"])
+def test_multirun_sweep_makes_one_directory_per_job(lr_sweep):
+    exp, _ = lr_sweep  # python train.py -m ... training.lr=1e-3,3e-4
     (sweep,) = list((exp / "tiny").glob("multirun_*"))
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]

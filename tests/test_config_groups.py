@@ -305,17 +305,19 @@ def test_local_config_is_optional_and_loaded_after_the_experiment(tmp_path):
     assert "num_workers: 7" in out and "exp_name: desed_crnn" in out
 
 
-def test_debug_runs_go_to_their_own_directory(tiny_dataset, tmp_path):
+def test_debug_runs_go_to_their_own_directory(tiny_dataset, tested_run, tmp_path):
     """debug=limit trains a few batches in <exp_dir>/debug/; debug=fast_dev_run from the checkpoint of a real,
-    resumable run leaves that run's directory untouched."""
+    resumable run (a copy of conftest's one-epoch tested_run) leaves that run's directory untouched."""
+    import shutil
+
     exp = tmp_path / "exp"
     run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), "debug=limit", "trainer.limit_train_batches=2"])
     assert not (exp / "tiny").exists()
     limited = _run_dir(exp / "debug")
     assert len(_events(limited / "tensorboard").Scalars("train/loss")) == 2 * 2  # 2 epochs of 2 batches
 
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=1), "test=false"])
-    real = _run_dir(exp)
+    real = exp / "tiny" / tested_run[0].name
+    shutil.copytree(tested_run[0], real, ignore=shutil.ignore_patterns(".lock"))  # a real train.py run
     (real / "status.json").write_text('{"status": "stopped"}')  # as after a SIGTERM: a resume would continue it
     before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file() and p.name != ".lock"}
     run_train([*tiny_overrides(tiny_dataset, exp), "debug=fast_dev_run", f"ckpt_path={real / 'checkpoints' / 'last.ckpt'}"])

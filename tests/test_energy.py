@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import run_train, tiny_overrides
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -119,15 +118,13 @@ def test_bad_settings_are_refused_by_name(kwargs, key):
         EnergyTracker(**kwargs)
 
 
-def test_train_py_reports_energy_and_complexity(tiny_dataset, tmp_path):
-    """A real run: energy.json, the blocks in metrics.json, TensorBoard scalars, the run summary, and a model summary
-    that counts FLOPs."""
+def test_train_py_reports_energy_and_complexity(tested_run):
+    """A real run (conftest's tested_run: trainer.enable_model_summary=true energy.country_iso_code=DEU):
+    energy.json, the blocks in metrics.json, TensorBoard scalars, the run summary, and a model summary that counts
+    FLOPs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    proc = run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "trainer.enable_model_summary=true",
-                      "energy.country_iso_code=DEU"])
-    out = proc.stdout + proc.stderr
-    (run_dir,) = [p for p in (tmp_path / "exp" / "tiny").iterdir() if p.is_dir()]
+    run_dir, out = tested_run
     record = read_energy(run_dir)
     _consistent(record["fit"])
     _consistent(record["test"])

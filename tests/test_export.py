@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_train, tiny_overrides
 
 from sed.export import DetectorMetadata, ExportedModel, InferenceGraph, load_module
 from sed.export import main as export_main
@@ -24,13 +23,10 @@ pytest.importorskip("onnxscript")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tmp_path_factory) -> Path:
+def run_dir(tested_run) -> Path:
     """One epoch of the tiny configuration (default scaler: per-clip min-max), tested (its test outputs are the
-    reference for event times)."""
-    exp = tmp_path_factory.mktemp("exp_export")
-    run_train(tiny_overrides(tiny_dataset, exp, epochs=1))
-    (run,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
-    return run
+    reference for event times): conftest's shared run."""
+    return tested_run[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from conftest import run_train, tiny_overrides
 
 from sed.submit import MARKER, SubmissionError, build_submission
 
@@ -20,11 +19,9 @@ LABEL = "Doe_UNI_task4_1"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tmp_path_factory) -> Path:
-    exp = tmp_path_factory.mktemp("exp_submit")
-    run_train(tiny_overrides(tiny_dataset, exp, epochs=1))
-    (run,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
-    return run
+def run_dir(tested_run) -> Path:
+    """A tested one-epoch run of the tiny configuration (conftest's shared run)."""
+    return tested_run[0]
 
 
 def _submit(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_train, tiny_overrides
+from conftest import REPO, run_train, run_train_returning, tiny_overrides
 
 
 def _sweep_dir(exp_dir: Path) -> Path:
@@ -35,26 +35,8 @@ def _tensorboard_best(run_dir: Path) -> float:
     return max(e.value for e in events.Scalars("val/obj_metric"))
 
 
-def _returned_value(args: list[str], tmp_path: Path, monkeypatch) -> object:
-    """``python train.py ARGS`` and what its task function returned (the value a sweeper receives), captured by
-    an extra Hydra callback."""
-    (tmp_path / "capture_return.py").write_text(
-        "import json\n"
-        "from hydra.experimental.callback import Callback\n\n"
-        "class Capture(Callback):\n"
-        "    def on_job_end(self, config, job_return, **kwargs):\n"
-        "        print('RETURNED=' + json.dumps(job_return.return_value))\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = run_train([*args, "+hydra.callbacks.capture._target_=capture_return.Capture"])
-    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RETURNED=")]
-    return json.loads(line[len("RETURNED="):])
-
-
-def test_returns_best_validation_objective_not_a_test_metric(tiny_dataset, tmp_path, monkeypatch):
-    exp = tmp_path / "exp"
-    value = _returned_value(tiny_overrides(tiny_dataset, exp, epochs=3), tmp_path, monkeypatch)
-    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+def test_returns_best_validation_objective_not_a_test_metric(trained_3_epochs, tiny_dataset, tmp_path):
+    run_dir, value = trained_3_epochs  # a tested 3-epoch run and what train.py returned for it
     assert isinstance(value, float)
     assert value == pytest.approx(_tensorboard_best(run_dir), abs=1e-6)
     assert json.loads((run_dir / "status.json").read_text())["best_val_objective"] == value
@@ -63,8 +45,8 @@ def test_returns_best_validation_objective_not_a_test_metric(tiny_dataset, tmp_p
 
     # Nothing validated for checkpoint selection: nothing to optimise, None rather than a made-up number.
     exp = tmp_path / "exp_unmonitored"
-    value = _returned_value([*tiny_overrides(tiny_dataset, exp, epochs=1), "callbacks.checkpoint.monitor=null",
-                             "test=false"], tmp_path, monkeypatch)
+    _, value = run_train_returning([*tiny_overrides(tiny_dataset, exp, epochs=1), "callbacks.checkpoint.monitor=null",
+                                    "test=false"], tmp_path)
     assert value is None
 
 
@@ -88,9 +70,8 @@ def test_optuna_search_optimises_the_validation_objective(tiny_dataset, tmp_path
     assert set(summary["varying"]) == params
 
 
-def test_sweep_summary_lists_differences_and_headline_metrics(tiny_dataset, tmp_path):
-    exp = tmp_path / "exp"
-    proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
+def test_sweep_summary_lists_differences_and_headline_metrics(lr_sweep):
+    exp, stdout = lr_sweep  # python train.py -m ... training.lr=1e-3,3e-4
     sweep = _sweep_dir(exp)
     jobs = _jobs(sweep)
     assert len(jobs) == 2
@@ -110,7 +91,7 @@ def test_sweep_summary_lists_differences_and_headline_metrics(tiny_dataset, tmp_
     markdown = (sweep / "summary.md").read_text()
     assert "| job | training.lr | status | best val objective | student psds1 |" in markdown
     assert "data.root" not in markdown.split("## Jobs")[1]
-    assert markdown.strip() in proc.stdout  # printed at the end of the sweep
+    assert markdown.strip() in stdout  # printed at the end of the sweep
 
 
 def test_submitit_local_seed_sweep_with_mean_and_std(tiny_dataset, tmp_path):

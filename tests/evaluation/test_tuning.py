@@ -196,7 +196,7 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
     from sed.infer import main as infer_main
 
     exp = tmp_path / "exp"
-    run_train([*tiny_overrides(tiny_dataset, exp), "evaluation.tune_postprocessing=true",
+    run_train([*tiny_overrides(tiny_dataset, exp, epochs=1), "evaluation.tune_postprocessing=true",
                "evaluation.save_validation_scores=true", "energy.enabled=false"])
     (run,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
     saved = json.loads((run / "postprocessing.json").read_text())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, run_train, tiny_overrides
+from conftest import LONG_EPOCHS, REPO, run_train, tiny_overrides
 
 
 def _run_dirs(exp: Path) -> list[Path]:
@@ -36,19 +36,11 @@ def _progress(ckpt: Path) -> tuple[int, int]:
     return state["epoch"], state["global_step"]
 
 
-# Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
-# on, so that a resume must also restore the random state they draw from.
-LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
-               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment"))]
-
-
 @pytest.fixture(scope="module")
-def finished(tiny_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted 2-epoch run of 20 batches per epoch: the reference of the resume tests."""
-    exp = tmp_path_factory.mktemp("reference")
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
-    (run_dir,) = _run_dirs(exp)
-    return run_dir
+def finished(long_augmented_run) -> Path:
+    """An uninterrupted 2-epoch run of 20 batches per epoch (conftest's LONG_EPOCHS, shared with the augmentation
+    tests): the reference of the resume tests."""
+    return long_augmented_run
 
 
 def test_sigterm_mid_epoch_stops_cleanly_and_resume_equals_uninterrupted(finished, tiny_dataset, tmp_path):
@@ -170,11 +162,11 @@ def test_concurrent_runs_with_one_name_get_their_own_directories(tiny_dataset, t
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_a_run_directory_in_use_is_refused(tiny_dataset, tmp_path):
+def test_a_run_directory_in_use_is_refused(finished, tiny_dataset, tmp_path):
     exp = tmp_path / "exp"
-    args = [*tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "data.epoch_length=2"]
-    run_train(args)
-    (run_dir,) = _run_dirs(exp)
+    args = [*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS]
+    run_dir = exp / "tiny" / finished.name
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns(".lock"))  # a run of train.py, not trained again
     (run_dir / "status.json").write_text('{"status": "stopped"}')  # resumable, and held by another process:
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sed.rundir import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('held', flush=True); time.sleep(60)"],
@@ -241,16 +233,19 @@ def test_configuration_holes(tiny_dataset, tmp_path):
     base = [*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "test=false"]
     refused = run_train([*base, "+training.lrr=1e-3"], check=False)
     assert refused.returncode != 0 and "unknown configuration key 'training.lrr'" in refused.stderr
-    # accepted as a user writes them: an int epoch length, sizes from the command line, lr=0 (frozen student)
-    run_train([*base, "data.epoch_length=3", "training.lr=0"])
+    # accepted as a user writes them, in one run: sizes from the command line, an int epoch length, lr=0 (frozen
+    # student)
     bom = tmp_path / "bom"
     shutil.copytree(tiny_dataset, bom)
     (bom / "classes.txt").write_text("\ufeff" + (tiny_dataset / "classes.txt").read_text(), encoding="utf-8")
     sizes = "{strong:4,weak:2,unlabeled:4,validation:2,test:2}"
     generated = tmp_path / "generated"
     run_train([*tiny_overrides(generated, tmp_path / "exp2", epochs=1), "data.generate=true",
-               f"data.generate_sizes={sizes}", "data.batch_sizes=[2,1,2]", "test=false"])
+               f"data.generate_sizes={sizes}", "data.batch_sizes=[2,1,2]", "test=false",
+               "data.epoch_length=3", "training.lr=0"])
     assert json.loads((generated / ".complete").read_text())["sizes"]["strong"] == 4
+    (run_dir,) = _run_dirs(tmp_path / "exp2")
+    assert _progress(run_dir / "checkpoints" / "last.ckpt") == (0, 3)  # one epoch of data.epoch_length=3 batches
     from sed.datamodule import SEDDataModule
 
     assert SEDDataModule(root=str(bom)).classes == (tiny_dataset / "classes.txt").read_text().split()

@@ -216,17 +216,17 @@ def test_a_bad_augment_key_fails_at_construction_naming_it():
         tiny_module(["a"], **{"training.augment.frame_shift.prob": 1.5})
 
 
-def test_train_runs_end_to_end_with_every_augmentation(tiny_dataset, tmp_path):
+def test_train_runs_end_to_end_with_every_augmentation(long_augmented_run):
+    """train.py with filter augment (kind=step), frame shift and SpecAugment (2 masks) all on: conftest's
+    long_augmented_run (also the reliability tests' resume reference)."""
     import json
 
-    from conftest import run_train, tiny_overrides
-
-    on = ["training.augment.filter_augment.prob=0.5", "training.augment.filter_augment.kind=step",
-          "training.augment.frame_shift.prob=0.5", "training.augment.spec_augment.prob=0.5",
-          "training.augment.spec_augment.n_masks=2"]
-    run_train([*tiny_overrides(tiny_dataset, tmp_path, epochs=1), *on])
-    (run_dir,) = [p for p in (tmp_path / "tiny").iterdir() if p.is_dir()]
+    run_dir = long_augmented_run
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
-    assert "filter_augment" in (run_dir / ".hydra" / "config.yaml").read_text()
+    from omegaconf import OmegaConf
+
+    augment = OmegaConf.load(run_dir / ".hydra" / "config.yaml").training.augment  # the run had them all on
+    assert augment.filter_augment.prob == augment.frame_shift.prob == augment.spec_augment.prob == 0.5
+    assert augment.filter_augment.kind == "step" and augment.spec_augment.n_masks == 2
     for model in ("student", "teacher"):
         assert "psds1" in json.loads((run_dir / "test" / model / "metrics.json").read_text())
