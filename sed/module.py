@@ -28,11 +28,11 @@ from sed.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
 from sed.models.embeddings import audio_encoder, model_inputs, set_encoder_epoch, shared_encoder_memo
 from sed.scaler import TorchScaler
-from sed.training.augment import Augmentations, mixup
+from sed.training.augment import Augmentations, mixup_within_subsets
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
-from sed.training.step_speed import FiniteCheck, compiled_models, host_to_device, subset_rows, teacher_forward
+from sed.training.step_speed import FiniteCheck, compiled_models, subset_rows, teacher_forward
 
 log = logging.getLogger(__name__)
 
@@ -189,29 +189,6 @@ class SEDModule(pl.LightningModule):
         t = self.cfg.training
         return t.consistency_max * exp_rampup(self.global_step, self._warmup_steps)
 
-    def _mixup(self, x: torch.Tensor, batch: dict[str, torch.Tensor]):
-        """Mixup within each labelled subset (strong rows with strong rows, weak with weak), on the features
-        or on the linear magnitudes (``training.mixup.domain``); one coin flip per subset, or one for both
-        (``training.mixup.shared_draw``, as the DCASE baseline)."""
-        strong, weak = batch["strong"], batch["weak"]
-        mix = self.cfg.training.mixup
-        x, strong, weak = x.clone(), strong.clone(), weak.clone()
-        inputs = batch.setdefault("inputs", {})  # a pretrained encoder's embeddings: mixed like the features
-        inputs.update({k: v.clone() for k, v in inputs.items()})
-        shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
-        rows = batch.get("subset_rows") or {k: subset_rows(batch[f"has_{k}"].cpu()) for k in ("strong", "weak")}
-        for idx in (rows["strong"], rows["weak"]):
-            if len(range(x.shape[0])[idx] if isinstance(idx, slice) else idx) < 2:
-                continue
-            if isinstance(idx, list):
-                idx = host_to_device(torch.tensor(idx), x.device)
-            if shared if shared is not None else float(torch.rand(())) < mix.prob:
-                x[idx], (strong[idx], weak[idx], *mixed) = mixup(
-                    x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()])
-                for v, m in zip(inputs.values(), mixed):
-                    v[idx] = m
-        return x, strong, weak
-
     def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The student's and the teacher's normalised training features and their targets ``(student, teacher,
         strong, weak)``: mixup (``training.mixup``, the same draw for both models) and ``training.augment``
@@ -221,11 +198,11 @@ class SEDModule(pl.LightningModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             spec = self.frontend.magnitude(batch["audio"])
             if mix.enabled and mix.domain == "linear":
-                spec, strong, weak = self._mixup(spec, batch)
+                spec, strong, weak = mixup_within_subsets(spec, batch, mix)
             student, teacher, strong = self.augment(spec, strong, lambda m: self.scaler(self.frontend.log(m)))
         if mix.enabled and mix.domain == "features":  # both models' features in one tensor: one draw mixes both
             both = teacher if student is teacher else torch.cat([student, teacher], dim=1)
-            both, strong, weak = self._mixup(both, {**batch, "strong": strong})
+            both, strong, weak = mixup_within_subsets(both, {**batch, "strong": strong}, mix)
             student, teacher = (both, both) if student is teacher else both.split(teacher.shape[1], dim=1)
         return self.augment.mask(student), teacher, strong, weak
 

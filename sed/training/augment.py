@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sed.config import AugmentConfig
-from sed.training.step_speed import host_to_device
+from sed.training.step_speed import host_to_device, subset_rows
 
 
 def mixup(
@@ -40,6 +40,34 @@ def mixup(
     else:
         new_targets = [torch.maximum(y, y[perm]) for y in targets]
     return mixed, new_targets + [c * v + (1.0 - c) * v[perm] for v in inputs]
+
+
+def mixup_within_subsets(
+    x: torch.Tensor, batch: dict[str, Any], mix: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup of a mixed batch within each labelled subset (strong rows with strong rows, weak with weak): ``x``
+    (features or linear magnitudes, ``training.mixup.domain``) and the batch's targets, with one coin flip per
+    subset, or one for both (``mix.shared_draw``, as the DCASE baseline). A pretrained encoder's embeddings
+    (``batch["inputs"]``) are mixed like the features, in place in the batch. The subsets' rows come from
+    ``batch["subset_rows"]`` when the module found them on the host before the transfer (no device sync), else
+    from the masks. Returns ``(x, strong, weak)``."""
+    strong, weak = batch["strong"], batch["weak"]
+    x, strong, weak = x.clone(), strong.clone(), weak.clone()
+    inputs = batch.setdefault("inputs", {})
+    inputs.update({k: v.clone() for k, v in inputs.items()})
+    shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
+    rows = batch.get("subset_rows") or {k: subset_rows(batch[f"has_{k}"].cpu()) for k in ("strong", "weak")}
+    for idx in (rows["strong"], rows["weak"]):
+        if len(range(x.shape[0])[idx] if isinstance(idx, slice) else idx) < 2:
+            continue
+        if isinstance(idx, list):
+            idx = host_to_device(torch.tensor(idx), x.device)
+        if shared if shared is not None else float(torch.rand(())) < mix.prob:
+            x[idx], (strong[idx], weak[idx], *mixed) = mixup(
+                x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()])
+            for v, m in zip(inputs.values(), mixed):
+                v[idx] = m
+    return x, strong, weak
 
 
 def mask_time_frequency(
