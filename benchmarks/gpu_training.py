@@ -237,13 +237,9 @@ def summarise(record: dict[str, Any], timed_epoch: int | None = None) -> dict[st
         "epochs": len(epochs), "steps_per_epoch": epochs[0]["steps"] if epochs else 0,
         "train_s": median(train), "validation_s": median(val), "epoch_s": median(whole),
         "validation_fraction": median(v / w for v, w in zip(val, whole)),
-        "clips_per_s": batch_clips(record) / median(train),
+        "clips_per_s": batch * epochs[0]["steps"] / median(train),
         "max_memory_gib": record["max_memory_bytes"] / 2**30,
     }
-
-
-def batch_clips(record: dict[str, Any]) -> float:
-    return record["batch"] * record["epochs"][1]["steps"]
 
 
 def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace, profile: bool = False) -> dict[str, Any] | None:

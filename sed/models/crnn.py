@@ -217,10 +217,10 @@ class CRNN(nn.Module):
             # cuDNN keeps the first convolution's output channels-first (a 1-channel input's layout is ambiguous),
             # and BatchNorm over a channels-first [B, 16, T, F] runs on one block per channel: on an H100 that one
             # layer took a third of the training step (benchmarks/gpu_training.py --profile). Same numbers.
-            first, rest = self.cnn[0], self.cnn[1:]
-            x = first[1:](first[0](x).contiguous(memory_format=torch.channels_last))
-            return rest(x).squeeze(-1).transpose(1, 2)
-        x = self.cnn(x)  # [B, ch, T', 1]
+            first = self.cnn[0]
+            x = self.cnn[1:](first[1:](first[0](x).contiguous(memory_format=torch.channels_last)))
+        else:
+            x = self.cnn(x)  # [B, ch, T', 1]
         return x.squeeze(-1).transpose(1, 2)
 
     def recurrent_heads(self, x: Tensor) -> CRNNOutput:

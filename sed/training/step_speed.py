@@ -77,7 +77,8 @@ class FiniteCheck:
     """
 
     def __init__(self, total: torch.Tensor, losses: dict[str, torch.Tensor], files: list[str], epoch: int, step: int):
-        self.total, self.losses, self.files, self.epoch, self.step = total.detach(), losses, list(files), epoch, step
+        self.total, self.files, self.epoch, self.step = total.detach(), list(files), epoch, step
+        self.losses = {k: losses[k].detach() for k in ("strong", "weak")}  # for the message; not the graph
         flag = torch.isfinite(self.total)
         self.event = None
         if flag.device.type == "cuda":
