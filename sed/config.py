@@ -234,6 +234,10 @@ class TrainingConfig:
     consistency_max: float = 2.0
     strong_weight: float = 1.0
     weak_weight: float = 1.0
+    # Strong loss: each class's positive frames weighted by (median class's active-frame share / its share) ** this
+    # power, at least 1, shares from the strong training labels (sed.training.losses.class_balance_weights): short or
+    # rare events (few positive frames) are learnt as early as the others. 0: unweighted (DCASE baseline).
+    class_balance: float = 0.0
     mixup: MixupConfig = field(default_factory=MixupConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # torch.compile the student and teacher for the training step (sed/training/step_speed.py; the first step

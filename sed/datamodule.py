@@ -371,6 +371,12 @@ class SEDDataModule(pl.LightningDataModule):
         if any(clips.name in self.subsets for clips, _ in read):
             log.info("Training subsets: %s", {k: len(v) for k, v in self.train_sets.items()})
 
+    def strong_active_fractions(self) -> Optional[np.ndarray]:
+        """Per class, the share of the strong training set's label frames in which it is active (``[C]``), or
+        ``None`` without a strong training set (call :meth:`setup` first)."""
+        strong = self.train_sets.get("strong")
+        return None if strong is None else strong.active_frame_fractions()
+
     # ------------------------------------------------------------------ loaders
     def _world(self) -> tuple[int, int]:
         if self.trainer is None:

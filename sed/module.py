@@ -30,7 +30,7 @@ from sed.models.embeddings import audio_encoder, model_inputs, set_encoder_epoch
 from sed.scaler import TorchScaler
 from sed.training.augment import Augmentations, mixup_within_subsets
 from sed.training.ema import ema_factor, update_teacher
-from sed.training.losses import consistency_losses, supervised_losses
+from sed.training.losses import class_balance_weights, consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
 from sed.training.step_speed import FiniteCheck, compiled_models, subset_rows, teacher_forward
 
@@ -104,6 +104,7 @@ class SEDModule(pl.LightningModule):
         # checkpoint is deployed with (forward, sed.infer, sed.export). At short budgets the EMA teacher lags.
         self.preferred_model = "teacher"
         self._config_logged = False
+        self.strong_pos_weight: Optional[torch.Tensor] = None  # training.class_balance, set when fitting starts
 
     # ------------------------------------------------------------------ features and forward
     def features(self, audio: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,7 @@ class SEDModule(pl.LightningModule):
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
         self._log_config_text()
+        self._set_class_balance()
         if self.scaler.statistic != "dataset":
             if self.scaler_path:
                 raise ValueError(
@@ -154,6 +156,23 @@ class SEDModule(pl.LightningModule):
             path = Path(self.trainer.default_root_dir) / "scaler.pt"
             self.scaler.save(path)
             log.info("Scaler saved to %s (reuse it with scaler.path=%s)", path, path)
+
+    def _set_class_balance(self) -> None:
+        """``training.class_balance``: the strong loss's class weights, from the strong training labels (the same
+        data gives the same weights, so a resumed run trains on)."""
+        power = float(self.cfg.training.get("class_balance", 0.0) or 0.0)
+        self.strong_pos_weight = None
+        if power == 0:
+            return
+        fractions = self.trainer.datamodule.strong_active_fractions()
+        if fractions is None:
+            log.warning("training.class_balance=%g has no effect: there is no strong training set", power)
+            return
+        weights = class_balance_weights(fractions, power)
+        self.strong_pos_weight = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
+        log.info("Strong loss class weights (training.class_balance=%g): %s", power,
+                 ", ".join(f"{c} {w:.2f} ({100 * f:.1f} % of frames)"
+                           for c, w, f in zip(self.encoder.classes, weights, fractions)))
 
     def on_train_epoch_start(self) -> None:
         set_encoder_epoch(self.student, self.current_epoch)  # model.encoder.finetune_after_epoch
@@ -213,7 +232,8 @@ class SEDModule(pl.LightningModule):
         student = self.predict(self._train_nets["student"], feats, **batch["inputs"])
         teacher = self.predict(partial(teacher_forward, self._train_nets["teacher"]), teacher_feats, **batch["inputs"])
         t = self.cfg.training
-        losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"])
+        losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"],
+                                   self.strong_pos_weight)
         losses.update(consistency_losses(student, teacher))
         weight = self.consistency_weight()
         total = (

@@ -75,3 +75,28 @@ def test_one_coin_flip_for_both_subsets_or_one_each(shared):
 def test_unknown_mixup_domain_is_refused():
     with pytest.raises(ValueError, match="training.mixup.domain"):
         tiny_module(CLASSES, **{"training.mixup.domain": "waveform"})
+
+
+@pytest.mark.parametrize("power", [1.0, 0.0])
+def test_class_balance_weights_come_from_the_strong_training_labels(tiny_dataset, tmp_path, power):
+    import numpy as np
+    import pytorch_lightning as pl
+    from conftest import TINY_CLIP
+
+    from sed.datamodule import SEDDataModule
+    from sed.training.losses import class_balance_weights
+
+    dm = SEDDataModule(str(tiny_dataset), clip_duration=TINY_CLIP, batch_sizes=[4, 2, 4], num_workers=0)
+    module = tiny_module(dm.classes, clip_duration=TINY_CLIP, **{"training.class_balance": power})
+    dm.set_encoder(module.encoder)
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    if power == 0:
+        assert module.strong_pos_weight is None
+        return
+    fractions = dm.strong_active_fractions()
+    assert fractions.shape == (len(dm.classes),) and (fractions > 0).sum() > 1
+    expected = class_balance_weights(fractions, power)
+    assert (expected > 1).any()
+    np.testing.assert_allclose(module.strong_pos_weight.cpu().numpy(), expected, rtol=1e-6)

@@ -201,6 +201,15 @@ class SEDDataset(Dataset):
                 where, line = self._where(name)
                 raise AnnotationError(where, line, str(err)) from None
 
+    def active_frame_fractions(self) -> np.ndarray:
+        """Per class, the share of this set's label frames (clips of ``clip_duration``, uncropped) in which the class
+        is active: ``[C]``, 0 for every class of a set without strong labels."""
+        n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
+        active = np.zeros(n_classes, dtype=np.float64)
+        for ev in self._events.values():
+            active += self.encoder.encode_arrays(*ev, n_frames=n_frames).sum(axis=1)
+        return active / (len(self.filenames) * n_frames)
+
     # --- randomness -------------------------------------------------------------------
     def _rng(self) -> torch.Generator:
         """Generator for crops/channels: seeded from ``seed`` and, in a worker, the worker seed."""

@@ -31,7 +31,7 @@ CARDS = {
         "features.n_fft": 2048, "features.hop_length": 256, "features.n_mels": 128,
         "scaler.statistic": "instance", "scaler.normtype": "minmax",
         "evaluation.median_window": [7], "evaluation.thresholds": [0.5],
-        "evaluation.obj_metric": "weak_f1+intersection_f1",
+        "evaluation.obj_metric": "weak_f1+intersection_f1", "training.class_balance": 0.0,
         **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
     },
     "quickstart": {
@@ -42,6 +42,7 @@ CARDS = {
         "evaluation.obj_metric": "weak_f1+intersection_f1", "evaluation.tune_postprocessing": True,
         "training.augment.filter_augment.prob": 0.5, "training.augment.frame_shift.prob": 0.5,
         "training.augment.frame_shift.std_frames": 45.0, "training.augment.spec_augment.prob": 0.0,
+        "training.class_balance": 1.0, "model.dropout": 0.0, "model.dropout_recurrent_out": 0.0, "model.rnn_layers": 1,
     },
 }
 # Better than the baseline: its card with a run-length-adaptive schedule and post-processing tuned on validation.

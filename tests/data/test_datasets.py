@@ -74,6 +74,14 @@ def test_strong_items(tmp_path, enc):
     assert z["filename"] == "z.wav" and not z["strong"].any() and not z["weak"].any() and bool(z["has_strong"])
 
 
+def test_active_frame_fractions_count_label_frames_per_class(tmp_path, enc):
+    d = make(tmp_path, enc)  # 3 clips of 15 frames: x has a in 0.2-0.4 s, y has b in 0-0.1 s, z nothing
+    a = enc.encode_strong([(0.2, 0.4, "a")])[0].sum()
+    b = enc.encode_strong([(0.0, 0.1, "b")])[1].sum()
+    np.testing.assert_allclose(d.active_frame_fractions(), [a / 45, b / 45])
+    assert make(tmp_path, enc, "weak").active_frame_fractions().tolist() == [0.0, 0.0]
+
+
 def test_weak_and_unlabeled_items(tmp_path, enc):
     w = make(tmp_path, enc, "weak")
     assert w.kind == "weak" and len(w) == 2
