@@ -50,6 +50,7 @@ VARIANTS: dict[str, tuple[list[int], str, int, list[str]]] = {
     "b48_bf16_w8": ([48, 48, 96], "bf16-mixed", 8, []),
     "b48_bf16_compile": ([48, 48, 96], "bf16-mixed", 8, ["training.compile=true"]),
     "b96_bf16_w12": ([96, 96, 192], "bf16-mixed", 12, []),
+    "b96_bf16_w12_compile": ([96, 96, 192], "bf16-mixed", 12, ["training.compile=true"]),
     # channels-last CNN activations: BatchNorm and pooling kernels that use the whole GPU on 16-32 channels
     "b12_fp32_cl": ([12, 12, 24], "32-true", 4, ["model.channels_last=true"]),
     "b12_bf16_cl": ([12, 12, 24], "bf16-mixed", 4, ["model.channels_last=true"]),

@@ -35,7 +35,7 @@ CARDS = {
         **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
     },
     "quickstart": {
-        "training.lr": 2e-3, "training.warmup_epochs": 3, "training.ema_factor": 0.99,
+        "training.lr": 3e-3, "training.warmup_epochs": 3, "training.ema_factor": 0.99,
         "model.pooling": [[1, 4], [1, 4], [1, 2], [1, 2]], "features.hop_length": 512,  # 32-ms output frames
         "data.batch_sizes": [8, 8, 8], "trainer.max_epochs": 20, "data.weak_val_fraction": 0.0,
         "training.mixup.domain": "features", "evaluation.median_window": [7],
