@@ -50,7 +50,7 @@ CARDS["crnn_plus"] = {
     **CARDS["desed_crnn"], "training.warmup_fraction": 0.25, "training.ema_horizon": 0.04,
     "evaluation.tune_postprocessing": True, "evaluation.postprocessing": "median",
     "training.augment.filter_augment.prob": 0.5, "training.augment.frame_shift.prob": 0.5,
-    "training.augment.frame_shift.std_frames": 90.0,
+    "training.augment.frame_shift.std_frames": 90.0, "training.class_balance": 1.0,
 }
 # The DCASE 2024 architecture (a frozen pretrained encoder beside the CNN) with the 2023 baseline's training card.
 CARDS["crnn_ast"] = {
