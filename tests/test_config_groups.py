@@ -123,7 +123,7 @@ def cosine_run(tiny_dataset, tmp_path_factory) -> Path:
 
 def test_learning_rate_per_step_follows_the_schedule(cosine_run):
     """train/lr of every step of a real run equals training.lr * lr_factor(step) (warm-up then cosine)."""
-    lr, min_lr, warmup, total = 2e-3, 1e-4, 1 * TINY_BATCHES, 3 * TINY_BATCHES
+    lr, min_lr, warmup, total = 3e-3, 1e-4, 1 * TINY_BATCHES, 3 * TINY_BATCHES
     logged = {e.step: e.value for e in _events(cosine_run / "tensorboard").Scalars("train/lr")}
     assert sorted(logged) == list(range(total))
     for step, value in logged.items():
@@ -170,7 +170,7 @@ def type_is(group: dict, name: str) -> bool:
         (["optimizer=adamw"], lambda g: type_is(g, "AdamW") and g["weight_decay"] == pytest.approx(0.01)),
         (["optimizer._target_=torch.optim.SGD", "~optimizer.betas", "+optimizer.momentum=0.9"],
          lambda g: "betas" not in g and g["momentum"] == 0.9),
-        (["scheduler=none"], lambda g: "initial_lr" not in g and g["lr"] == pytest.approx(2e-3)),
+        (["scheduler=none"], lambda g: "initial_lr" not in g and g["lr"] == pytest.approx(3e-3)),
     ],
     ids=["adamw", "user_sgd", "no_scheduler"],
 )
