@@ -15,7 +15,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from sed.config import default_node
@@ -23,6 +22,13 @@ from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
 from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
+from sed.evaluation.tensorboard import (
+    log_config_text,
+    log_hparams,
+    log_test_details,
+    log_validation_figures,
+    tensorboard_writers,
+)
 from sed.evaluation.windows import WindowGrid
 from sed.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
@@ -443,36 +449,17 @@ class SEDModule(pl.LightningModule):
         self._log_figures(results)
         self._plot_batch = None
 
-    def _tensorboards(self) -> list[Any]:
-        """The ``SummaryWriter`` of every TensorBoard logger: figures, text and hparams go only there."""
-        return [lg.experiment for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-
     @rank_zero_only
     def _log_figures(self, results: dict[str, ModelScores]) -> None:
+        """The teacher's validation clip figures, every ``evaluation.plot_every_n_epochs`` epochs and at the last."""
         every = self.cfg.evaluation.plot_every_n_epochs
-        writers = self._tensorboards()
+        writers = tensorboard_writers(self.loggers)
         if not every or self._plot_batch is None or not writers:
             return
         if self.current_epoch % every != 0 and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
             return
-        import matplotlib.pyplot as plt
-
-        from sed.evaluation.plotting import activity_figure
-
-        probs = results["teacher"].probabilities
-        batch = self._plot_batch
-        for i, filename in enumerate(batch["filename"]):
-            fig = activity_figure(
-                batch["features"][i],
-                batch["reference"][i],
-                probs[filename][:, : batch["reference"].shape[-1]],  # the first clip_duration seconds
-                self.classes,
-                self.cfg.data.clip_duration,
-                title=f"{filename} (teacher, epoch {self.current_epoch})",
-            )
-            for writer in writers:
-                writer.add_figure(f"val_clips/{i}", fig, global_step=self.global_step, close=False)
-            plt.close(fig)
+        log_validation_figures(writers, self._plot_batch, results["teacher"].probabilities, self.classes,
+                               self.cfg.data.clip_duration, "teacher", self.current_epoch, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         ev, dm = self.cfg.evaluation, self.trainer.datamodule
@@ -507,53 +494,21 @@ class SEDModule(pl.LightningModule):
 
     @rank_zero_only
     def _log_test_details(self, results: dict[str, ModelScores]) -> None:
-        """Per-class test metrics to every logger, as ``test/<model>/per_class/<metric>/<class>`` (``psds1``,
-        ``event_f1@0.5``, ...; not ``test/<model>/psds1/<class>``: a name that is also the folder of other names
-        breaks MLflow's file store), out of the console table; the PSD-ROC figure of each model to TensorBoard."""
-        for name, result in results.items():
-            per_class = {f"test/{name}/per_class/{key}": float(value) for key, value in result.metrics.items()
-                         if "/" in key and np.isfinite(value)}  # NaN: a class without ground-truth events
-            for logger in self.loggers:
-                logger.log_metrics(per_class, step=self.global_step)
-        writers = self._tensorboards()
-        if not writers:
-            return
-        from sed.evaluation.outputs import psd_roc_figure
-
-        for name, result in results.items():
-            fig = psd_roc_figure({k: v for k, v in result.psd_rocs.items() if not k.endswith("_raw")})
-            if fig is not None:
-                for writer in writers:
-                    writer.add_figure(f"test/{name}/psd_roc", fig, global_step=self.global_step, close=False)
+        log_test_details(self.loggers, results, self.global_step)
 
     @rank_zero_only
     def _log_config_text(self) -> None:
-        """The resolved configuration as text in TensorBoard (TEXT tab), once per run."""
-        if self._config_logged:
-            return
-        self._config_logged = True
-        text = OmegaConf.to_yaml(self.cfg)
-        for writer in self._tensorboards():
-            # Indented by four spaces: a Markdown code block, so TensorBoard keeps the YAML's layout.
-            writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), self.global_step)
+        """The resolved configuration as text in TensorBoard, once per run."""
+        if not self._config_logged:
+            self._config_logged = True
+            log_config_text(tensorboard_writers(self.loggers), self.cfg, self.global_step)
 
     def on_test_start(self) -> None:
         self._log_config_text()
 
     @rank_zero_only
     def _log_hparams(self) -> None:
-        tensorboards = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
-        if not tensorboards:
-            return
-        metrics = {
-            f"hp/{name}/{key}": value
-            for name, values in self.test_results.items()
-            for key, value in values.items()
-            if key in ("psds1", "psds2", "weak_f1") or key.startswith(("event_f1_macro", "intersection_f1_macro"))
-        }
-        params = _flatten(OmegaConf.to_container(self.cfg, resolve=True))
-        for logger in tensorboards:  # the HPARAMS tab: hyper-parameters next to the final test metrics
-            logger.log_hyperparams(params, metrics)
+        log_hparams(self.loggers, self.cfg, self.test_results)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -574,12 +529,3 @@ class SEDModule(pl.LightningModule):
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
 
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config → ``{"a/b": value}``; non-scalars as strings (TensorBoard's hparams take scalars)."""
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        return flat
-    return {prefix[:-1]: tree if isinstance(tree, (int, float, str, bool)) else str(tree)}
