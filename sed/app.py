@@ -145,7 +145,10 @@ def _run(
         ckpt: Optional[str] = None
         if cfg.train:
             ckpt = getattr(_best_checkpoint(trainer), "best_model_path", None) or None
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+        # Lightning's table of every metric is left out: with post-processing tuned on validation it printed a
+        # second, empty column for the validation pass; the summary below gives the headline numbers, and every
+        # metric is in test/<model>/metrics.json and the loggers.
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
         results = module.test_results
     if trainer.is_global_zero:
         _report(run_dir, trainer, results)
@@ -176,7 +179,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if best:
         lines.append(f"Best checkpoint: {best}")
     if results:
-        lines.append(f"Test outputs: {run_dir / 'test'}")
+        lines.append(f"Test outputs: {run_dir / 'test'} (every metric: test/<model>/metrics.json)")
         for name, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items()
                      if k in ("psds1", "pipsds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}

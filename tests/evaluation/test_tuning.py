@@ -189,15 +189,19 @@ def test_pipsds_equals_sed_scores_eval():
 def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
     """One tiny run with tuning on: settings saved in the run and beside the tested checkpoint, the same as tuning
     offline on the validation scores it saved (so the test set played no part), metrics.json says so, and
-    sed.infer on the test audio with that checkpoint writes the run's events_tuned.tsv."""
+    sed.infer on the test audio with that checkpoint writes the run's events_tuned.tsv; the console shows one
+    test table."""
     from conftest import run_train, tiny_overrides
 
     from sed.evaluation.outputs import read_scores_dir
     from sed.infer import main as infer_main
 
     exp = tmp_path / "exp"
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=1), "evaluation.tune_postprocessing=true",
-               "evaluation.save_validation_scores=true", "energy.enabled=false"])
+    proc = run_train([*tiny_overrides(tiny_dataset, exp, epochs=1), "evaluation.tune_postprocessing=true",
+                      "evaluation.save_validation_scores=true", "energy.enabled=false"])
+    # The validation pass at test time (for tuning) adds no second, near-empty test table to the console.
+    console = proc.stdout + proc.stderr
+    assert "DataLoader 1" not in console and "val_at_test" not in console and "Test outputs:" in console
     (run,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
     saved = json.loads((run / "postprocessing.json").read_text())
     assert saved["tuned_on"] == "validation" and set(saved["models"]) == {"student", "teacher"}
