@@ -470,7 +470,7 @@ class SEDModule(pl.LightningModule):
         out_dir = Path(self.trainer.default_root_dir) / "test"
         for name, result in results.items():
             for key, value in result.metrics.items():
-                if "/" not in key:  # per-class values go to metrics.json, not the console table
+                if "/" not in key:  # per-class values go to metrics.json and _log_test_details
                     self.log(f"test/{name}/{key}", value, sync_dist=True)
             self.test_results[name] = dict(result.metrics)
         if self.trainer.is_global_zero:
