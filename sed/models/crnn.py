@@ -8,8 +8,9 @@ by the CNN as images ``[B, channels, T, F]``. Each CNN block is
 with activation ``"glu"`` (``Linear_c(x) * sigmoid(x)``, a per-position linear map over channels
 gated by the input), ``"cg"`` (context gating, ``x * sigmoid(Linear_c(x))``) or ``"relu"``.
 The frequency axis must pool down to exactly 1. The BiGRU runs over the pooled frames; dropout
-follows it. The strong head is ``Linear(2*hidden, C)``; the weak prediction is attention pooling
-over time (``attention=True``) or the mean over time of the strong probabilities.
+follows it. On the CPU, dropout masks are cut from random words (``fast_dropout``, :mod:`sed.models.dropout`).
+The strong head is ``Linear(2*hidden, C)``; the weak prediction is attention pooling over time
+(``attention=True``) or the mean over time of the strong probabilities.
 
 Weak logits are computed in log space (see :func:`weighted_mean_logit`) so that they equal
 ``logit(weak)`` where that is finite and stay finite where ``weak`` saturates to 0 or 1; use them
@@ -25,6 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sed.models.dropout import Dropout
 
 ACTIVATIONS = ("glu", "cg", "relu")
 #: Attention weights are clamped to at least this (DESED semantics).
@@ -112,6 +115,7 @@ class CRNN(nn.Module):
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.1,
         channels_last: bool = False,
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
         filters = [int(f) for f in filters]
@@ -159,7 +163,7 @@ class CRNN(nn.Module):
                     nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
                     nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),
                     _activation(activation, out_ch),
-                    nn.Dropout(dropout),
+                    Dropout(dropout, fast=fast_dropout),
                     nn.AvgPool2d((tp, fp)),
                 )
             )
@@ -173,7 +177,7 @@ class CRNN(nn.Module):
             bidirectional=True,
             dropout=rnn_dropout if rnn_layers > 1 else 0.0,
         )
-        self.rnn_out_dropout = nn.Dropout(dropout_recurrent_out)
+        self.rnn_out_dropout = Dropout(dropout_recurrent_out, fast=fast_dropout)
         self.strong_head = nn.Linear(2 * rnn_hidden, self.n_classes)
         self.attention_head = nn.Linear(2 * rnn_hidden, self.n_classes) if self.attention else None
 
