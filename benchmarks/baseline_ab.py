@@ -37,7 +37,9 @@ fragment stamped on arrival) and from memory samples of the process tree:
 Torch threads are left at each system's default. This project sets ``OMP_WAIT_POLICY=PASSIVE`` at import (on a
 shared CPU libgomp's spin-waiting makes the CRNN step many times slower; see ``cpu_threads.py``); the baseline
 gets the same variable in its environment so that the loops are compared, not libgomp's waiting policy
-(``--baseline-omp-default`` runs it without).
+(``--baseline-omp-default`` runs it without). It also makes PyTorch put large CPU tensors in transparent huge
+pages (``THP_MEM_ALLOC_ENABLE=1``): the baseline runs as shipped, without it, unless ``--baseline-thp`` (which
+separates what the environment gives from what the code does).
 
     python benchmarks/baseline_ab.py --baseline-dir ~/DESED_task --baseline-python ~/dcase-venv/bin/python
 """
@@ -317,6 +319,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one training run")
     parser.add_argument("--baseline-omp-default", action="store_true",
                         help="do not give the baseline OMP_WAIT_POLICY=PASSIVE (ours sets it at import)")
+    parser.add_argument("--baseline-thp", action="store_true",
+                        help="give the baseline THP_MEM_ALLOC_ENABLE=1 too (ours sets it at import)")
     parser.add_argument("--baseline-torchaudio-load", action="store_true",
                         help="keep the baseline's torchaudio.load (needs FFmpeg for torchcodec on torchaudio >= 2.9)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, copies, run dirs)")
@@ -343,6 +347,8 @@ def main() -> None:
         bl_env = dict(base_env, PYTHONPATH=str(scratch / "desed_task"))
         if not args.baseline_omp_default:
             bl_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if args.baseline_thp:
+            bl_env["THP_MEM_ALLOC_ENABLE"] = "1"
         ours_env = dict(base_env)
         bl_cmd = lambda i: [str(baseline_python), "train_sed.py", "--conf_file", "confs/ab.yaml",
                             "--log_dir", str(scratch / f"baseline_exp_{i}"), "--gpus", "0"]
@@ -354,6 +360,7 @@ def main() -> None:
                               "exp_name=baseline_ab", f"+callbacks.tqdm_bar._target_={TQDM_BAR}"]
         note(f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
              f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
+             f"{'THP_MEM_ALLOC_ENABLE=1 ' if args.baseline_thp else ''}"
              + " ".join(bl_cmd(0)))
         note("ours:     " + " ".join(ours_cmd(0)))
 

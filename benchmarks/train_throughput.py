@@ -16,8 +16,9 @@ Measured in one process, on one generated dataset (``sed.synth``, 10 s clips):
   (``training_step`` + backward + clip + Adam + EMA) as a ratio to the student's own fwd+bwd+Adam (the
   reference), and the teacher's forward as the module runs it (train mode, ``torch.inference_mode``) and as it
   ran before (``no_grad``), each as a ratio to the student's forward with autograd.
-* ``--compile`` / ``--channels-last``: ``training.compile=true`` / ``model.channels_last=true`` (the reference
-  student gets the same model, and stays eager).
+* ``--compile`` / ``--channels-first`` / ``--torch-dropout``: ``training.compile=true`` /
+  ``model.channels_last=false`` / ``model.fast_dropout=false`` (the reference student gets the same model, and
+  stays eager).
 * ``--lightning``: the same module trained by a real ``pytorch_lightning.Trainer`` (adds its overhead).
 
     python benchmarks/train_throughput.py                       # CPU, batch 2/2/4
@@ -96,7 +97,10 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=3,
                         help="interleaved rounds of (module step, reference, student fwd, teacher fwds) on one batch")
     parser.add_argument("--compile", action="store_true", help="training.compile=true (torch.compile the networks)")
-    parser.add_argument("--channels-last", action="store_true", help="model.channels_last=true")
+    parser.add_argument("--channels-first", action="store_true",
+                        help="model.channels_last=false (the default keeps the CNN channels-last)")
+    parser.add_argument("--torch-dropout", action="store_true",
+                        help="model.fast_dropout=false (nn.Dropout's per-element CPU masks)")
     args = parser.parse_args()
     apply_threads(args.threads)
 
@@ -121,8 +125,10 @@ def main() -> None:
     config = build_config(root, bs, args.workers)
     if args.compile:
         config["training"]["compile"] = True
-    if args.channels_last:
-        config["model"]["channels_last"] = True
+    if args.channels_first:
+        config["model"]["channels_last"] = False
+    if args.torch_dropout:
+        config["model"]["fast_dropout"] = False
     clip_norm = config["trainer"]["gradient_clip_val"]
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
     if device.type == "cuda":
@@ -305,7 +311,7 @@ def main() -> None:
     what = (f"CRNN {n_params:,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 16 kHz "
             f"(files {args.file_rate} Hz), {args.device} {prec}, {args.workers} workers")
     note(what)
-    opts = "".join(f", {o}" for o, on in (("compile", args.compile), ("channels-last", args.channels_last)) if on)
+    opts = "".join(f", {o}" for o, on in (("compile", args.compile), ("channels-first", args.channels_first), ("torch dropout", args.torch_dropout)) if on)
     what = what + opts
     c = {k: median(v) for k, v in cost.items()}
     result(BENCH, f"mean-teacher step on one batch (training_step + backward + clip + Adam + EMA) = "
