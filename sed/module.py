@@ -21,7 +21,7 @@ from sed.config import default_node
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
-from sed.evaluation.scoring import ModelScores, objective, score_model, weak_f1
+from sed.evaluation.scoring import F1_KINDS, ModelScores, objective, objective_terms, score_model, weak_f1
 from sed.evaluation.tensorboard import (
     log_config_text,
     log_hparams,
@@ -373,9 +373,16 @@ class SEDModule(pl.LightningModule):
     def _score_all(self, stage: str, bootstrap: int = 0, settings: Optional[dict] = None) -> dict[str, ModelScores]:
         outputs = self._gathered(stage)
         dm = self.trainer.datamodule
-        # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it; piPSDS only at test.
+        # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it, and only the objective's
+        # terms between evaluation.full_metrics_every_n_epochs; piPSDS only at test.
         ev, test = self.cfg.evaluation, stage == "test"
-        psds = ("psds1", "psds2") if test or "psds2" in ev.obj_metric else ("psds1",)
+        if test or self._on_nth_epoch(ev.get("full_metrics_every_n_epochs", 1)):
+            psds = ("psds1", "psds2") if test or "psds2" in ev.obj_metric else ("psds1",)
+            f1 = F1_KINDS
+        else:
+            terms = objective_terms(ev.obj_metric)
+            psds = tuple(name for name in ("psds1", "psds2") if name in terms)
+            f1 = tuple(kind for kind in F1_KINDS if f"{kind}_f1" in terms)
         self._log_long_clips(stage, outputs["student"])
         jobs = {  # one scoring function, called once per model (at the same time with scoring workers)
             name: dict(
@@ -389,6 +396,7 @@ class SEDModule(pl.LightningModule):
                 bootstrap=bootstrap,
                 per_class=test,
                 psds=psds,
+                f1=f1,
                 settings=(settings or {}).get(name),
                 pipsds_windows=ev.tuning.median_windows if test and ev.pipsds else (),
             )
@@ -449,14 +457,16 @@ class SEDModule(pl.LightningModule):
         self._log_figures(results)
         self._plot_batch = None
 
+    def _on_nth_epoch(self, every: int) -> bool:
+        """Whether this epoch is the first, a multiple of ``every`` after it, or the last (never when 0)."""
+        epoch = self.current_epoch
+        return bool(every) and (epoch % every == 0 or epoch == (self.trainer.max_epochs or 0) - 1)
+
     @rank_zero_only
     def _log_figures(self, results: dict[str, ModelScores]) -> None:
         """The teacher's validation clip figures, every ``evaluation.plot_every_n_epochs`` epochs and at the last."""
-        every = self.cfg.evaluation.plot_every_n_epochs
         writers = tensorboard_writers(self.loggers)
-        if not every or self._plot_batch is None or not writers:
-            return
-        if self.current_epoch % every != 0 and self.current_epoch != (self.trainer.max_epochs or 0) - 1:
+        if self._plot_batch is None or not writers or not self._on_nth_epoch(self.cfg.evaluation.plot_every_n_epochs):
             return
         log_validation_figures(writers, self._plot_batch, results["teacher"].probabilities, self.classes,
                                self.cfg.data.clip_duration, "teacher", self.current_epoch, self.global_step)

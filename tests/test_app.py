@@ -150,3 +150,20 @@ def test_checkpoints_record_the_model_validation_prefers(trained):
     last = {name: events.Scalars(f"val/{name}/obj_metric")[-1].value for name in ("student", "teacher")}
     checkpoint = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["preferred_model"] == ("student" if last["student"] > last["teacher"] else "teacher")
+
+
+def test_between_full_validations_only_the_objective_is_scored(tiny_dataset, tmp_path):
+    """evaluation.full_metrics_every_n_epochs=2 over 3 epochs: every metric at epoch 0 and at the last, only the
+    objective's terms (weak F1 + intersection F1) at epoch 1; the objective, and so the checkpoint choice, every
+    epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=3), "evaluation.full_metrics_every_n_epochs=2",
+               "test=false"])
+    (run_dir,) = _run_dirs(tmp_path / "exp")
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    epochs = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"] if tag.startswith("val/")}
+    for tag in ("val/obj_metric", "val/teacher/obj_metric", "val/student/weak_f1", "val/student/intersection_f1_macro@0.5"):
+        assert epochs[tag] == 3, tag
+    for tag in ("val/student/psds1", "val/teacher/event_f1_macro@0.5", "val/student/segment_f1_macro@0.5"):
+        assert epochs[tag] == 2, tag

@@ -20,6 +20,9 @@ from sed.evaluation.tuning import (
     median_window_sweep,
 )
 
+#: The thresholded F1 families :func:`score_model` can compute.
+F1_KINDS = ("intersection", "event", "segment")
+
 
 @dataclass
 class ModelScores:
@@ -52,6 +55,7 @@ def score_model(
     bootstrap: int = 0,
     per_class: bool = False,
     psds: tuple[str, ...] = ("psds1", "psds2"),
+    f1: tuple[str, ...] = F1_KINDS,
     settings: Optional[PostprocessingSettings] = None,
     pipsds_windows: Sequence[int] = (),
 ) -> ModelScores:
@@ -63,7 +67,8 @@ def score_model(
     costs about three times PSDS1). ``settings`` (tuned on validation, :mod:`sed.evaluation.tuning`) replace the
     configured median filter, and their class-wise thresholds add the F1 metrics ``...@tuned``.
     ``pipsds_windows`` adds ``pipsds1`` (``pipsds1/<class>``), the post-processing independent PSDS1 over median
-    filters of those lengths applied to the raw outputs.
+    filters of those lengths applied to the raw outputs. ``f1`` names the thresholded F1 families to compute
+    (:data:`F1_KINDS`); without event and segment F1 no detections are decoded either.
     Metrics: ``weak_f1`` (macro F1 of clip-level predictions at 0.5, torchmetrics) and everything
     :func:`sed.evaluation.metrics.evaluate` computes (``psds1``, ``psds2``, ``event_f1_macro@t``, ...).
     """
@@ -89,7 +94,8 @@ def score_model(
         durations,
         classes,
         list(evaluation.thresholds),
-        {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds)},
+        {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds),
+         **{f"{kind}_f1": kind in f1 for kind in F1_KINDS}, "detections": bool({"event", "segment"} & set(f1))},
         class_thresholds=None if settings is None else settings.thresholds,
     )
     metrics = {"weak_f1": weak_f1(weak_probs, weak_targets, len(classes))}
@@ -112,16 +118,22 @@ def score_model(
 OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1")
 
 
+def objective_terms(spec: str) -> list[str]:
+    """The terms of ``spec`` (``evaluation.obj_metric``), checked against :data:`OBJECTIVE_TERMS`."""
+    terms = [term.strip() for term in spec.split("+")]
+    for term in terms:
+        if term not in OBJECTIVE_TERMS:
+            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}")
+    return terms
+
+
 def objective(metrics: Mapping[str, float], spec: str) -> float:
     """Checkpoint-selection value: the sum of the ``+``-joined terms of ``spec`` (``evaluation.obj_metric``).
 
     ``intersection_f1`` and ``event_f1`` are the macro F1 at the first decision threshold.
     """
     total = 0.0
-    for term in spec.split("+"):
-        term = term.strip()
-        if term not in OBJECTIVE_TERMS:
-            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}")
+    for term in objective_terms(spec):
         if term in ("intersection_f1", "event_f1"):
             key = next((k for k in metrics if k.startswith(f"{term}_macro@")), None)
             if key is None:

@@ -40,6 +40,7 @@ class EvalConfig:
     segment_f1: bool = True
     segment_length: float = 1.0
     per_class: bool = True  # also per-class values (keys ``<metric>/<class>``)
+    detections: bool = True  # decode the event lists (always, for event or segment F1)
     num_jobs: int = 1  # processes for sed_scores_eval
 
     @classmethod
@@ -209,13 +210,15 @@ def evaluate_full(
                     metrics[f"intersection_f1@{ts}/{c}"] = res["per_class"].get(c, float("nan"))
         tick("intersection_f1", t0)
 
-    t0 = time.perf_counter()
-    detections: dict = detections_at_thresholds(scores_post, thresholds, filenames=filenames)
-    if class_thresholds is not None:
-        detections[TUNED] = detections_from_scores(
-            scores_post, {c: float(class_thresholds[c]) for c in classes}, filenames=filenames
-        )
-    tick("decode", t0)
+    detections: dict = {}
+    if cfg.detections or cfg.event_f1 or cfg.segment_f1:
+        t0 = time.perf_counter()
+        detections = detections_at_thresholds(scores_post, thresholds, filenames=filenames)
+        if class_thresholds is not None:
+            detections[TUNED] = detections_from_scores(
+                scores_post, {c: float(class_thresholds[c]) for c in classes}, filenames=filenames
+            )
+        tick("decode", t0)
     clips = sorted(audio_id(k) for k in scores_post)
     for kind, enabled in (("event", cfg.event_f1), ("segment", cfg.segment_f1)):
         if not enabled:
