@@ -288,7 +288,7 @@ class EvaluationConfig:
     scoring_workers: Any = "auto"
     # Validation computes every metric (PSDS1, intersection, event and segment F1: the TensorBoard curves) every this
     # many epochs and at the last; at the other epochs only the terms of obj_metric, which is what selects the
-    # checkpoint. Scoring is most of a validation on a GPU (benchmarks/README.md).
+    # checkpoint (0: always only those). Scoring is most of a validation on a GPU (benchmarks/README.md).
     full_metrics_every_n_epochs: int = 1
     plot_every_n_epochs: int = 5  # TensorBoard figures of validation clips (0: never)
     n_plot_clips: int = 3
