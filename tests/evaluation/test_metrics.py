@@ -216,6 +216,47 @@ def test_intersection_f1_equals_sed_scores_eval_fscore(data):
         assert mine[t]["per_class"] == pytest.approx({c: f[c] for c in CLASSES})
 
 
+def test_intersection_f1_equals_sed_scores_eval_on_off_grid_events_and_class_thresholds():
+    """Exact counts against sed_scores_eval's fscore: events off the frame grid, several per class and clip,
+    clips without events, a class without any event (left out), dtc/gtc met exactly, thresholds equal to scores,
+    class-wise thresholds."""
+    rng = np.random.default_rng(7)
+    classes = ["alarm", "dog", "speech", "never"]
+    frame, n_frames = 0.064, 80
+    ts = np.round(np.arange(n_frames + 1) * frame, 6)
+    gt_rows, scores = [], {}
+    for n in range(40):
+        name = f"c{n:02d}"
+        activity = np.zeros((n_frames, len(classes)))
+        for c in range(3):
+            for _ in range(int(rng.integers(0, 4)) if n % 9 else 0):
+                on = round(float(rng.uniform(0, 4.5)), 3)
+                off = round(min(on + float(rng.uniform(0.05, 1.5)), n_frames * frame), 3)
+                gt_rows.append((f"{name}.wav", on, off, classes[c]))
+                activity[int(on / frame):int(np.ceil(off / frame)), c] = 1
+        values = np.clip(0.7 * activity + rng.normal(0.15, 0.25, activity.shape), 0, 1).round(2)  # ties
+        scores[name] = create_score_dataframe(values, ts, classes)
+    # a detection of exactly half a ground-truth event: dtc and gtc met with equality
+    gt_rows.append(("c00.wav", 0.128, 0.384, "alarm"))
+    exact = np.zeros((n_frames, len(classes)))
+    exact[2:4, 0] = 0.9
+    scores["c00"] = create_score_dataframe(exact, ts, classes)
+    gt = pd.DataFrame(gt_rows, columns=["filename", "onset", "offset", "event_label"])
+    present = classes[:3]
+    tuned = {"alarm": 0.3, "dog": 0.55, "speech": 0.41, "never": 0.5}
+    mine = metrics.intersection_f1(scores, gt, [0.3, 0.5, 0.41], classwise=tuned)
+    for key, t in ((0.3, 0.3), (0.5, 0.5), (0.41, 0.41), ("tuned", {c: tuned[c] for c in present})):
+        ref_scores = {k: v[["onset", "offset", *present]] for k, v in scores.items()}
+        ref_gt = metrics.ground_truth_dict(gt, clips=list(scores))
+        f, p, r, _ = intersection_based.fscore(ref_scores, ref_gt, t, dtc_threshold=0.5, gtc_threshold=0.5)
+        assert mine[key]["f1_macro"] == pytest.approx(f["macro_average"], abs=1e-12), key
+        assert mine[key]["f1_micro"] == pytest.approx(f["micro_average"], abs=1e-12), key
+        assert mine[key]["precision_micro"] == pytest.approx(p["micro_average"], abs=1e-12), key
+        assert mine[key]["recall_micro"] == pytest.approx(r["micro_average"], abs=1e-12), key
+        assert mine[key]["per_class"] == pytest.approx({c: f[c] for c in present}, abs=1e-12), key
+    assert 0.1 < mine[0.5]["f1_macro"] < 0.95
+
+
 def test_event_f1_counts_clips_without_detections_and_matches_by_audio_id(data):
     gt, _, targets, _ = data
     perfect = detections_from_scores(_scores(targets, noise=0.0), 0.5, default_extension=".flac")

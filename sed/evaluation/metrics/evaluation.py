@@ -198,8 +198,7 @@ def evaluate_full(
     if cfg.intersection_f1 and thresholds:
         t0 = time.perf_counter()
         inter = intersection_f1(
-            scores_post, gt, thresholds, dtc=cfg.intersection_dtc, gtc=cfg.intersection_gtc, num_jobs=cfg.num_jobs,
-            classwise=class_thresholds,
+            scores_post, gt, thresholds, dtc=cfg.intersection_dtc, gtc=cfg.intersection_gtc, classwise=class_thresholds,
         )
         for t, res in inter.items():
             ts = _fmt_threshold(t)

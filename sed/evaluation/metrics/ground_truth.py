@@ -128,19 +128,25 @@ def _warn_absent_once(absent: list[str], gt: GroundTruth) -> None:
                    "intersection F1 (said once per set)", absent, len(gt))
 
 
-def _drop_classes_without_events(scores: dict, gt: GroundTruth) -> tuple[dict, list[str]]:
-    """sed_scores_eval refuses classes without any ground-truth event: evaluate without them."""
-    first = next(iter(scores.values()))
-    classes = list(first.columns[2:])
+def _classes_with_events(classes: Sequence[str], gt: GroundTruth) -> list[str]:
+    """The score columns ``classes`` that have a ground-truth event (warning once about the others); an error
+    names ground-truth labels that are not score columns."""
     present = {e[2] for events in gt.values() for e in events}
     unknown = present - set(classes)
     if unknown:
-        raise ValueError(f"ground truth has labels {sorted(unknown)} that are not score columns {classes}")
+        raise ValueError(f"ground truth has labels {sorted(unknown)} that are not score columns {list(classes)}")
     absent = [c for c in classes if c not in present]
-    if not absent:
+    if absent:
+        _warn_absent_once(absent, gt)
+    return [c for c in classes if c in present]
+
+
+def _drop_classes_without_events(scores: dict, gt: GroundTruth) -> tuple[dict, list[str]]:
+    """sed_scores_eval refuses classes without any ground-truth event: evaluate without them."""
+    classes = list(next(iter(scores.values())).columns[2:])
+    kept = _classes_with_events(classes, gt)
+    if kept == classes:
         return scores, classes
-    kept = [c for c in classes if c in present]
-    _warn_absent_once(absent, gt)
     if not kept:
         return {}, []
     cols = ["onset", "offset", *kept]
