@@ -323,6 +323,10 @@ def main() -> None:
                         help="give the baseline THP_MEM_ALLOC_ENABLE=1 too (ours sets it at import)")
     parser.add_argument("--baseline-torchaudio-load", action="store_true",
                         help="keep the baseline's torchaudio.load (needs FFmpeg for torchcodec on torchaudio >= 2.9)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="ours with bf16 autocast (trainer.precision=bf16-mixed; pays on CPUs with AVX512-BF16 or "
+                             "AMX), the baseline in fp32: its validation fails under bf16 (local/utils.py converts "
+                             "the bf16 outputs with .numpy())")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, copies, run dirs)")
     args = parser.parse_args()
 
@@ -357,7 +361,8 @@ def main() -> None:
                               f"data.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
                               f"data.eval_batch_size={args.eval_batch_size}", f"data.num_workers={args.workers}",
                               f"trainer.max_epochs={args.epochs}", f"paths.exp_dir={scratch / f'ours_exp_{i}'}",
-                              "exp_name=baseline_ab", f"+callbacks.tqdm_bar._target_={TQDM_BAR}"]
+                              "exp_name=baseline_ab", f"+callbacks.tqdm_bar._target_={TQDM_BAR}",
+                              *(["trainer.precision=bf16-mixed"] if args.bf16 else [])]
         note(f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
              f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
              f"{'THP_MEM_ALLOC_ENABLE=1 ' if args.baseline_thp else ''}"
@@ -398,7 +403,8 @@ def main() -> None:
         b, o = measured["baseline"], measured["ours"]
         n = f"median of {args.pairs} run(s) each, interleaved"
         shape = (f"DESED CRNN, batch {'/'.join(map(str, args.batch_sizes))}, {args.workers} workers, {args.epochs} "
-                 f"epoch(s), {args.strong}+{args.weak - weak_val}+{args.unlabeled} training clips")
+                 f"epoch(s), {args.strong}+{args.weak - weak_val}+{args.unlabeled} training clips"
+                 + (", ours bf16 autocast, the baseline fp32" if args.bf16 else ""))
         result("baseline_ab", f"train: ours {rate(o):.2f} clips/s, DESED_task baseline {rate(b):.2f} clips/s; ratio "
                f"ours/baseline {rate(o) / rate(b):.2f}x [{n}; {shape}; first step of each epoch excluded]")
         result("baseline_ab", f"validation ({val_clips} clips: {args.validation} strong + {weak_val} weak held out, "

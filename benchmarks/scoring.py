@@ -14,6 +14,9 @@ it (noisy, time-smoothed logits around the true activity) at the label encoder's
   PSDS1 and PSDS2 from those 50 operating points (PSD-ROC area up to eFPR 100/h).
 * check: the PSDS we report against ``sed_scores_eval.intersection_based.psds`` called directly on the same
   score tables (value and absolute difference), and the 50-threshold approximation next to the exact value.
+* intersection F1 at 0.5 (what the default objective ``weak_f1+intersection_f1`` needs at every validation):
+  ``sed.evaluation.metrics.intersection_f1`` against ``sed_scores_eval.intersection_based.fscore`` on the same
+  score tables, time and values.
 
     python benchmarks/scoring.py
     python benchmarks/scoring.py --clips 5000 --thresholds 50 --repeats 3
@@ -242,8 +245,21 @@ def main() -> None:
         return score_model(probs, weak_probs, weak_targets, encoder, gt, durations, evaluation, psds=(),
                            f1=("intersection",))
 
+    from sed.evaluation.metrics import intersection_f1
+    from sed_scores_eval import intersection_based as sse_intersection
+
+    gt_ids = ground_truth_dict(gt)
+
+    def ours_intersection():
+        return intersection_f1(scores_post, gt, [0.5])[0.5]
+
+    def sed_scores_eval_intersection():
+        # what intersection_f1 called before: statistics at every distinct score, then read at 0.5
+        return sse_intersection.fscore(scores_post, gt_ids, 0.5, dtc_threshold=0.5, gtc_threshold=0.5)
+
     jobs = (("ours", ours_full), ("ours_psds", ours_psds), ("ours_validation", ours_validation),
-            ("ours_objective", ours_objective_only), ("reference", reference))
+            ("ours_objective", ours_objective_only), ("ours_intersection", ours_intersection),
+            ("sse_intersection", sed_scores_eval_intersection), ("reference", reference))
     times: dict[str, list[float]] = {name: [] for name, _ in jobs}
     out = {}
     for r in range(max(args.repeats, args.ref_repeats)):  # interleaved
@@ -292,6 +308,14 @@ def main() -> None:
                   f"{med['ours_validation']:.2f} s; the objective's terms only (weak F1 + intersection F1, "
                   f"evaluation.full_metrics_every_n_epochs between full validations) {med['ours_objective']:.2f} s "
                   f"= {med['ours_objective'] / med['ours_validation']:.0%} of it")
+    mine, (f_ref, _, _, _) = out["ours_intersection"], out["sse_intersection"]
+    diff = max(abs(mine["f1_macro"] - f_ref["macro_average"]), abs(mine["f1_micro"] - f_ref["micro_average"]),
+               *(abs(mine["per_class"][c] - f_ref[c]) for c in mine["per_class"]))
+    result(BENCH, f"intersection F1 @0.5 (dtc = gtc = 0.5): sed.evaluation.metrics.intersection_f1 "
+                  f"{med['ours_intersection']:.3f} s vs sed_scores_eval.intersection_based.fscore "
+                  f"{med['sse_intersection']:.3f} s; ratio {med['sse_intersection'] / med['ours_intersection']:.1f}x "
+                  f"faster; macro F1 {mine['f1_macro']:.6f} vs {f_ref['macro_average']:.6f}, largest |diff| over "
+                  f"macro, micro and per class {diff:.1e} ({'match' if diff < 1e-12 else 'MISMATCH'})")
     for key in ("psds1", "psds2"):
         ours_v, direct_v = metrics[key], float(direct[key])
         approx = ref_p1 if key == "psds1" else ref_p2
