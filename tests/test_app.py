@@ -167,3 +167,27 @@ def test_between_full_validations_only_the_objective_is_scored(tiny_dataset, tmp
         assert epochs[tag] == 3, tag
     for tag in ("val/student/psds1", "val/teacher/event_f1_macro@0.5", "val/student/segment_f1_macro@0.5"):
         assert epochs[tag] == 2, tag
+
+
+def test_fp32_training_on_a_cpu_with_bf16_instructions_suggests_bf16(monkeypatch):
+    """The hint appears for an fp32 run of a DESED-size network on a CPU with AVX512-BF16/AMX; never for
+    bf16-mixed, a small network, or a CPU without those instructions."""
+    import pytorch_lightning as pl
+    import torch
+
+    from sed.app import cpu_bf16_hint
+
+    def trainer(precision: str) -> pl.Trainer:
+        return pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False)
+
+    desed, small = 1_112_420, 50_300
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert "trainer.precision=bf16-mixed" in cpu_bf16_hint(trainer("32-true"), desed)
+    assert cpu_bf16_hint(trainer("32-true"), small) is None
+    assert cpu_bf16_hint(trainer("bf16-mixed"), desed) is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert cpu_bf16_hint(trainer("32-true"), desed) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_bf16_hint(trainer("32-true"), desed) is not None
