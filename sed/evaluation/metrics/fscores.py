@@ -40,7 +40,7 @@ def intersection_f1(
     frames form detections, and each clip and class with both detections and ground truth is counted by
     sed_scores_eval's own ``statistics_fn``. sed_scores_eval's ``fscore`` first computes the statistics at every
     distinct score of every clip (a PSD-ROC's worth of work) and reads one point off them: the default validation
-    objective needs one threshold, and this is ~20x faster (``benchmarks/scoring.py``).
+    objective needs one threshold, and this is 8x faster (1,000 clips: 0.21 vs 1.74 s, ``benchmarks/scoring.py``).
     ``classwise`` (``{class: threshold}``) adds the F1 at those class-wise thresholds under the key ``"tuned"``.
 
     Returns:
