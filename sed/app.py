@@ -53,7 +53,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overr
     )
 
 
-#: The bf16 hint's smallest network: the DESED-size CRNN (1.1 M parameters) gained, a 50k one lost.
+#: The bf16 hint's smallest network: the DESED-size CRNN (1.1 M parameters) gained 1.6x, the 50k quick start nothing.
 BF16_HINT_MIN_PARAMETERS = 500_000
 
 
@@ -61,9 +61,10 @@ def cpu_bf16_hint(trainer: pl.Trainer, n_parameters: int) -> Optional[str]:
     """A line suggesting ``trainer.precision=bf16-mixed`` when an fp32 run trains a network of at least
     :data:`BF16_HINT_MIN_PARAMETERS` parameters on a CPU with bf16 instructions (AVX512-BF16 or AMX).
 
-    On a Zen 4 CPU the DESED recipe's step took 0.6x the fp32 time in bf16, while the 50k-parameter quick-start
-    model ran 2x slower, and an AVX2-only CPU ran the DESED step 5x slower (benchmarks/README.md). A hint, not a
-    default: the gain depends on the model and the CPU, and a run's numbers should not depend on the machine."""
+    On a Zen 4 CPU the DESED recipe's step took 0.6x the fp32 time in bf16, the 50k-parameter quick start about the
+    same time in both (622 +- 39 against 645 +- 119 s over three seeds, with the same scores), and an AVX2-only CPU
+    ran the DESED step 5x slower (benchmarks/README.md, recipes/README.md). A hint, not a default: the gain
+    depends on the model and the CPU, and a run's numbers should not depend on the machine."""
     if not isinstance(trainer.accelerator, CPUAccelerator) or str(trainer.precision) not in ("32", "32-true"):
         return None
     if n_parameters < BF16_HINT_MIN_PARAMETERS:
