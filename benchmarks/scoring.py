@@ -280,12 +280,11 @@ def main() -> None:
     from sed_scores_eval import intersection_based
 
     direct_scores = {audio_id(k): v for k, v in out["ours"].scores_postprocessed.items()}
-    gt_direct = ground_truth_dict(gt)
     dur_direct = {audio_id(k): v for k, v in durations.items()}
     direct = {}
     for key, s in (("psds1", PSDS1), ("psds2", PSDS2)):
         direct[key] = intersection_based.psds(
-            scores=direct_scores, ground_truth=gt_direct, audio_durations=dur_direct,
+            scores=direct_scores, ground_truth=gt_ids, audio_durations=dur_direct,
             dtc_threshold=s["dtc"], gtc_threshold=s["gtc"], cttc_threshold=s["cttc"], alpha_ct=s["alpha_ct"],
             alpha_st=s["alpha_st"], unit_of_time="hour", max_efpr=s["max_efpr"],
         )[0]

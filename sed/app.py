@@ -21,7 +21,7 @@ from sed.checkpointing import (
     check_resumable,
     read_checkpoint,
 )
-from sed.complexity import ComplexityReport
+from sed.complexity import ComplexityReport, n_parameters
 from sed.config import check_known_keys
 from sed.console import ShortEpochLogInterval, quiet_console
 from sed.datamodule import SEDDataModule
@@ -57,7 +57,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overr
 BF16_HINT_MIN_PARAMETERS = 500_000
 
 
-def cpu_bf16_hint(trainer: pl.Trainer, n_parameters: int) -> Optional[str]:
+def cpu_bf16_hint(trainer: pl.Trainer, n_params: int) -> Optional[str]:
     """A line suggesting ``trainer.precision=bf16-mixed`` when an fp32 run trains a network of at least
     :data:`BF16_HINT_MIN_PARAMETERS` parameters on a CPU with bf16 instructions (AVX512-BF16 or AMX).
 
@@ -67,12 +67,12 @@ def cpu_bf16_hint(trainer: pl.Trainer, n_parameters: int) -> Optional[str]:
     depends on the model and the CPU, and a run's numbers should not depend on the machine."""
     if not isinstance(trainer.accelerator, CPUAccelerator) or str(trainer.precision) not in ("32", "32-true"):
         return None
-    if n_parameters < BF16_HINT_MIN_PARAMETERS:
+    if n_params < BF16_HINT_MIN_PARAMETERS:
         return None
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     if not any(probe is not None and probe() for probe in probes):
         return None
-    return (f"this CPU has bf16 instructions (AVX512-BF16/AMX): with a network of {n_parameters:,} parameters, "
+    return (f"this CPU has bf16 instructions (AVX512-BF16/AMX): with a network of {n_params:,} parameters, "
             "trainer.precision=bf16-mixed may train faster (the DESED recipe's step 1.6x on a Zen 4 CPU; "
             "benchmarks/README.md)")
 
@@ -162,7 +162,7 @@ def _run(
     trainer = build_trainer(cfg, run_dir, resume_hint)
     if main_process:
         write_status(run_dir, "running", pid=os.getpid())
-        hint = cpu_bf16_hint(trainer, sum(p.numel() for p in module.student.parameters())) if cfg.train else None
+        hint = cpu_bf16_hint(trainer, n_parameters(module.student)) if cfg.train else None
         if hint:
             log.info(hint)
 
