@@ -9,7 +9,9 @@ variants add the changes one at a time:
    large blocks (``THP_MEM_ALLOC_ENABLE=0``): what the DCASE baseline's step runs;
 2. ``+thp``: large tensors in transparent huge pages (set by ``import sed``): the same numbers;
 3. ``+masks``: dropout masks cut from random words (``sed/models/dropout.py``): other draws, same distribution;
-4. ``+channels_last``: the CNN in NHWC memory: this project's default (same numbers up to rounding).
+4. ``+channels_last``: the CNN in NHWC memory (same numbers up to rounding);
+5. ``+fused_glu``: each block's GLU and dropout in one autograd function writing into its own temporaries
+   (``sed/models/gating.py``): the same masks and outputs, gradients equal up to rounding. This project's default.
 
 Each variant runs in a fresh interpreter (the huge-page setting is read at the first large allocation), one
 untimed step then ``--steps`` timed ones, the variants interleaved round by round. Prints the median step time of
@@ -34,16 +36,21 @@ VARIANTS = {
     "baseline": dict(thp="0", fast_dropout=False, channels_last=False),
     "+thp": dict(thp="1", fast_dropout=False, channels_last=False),
     "+masks": dict(thp="1", fast_dropout=True, channels_last=False),
-    "+channels_last": dict(thp="1", fast_dropout=True, channels_last=True),
+    "+channels_last": dict(thp="1", fast_dropout=True, channels_last=True, fused=False),
+    "+fused_glu": dict(thp="1", fast_dropout=True, channels_last=True),
 }
 
 _CHILD = r"""
 import copy, json, resource, sys, time
 import torch, torch.nn.functional as F
 from omegaconf import OmegaConf
+import sed.models.crnn
 from sed.models.crnn import CRNN
+from sed.models.dropout import Dropout
 
 args = json.loads(sys.argv[1])
+if not args["fused"]:  # GLU then Dropout as two modules
+    sed.models.crnn.glu_dropout = lambda x, glu, p, training, fast: Dropout(p, fast).train(training)(glu(x))
 if args["threads"]:
     torch.set_num_threads(args["threads"])
 node = OmegaConf.to_container(OmegaConf.load(args["model"]))
@@ -84,7 +91,8 @@ def run_variant(name: str, args) -> dict:
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE=spec["thp"])
     payload = json.dumps(dict(batch=args.batch, steps=args.steps, threads=args.threads,
                               model=str(ROOT / "conf" / "model" / "crnn.yaml"),
-                              fast_dropout=spec["fast_dropout"], channels_last=spec["channels_last"]))
+                              fast_dropout=spec["fast_dropout"], channels_last=spec["channels_last"],
+                              fused=spec.get("fused", True)))
     out = subprocess.run([sys.executable, "-c", _CHILD, payload], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"variant {name} failed:\n{out.stderr[-3000:]}")

@@ -8,7 +8,8 @@ by the CNN as images ``[B, channels, T, F]``. Each CNN block is
 with activation ``"glu"`` (``Linear_c(x) * sigmoid(x)``, a per-position linear map over channels
 gated by the input), ``"cg"`` (context gating, ``x * sigmoid(Linear_c(x))``) or ``"relu"``.
 The frequency axis must pool down to exactly 1. The BiGRU runs over the pooled frames; dropout
-follows it. On the CPU, dropout masks are cut from random words (``fast_dropout``, :mod:`sed.models.dropout`).
+follows it. On the CPU, dropout masks are cut from random words (``fast_dropout``, :mod:`sed.models.dropout`),
+and a GLU block's gate and dropout run fused (:func:`sed.models.gating.glu_dropout`, same numbers).
 The strong head is ``Linear(2*hidden, C)``; the weak prediction is attention pooling over time
 (``attention=True``) or the mean over time of the strong probabilities.
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sed.models.dropout import Dropout
+from sed.models.gating import GLU, ContextGating, glu_dropout
 
 ACTIVATIONS = ("glu", "cg", "relu")
 #: Attention weights are clamped to at least this (DESED semantics).
@@ -41,30 +43,6 @@ class CRNNOutput(NamedTuple):
     weak_logits: Tensor
     strong: Tensor
     weak: Tensor
-
-
-class GLU(nn.Module):
-    """Gated linear unit over channels of ``[B, C, H, W]``: ``Linear_c(x) * sigmoid(x)``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(channels, channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        lin = self.linear(x.movedim(1, -1)).movedim(-1, 1)
-        return lin * torch.sigmoid(x)
-
-
-class ContextGating(nn.Module):
-    """Context gating over channels of ``[B, C, H, W]``: ``x * sigmoid(Linear_c(x))``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(channels, channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        gate = self.linear(x.movedim(1, -1)).movedim(-1, 1)
-        return x * torch.sigmoid(gate)
 
 
 def _activation(name: str, channels: int) -> nn.Module:
@@ -217,15 +195,24 @@ class CRNN(nn.Module):
         x = self._check_input(features)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if x.is_cuda or self.channels_last:
+        for i, block in enumerate(self.cnn):
+            x = self._cnn_block(block, x, first=i == 0)  # [B, ch, T', 1] after the last
+        return x.squeeze(-1).transpose(1, 2)
+
+    def _cnn_block(self, block: nn.Sequential, x: Tensor, first: bool) -> Tensor:
+        conv, norm, activation, drop, pool = block
+        x = conv(x)
+        if first and (x.is_cuda or self.channels_last):
             # cuDNN keeps the first convolution's output channels-first (a 1-channel input's layout is ambiguous),
             # and BatchNorm over a channels-first [B, 16, T, F] runs on one block per channel: on an H100 that one
             # layer took a third of the training step (benchmarks/gpu_training.py --profile). Same numbers.
-            first = self.cnn[0]
-            x = self.cnn[1:](first[1:](first[0](x).contiguous(memory_format=torch.channels_last)))
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = norm(x)
+        if isinstance(activation, GLU):
+            x = glu_dropout(x, activation, drop.p, drop.training, drop.fast)  # fewer temporaries on the CPU
         else:
-            x = self.cnn(x)  # [B, ch, T', 1]
-        return x.squeeze(-1).transpose(1, 2)
+            x = drop(activation(x))
+        return pool(x)
 
     def recurrent_heads(self, x: Tensor) -> CRNNOutput:
         """BiGRU over ``x`` ``[B, T', rnn input]``, then the strong and weak heads."""

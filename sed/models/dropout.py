@@ -8,7 +8,8 @@ a threshold (keep probability rounded to a multiple of 2**-16; exact for 0.5, 0.
 Bernoulli distribution and come from the same seeded generator (runs and resumes stay reproducible), but they are
 other draws than ``nn.Dropout``'s, so a run's numbers on a fixed seed differ from one with ``fast=False``.
 
-On a GPU, under ``torch.compile`` and with ``fast=False`` this is ``nn.functional.dropout``.
+On a GPU, under ``torch.compile`` and with ``fast=False`` this is ``nn.functional.dropout``. The CRNN's GLU blocks
+apply it fused with the gate (:func:`sed.models.gating.glu_dropout`), with the same draws.
 """
 
 from __future__ import annotations
@@ -51,11 +52,25 @@ def dropout(x: Tensor, p: float, training: bool = True, fast: bool = True) -> Te
     """``nn.functional.dropout(x, p, training)`` with word-cut masks on the CPU when ``fast`` (module docstring)."""
     if not training or p == 0.0:
         return x
-    if not fast or p >= 1.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
+    if not uses_fast_masks(x, p, training, fast):
         return F.dropout(x, p, training)
     # A float mask times x, as nn.Dropout computes it: on the CPU a product with a bool tensor first copies it to
     # float internally anyway, in the backward too.
-    return x * keep_mask(x.shape, 1.0 - p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * scaled_keep_mask(x, 1.0 - p)
+
+
+def uses_fast_masks(x: Tensor, p: float, training: bool, fast: bool) -> bool:
+    """Whether :func:`dropout` cuts word masks for ``x`` (rather than returning ``x`` or calling ``F.dropout``)."""
+    return training and fast and 0.0 < p < 1.0 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def scaled_keep_mask(like: Tensor, keep: float) -> Tensor:
+    """``keep_mask(like.shape, keep) / keep`` as ``like``'s dtype, in ``like``'s memory format (channels-last when
+    ``like`` is): the draws follow the logical shape, so the masks do not depend on the layout, while a product with
+    a mask of another layout runs several times slower than one of the same layout."""
+    fmt = torch.channels_last if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    return keep_mask(like.shape, keep).to(like.dtype, memory_format=fmt).mul_(1.0 / keep)
 
 
 class Dropout(nn.Dropout):
