@@ -11,7 +11,10 @@ variants add the changes one at a time:
 3. ``+masks``: dropout masks cut from random words (``sed/models/dropout.py``): other draws, same distribution;
 4. ``+channels_last``: the CNN in NHWC memory (same numbers up to rounding);
 5. ``+fused_glu``: each block's GLU and dropout in one autograd function writing into its own temporaries
-   (``sed/models/gating.py``): the same masks and outputs, gradients equal up to rounding. This project's default.
+   (``sed/models/gating.py``): the same masks and outputs, gradients equal up to rounding;
+6. ``+teacher_first``: the teacher's forward before the student's (its temporaries are freed before the student's
+   graph exists: a lower peak), as ``SEDModule.training_step`` runs it; other draws go to each model. This
+   project's default.
 
 Each variant runs in a fresh interpreter (the huge-page setting is read at the first large allocation), one
 untimed step then ``--steps`` timed ones, the variants interleaved round by round. Prints the median step time of
@@ -38,6 +41,7 @@ VARIANTS = {
     "+masks": dict(thp="1", fast_dropout=True, channels_last=False),
     "+channels_last": dict(thp="1", fast_dropout=True, channels_last=True, fused=False),
     "+fused_glu": dict(thp="1", fast_dropout=True, channels_last=True),
+    "+teacher_first": dict(thp="1", fast_dropout=True, channels_last=True, teacher_first=True),
 }
 
 _CHILD = r"""
@@ -63,12 +67,17 @@ opt = torch.optim.Adam(student.parameters(), 1e-3)
 x = torch.randn(args["batch"], 128, 626)
 y = (torch.rand(args["batch"], 10, student.n_output_frames(626)) < 0.1).float()
 
-def step():
-    out = student(x)
-    loss = F.binary_cross_entropy(out.strong, y)
+def teacher_out():
     with torch.inference_mode():
         target = teacher(x).strong
-    loss = loss + F.mse_loss(out.strong, target.clone())
+    return target.clone()
+
+def step():
+    target = teacher_out() if args["teacher_first"] else None
+    out = student(x)
+    loss = F.binary_cross_entropy(out.strong, y)
+    target = teacher_out() if target is None else target
+    loss = loss + F.mse_loss(out.strong, target)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -92,7 +101,7 @@ def run_variant(name: str, args) -> dict:
     payload = json.dumps(dict(batch=args.batch, steps=args.steps, threads=args.threads,
                               model=str(ROOT / "conf" / "model" / "crnn.yaml"),
                               fast_dropout=spec["fast_dropout"], channels_last=spec["channels_last"],
-                              fused=spec.get("fused", True)))
+                              fused=spec.get("fused", True), teacher_first=spec.get("teacher_first", False)))
     out = subprocess.run([sys.executable, "-c", _CHILD, payload], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"variant {name} failed:\n{out.stderr[-3000:]}")
