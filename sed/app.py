@@ -53,7 +53,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overr
     )
 
 
-#: The bf16 hint's smallest network: the DESED-size CRNN (1.1 M parameters) gained 1.6x, the 50k quick start nothing.
+#: The bf16 hint's smallest network: the DESED-size CRNN (1.1 M parameters) gained 1.3x, the 50k quick start nothing.
 BF16_HINT_MIN_PARAMETERS = 500_000
 
 
@@ -61,7 +61,8 @@ def cpu_bf16_hint(trainer: pl.Trainer, n_params: int) -> Optional[str]:
     """A line suggesting ``trainer.precision=bf16-mixed`` when an fp32 run trains a network of at least
     :data:`BF16_HINT_MIN_PARAMETERS` parameters on a CPU with bf16 instructions (AVX512-BF16 or AMX).
 
-    On a Zen 4 CPU the DESED recipe's step took 0.6x the fp32 time in bf16, the 50k-parameter quick start about the
+    On a Zen 4 CPU the DESED recipe's step took 0.76x the fp32 time in bf16 (5.5 against 7.2-7.4 s per 48 clips in
+    the baseline A/B; 0.6x before the GLU fusion made fp32 faster), the 50k-parameter quick start about the
     same time in both (622 +- 39 against 645 +- 119 s over three seeds, with the same scores), and an AVX2-only CPU
     ran the DESED step 5x slower (benchmarks/README.md, recipes/README.md). A hint, not a default: the gain
     depends on the model and the CPU, and a run's numbers should not depend on the machine."""
@@ -73,7 +74,7 @@ def cpu_bf16_hint(trainer: pl.Trainer, n_params: int) -> Optional[str]:
     if not any(probe is not None and probe() for probe in probes):
         return None
     return (f"this CPU has bf16 instructions (AVX512-BF16/AMX): with a network of {n_params:,} parameters, "
-            "trainer.precision=bf16-mixed may train faster (the DESED recipe's step 1.6x on a Zen 4 CPU; "
+            "trainer.precision=bf16-mixed may train faster (the DESED recipe's step 1.3x on a Zen 4 CPU; "
             "benchmarks/README.md)")
 
 

@@ -96,7 +96,7 @@ def glu_dropout(x: Tensor, glu: GLU, p: float, training: bool = True, fast: bool
         and not torch.is_autocast_enabled("cpu") and not _tracing()
     )
     masked = uses_fast_masks(x, p, training, fast)
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not usable or (not masked and (grad or (training and p > 0.0))):
         return dropout(glu(x), p, training, fast)
     flat = rows.reshape(-1, rows.shape[-1])
