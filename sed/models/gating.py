@@ -11,6 +11,7 @@ pages the kernel zeroes, and the first block's are 245 MB each at DESED's batch 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sed.models.dropout import dropout, scaled_keep_mask, uses_fast_masks
@@ -51,7 +52,7 @@ class _GLUDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor) -> Tensor:  # type: ignore[override]
-        lin = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+        lin = F.linear(x, weight, bias)
         s = torch.sigmoid(x)
         out = lin.mul_(s).mul_(mask)
         ctx.save_for_backward(x, weight, s, mask, out)
