@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny generated dataset and the overrides of a tiny, fast run."""
+"""Shared fixtures: a tiny generated dataset and the overrides of a tiny, fast run.
+
+The suite runs in parallel (pytest-xdist, ``--dist loadfile``: one file's tests on one worker, so a module fixture
+is made once). A session fixture made by a training run is made once for all workers: :func:`once_per_session`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,40 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SIZES = {"strong": 16, "weak": 8, "unlabeled": 16, "validation": 8, "test": 8}
 TINY_CLIP = 2.0
+
+
+def once_per_session(tmp_path_factory, name: str, make: Callable[[Path], Any]) -> Any:
+    """``make(folder)``'s JSON value, made once per test session whichever xdist worker asks first.
+
+    The others wait on a lock and read the value it left, so a training run several test files read is run
+    once, not once per worker. ``folder`` is new and the fixture's own.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder the workers' base folders share
+    folder, done = base / f"shared_{name}", base / f"shared_{name}.json"
+    with FileLock(str(base / f"shared_{name}.lock")):
+        if not done.is_file():
+            folder.mkdir()
+            try:
+                done.write_text(json.dumps({"value": make(folder)}))
+            except BaseException as error:
+                done.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+                raise
+    made = json.loads(done.read_text())
+    if "error" in made:
+        raise RuntimeError(f"the shared fixture {name!r} failed in another test: {made['error']}")
+    return made["value"]
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +51,11 @@ def tiny_dataset(tmp_path_factory) -> Path:
     """A 2-second-clip synthetic DCASE dataset (generated once per test session)."""
     from sed.synth import generate_dataset
 
-    root = tmp_path_factory.mktemp("tiny_dataset")
-    generate_dataset(root, seed=3, clip_duration=TINY_CLIP, sizes=TINY_SIZES, workers=1)
-    return root
+    def make(root: Path) -> str:
+        generate_dataset(root, seed=3, clip_duration=TINY_CLIP, sizes=TINY_SIZES, workers=1)
+        return str(root)
+
+    return Path(once_per_session(tmp_path_factory, "tiny_dataset", make))
 
 
 def tiny_overrides(data_root: Path, exp_dir: Path, epochs: int = 2) -> list[str]:
@@ -75,11 +108,14 @@ def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """One tested epoch of the tiny configuration, with the model summary on and codecarbon's country set: the
     run the tests of sed.export, sed.submit and the energy report read (never write into it). Shared because each
     ``train.py`` process spends most of its ~10 s importing Lightning. Returns ``(run_dir, console output)``."""
-    exp = tmp_path_factory.mktemp("exp_tested")
-    proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1),
-                      "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
-    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
-    return run_dir, proc.stdout + proc.stderr
+    def make(exp: Path) -> tuple[str, str]:
+        proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1),
+                          "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
+        (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+        return str(run_dir), proc.stdout + proc.stderr
+
+    run_dir, output = once_per_session(tmp_path_factory, "exp_tested", make)
+    return Path(run_dir), output
 
 
 # Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
@@ -95,10 +131,12 @@ def long_augmented_run(tiny_dataset, tmp_path_factory) -> Path:
     """An uninterrupted, tested 2-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
     reference of tests/reliability's resume tests and the end-to-end run of tests/training/test_augment.py. Never
     write into it (new run directories beside it are fine)."""
-    exp = tmp_path_factory.mktemp("reference")
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
-    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
-    return run_dir
+    def make(exp: Path) -> str:
+        run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
+        (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
+        return str(run_dir)
+
+    return Path(once_per_session(tmp_path_factory, "reference", make))
 
 
 _CAPTURE_RETURN = (
@@ -126,19 +164,26 @@ def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
     """One uninterrupted, tested 3-epoch tiny run (never write into it) and the value train.py's task function
     returned for it: the run of tests/test_app.py (outputs, test-only, resume reference) and of the sweeper's
     return-value test in tests/test_sweeps.py. Returns ``(run_dir, returned value)``."""
-    exp = tmp_path_factory.mktemp("exp_3_epochs")
-    _, value = run_train_returning(tiny_overrides(tiny_dataset, exp, epochs=3), tmp_path_factory.mktemp("capture"))
-    (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
-    return run_dir, value
+    def make(exp: Path) -> tuple[str, object]:
+        (exp / "capture").mkdir()
+        _, value = run_train_returning(tiny_overrides(tiny_dataset, exp / "runs", epochs=3), exp / "capture")
+        (run_dir,) = [p for p in (exp / "runs" / "tiny").iterdir() if p.is_dir()]
+        return str(run_dir), value
+
+    run_dir, value = once_per_session(tmp_path_factory, "exp_3_epochs", make)
+    return Path(run_dir), value
 
 
 @pytest.fixture(scope="session")
 def lr_sweep(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """``python train.py -m ... training.lr=1e-3,3e-4``: a tested 1-epoch multirun of two jobs with Hydra's basic
     launcher (never write into it). Returns ``(exp_dir, stdout)``."""
-    exp = tmp_path_factory.mktemp("exp_lr_sweep")
-    proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
-    return exp, proc.stdout
+    def make(exp: Path) -> tuple[str, str]:
+        proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
+        return str(exp), proc.stdout
+
+    exp, stdout = once_per_session(tmp_path_factory, "exp_lr_sweep", make)
+    return Path(exp), stdout
 
 
 def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: float = 1.0, **overrides):
