@@ -5,6 +5,11 @@ Configuration: conf/config.yaml and its groups (see README.md). Outputs: exp/<ex
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before any large import: the allocator is chosen when a process starts
+    from sed.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()  # mimalloc where cmeel-mimalloc is installed, unless SED_ALLOCATOR=system
+
 import logging
 import sys
 import warnings

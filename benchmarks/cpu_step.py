@@ -13,8 +13,9 @@ variants add the changes one at a time:
 5. ``+fused_glu``: each block's GLU and dropout in one autograd function writing into its own temporaries
    (``sed/models/gating.py``): the same masks and outputs, gradients equal up to rounding;
 6. ``+teacher_first``: the teacher's forward before the student's (its temporaries are freed before the student's
-   graph exists: a lower peak), as ``SEDModule.training_step`` runs it; other draws go to each model. This
-   project's default.
+   graph exists: a lower peak), as ``SEDModule.training_step`` runs it; other draws go to each model;
+7. ``+mimalloc``: the process under mimalloc, which keeps freed memory for reuse (``sed/allocator.py``; train.py
+   re-executes itself so): the same numbers. This project's default.
 
 Each variant runs in a fresh interpreter (the huge-page setting is read at the first large allocation), one
 untimed step then ``--steps`` timed ones, the variants interleaved round by round. Prints the median step time of
@@ -42,6 +43,7 @@ VARIANTS = {
     "+channels_last": dict(thp="1", fast_dropout=True, channels_last=True, fused=False),
     "+fused_glu": dict(thp="1", fast_dropout=True, channels_last=True),
     "+teacher_first": dict(thp="1", fast_dropout=True, channels_last=True, teacher_first=True),
+    "+mimalloc": dict(thp="1", fast_dropout=True, channels_last=True, teacher_first=True, mimalloc=True),
 }
 
 _CHILD = r"""
@@ -97,7 +99,14 @@ print(json.dumps({"times": times, "peak_mib": resource.getrusage(resource.RUSAGE
 
 def run_variant(name: str, args) -> dict:
     spec = VARIANTS[name]
-    env = dict(os.environ, THP_MEM_ALLOC_ENABLE=spec["thp"])
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY")}
+    env["THP_MEM_ALLOC_ENABLE"] = spec["thp"]
+    if spec.get("mimalloc"):
+        from sed import allocator
+
+        env = allocator.preload_environment({**env, allocator.ENV: "mimalloc"}, allocator.mimalloc_library())
+        if env is None:
+            raise SystemExit("+mimalloc needs cmeel-mimalloc on Linux (pip install cmeel-mimalloc)")
     payload = json.dumps(dict(batch=args.batch, steps=args.steps, threads=args.threads,
                               model=str(ROOT / "conf" / "model" / "crnn.yaml"),
                               fast_dropout=spec["fast_dropout"], channels_last=spec["channels_last"],

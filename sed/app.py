@@ -15,6 +15,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from sed import allocator
 from sed.checkpointing import (
     AtomicCheckpointIO,
     RunStopped,
@@ -163,6 +164,7 @@ def _run(
     trainer = build_trainer(cfg, run_dir, resume_hint)
     if main_process:
         write_status(run_dir, "running", pid=os.getpid())
+        log.info(allocator.describe())
         hint = cpu_bf16_hint(trainer, n_parameters(module.student)) if cfg.train else None
         if hint:
             log.info(hint)
