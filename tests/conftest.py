@@ -103,14 +103,17 @@ def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.Compl
     return proc
 
 
+#: What tested_run adds to the tiny 1-epoch overrides (a test that repeats the run with one change uses them too).
+TESTED_RUN_OPTIONS = ["trainer.enable_model_summary=true", "energy.country_iso_code=DEU"]
+
+
 @pytest.fixture(scope="session")
 def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """One tested epoch of the tiny configuration, with the model summary on and codecarbon's country set: the
     run the tests of sed.export, sed.submit and the energy report read (never write into it). Shared because each
     ``train.py`` process spends most of its ~10 s importing Lightning. Returns ``(run_dir, console output)``."""
     def make(exp: Path) -> tuple[str, str]:
-        proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1),
-                          "trainer.enable_model_summary=true", "energy.country_iso_code=DEU"])
+        proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1), *TESTED_RUN_OPTIONS])
         (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
         return str(run_dir), proc.stdout + proc.stderr
 
