@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sed.models.crnn import CRNN
-from sed.models.dropout import KEEP_RESOLUTION, Dropout, keep_mask
+from sed.models.dropout import KEEP_RESOLUTION, Dropout, keep_mask, scaled_keep_mask
 
 
 def _within(rate: float, keep: float, n: int, sigmas: float = 5.0) -> bool:
@@ -59,6 +59,28 @@ def test_masks_come_from_the_seeded_generator():
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(99)
     assert torch.equal(keep_mask((5, 100), 0.5, generator=g), a[0])
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scaled_mask_is_keep_mask_over_keep_in_the_layout_of_its_tensor(keep, dtype, channels_last):
+    """The mask dropout multiplies by: keep_mask's draws (the same random words) as 0 or 1/keep, in the dtype and
+    memory format of the tensor it scales."""
+    like = torch.empty(3, 5, 7, 13, dtype=dtype)  # 1,365 elements: not a whole number of bytes or words
+    if channels_last:
+        like = like.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(7)
+    mask = scaled_keep_mask(like, keep)
+    torch.manual_seed(7)
+    want = keep_mask(like.shape, keep).to(dtype) / keep
+    assert mask.dtype == dtype and mask.shape == like.shape and torch.equal(mask, want)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert mask.is_contiguous(memory_format=fmt)
+    next_draw = torch.rand(3)  # the generator moved on as far as keep_mask moves it
+    torch.manual_seed(7)
+    scaled_keep_mask(like, keep)
+    assert torch.equal(torch.rand(3), next_draw)
 
 
 @pytest.mark.parametrize("p", [0.5, 0.2])
