@@ -38,12 +38,15 @@ def machine_line(device: str = "cpu") -> str:
     """One line naming what the numbers were measured on."""
     import torch
 
+    from sed import allocator
+
     parts = [
         f"nproc={os.cpu_count()}",
         f"cpu={cpu_model()!r}",
         f"torch={torch.__version__}",
         f"torch_threads={torch.get_num_threads()}",
         f"python={platform.python_version()}",
+        f"allocator={allocator.active()}",
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         parts.append(f"gpu={torch.cuda.get_device_name(0)!r}")

@@ -21,6 +21,9 @@ Measured in one process, on one generated dataset (``sed.synth``, 10 s clips):
   stays eager).
 * ``--lightning``: the same module trained by a real ``pytorch_lightning.Trainer`` (adds its overhead).
 
+The script runs under the memory allocator train.py runs under (``sed/allocator.py``: mimalloc on Linux,
+``SED_ALLOCATOR=system`` for glibc's); the ``MACHINE`` line names it.
+
     python benchmarks/train_throughput.py                       # CPU, batch 2/2/4
     python benchmarks/train_throughput.py --batch-sizes 12 12 24 --device cuda --bf16 --lightning
     python benchmarks/train_throughput.py --batch-sizes 12 12 24 --threads 1 --steps 0 --pairs 0 --breakdown-repeats 0 --step-repeats 3  # DESED size, step cost only
@@ -47,6 +50,11 @@ from _common import (
     training_device,
     workdir,
 )
+
+if __name__ == "__main__":  # the allocator train.py trains under (mimalloc on Linux; SED_ALLOCATOR=system: glibc's)
+    from sed.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()
 
 BENCH = "train"
 
