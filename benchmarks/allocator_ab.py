@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from _common import ROOT, machine_line, median, note, result
-from baseline_ab import TQDM_BAR, make_data, parse, run_monitored
+from baseline_ab import make_data, ours_command, parse, run_monitored
 
 ARMS = ("mimalloc", "system")
 
@@ -50,12 +49,8 @@ def main() -> None:
         clips_per_step = sum(args.batch_sizes)
         base_env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY", "PYTHONPATH")}
         envs = {arm: dict(base_env, PYTHONUNBUFFERED="1", **{allocator.ENV: arm}) for arm in ARMS}
-        cmd = lambda i, arm: [sys.executable, "train.py", "+exp=desed_crnn", f"data.root={data_dir}",
-                              "data.generate=false", f"data.classes=[{','.join(classes)}]",
-                              f"data.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
-                              "data.eval_batch_size=24", f"data.num_workers={args.workers}", "trainer.max_epochs=1",
-                              f"paths.exp_dir={scratch / f'exp_{arm}_{i}'}", "exp_name=allocator_ab",
-                              f"+callbacks.tqdm_bar._target_={TQDM_BAR}"]
+        cmd = lambda i, arm: ours_command(data_dir, classes, args.batch_sizes, 24, args.workers, 1,
+                                          scratch / f"exp_{arm}_{i}", "allocator_ab")
         note("command: " + " ".join(cmd(0, "mimalloc")) + f"  (with {allocator.ENV}=mimalloc | system)")
         measured: dict[str, list] = {arm: [] for arm in ARMS}
         for i in range(args.pairs):

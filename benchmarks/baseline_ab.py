@@ -112,6 +112,15 @@ def make_data(data_dir: Path, sizes: dict[str, int], seed: int) -> list[str]:
     return layout.classes()
 
 
+def ours_command(data_dir: Path, classes: list[str], batch_sizes: list[int], eval_batch_size: int, workers: int,
+                 epochs: int, exp_dir: Path, exp_name: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """``train.py +exp=desed_crnn`` on the generated dataset, with the TQDM bar :func:`parse` reads."""
+    return [sys.executable, "train.py", "+exp=desed_crnn", f"data.root={data_dir}", "data.generate=false",
+            f"data.classes=[{','.join(classes)}]", f"data.batch_sizes=[{','.join(map(str, batch_sizes))}]",
+            f"data.eval_batch_size={eval_batch_size}", f"data.num_workers={workers}", f"trainer.max_epochs={epochs}",
+            f"paths.exp_dir={exp_dir}", f"exp_name={exp_name}", f"+callbacks.tqdm_bar._target_={TQDM_BAR}", *extra]
+
+
 def make_baseline_copy(baseline_dir: Path, dest: Path, data_dir: Path, classes: list[str], args) -> Path:
     """Scratch copy of the package and the 2023 recipe, pointed at ``data_dir``; returns the recipe folder."""
     import yaml  # PyYAML comes with Hydra
@@ -356,13 +365,9 @@ def main() -> None:
         ours_env = dict(base_env)
         bl_cmd = lambda i: [str(baseline_python), "train_sed.py", "--conf_file", "confs/ab.yaml",
                             "--log_dir", str(scratch / f"baseline_exp_{i}"), "--gpus", "0"]
-        ours_cmd = lambda i: [sys.executable, "train.py", "+exp=desed_crnn", f"data.root={data_dir}",
-                              "data.generate=false", f"data.classes=[{','.join(classes)}]",
-                              f"data.batch_sizes=[{','.join(map(str, args.batch_sizes))}]",
-                              f"data.eval_batch_size={args.eval_batch_size}", f"data.num_workers={args.workers}",
-                              f"trainer.max_epochs={args.epochs}", f"paths.exp_dir={scratch / f'ours_exp_{i}'}",
-                              "exp_name=baseline_ab", f"+callbacks.tqdm_bar._target_={TQDM_BAR}",
-                              *(["trainer.precision=bf16-mixed"] if args.bf16 else [])]
+        ours_cmd = lambda i: ours_command(data_dir, classes, args.batch_sizes, args.eval_batch_size, args.workers,
+                                          args.epochs, scratch / f"ours_exp_{i}", "baseline_ab",
+                                          ("trainer.precision=bf16-mixed",) if args.bf16 else ())
         note(f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
              f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
              f"{'THP_MEM_ALLOC_ENABLE=1 ' if args.baseline_thp else ''}"
