@@ -6,7 +6,7 @@ Configuration: conf/config.yaml and its groups (see README.md). Outputs: exp/<ex
 from __future__ import annotations
 
 if __name__ == "__main__":  # first, before any large import: the allocator is chosen when a process starts
-    from sed.allocator import reexec_with_mimalloc
+    from sed.run.allocator import reexec_with_mimalloc
 
     reexec_with_mimalloc()  # mimalloc where cmeel-mimalloc is installed, unless SED_ALLOCATOR=system
 
@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import sed.config  # noqa: F401  (registers the typed schema and the run-directory resolvers)
+import sed.run.config  # noqa: F401  (registers the typed schema and the run-directory resolvers)
 
 # conf/hydra/launcher/submitit_*.yaml share their names with hydra-submitit-launcher's schemas, so Hydra checks
 # them against those (a misspelled key fails) and warns that this matching is deprecated: the files are complete
@@ -29,12 +29,12 @@ warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigSto
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from sed.app import log_failure, run
-    from sed.checkpointing import RunStopped
+    from sed.run.job import log_failure, run
+    from sed.run.checkpointing import RunStopped
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.train and not cfg.ckpt_path:
-        from sed.rundir import requeued_checkpoint
+        from sed.run.rundir import requeued_checkpoint
 
         cfg.ckpt_path = requeued_checkpoint(hydra_cfg.runtime.output_dir)
         if cfg.ckpt_path:
@@ -57,7 +57,7 @@ def best_val_objective(run_dir: str, warn: bool = False) -> float | None:
     its status.json. Never a test metric. None when nothing was validated (``train=false``, no monitored metric):
     Optuna then marks the trial failed rather than ranking it. (Extra processes of a distributed run, whose
     return value Hydra ignores, may get None too.)"""
-    from sed.rundir import read_status
+    from sed.run.rundir import read_status
 
     status = read_status(run_dir)
     value = status.get("best_val_objective")
@@ -70,5 +70,5 @@ def best_val_objective(run_dir: str, warn: bool = False) -> float | None:
 
 
 if __name__ == "__main__":
-    sed.config.accept_appended_exp(sys.argv)  # +exp=NAME, the form documented first, works as exp=NAME
+    sed.run.config.accept_appended_exp(sys.argv)  # +exp=NAME, the form documented first, works as exp=NAME
     main()

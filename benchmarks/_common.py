@@ -38,7 +38,7 @@ def machine_line(device: str = "cpu") -> str:
     """One line naming what the numbers were measured on."""
     import torch
 
-    from sed import allocator
+    from sed.run import allocator
 
     parts = [
         f"nproc={os.cpu_count()}",

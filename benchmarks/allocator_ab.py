@@ -1,4 +1,4 @@
-"""Same-run A/B of ``train.py`` under mimalloc (its default on Linux, ``sed/allocator.py``) against glibc's
+"""Same-run A/B of ``train.py`` under mimalloc (its default on Linux, ``sed/run/allocator.py``) against glibc's
 allocator (``SED_ALLOCATOR=system``): the whole training loop as a user runs it, not the model alone
 (``cpu_step.py +mimalloc`` measures that).
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one training run")
     args = parser.parse_args()
 
-    from sed import allocator
+    from sed.run import allocator
 
     if allocator.mimalloc_library() is None:
         raise SystemExit("allocator_ab needs cmeel-mimalloc on Linux (pip install cmeel-mimalloc)")

@@ -14,7 +14,7 @@ variants add the changes one at a time:
    (``sed/models/gating.py``): the same masks and outputs, gradients equal up to rounding;
 6. ``+teacher_first``: the teacher's forward before the student's (its temporaries are freed before the student's
    graph exists: a lower peak), as ``SEDModule.training_step`` runs it; other draws go to each model;
-7. ``+mimalloc``: the process under mimalloc, which keeps freed memory for reuse (``sed/allocator.py``; train.py
+7. ``+mimalloc``: the process under mimalloc, which keeps freed memory for reuse (``sed/run/allocator.py``; train.py
    re-executes itself so): the same numbers. This project's default.
 
 Each variant runs in a fresh interpreter (the huge-page setting is read at the first large allocation), one
@@ -102,7 +102,7 @@ def run_variant(name: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY")}
     env["THP_MEM_ALLOC_ENABLE"] = spec["thp"]
     if spec.get("mimalloc"):
-        from sed import allocator
+        from sed.run import allocator
 
         env = allocator.preload_environment({**env, allocator.ENV: "mimalloc"}, allocator.mimalloc_library())
         if env is None:

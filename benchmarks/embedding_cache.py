@@ -39,8 +39,8 @@ def build_module(ast: dict, device: str):
     import torch
     from omegaconf import OmegaConf
 
-    from sed.config import Config
-    from sed.module import SEDModule
+    from sed.run.config import Config
+    from sed.training.module import SEDModule
 
     cfg = OmegaConf.structured(Config)
     for key, value in {

@@ -1,4 +1,4 @@
-"""Cost of energy measuring (codecarbon, sed.energy) and MAC counting (sed.complexity) on a whole run.
+"""Cost of energy measuring (codecarbon, sed.dcase.energy) and MAC counting (sed.complexity) on a whole run.
 
 Runs ``python train.py`` on a tiny generated dataset (2-s clips, a few thousand-parameter CRNN: the worst case,
 where fixed costs weigh most) with ``energy.enabled=true`` and ``false``, interleaved, and reports the median
@@ -48,9 +48,9 @@ def main() -> None:
            f"(median of {args.repeats}): +{on - off:.1f} s, ratio {on / off:.2f}x")
 
     from sed.complexity import deployed_complexity
-    from sed.features import FrontEnd
+    from sed.features.frontend import FrontEnd
     from sed.models.crnn import CRNN
-    from sed.scaler import TorchScaler
+    from sed.features.scaler import TorchScaler
 
     t0 = time.perf_counter()
     block = deployed_complexity(FrontEnd(), TorchScaler("instance", "minmax", [1, 2]), CRNN(10), 160_000, 16_000)

@@ -43,8 +43,8 @@ def build_module(overrides: list[str], classes: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import sed.config  # noqa: F401  (registers the schema)
-    from sed.module import SEDModule
+    import sed.run.config  # noqa: F401  (registers the schema)
+    from sed.training.module import SEDModule
 
     with initialize_config_dir(str(Path(ROOT, "conf").resolve()), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "paths.run_dir=unused"])

@@ -1,7 +1,7 @@
 """Front-end throughput: log-mel + scaler as a multiple of real time, against librosa on the CPU.
 
-* ours: ``sed.features.FrontEnd`` (conf/features/mel.yaml: 16 kHz, n_fft 2048, hop 256, Hamming, 128 HTK
-  mel bands up to 8 kHz, magnitude, dB clamped to [-50, 80]) followed by ``sed.scaler.TorchScaler``
+* ours: ``sed.features.frontend.FrontEnd`` (conf/features/mel.yaml: 16 kHz, n_fft 2048, hop 256, Hamming, 128 HTK
+  mel bands up to 8 kHz, magnitude, dB clamped to [-50, 80]) followed by ``sed.features.scaler.TorchScaler``
   (conf/scaler/instance_minmax.yaml, the default), on a batch of 10 s clips, clip by clip, and the batch
   in chunks of 2 clips (the STFT of a whole batch builds a [B, frames, n_fft] tensor far larger than the
   CPU caches), with 1 torch thread and torch's default count; on the GPU too when one is present
@@ -46,8 +46,8 @@ def main() -> None:
     import scipy.signal
     import torch
 
-    from sed.features import FrontEnd
-    from sed.scaler import TorchScaler
+    from sed.features.frontend import FrontEnd
+    from sed.features.scaler import TorchScaler
 
     print(machine_line("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"), flush=True)
     sr, seconds, b = 16000, 10.0, args.batch_size

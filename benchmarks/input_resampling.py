@@ -53,7 +53,7 @@ def build_config(root: Path, batch_sizes: list[int], workers: int, input_rate: i
     model, features = RECIPES[recipe]
     from omegaconf import OmegaConf
 
-    from sed.config import Config
+    from sed.run.config import Config
 
     cfg = OmegaConf.structured(Config)
     cfg.paths.run_dir = str(root / "run")
@@ -88,9 +88,9 @@ def main() -> None:
 
     import torch
 
-    from sed.datamodule import SEDDataModule
-    from sed.module import SEDModule
-    from sed.resample import Resample
+    from sed.data.datamodule import SEDDataModule
+    from sed.training.module import SEDModule
+    from sed.features.resample import Resample
     from sed.training.ema import ema_factor, update_teacher
 
     device, gpu = training_device(args.device)

@@ -99,7 +99,7 @@ def evaluate_run(
 
 
 def _evaluation_schema():
-    from sed.config import EvaluationConfig
+    from sed.run.config import EvaluationConfig
 
     return EvaluationConfig
 

@@ -21,7 +21,7 @@ Measured in one process, on one generated dataset (``sed.synth``, 10 s clips):
   stays eager).
 * ``--lightning``: the same module trained by a real ``pytorch_lightning.Trainer`` (adds its overhead).
 
-The script runs under the memory allocator train.py runs under (``sed/allocator.py``: mimalloc on Linux,
+The script runs under the memory allocator train.py runs under (``sed/run/allocator.py``: mimalloc on Linux,
 ``SED_ALLOCATOR=system`` for glibc's); the ``MACHINE`` line names it.
 
     python benchmarks/train_throughput.py                       # CPU, batch 2/2/4
@@ -52,7 +52,7 @@ from _common import (
 )
 
 if __name__ == "__main__":  # the allocator train.py trains under (mimalloc on Linux; SED_ALLOCATOR=system: glibc's)
-    from sed.allocator import reexec_with_mimalloc
+    from sed.run.allocator import reexec_with_mimalloc
 
     reexec_with_mimalloc()
 
@@ -63,7 +63,7 @@ def build_config(root: Path, batch_sizes: list[int], workers: int) -> dict[str, 
     """The run configuration train.py would resolve: DESED CRNN, mel front-end, mean-teacher training."""
     from omegaconf import OmegaConf
 
-    from sed.config import Config
+    from sed.run.config import Config
 
     cfg = OmegaConf.structured(Config)
     cfg.paths.run_dir = str(root / "run")
@@ -114,8 +114,8 @@ def main() -> None:
 
     import torch
 
-    from sed.datamodule import SEDDataModule
-    from sed.module import SEDModule
+    from sed.data.datamodule import SEDDataModule
+    from sed.training.module import SEDModule
     from sed.training.ema import ema_factor, update_teacher
     from sed.training.losses import consistency_losses, supervised_losses
 
@@ -269,8 +269,8 @@ def main() -> None:
         timed("ema", lambda: update_teacher(module.teacher, module.student, 0.999))
 
     # ---------------------------------------------------------------- step cost vs the student's own step
-    try:  # the module's teacher forward (a checkout before sed.training.step_speed ran it under no_grad)
-        from sed.training.step_speed import teacher_forward
+    try:  # the module's teacher forward (a checkout before sed.training.execution ran it under no_grad)
+        from sed.training.execution import teacher_forward
     except ImportError:
         teacher_forward = None
     nets = getattr(module, "_train_nets", {"student": module.student, "teacher": module.teacher})
@@ -357,8 +357,8 @@ def run_lightning(config, classes, root: Path, bs, args, device) -> tuple[float,
     import pytorch_lightning as pl
     import torch
 
-    from sed.datamodule import SEDDataModule
-    from sed.module import SEDModule
+    from sed.data.datamodule import SEDDataModule
+    from sed.training.module import SEDModule
 
     class Clock(pl.Callback):
         def __init__(self) -> None:

@@ -126,7 +126,7 @@ def _clip_input(pl_module: Any) -> tuple[int, int]:
 
 
 def module_complexity(pl_module: Any, model: str = "teacher") -> dict[str, Any]:
-    """:func:`deployed_complexity` of a :class:`sed.module.SEDModule`'s front-end, scaler and ``model`` for one
+    """:func:`deployed_complexity` of a :class:`sed.training.module.SEDModule`'s front-end, scaler and ``model`` for one
     training clip."""
     n_samples, rate = _clip_input(pl_module)
     return deployed_complexity(pl_module.frontend, pl_module.scaler, getattr(pl_module, model), n_samples, rate)
@@ -214,8 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("checkpoint", help="checkpoint written by train.py")
     parser.add_argument("--model", choices=("teacher", "student"), default="teacher")
     args = parser.parse_args(argv)
-    from sed.checkpointing import read_checkpoint
-    from sed.module import SEDModule
+    from sed.run.checkpointing import read_checkpoint
+    from sed.training.module import SEDModule
 
     read_checkpoint(args.checkpoint)
     module = SEDModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False)

@@ -3,8 +3,8 @@
 The graph maps raw mono audio windows ``audio [batch, window_samples]`` (float32, at the rate the model takes:
 ``features.input_sample_rate`` when it resamples inside the model, whose windowed-sinc resampler is then part of
 the graph, else the model's rate; the training clip length) to frame probabilities ``strong [batch, classes, window_frames]`` and clip
-probabilities ``weak [batch, classes]``: front-end (:class:`sed.features.FrontEnd`), scaler
-(:class:`sed.scaler.TorchScaler`) and one network (student or teacher), in evaluation mode. The batch axis is
+probabilities ``weak [batch, classes]``: front-end (:class:`sed.features.frontend.FrontEnd`), scaler
+(:class:`sed.features.scaler.TorchScaler`) and one network (student or teacher), in evaluation mode. The batch axis is
 dynamic; the window length is fixed, and ``sed.infer`` slides windows over longer audio exactly as it does
 with a checkpoint. The file also carries :class:`DetectorMetadata` (classes, sample rate, window, frame hop,
 median filter and thresholds of the checkpoint's ``evaluation`` config): ONNX ``metadata_props``, one JSON
@@ -43,7 +43,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from sed.exported_model import (
+from sed.inference.exported_model import (
     CHECK_TOLERANCE,
     DEFAULT_OPSET,
     FORMATS,
@@ -57,7 +57,7 @@ from sed.exported_model import (
     PathLike,
 )
 from sed.models.embeddings import model_inputs
-from sed.scaler import _STAT_BUFFERS, TorchScaler
+from sed.features.scaler import _STAT_BUFFERS, TorchScaler
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +113,11 @@ class InferenceGraph(nn.Module):
 
 # ---------------------------------------------------------------------- checkpoints
 def load_module(path: PathLike):
-    """``(module, info)``: the :class:`sed.module.SEDModule` of a checkpoint of ``train.py`` rebuilt from its saved
+    """``(module, info)``: the :class:`sed.training.module.SEDModule` of a checkpoint of ``train.py`` rebuilt from its saved
     configuration, in evaluation mode on the CPU, and the checkpoint's epoch and step; problems are
-    :class:`sed.checkpointing.CheckpointError` naming the file."""
-    from sed.checkpointing import CheckpointError, read_checkpoint
-    from sed.module import SEDModule
+    :class:`sed.run.checkpointing.CheckpointError` naming the file."""
+    from sed.run.checkpointing import CheckpointError, read_checkpoint
+    from sed.training.module import SEDModule
 
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (0 written, 2 bad input or a failed check: nothing written)."""
-    from sed.checkpointing import CheckpointError
+    from sed.run.checkpointing import CheckpointError
     from sed.data.audio import AudioError
 
     args = build_parser().parse_args(argv)

@@ -72,7 +72,7 @@ from sed.evaluation.tuning import (
     settings_path_for,
 )
 from sed.evaluation.windows import WindowGrid
-from sed.exported_model import DetectorMetadata, ExportedModel, ExportError
+from sed.inference.exported_model import DetectorMetadata, ExportedModel, ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Detector:
     """A trained network with its front-end, scaler, frame grid and post-processing.
 
     Args:
-        module: a :class:`sed.module.SEDModule` (its configuration gives sample rate, clip length,
+        module: a :class:`sed.training.module.SEDModule` (its configuration gives sample rate, clip length,
             median filter and thresholds), or an :class:`sed.export.ExportedModel` (a file written by
             ``python -m sed.export``, carrying the same in its metadata).
         model: ``"teacher"`` or ``"student"`` (default for a module: the one validation preferred, recorded in its
@@ -229,7 +229,7 @@ class Detector:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found")
-        from sed.module import SEDModule
+        from sed.training.module import SEDModule
 
         try:
             module = SEDModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)

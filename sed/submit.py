@@ -162,7 +162,7 @@ def _input_rate(cfg: Any, metrics: dict[str, Any]) -> float:
     rate = cfg.features.get("input_sample_rate")
     tested = (metrics.get("complexity") or {}).get("checkpoint")
     if rate == "auto" and tested and Path(tested).is_file():
-        from sed.checkpointing import read_checkpoint
+        from sed.run.checkpointing import read_checkpoint
 
         rate = read_checkpoint(tested)["hyper_parameters"]["config"]["features"].get("input_sample_rate")
     return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else float(cfg.data.sample_rate)
@@ -328,12 +328,12 @@ def build_submission(
     """Write the submission package of ``run_dir`` into ``out`` (layout in the module docstring); returns the
     archive's path. Raises :class:`SubmissionError` naming the file at fault."""
     from sed.data.tsv import write_strong
-    from sed.energy import read_energy
+    from sed.dcase.energy import read_energy
     from sed.evaluation.outputs import write_scores_dir
 
     run_dir, out = Path(run_dir), Path(out)
-    if model is None:  # the network validation preferred (sed.app records it in status.json)
-        from sed.rundir import read_status
+    if model is None:  # the network validation preferred (sed.run.job records it in status.json)
+        from sed.run.rundir import read_status
 
         model = read_status(run_dir).get("preferred_model") or "teacher"
     if model not in ("teacher", "student"):

@@ -165,8 +165,8 @@ def run_train_returning(args: list[str], capture_dir: Path) -> tuple[subprocess.
 @pytest.fixture(scope="session")
 def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
     """One uninterrupted, tested 3-epoch tiny run (never write into it) and the value train.py's task function
-    returned for it: the run of tests/test_app.py (outputs, test-only, resume reference) and of the sweeper's
-    return-value test in tests/test_sweeps.py. Returns ``(run_dir, returned value)``."""
+    returned for it: the run of tests/run/test_job.py (outputs, test-only, resume reference) and of the sweeper's
+    return-value test in tests/run/test_sweeps.py. Returns ``(run_dir, returned value)``."""
     def make(exp: Path) -> tuple[str, object]:
         (exp / "capture").mkdir()
         _, value = run_train_returning(tiny_overrides(tiny_dataset, exp / "runs", epochs=3), exp / "capture")
@@ -195,8 +195,8 @@ def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: flo
     import torch
     from omegaconf import OmegaConf
 
-    from sed.config import Config
-    from sed.module import SEDModule
+    from sed.run.config import Config
+    from sed.training.module import SEDModule
 
     cfg = OmegaConf.structured(Config)
     for key, value in {

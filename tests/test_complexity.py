@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sed.complexity import count_macs, deployed_complexity
-from sed.features import FrontEnd
+from sed.features.frontend import FrontEnd
 from sed.models.crnn import CRNN
-from sed.scaler import TorchScaler
+from sed.features.scaler import TorchScaler
 
 
 def _hand_counts(n_features: int, frames: int, filters, pooling, hidden: int, layers: int, n_classes: int) -> dict:

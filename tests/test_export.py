@@ -163,8 +163,8 @@ def test_dataset_scaler_and_mfcc_export_and_silence(tmp_path):
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from sed.config import Config
-    from sed.module import SEDModule
+    from sed.run.config import Config
+    from sed.training.module import SEDModule
 
     cfg = OmegaConf.structured(Config)
     cfg.paths.run_dir = cfg.data.root = "unused"

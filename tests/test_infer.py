@@ -24,8 +24,8 @@ def checkpoint(tmp_path_factory):
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from sed.config import Config
-    from sed.module import SEDModule
+    from sed.run.config import Config
+    from sed.training.module import SEDModule
 
     cfg = OmegaConf.structured(Config)
     cfg.paths.run_dir = "unused"

@@ -31,7 +31,7 @@ from sed.data.audio import (
 )
 from sed.data.encoder import LabelEncoder
 from sed.data.tsv import AnnotationError
-from sed.features import input_clip_samples
+from sed.features.frontend import input_clip_samples
 from sed.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class SEDDataset(Dataset):
         self.sample_rate = int(sample_rate)
         self.clip_duration = float(clip_duration)
         # At another rate than the encoder's (a model that resamples its input), the clip whose resampling gives the
-        # encoder's clip exactly (sed.features.input_clip_samples raises when there is none).
+        # encoder's clip exactly (sed.features.frontend.input_clip_samples raises when there is none).
         self.n_samples = input_clip_samples(self.clip_duration, self.sample_rate, encoder.sample_rate)
         self.random_crop = bool(random_crop)
         self.channel = channel

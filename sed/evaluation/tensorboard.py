@@ -1,7 +1,7 @@
 """What a run shows in TensorBoard beyond scalars: validation clip figures, test PSD-ROC figures and per-class
 metrics, the configuration as text, and hyper-parameters beside the final test metrics.
 
-Functions of the run's Lightning loggers; :class:`sed.module.SEDModule` calls them on the global-zero process.
+Functions of the run's Lightning loggers; :class:`sed.training.module.SEDModule` calls them on the global-zero process.
 """
 
 from __future__ import annotations

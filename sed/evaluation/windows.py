@@ -6,7 +6,7 @@ common frame grid; where windows overlap they are averaged. When the model resam
 (``features.input_sample_rate``), windows are cut from audio at the input rate: a frame is then a fractional
 number of input samples (e.g. 1024 samples at 16 kHz = 2822.4 at 44.1 kHz), kept exact as a ``Fraction``, and
 window starts are rounded to the nearest sample (at most half a sample off the frame grid, never accumulating). ``sed.infer.Detector`` and the evaluation step of
-``sed.module.SEDModule`` both go through :class:`WindowGrid`, so a file gives the same numbers in both.
+``sed.training.module.SEDModule`` both go through :class:`WindowGrid`, so a file gives the same numbers in both.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class WindowGrid:
     def from_encoder(cls, encoder, hop_frames: int | None = None, input_rate: int | None = None) -> "WindowGrid":
         """Windows of the encoder's clip length; ``hop_frames`` defaults to half a window. ``input_rate``: the rate of
         the audio windowed when it is not the encoder's (a model that resamples its input)."""
-        from sed.features import input_clip_samples
+        from sed.features.frontend import input_clip_samples
 
         frames = int(encoder.n_frames)
         hop = max(frames // 2, 1) if hop_frames is None else int(hop_frames)

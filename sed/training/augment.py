@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from sed.config import AugmentConfig
-from sed.training.step_speed import host_to_device, subset_rows
+from sed.run.config import AugmentConfig
+from sed.training.execution import host_to_device, subset_rows
 
 
 def mixup(

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import sed.config  # noqa: F401  (schema and resolvers)
+import sed.run.config  # noqa: F401  (schema and resolvers)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # Composing resolves the run-directory resolvers, which claim a directory: keep it out of the repository's exp/.

@@ -274,7 +274,7 @@ def test_native_rate_items_keep_the_frames_and_targets_of_loader_resampling(tmp_
     """A model that resamples its input (features.input_sample_rate=44100) gets 44.1 kHz items: the clip resampled in
     the model has the frames of the loader-resampled clip, and the strong targets (framed at the model's rate) are
     the same, for evaluation crops and for whole clips longer than the clip length."""
-    from sed.features import FrontEnd
+    from sed.features.frontend import FrontEnd
 
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -302,7 +302,7 @@ def test_native_rate_items_keep_the_frames_and_targets_of_loader_resampling(tmp_
 def test_native_rate_random_crops_move_the_labels_with_the_audio(tmp_path, enc):
     """Training crops at the input rate shift the labels by the crop's start in seconds: the burst's frames in the
     features of the crop (resampled in the model) are the target's active frames."""
-    from sed.features import FrontEnd
+    from sed.features.frontend import FrontEnd
 
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sed.config import EvaluationConfig
+from sed.run.config import EvaluationConfig
 from sed.data.encoder import LabelEncoder
 from sed.evaluation.parallel import ScoringPool, resolve_workers
 from sed.evaluation.scoring import score_model

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sed.config import EvaluationConfig
+from sed.run.config import EvaluationConfig
 from sed.evaluation.metrics import psds
 from sed.evaluation.metrics.psd import PSDS1
 from sed.evaluation.postprocess import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sed.features import FrontEnd
+from sed.features.frontend import FrontEnd
 from sed.models import CRNN, CRNNOutput
 from sed.models.crnn import weighted_mean_logit
 

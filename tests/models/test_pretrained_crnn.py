@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from sed.features import FrontEnd
+from sed.features.frontend import FrontEnd
 from sed.models.embeddings import ASTEncoder, audio_fingerprint, model_inputs
 from sed.models.pretrained_crnn import PretrainedCRNN
 

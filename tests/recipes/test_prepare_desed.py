@@ -155,7 +155,7 @@ def test_annotations(prepared):
 
 def test_datamodule_reads_it(prepared):
     from sed.data.encoder import LabelEncoder
-    from sed.datamodule import SEDDataModule
+    from sed.data.datamodule import SEDDataModule
 
     _, out, _ = prepared
     dm = SEDDataModule(str(out), clip_duration=2.0, batch_sizes=[1, 1, 1], eval_batch_size=2, num_workers=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sed.checkpointing import (
+from sed.run.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
     NonFiniteWeightsError,

@@ -168,7 +168,7 @@ def test_a_run_directory_in_use_is_refused(finished, tiny_dataset, tmp_path):
     run_dir = exp / "tiny" / finished.name
     shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns(".lock"))  # a run of train.py, not trained again
     (run_dir / "status.json").write_text('{"status": "stopped"}')  # resumable, and held by another process:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sed.rundir import lock_run_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sed.run.rundir import lock_run_dir; "
                                f"lock_run_dir({str(run_dir)!r}); print('held', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -246,7 +246,7 @@ def test_configuration_holes(tiny_dataset, tmp_path):
     assert json.loads((generated / ".complete").read_text())["sizes"]["strong"] == 4
     (run_dir,) = _run_dirs(tmp_path / "exp2")
     assert _progress(run_dir / "checkpoints" / "last.ckpt") == (0, 3)  # one epoch of data.epoch_length=3 batches
-    from sed.datamodule import SEDDataModule
+    from sed.data.datamodule import SEDDataModule
 
     assert SEDDataModule(root=str(bom)).classes == (tiny_dataset / "classes.txt").read_text().split()
     missing = run_train([*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sed.resample import Resample, fft_resample
+from sed.features.resample import Resample, fft_resample
 
 # Bounds on |resampled - analytic sine| (unit amplitude), ignoring the first and last 2 % of the
 # output (edge effects: zero padding for sinc, periodic wrap for FFT):

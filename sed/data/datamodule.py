@@ -53,7 +53,7 @@ def _init_worker(worker_id: int) -> None:
     """
     pl_worker_init_function(worker_id)
     # Ctrl-C and SLURM's SIGTERM reach the whole process group: the main process stops training after the step
-    # (sed.checkpointing.ResumeCheckpoint) and then ends its workers; a worker dying first would break that step.
+    # (sed.run.checkpointing.ResumeCheckpoint) and then ends its workers; a worker dying first would break that step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:

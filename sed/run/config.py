@@ -44,7 +44,7 @@ class DataConfig:
     Paths are relative to ``root`` unless absolute; a subset whose TSV is null is not used.
     """
 
-    _target_: str = "sed.datamodule.SEDDataModule"
+    _target_: str = "sed.data.datamodule.SEDDataModule"
     root: str = MISSING
     generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
     generate_seed: int = 0
@@ -80,7 +80,7 @@ class DataConfig:
 
 @dataclass
 class FeaturesConfig:
-    _target_: str = "sed.features.FrontEnd"
+    _target_: str = "sed.features.frontend.FrontEnd"
     kind: str = "mel"  # mel | mfcc | stft
     sample_rate: int = "${data.sample_rate}"  # type: ignore[assignment]
     n_fft: int = 2048
@@ -100,7 +100,7 @@ class FeaturesConfig:
 
 @dataclass
 class ScalerConfig:
-    _target_: str = "sed.scaler.TorchScaler"
+    _target_: str = "sed.features.scaler.TorchScaler"
     statistic: str = "instance"  # instance | dataset
     normtype: str = "minmax"  # standard | mean | minmax
     dims: List[int] = field(default_factory=lambda: [1, 2])
@@ -244,7 +244,7 @@ class TrainingConfig:
     class_balance: float = 0.0
     mixup: MixupConfig = field(default_factory=MixupConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # torch.compile the student and teacher for the training step (sed/training/step_speed.py; the first step
+    # torch.compile the student and teacher for the training step (sed/training/execution.py; the first step
     # compiles, 1-3 min on CPU; dropout masks then come from inductor's generator, not eager bernoulli_).
     compile: bool = False
 
@@ -346,9 +346,9 @@ KNOWN_TARGETS: Dict[str, type] = {
 
 @dataclass
 class EnergyConfig:
-    """Energy of training and testing, measured with codecarbon offline (sed.energy; DCASE asks for it)."""
+    """Energy of training and testing, measured with codecarbon offline (sed.dcase.energy; DCASE asks for it)."""
 
-    _target_: str = "sed.energy.EnergyTracker"
+    _target_: str = "sed.dcase.energy.EnergyTracker"
     enabled: bool = True
     country_iso_code: str = "FRA"  # ISO 3166-1 alpha-3: carbon intensity of the electricity (not the kWh)
     measure_power_secs: float = 15.0  # seconds between power readings
@@ -372,15 +372,36 @@ class Config:
     model: Dict[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     # `_partial_` factories: optimizer(params); scheduler(optimizer[, total_steps=, steps_per_epoch=]) plus the
-    # Lightning keys interval/frequency/monitor (sed.module.SEDModule.configure_optimizers).
+    # Lightning keys interval/frequency/monitor (sed.training.module.SEDModule.configure_optimizers).
     optimizer: Dict[str, Any] = field(default_factory=dict)
     scheduler: Dict[str, Any] = field(default_factory=dict)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    # {name: `_target_` node or null}: every node with a `_target_` is instantiated (sed.app.build_trainer).
+    # {name: `_target_` node or null}: every node with a `_target_` is instantiated (sed.run.job.build_trainer).
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+
+
+# `_target_`s of classes that moved when the package was grouped by pipeline stage: configurations saved in
+# earlier checkpoints and run directories name the old paths, and keep loading through this map.
+MOVED_TARGETS: Dict[str, str] = {
+    "sed.datamodule.SEDDataModule": "sed.data.datamodule.SEDDataModule",
+    "sed.features.FrontEnd": "sed.features.frontend.FrontEnd",
+    "sed.scaler.TorchScaler": "sed.features.scaler.TorchScaler",
+    "sed.energy.EnergyTracker": "sed.dcase.energy.EnergyTracker",
+}
+
+
+def upgrade_targets(config: Any) -> Any:
+    """``config`` (a plain nested dict/list, e.g. a checkpoint's saved configuration) with every moved
+    ``_target_`` renamed to its current path (:data:`MOVED_TARGETS`); other values are returned as they are."""
+    if isinstance(config, dict):
+        return {k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else upgrade_targets(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [upgrade_targets(v) for v in config]
+    return config
 
 
 def check_known_keys(cfg: DictConfig) -> None:
@@ -400,7 +421,7 @@ def check_known_keys(cfg: DictConfig) -> None:
                     raise
     except ConfigKeyError as err:
         raise ConfigKeyError(
-            f"unknown configuration key '{err.full_key}': it is not in the schema (sed/config.py), so it would be "
+            f"unknown configuration key '{err.full_key}': it is not in the schema (sed/run/config.py), so it would be "
             "ignored; check its spelling"
         ) from None
     except ValidationError as err:
@@ -446,8 +467,8 @@ def _target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
 
 def register_configs() -> None:
     """Register the schema as ``base_config`` (first in conf/config.yaml's defaults, so every group file and
-    command-line override is merged onto it and checked) and the run-directory resolvers (sed.rundir)."""
-    from sed import rundir
+    command-line override is merged onto it and checked) and the run-directory resolvers (sed.run.rundir)."""
+    from sed.run import rundir
 
     for name, fn in (("sed_run_dir", rundir.choose_run_dir), ("sed_new_dir", rundir.new_dir),
                      ("sed_config_subdir", rundir.config_subdir)):

@@ -15,28 +15,28 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from sed import allocator
-from sed.checkpointing import (
+from sed.run import allocator
+from sed.run.checkpointing import (
     AtomicCheckpointIO,
     RunStopped,
     check_resumable,
     read_checkpoint,
 )
 from sed.complexity import ComplexityReport, n_parameters
-from sed.config import check_known_keys
-from sed.console import ShortEpochLogInterval, quiet_console
-from sed.datamodule import SEDDataModule
+from sed.run.config import check_known_keys
+from sed.run.console import ShortEpochLogInterval, quiet_console
+from sed.data.datamodule import SEDDataModule
 from sed.evaluation.tune_at_test import validation_needed_at_test
-from sed.instantiators import build_callbacks, build_loggers
-from sed.module import SEDModule
-from sed.rundir import lock_run_dir, write_status
+from sed.run.instantiators import build_callbacks, build_loggers
+from sed.training.module import SEDModule
+from sed.run.rundir import lock_run_dir, write_status
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_hint: str = "", **overrides: Any) -> pl.Trainer:
     """The Lightning trainer of ``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and
-    ``cfg.logger`` (sed.instantiators: best checkpoint, last.ckpt and graceful stop on SIGTERM/SIGINT always),
+    ``cfg.logger`` (sed.run.instantiators: best checkpoint, last.ckpt and graceful stop on SIGTERM/SIGINT always),
     atomic checkpoint files and a quiet console."""
     quiet_console()
     loggers = build_loggers(cfg.get("logger"))
@@ -225,7 +225,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if results and (run_dir / "postprocessing.json").is_file():
         lines.append(f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
                      f"{run_dir / 'postprocessing.json'}")
-    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.energy, sed.complexity)
+    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -1,4 +1,4 @@
-"""sed.allocator: train.py re-executes itself under mimalloc once, keeps its PID and arguments, and trains to the
+"""sed.run.allocator: train.py re-executes itself under mimalloc once, keeps its PID and arguments, and trains to the
 same numbers as under glibc's malloc."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TESTED_RUN_OPTIONS, run_train, tiny_overrides
-from sed import allocator
+from sed.run import allocator
 
 LIB = Path("/somewhere/libmimalloc.so")
 needs_mimalloc = pytest.mark.skipif(allocator.mimalloc_library() is None or not sys.platform.startswith("linux"),
@@ -44,7 +44,7 @@ def test_reexecuted_process_runs_mimalloc_with_the_same_pid_arguments_and_option
     script = tmp_path / "child.py"
     script.write_text(
         "import json, os, sys\n"
-        "from sed import allocator\n"
+        "from sed.run import allocator\n"
         "allocator.reexec_with_mimalloc()\n"
         "print(json.dumps([os.getpid(), allocator.active(), sys.flags.dont_write_bytecode, sys.argv[1:]]))\n"
     )

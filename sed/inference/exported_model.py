@@ -106,8 +106,8 @@ class DetectorMetadata:
 
     @classmethod
     def from_module(cls, module, model: str, source: str = "", extra: Optional[dict] = None) -> "DetectorMetadata":
-        """The metadata of a :class:`sed.module.SEDModule` (its configuration and label encoder)."""
-        from sed.features import input_clip_samples
+        """The metadata of a :class:`sed.training.module.SEDModule` (its configuration and label encoder)."""
+        from sed.features.frontend import input_clip_samples
 
         encoder, ev = module.encoder, module.cfg.evaluation
         rate = int(module.frontend.input_rate)  # the rate the graph takes (features.input_sample_rate when set)

@@ -89,7 +89,7 @@ def requeued_checkpoint(run_dir: str | os.PathLike) -> Optional[str]:
 def new_dir(path: str) -> str:
     """A fresh directory for a sweep (memoised like :func:`choose_run_dir`).
 
-    Registered with ``use_cache=True`` (sed/config.py): the launcher process claims the directory once, and
+    Registered with ``use_cache=True`` (sed/run/config.py): the launcher process claims the directory once, and
     sweep jobs that run in other processes (hydra-submitit-launcher, locally or on SLURM) re-compose their config
     with the launcher's resolver cache, so they get that directory instead of claiming a new ``_1``.
     """

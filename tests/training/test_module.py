@@ -83,7 +83,7 @@ def test_class_balance_weights_come_from_the_strong_training_labels(tiny_dataset
     import pytorch_lightning as pl
     from conftest import TINY_CLIP
 
-    from sed.datamodule import SEDDataModule
+    from sed.data.datamodule import SEDDataModule
     from sed.training.losses import class_balance_weights
 
     dm = SEDDataModule(str(tiny_dataset), clip_duration=TINY_CLIP, batch_sizes=[4, 2, 4], num_workers=0)

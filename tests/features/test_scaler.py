@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sed.scaler import ScalerMismatchError, ScalerNotFittedError, TorchScaler
+from sed.features.scaler import ScalerMismatchError, ScalerNotFittedError, TorchScaler
 
 NORMTYPES = ["standard", "mean", "minmax"]
 EPS = 1e-8

@@ -156,7 +156,7 @@ def test_slurm_job_script_follows_the_launcher_and_trainer(tiny_dataset, tmp_pat
 
 
 def test_config_is_saved_by_the_first_slurm_task_only(tmp_path, monkeypatch):
-    from sed.rundir import config_subdir
+    from sed.run.rundir import config_subdir
 
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert config_subdir(str(tmp_path / "a")) is None

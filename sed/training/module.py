@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from sed.config import default_node
+from sed.run.config import default_node, upgrade_targets
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
@@ -30,15 +30,15 @@ from sed.evaluation.tensorboard import (
     tensorboard_writers,
 )
 from sed.evaluation.windows import WindowGrid
-from sed.instantiators import build_model, call_factory
+from sed.run.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
 from sed.models.embeddings import audio_encoder, model_inputs, set_encoder_epoch, shared_encoder_memo
-from sed.scaler import TorchScaler
+from sed.features.scaler import TorchScaler
 from sed.training.augment import Augmentations, mixup_within_subsets
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import class_balance_weights, consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
-from sed.training.step_speed import FiniteCheck, compiled_models, subset_rows, teacher_forward
+from sed.training.execution import FiniteCheck, compiled_models, subset_rows, teacher_forward
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class SEDModule(pl.LightningModule):
     def __init__(self, config: dict[str, Any], classes: list[str]) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = OmegaConf.create(config)
+        self.cfg = OmegaConf.create(upgrade_targets(OmegaConf.to_container(OmegaConf.create(config))))
         self.classes = list(classes)
         self.frontend = instantiate(self.cfg.features, _convert_="all")
         self.scaler = build_scaler(self.cfg, self.frontend.signature())

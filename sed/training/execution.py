@@ -63,7 +63,7 @@ def compiled_models(models: dict[str, nn.Module]) -> dict[str, Callable[..., CRN
     ``/tmp/torchinductor_$USER`` for later runs). Compiled dropout draws its masks from inductor's own
     generator (seeded from torch's, so runs and resumes stay reproducible) instead of eager ``bernoulli_``:
     same distribution, not the same masks as an eager run; everything else computes the same losses (to
-    float rounding; ``tests/training/test_step_speed.py``).
+    float rounding; ``tests/training/test_execution.py``).
     """
     return {name: torch.compile(model) for name, model in models.items()}
 

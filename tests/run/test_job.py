@@ -175,7 +175,7 @@ def test_fp32_training_on_a_cpu_with_bf16_instructions_suggests_bf16(monkeypatch
     import pytorch_lightning as pl
     import torch
 
-    from sed.app import cpu_bf16_hint
+    from sed.run.job import cpu_bf16_hint
 
     def trainer(precision: str) -> pl.Trainer:
         return pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,

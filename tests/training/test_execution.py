@@ -111,7 +111,7 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
 
 
 def test_subset_rows_are_a_slice_when_contiguous():
-    from sed.training.step_speed import subset_rows
+    from sed.training.execution import subset_rows
 
     assert subset_rows(torch.tensor([True, True, False, False])) == slice(0, 2)
     assert subset_rows(torch.tensor([False, False, True, True, False])) == slice(2, 4)
@@ -144,7 +144,7 @@ def test_cuda_training_step_never_waits_for_the_device():
     """On a GPU the whole step (augmentation, mixup, both models, losses, the loss check, logging of host numbers,
     backward) queues work without one host-device synchronisation, and a NaN loss is still refused before the
     optimiser step."""
-    from sed.module import NonFiniteLossError
+    from sed.training.module import NonFiniteLossError
 
     module = tiny_module(CLASSES, **{"training.mixup.prob": 1.0}).cuda()
     optimizer = torch.optim.Adam(module.student.parameters())

@@ -1,4 +1,4 @@
-"""Energy of training and testing (sed.energy): what a run records, with codecarbon, without it, and when cut short."""
+"""Energy of training and testing (sed.dcase.energy): what a run records, with codecarbon, without it, and when cut short."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from sed import energy
-from sed.energy import EnergyTracker, read_energy
+from sed.dcase import energy
+from sed.dcase.energy import EnergyTracker, read_energy
 
 
 class _Tiny(pl.LightningModule):
@@ -94,7 +94,7 @@ def test_a_failed_fit_is_recorded_as_interrupted(tmp_path):
 def test_without_codecarbon_the_run_goes_on_and_says_so_once(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "codecarbon", None)  # import fails as if not installed
     monkeypatch.setattr(energy, "_warned", set())
-    caplog.set_level(logging.WARNING, logger="sed.energy")
+    caplog.set_level(logging.WARNING, logger="sed.dcase.energy")
     trackers = [EnergyTracker(), EnergyTracker()]
     for tracker in trackers:
         _trainer(tmp_path, tracker).fit(_Tiny())

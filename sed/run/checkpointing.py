@@ -23,6 +23,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
+from sed.run.config import upgrade_targets
 from sed.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def check_resumable(path: str | os.PathLike, checkpoint: dict[str, Any], config:
             f"ckpt_path={path} was trained on classes {saved_classes}, this run's data has {list(classes)}: "
             "resuming would change what each output means (class list and order must be the same)"
         )
-    saved = checkpoint["hyper_parameters"]["config"]
+    saved = upgrade_targets(checkpoint["hyper_parameters"]["config"])
     differing = [
         f"{group}.{key}"
         for group in ("model", "features", "scaler")

@@ -5,7 +5,7 @@ import torch
 
 from sed.data.checks import DataCheckError
 from sed.data.encoder import LabelEncoder
-from sed.datamodule import SEDDataModule
+from sed.data.datamodule import SEDDataModule
 
 SIZES = {"strong": 6, "weak": 4, "unlabeled": 6, "validation": 3, "test": 3}
 
@@ -122,7 +122,7 @@ def test_fit_checks_the_test_set_when_the_run_will_test(tmp_path, broken):
 def test_check_test_follows_whether_the_run_tests():
     from omegaconf import OmegaConf
 
-    from sed.config import Config
+    from sed.run.config import Config
 
     cfg = OmegaConf.structured(Config)
     assert cfg.data.check_test is True
@@ -170,7 +170,7 @@ def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, c
     dm = SEDDataModule(root=str(tmp_path), classes=["dog"], clip_duration=1.0, test_tsv="test.tsv",
                        test_audio="audio", test_durations="durations.tsv", num_workers=0)
     dm.set_encoder(LabelEncoder(["dog"], sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
-    with caplog.at_level(logging.WARNING, logger="sed.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="sed.data.datamodule"):
         dm.setup("test")
     assert dm.eval_datasets["test"].filenames == ["a.wav"]
     assert "2 clip(s) of" in caplog.text and "b.wav" in caplog.text and "not evaluated" in caplog.text, caplog.text
@@ -213,7 +213,7 @@ def test_input_sample_rate_auto_is_the_files_common_rate(tmp_path, caplog):
         (root / "audio/validation/notes.txt").write_text("not audio")  # ignored: the checks of setup report it
         return SEDDataModule(str(root), classes=["a"], weak_tsv=None, unlabeled_tsv=None)
 
-    caplog.set_level(logging.INFO, logger="sed.datamodule")
+    caplog.set_level(logging.INFO, logger="sed.data.datamodule")
     assert dataset([44100, 44100, 44100]).resolve_input_sample_rate("auto", 16000) == 44100
     assert "all 3 audio files are at 44100 Hz" in caplog.text
     assert dataset([44100, 48000]).resolve_input_sample_rate("auto", 16000) is None  # mixed: the loader resamples

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sed.features import FrontEnd
+from sed.features.frontend import FrontEnd
 
 librosa = pytest.importorskip("librosa")
 
@@ -198,7 +198,7 @@ def test_logmel_resampled_in_the_model_equals_loader_resampling() -> None:
 
 
 def test_input_rate_is_part_of_the_signature_and_scaler_files_refuse_a_mismatch(tmp_path) -> None:
-    from sed.scaler import ScalerMismatchError, TorchScaler
+    from sed.features.scaler import ScalerMismatchError, TorchScaler
 
     plain, native = FrontEnd(), FrontEnd(input_sample_rate=NATIVE)
     assert "input_sample_rate" not in plain.signature()  # unchanged for models without a resampler
@@ -220,7 +220,7 @@ def test_bad_input_sample_rate_raises(value) -> None:
 
 
 def test_clip_duration_must_be_whole_samples_at_the_input_rate() -> None:
-    from sed.features import input_clip_samples
+    from sed.features.frontend import input_clip_samples
 
     assert input_clip_samples(10.0, NATIVE, SR) == 441000 and input_clip_samples(2.0, NATIVE, SR) == 88200
     assert input_clip_samples(1.0, 22050, SR) == 22050 and input_clip_samples(1.0, SR, SR) == SR

@@ -38,7 +38,7 @@ def _events(path: Path):
 def _compose(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    import sed.config  # noqa: F401  (the schema)
+    import sed.run.config  # noqa: F401  (the schema)
 
     # Composing resolves the run-directory resolvers, which claim a directory: keep it out of the repository's exp/.
     scratch = f"paths.exp_dir={tempfile.gettempdir()}/sed-test-compose"
@@ -50,7 +50,7 @@ def _compose(*overrides: str):
 def test_default_optimizer_and_schedule_are_the_previous_hard_coded_ones_bit_for_bit():
     """conf/optimizer/adam + conf/scheduler/exp_warmup give the same parameters and rates, step after step, as
     the Adam + LambdaLR(lr_factor) that configure_optimizers hard-coded before."""
-    from sed.instantiators import call_factory
+    from sed.run.instantiators import call_factory
 
     for schedule in ("constant", "cosine"):
         cfg = _compose(f"training.schedule={schedule}", "training.warmup_epochs=2", "training.weight_decay=1e-4")
@@ -85,7 +85,7 @@ def test_empty_groups_of_a_config_built_in_code_mean_the_shipped_defaults():
     they mean conf/config.yaml's defaults, so both ways give the same nodes."""
     from omegaconf import OmegaConf
 
-    from sed.config import Config, default_node
+    from sed.run.config import Config, default_node
 
     composed = _compose("model=crnn")
     in_code = OmegaConf.structured(Config)
@@ -96,7 +96,7 @@ def test_empty_groups_of_a_config_built_in_code_mean_the_shipped_defaults():
 
 
 def test_lr_zero_freezes_the_student():
-    from sed.instantiators import call_factory
+    from sed.run.instantiators import call_factory
 
     cfg = _compose("training.lr=0")
     p = nn.Parameter(torch.ones(3))
@@ -329,7 +329,7 @@ def test_debug_runs_go_to_their_own_directory(tiny_dataset, tested_run, tmp_path
 def test_log_lines_do_not_break_the_progress_bar():
     from tqdm import tqdm
 
-    from sed.console import TqdmHandler
+    from sed.run.console import TqdmHandler
 
     def console(handler_cls) -> list[str]:
         stream = io.StringIO()

@@ -17,7 +17,7 @@ with hop 256.
 
 ``input_sample_rate`` (``features.input_sample_rate``) makes resampling the first layer: the front-end takes
 audio at that rate and resamples it to ``sample_rate`` (the model's rate, which the mel filterbank, the hop and
-the labels are defined at) with :class:`sed.resample.Resample` (windowed sinc, the kernel the loader uses), on
+the labels are defined at) with :class:`sed.features.resample.Resample` (windowed sinc, the kernel the loader uses), on
 the device and inside the autograd graph; an exported model then takes audio at the input rate. ``N`` above
 is then the resampled length, ``ceil(N_in * sample_rate / input_sample_rate)``. Features are always computed in float32 with autocast disabled: a half-precision
 STFT and ``log10`` lose too much precision.
@@ -33,7 +33,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from sed.resample import Resample
+from sed.features.resample import Resample
 
 logger = logging.getLogger(__name__)
 

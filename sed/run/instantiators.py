@@ -2,7 +2,7 @@
 ``_target_`` nodes, each instantiated unless it is null, as in lightning-hydra-template; the network (``model``)
 and the ``_partial_`` optimiser and scheduler factories (``optimizer``, ``scheduler``).
 
-``last.ckpt`` is not one of them: :class:`sed.checkpointing.ResumeCheckpoint` is always added (it is what makes a
+``last.ckpt`` is not one of them: :class:`sed.run.checkpointing.ResumeCheckpoint` is always added (it is what makes a
 run resumable after a signal or a crash), driven by ``callbacks.checkpoint.save_last`` and
 ``callbacks.checkpoint.every_n_train_steps``.
 """
@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.loggers import Logger
 from torch import nn
 
-from sed.checkpointing import ResumeCheckpoint
+from sed.run.checkpointing import ResumeCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def build_callbacks(cfg: Optional[DictConfig], run_dir: str | Path, resume_hint:
 
 
 def build_model(node: Any, n_classes: int, n_features: int) -> nn.Module:
-    """The network of ``cfg.model`` (contract: sed.config.ModelConfig); a class refusing keys left from another
+    """The network of ``cfg.model`` (contract: sed.run.config.ModelConfig); a class refusing keys left from another
     model config gets a hint."""
     try:
         return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all")

@@ -82,7 +82,7 @@ def test_scaler_of_another_input_rate_is_refused(trained, native_dataset, tmp_pa
 def _loader_resampling_twin(ckpt: Path):
     """The checkpoint's weights and scaler statistics in a model without the resampling layer (what training with
     the loader resampling to 16 kHz would deploy): sed.infer then resamples the files itself."""
-    from sed.module import SEDModule
+    from sed.training.module import SEDModule
 
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     config = checkpoint["hyper_parameters"]["config"]

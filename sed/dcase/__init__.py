@@ -1,0 +1,1 @@
+"""What a DCASE submission reports besides scores: energy (codecarbon), complexity, the submission package."""

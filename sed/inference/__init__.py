@@ -1,0 +1,1 @@
+"""Using a trained detector: inference on audio files, export, and the exported model's runtime."""
