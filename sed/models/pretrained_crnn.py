@@ -52,7 +52,7 @@ class PretrainedCRNN(CRNN):
                           bidirectional=True, dropout=gru.dropout)
 
     def forward(self, features: Tensor, embeddings: Tensor | None = None,
-                audio: Tensor | None = None) -> CRNNOutput:
+                audio: Tensor | None = None, class_mask: Tensor | None = None) -> CRNNOutput:
         x = self.cnn_frames(features)  # [B, T', ch]
         if embeddings is None:
             if audio is None:
@@ -63,4 +63,4 @@ class PretrainedCRNN(CRNN):
             raise ValueError(f"PretrainedCRNN: embeddings must be [B={x.shape[0]}, D={self.audio_encoder.dim}, T_e], "
                              f"got {tuple(embeddings.shape)}")
         frames = F.adaptive_avg_pool1d(embeddings.to(x.dtype), x.shape[1]).transpose(1, 2)  # [B, T', D]
-        return self.recurrent_heads(torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1))
+        return self.recurrent_heads(torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1), class_mask)
