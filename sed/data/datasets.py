@@ -154,6 +154,7 @@ class SEDDataset(Dataset):
             self._index_weak(weak)
         self.extra = dict(extra or {})
         self.window_hop = None if window_hop is None else float(window_hop)
+        self._lengths = None if window_hop is None or lengths is None else dict(lengths)
         self._starts: list[float | None] = [None] * len(self.filenames)  # item -> window start (s), None: crop
         self._files = list(range(len(self.filenames)))  # item -> file
         if self.window_hop is not None:
@@ -233,14 +234,28 @@ class SEDDataset(Dataset):
                 starts.append(start)
         self._files, self._starts = files, starts
 
-    def active_frame_fractions(self) -> np.ndarray:
-        """Per class, the share of this set's label frames (clips of ``clip_duration``, uncropped) in which the class
-        is active: ``[C]``, 0 for every class of a set without strong labels."""
+    def active_frames(self) -> tuple[np.ndarray, int]:
+        """Per class, the label frames of this set in which the class is active (``[C]``; soft labels count their
+        value), and the number of label frames: clips of ``clip_duration`` uncropped, a recording cut into windows
+        (``window_hop``) over its whole length."""
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
         active = np.zeros(n_classes, dtype=np.float64)
-        for name, ev in self._events.items():
-            active += self.encoder.encode_arrays(*ev, n_frames=n_frames, values=self._confidences.get(name)).sum(axis=1)
-        return active / (len(self.filenames) * n_frames)
+        total = 0
+        for name in self.filenames:
+            n = n_frames
+            if self._lengths is not None:
+                n = max(n_frames, int(np.ceil(self._lengths[name] / self.encoder.frame_duration - 1e-9)))
+            total += n
+            ev = self._events.get(name)
+            if ev is not None:
+                active += self.encoder.encode_arrays(*ev, n_frames=n, values=self._confidences.get(name)).sum(axis=1)
+        return active, total
+
+    def active_frame_fractions(self) -> np.ndarray:
+        """Per class, the share of this set's label frames (:meth:`active_frames`) in which the class is active:
+        ``[C]``, 0 for every class of a set without strong labels."""
+        active, total = self.active_frames()
+        return active / total
 
     # --- randomness -------------------------------------------------------------------
     def _rng(self) -> torch.Generator:

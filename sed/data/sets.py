@@ -130,8 +130,8 @@ def single_dataset(
     test: tuple[str, str, str],
 ) -> Dataset:
     """The dataset of the per-subset keys (``data.strong_tsv`` ... ``data.test_durations``, ``data.batch_sizes``):
-    one vocabulary (every class annotated, no aliases), hard or soft labels. As always with these keys, a
-    subset whose TSV is null or whose batch size is 0 is left out."""
+    one vocabulary (every class annotated, no aliases), hard or soft labels, the embedded clips when generated. As
+    always with these keys, a subset whose TSV is null or whose batch size is 0 is left out."""
     root = Path(root)
     if len(batch_sizes) != 3:
         raise DatasetConfigError(
@@ -144,7 +144,7 @@ def single_dataset(
     sets = [EvalSet(stage, stage, "data", _path(root, tsv), _path(root, audio), _path(root, dur),
                     key=f"data.{'val' if stage == 'val' else 'test'}_tsv")
             for stage, (tsv, audio, dur) in (("val", val), ("test", test))]
-    return Dataset("data", root, train=tuple(train), validation=sets[0], test=sets[1], key="data")
+    return Dataset("data", root, train=tuple(train), validation=sets[0], test=sets[1], generate="clips", key="data")
 
 
 def _items(datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
