@@ -16,33 +16,23 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from sed.data.checks import ClipSet, check_sets
+from sed.data.checks import check_sets
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.generation import generate
 from sed.data.sampler import MixedBatchSampler
 from sed.data.sets import (
-    Dataset as DatasetSpec,
     DatasetConfigError,
     EvalSet,
     TrainSubset,
     check_classes,
     describe_classes,
-    map_strong,
-    map_weak,
     parse_datasets,
+    read_set,
     resolve_classes,
-    scored_events,
     single_dataset,
 )
-from sed.data.tsv import (
-    AnnotationError,
-    read_durations,
-    read_filenames,
-    read_strong,
-    read_weak,
-    write_weak,
-)
+from sed.data.tsv import AnnotationError, write_weak
 
 log = logging.getLogger(__name__)
 
@@ -308,39 +298,6 @@ class SEDDataModule(pl.LightningDataModule):
             **labels,
         )
 
-    def _read_set(self, name: str, problems: list[AnnotationError]) -> Optional[tuple[ClipSet, dict]]:
-        """The clips of set ``name`` and the labels its dataset takes, in the model's classes (aliases applied; an
-        evaluation set's ground truth on its scored classes); a bad annotation file goes to ``problems``."""
-        spec = self.subsets.get(name) or self.eval_sets[name]
-        dataset = self._dataset[spec.dataset]
-        labels = dataset.labels(self.classes)
-        kind = spec.kind if isinstance(spec, TrainSubset) else "strong"
-        clips, kwargs, ok = ClipSet(name, spec.audio, []), {}, True
-        try:
-            if kind == "unlabeled":
-                files = read_filenames(spec.tsv if spec.tsv is not None else spec.audio)
-                clips.filenames, clips.source, clips.lines = files, files.source, files.lines
-            elif kind == "weak":
-                kwargs["weak"] = weak = map_weak(read_weak(spec.tsv, list(labels)), labels)
-                clips.filenames, clips.source, clips.lines = list(weak["filename"]), str(spec.tsv), weak.attrs["lines"]
-            else:
-                events = map_strong(read_strong(spec.tsv, list(labels)), labels)
-                if isinstance(spec, EvalSet):
-                    events = scored_events(events, dataset.scored_classes(spec, self.classes))
-                kwargs["strong"] = clips.events = events
-                clips.filenames = sorted(events["filename"].unique())
-                clips.source, clips.lines = str(spec.tsv), events.attrs["lines"]
-        except AnnotationError as err:
-            problems.append(err)
-            ok = False
-        if isinstance(spec, EvalSet):
-            try:
-                clips.durations = read_durations(spec.durations)
-            except AnnotationError as err:
-                problems.append(err)
-                ok = False
-        return (clips, kwargs) if ok else None
-
     def _split_weak(self, filenames: list[str], labels: pd.DataFrame) -> tuple[list[str], list[str]]:
         """Hold out ``weak_val_fraction`` of the weak clips for validation (as the DCASE baseline: checkpoint
         selection then sees real recordings), drawn from ``seed``; the held-out list is saved in the run
@@ -400,7 +357,9 @@ class SEDDataModule(pl.LightningDataModule):
             # The rate the model being trained or evaluated takes, whatever set_encoder was told.
             self.input_sample_rate = getattr(self.trainer.lightning_module.frontend, "input_sample_rate", None)
         problems: list[AnnotationError] = []
-        read = [r for r in (self._read_set(name, problems) for name in self._wanted(stage)) if r is not None]
+        sets = [(name, self.subsets.get(name) or self.eval_sets[name]) for name in self._wanted(stage)]
+        read = [read_set(name, spec, self._dataset[spec.dataset], self.classes, problems) for name, spec in sets]
+        read = [r for r in read if r is not None]
         events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem
         for clips, kwargs in read:
             name = clips.name

@@ -348,3 +348,42 @@ def scored_events(events: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     out = pd.concat([kept, empty], ignore_index=True)
     out.attrs = {k: v for k, v in events.attrs.items() if k != "row_lines"}
     return out
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_set(name: str, spec: TrainSubset | EvalSet, dataset: Dataset, model_classes: Sequence[str],
+             problems: list) -> Optional[tuple[Any, dict]]:
+    """The clips of set ``name`` (a :class:`sed.data.checks.ClipSet` to check) and the labels its
+    :class:`sed.data.datasets.SEDDataset` takes (``{"strong": …}`` or ``{"weak": …}``), in the model's classes:
+    aliases applied, an evaluation set's ground truth on its scored classes. A bad annotation file goes to
+    ``problems`` (and None is returned), so that every problem of a run is reported at once."""
+    from sed.data.checks import ClipSet
+    from sed.data.tsv import AnnotationError, read_durations, read_filenames, read_strong, read_weak
+
+    labels = dataset.labels(model_classes)
+    kind = spec.kind if isinstance(spec, TrainSubset) else "strong"
+    clips, kwargs, ok = ClipSet(name, spec.audio, []), {}, True
+    try:
+        if kind == "unlabeled":
+            files = read_filenames(spec.tsv if spec.tsv is not None else spec.audio)
+            clips.filenames, clips.source, clips.lines = files, files.source, files.lines
+        elif kind == "weak":
+            kwargs["weak"] = weak = map_weak(read_weak(spec.tsv, list(labels)), labels)
+            clips.filenames, clips.source, clips.lines = list(weak["filename"]), str(spec.tsv), weak.attrs["lines"]
+        else:
+            events = map_strong(read_strong(spec.tsv, list(labels)), labels)
+            if isinstance(spec, EvalSet):
+                events = scored_events(events, dataset.scored_classes(spec, model_classes))
+            kwargs["strong"] = clips.events = events
+            clips.filenames = sorted(events["filename"].unique())
+            clips.source, clips.lines = str(spec.tsv), events.attrs["lines"]
+    except AnnotationError as err:
+        problems.append(err)
+        ok = False
+    if isinstance(spec, EvalSet):
+        try:
+            clips.durations = read_durations(spec.durations)
+        except AnnotationError as err:
+            problems.append(err)
+            ok = False
+    return (clips, kwargs) if ok else None

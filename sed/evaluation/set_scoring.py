@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from sed.data.encoder import LabelEncoder
-from sed.evaluation.scoring import F1_KINDS, score_model, score_segment_model
+from sed.evaluation.scoring import F1_KINDS, ModelScores, score_model, score_segment_model, term_value, weak_f1
 
 
 def restrict(outputs: Mapping[str, Mapping[str, np.ndarray]], index: Optional[np.ndarray]) -> dict:
@@ -81,3 +81,26 @@ def scoring_jobs(
         )
         for name in models
     }
+
+
+def held_out_weak_f1(results: Mapping[str, ModelScores], held_out: Mapping[str, Mapping[str, np.ndarray]],
+                     index: Sequence[int]) -> None:
+    """Each model's ``weak_f1`` of a validation set replaced by its macro F1 on the weak clips held out for validation
+    (``data.weak_val_fraction``; the DCASE baseline's), on the classes ``index`` of their dataset; the set's own is kept
+    as ``weak_f1_synthetic``."""
+    targets = {f: t[index] for f, t in held_out["weak_targets"].items()}
+    for name, result in results.items():
+        result.metrics["weak_f1_synthetic"] = result.metrics["weak_f1"]
+        result.metrics["weak_f1"] = weak_f1({f: p[index] for f, p in held_out[f"{name}_weak"].items()}, targets,
+                                            len(index))
+
+
+def objective_scores(per_set: Mapping[str, Mapping[str, ModelScores]], terms: Mapping[str, Sequence[str]],
+                     models: Sequence[str]) -> dict[str, float]:
+    """Each model's checkpoint objective: the sum over the validation sets of their terms' values
+    (:func:`sed.evaluation.scoring.assign_objective`)."""
+    scores = {name: 0.0 for name in models}
+    for set_name, results in per_set.items():
+        for name, result in results.items():
+            scores[name] += sum(term_value(result.metrics, term) for term in terms[set_name])
+    return scores

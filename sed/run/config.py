@@ -275,7 +275,8 @@ class TrainingConfig:
     weight_decay: float = 0.0
     warmup_epochs: int = 50  # exponential learning-rate and consistency ramp-up
     warmup_fraction: Optional[float] = None  # set: the ramp-up is this share of the run's steps (not warmup_epochs)
-    schedule: str = "constant"  # after warm-up: constant | cosine
+    schedule: str = "constant"  # after warm-up: constant | cosine | quarter_cosine (DCASE 2024: from decay_start_epoch)
+    decay_start_epoch: Optional[int] = None  # the decay starts here (null: after the warm-up)
     min_lr: float = 1e-5  # end of the cosine decay
     ema_factor: float = 0.999
     # set: the teacher averages about this share of the run's last steps (EMA factor 1 - 1/(horizon * steps))
@@ -498,7 +499,9 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
                 "weight_decay": t.weight_decay, **node}
     if group == "scheduler":
         return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
-                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
+                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr,
+                **({"decay_start_epoch": t.decay_start_epoch} if t.get("decay_start_epoch") is not None else {}),
+                "interval": "step", "frequency": 1, "monitor": None, **node}
     raise KeyError(group)
 
 

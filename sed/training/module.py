@@ -21,8 +21,8 @@ from sed.run.config import default_node, upgrade_targets
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
-from sed.evaluation.scoring import ModelScores, assign_objective, term_value, weak_f1
-from sed.evaluation.set_scoring import scoring_jobs
+from sed.evaluation.scoring import ModelScores, assign_objective
+from sed.evaluation.set_scoring import held_out_weak_f1, objective_scores, scoring_jobs
 from sed.evaluation.tensorboard import (
     log_config_text,
     log_hparams,
@@ -462,23 +462,16 @@ class SEDModule(pl.LightningModule):
         # (sync_dist averages identical numbers). Metrics are named <set>/<model>/<metric>: val/student/psds1 with
         # one dataset, val/<dataset>/student/psds1 with several.
         per_set = {name: self._score_set(name) for name in dm.stage_sets("val")}
-        held_out = self._gathered("val_weak") if "val_weak" in dm.eval_datasets else {}
-        if held_out:  # weak F1 on held-out real weak clips (DCASE baseline); the synthetic one is kept aside
+        if "val_weak" in dm.eval_datasets:  # weak F1 on held-out real weak clips (DCASE baseline)
             weak = next(t for t in dm.subsets.values() if t.kind == "weak")
             target = next((n for n in per_set if dm.eval_sets[n].dataset == weak.dataset), None)
-            index = [self.encoder.class_index(c) for c in dm.scored_classes("val_weak")]
-            for name, result in (per_set[target] if target else {}).items():
-                result.metrics["weak_f1_synthetic"] = result.metrics["weak_f1"]
-                result.metrics["weak_f1"] = weak_f1({f: p[index] for f, p in held_out[f"{name}_weak"].items()},
-                                                    {f: t[index] for f, t in held_out["weak_targets"].items()},
-                                                    len(index))
-        terms = self._objective_terms()
-        scores = {name: 0.0 for name in MODELS}
+            held_out_weak_f1(per_set.get(target, {}), self._gathered("val_weak"),
+                             [self.encoder.class_index(c) for c in dm.scored_classes("val_weak")])
         for set_name, results in per_set.items():
             for name, result in results.items():
                 for key, value in result.metrics.items():
                     self.log(f"{set_name}/{name}/{key}", value, sync_dist=True)
-                scores[name] += sum(term_value(result.metrics, term) for term in terms[set_name])
+        scores = objective_scores(per_set, self._objective_terms(), MODELS)
         ev = self.cfg.evaluation
         for name, score in scores.items():
             self.log(f"val/{name}/obj_metric", score, sync_dist=True)

@@ -84,6 +84,7 @@ CARDS["dcase2024_crnn"] = {
     "data.datasets.maestro.validation.min_confidence": 0.5,
     "data.weak_val_fraction": 0.1, "data.epoch_length": "min", "data.eval_batch_size": 24,
     "trainer.max_epochs": 300, "training.warmup_epochs": 50, "training.lr": 1e-3, "trainer.gradient_clip_val": 5.0,
+    "training.schedule": "quarter_cosine", "training.decay_start_epoch": 100, "training.min_lr": 1e-8,  # epoch_decay
     "training.consistency_max": 2.0, "training.ema_factor": 0.999, "training.ema_buffers": False,
     "trainer.check_val_every_n_epoch": 10,
     "training.mixup.enabled": True, "training.mixup.prob": 0.5, "training.mixup.mode": "soft",

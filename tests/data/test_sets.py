@@ -145,3 +145,12 @@ def test_dataset_names_are_unique_and_usable():
             parse_datasets({bad: _two()["desed"]}, "/root")
     with pytest.raises(DatasetConfigError, match="data.datasets is empty"):
         parse_datasets({}, "/root")
+
+
+def test_a_repeated_dataset_name_in_a_yaml_file_is_refused_naming_its_lines(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    (tmp_path / "config.yaml").write_text("data:\n  datasets:\n    desed: {classes: [a]}\n    desed: {classes: [b]}\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        with pytest.raises(Exception, match=r"(?s)line 3.*found duplicate key desed.*line 4"):
+            compose("config")
