@@ -52,7 +52,7 @@ PRETRAINEDSED_CONFIG: dict = {
 }
 SAMPLE_RATE = 16000
 FBANK_MEAN, FBANK_STD = 15.41663, 6.55582  # the released models' input statistics
-_N_MELS, _HOP_S = 128, 0.010
+_N_MELS, _WINDOW, _SHIFT = 128, 400, 160  # 25-ms windows every 10 ms at 16 kHz
 _CONFIG_KEY = "model.encoder.path"
 _PRETRAINEDSED_PREFIX = "model.model."
 _PRETRAINEDSED_HEADS = ("strong_head.", "weak_head.", "seq_model.")
@@ -94,7 +94,7 @@ class BEATs(nn.Module):
         self.config = cfg = beats_config(config)
         self.dim, self.n_layers = cfg["encoder_embed_dim"], cfg["encoder_layers"]
         self.patch = cfg["input_patch_size"]
-        self.frame_hop = self.patch * _HOP_S
+        self.frame_hop = self.patch * _SHIFT / SAMPLE_RATE
         self.patch_embedding = nn.Conv2d(1, cfg["embed_dim"], self.patch, self.patch, bias=cfg["conv_bias"])
         self.layer_norm = nn.LayerNorm(cfg["embed_dim"])
         self.post_extract_proj = (nn.Linear(cfg["embed_dim"], self.dim) if cfg["embed_dim"] != self.dim else None)
@@ -108,7 +108,7 @@ class BEATs(nn.Module):
     def frame_padding_mask(self, padding_mask: Tensor) -> Tensor:
         """``[B, T']`` True for output frames that see any padded sample of ``padding_mask [B, N]`` (True where
         the audio is padding). A clip padded at its end thus keeps exactly the frames it has alone."""
-        frames = padding_mask.unfold(-1, int(SAMPLE_RATE * 0.025), int(SAMPLE_RATE * _HOP_S)).any(-1)
+        frames = padding_mask.unfold(-1, _WINDOW, _SHIFT).any(-1)
         n = frames.shape[-1] // self.patch
         return frames[:, : n * self.patch].unflatten(-1, (n, self.patch)).any(-1)
 
@@ -130,7 +130,7 @@ class BEATs(nn.Module):
         if audio.dim() != 2:
             raise ValueError(f"BEATs expects audio [batch, samples], got shape {tuple(audio.shape)}")
         if self.num_frames(audio.shape[-1]) < 1:
-            minimum = int(SAMPLE_RATE * 0.025) + (self.patch - 1) * int(SAMPLE_RATE * _HOP_S)
+            minimum = _WINDOW + (self.patch - 1) * _SHIFT
             raise ValueError(f"BEATs needs at least {minimum} samples ({minimum / SAMPLE_RATE:g} s at 16 kHz) for "
                              f"one {self.patch}-frame patch, got {audio.shape[-1]}")
         fbank = self.filterbank(audio)
