@@ -139,7 +139,7 @@ class ATSTFrame(nn.Module):
         b, n_mels, m = mel.shape
         t = m // self.patch_w
         patches = mel[..., :t * self.patch_w].reshape(b, n_mels, t, self.patch_w).transpose(1, 2).flatten(2)
-        x = self.pos_drop(self.patch_proj(patches) + self.positions[:, 1:t + 1])
+        x = self.pos_drop(self.patch_proj(patches.to(self.patch_proj.weight.dtype)) + self.positions[:, 1:t + 1])
         outs = []
         for layer in self.layers:
             x = layer(x)

@@ -32,18 +32,29 @@ LAYER_NORM_EPS = 1e-6
 
 class ATSTMelFrontEnd(nn.Module):
     """Audio ``[B, N]`` at 16 kHz -> normalised log-mel ``[B, n_mels, N // 160 + 1]``, always in float32 (autocast
-    off: the dB conversion needs the precision). Its window and filter bank are non-persistent buffers: they are
-    recomputed, never stored in checkpoints."""
+    off, even in a model cast to a lower precision: the dB conversion needs the precision). Its window and filter
+    bank are non-persistent buffers: they are recomputed, never stored in checkpoints."""
 
     def __init__(self, n_mels: int = 64) -> None:
         super().__init__()
+        self.n_mels = int(n_mels)
+        window, fb = self._tables(torch.device("cpu"))
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("fb", fb, persistent=False)
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
         import torchaudio
 
-        self.n_mels = int(n_mels)
         fb = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, self.n_mels, SAMPLE_RATE,
                                                    norm=None, mel_scale="htk")
-        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
-        self.register_buffer("fb", fb, persistent=False)
+        return torch.hann_window(N_FFT, device=device), fb.to(device)
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """Moves follow the model; a cast to another precision does not round the window and filter bank."""
+        super()._apply(fn, *args, **kwargs)
+        if self.window.dtype != torch.float32:
+            self.window, self.fb = self._tables(self.window.device)
+        return self
 
     def forward(self, audio: Tensor) -> Tensor:
         if audio.dim() != 2:

@@ -181,7 +181,7 @@ def test_gradients_reach_every_trained_weight() -> None:
     assert not any(b.requires_grad for b in enc.buffers())  # mask token, window, filter bank
 
 
-def test_bf16_autocast_on_cpu_gives_finite_close_outputs() -> None:
+def test_bf16_on_cpu_gives_finite_close_outputs() -> None:
     enc = _tiny()
     audio = _noise(2.0, 2)
     with torch.no_grad():
@@ -192,3 +192,8 @@ def test_bf16_autocast_on_cpu_gives_finite_close_outputs() -> None:
     assert mel.dtype == torch.float32  # the front-end stays in float32
     assert half.shape == full.shape and torch.isfinite(half).all()
     assert (half.float() - full).abs().max() < 0.1 * full.abs().max()
+    with torch.no_grad():  # a model cast to bfloat16 (Lightning's "bf16-true"): the front-end still in float32
+        cast = enc.to(torch.bfloat16)(audio)
+        assert torch.equal(enc.mel(audio), mel)
+    assert cast.dtype == torch.bfloat16 and torch.isfinite(cast).all()
+    assert (cast.float() - full).abs().max() < 0.1 * full.abs().max()
