@@ -500,8 +500,8 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
     if group == "scheduler":
         return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
                 "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr,
-                **({"decay_start_epoch": t.decay_start_epoch} if t.get("decay_start_epoch") is not None else {}),
-                "interval": "step", "frequency": 1, "monitor": None, **node}
+                "decay_start_epoch": t.get("decay_start_epoch"), "interval": "step", "frequency": 1, "monitor": None,
+                **node}
     raise KeyError(group)
 
 
