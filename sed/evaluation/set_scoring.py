@@ -31,12 +31,16 @@ def set_encoder(encoder: LabelEncoder, classes: Sequence[str]) -> LabelEncoder:
     return LabelEncoder.from_dict({**encoder.state_dict(), "classes": list(classes)})
 
 
-def set_evaluation(evaluation: Any, index: Optional[np.ndarray]) -> Any:
+def set_evaluation(evaluation: Any, index: Optional[np.ndarray], n_classes: int) -> Any:
     """The ``evaluation`` config with class-wise median windows (one per model class) cut to the set's classes."""
-    if index is None or len(evaluation.median_window) == 1:
+    windows = list(evaluation.median_window)
+    if len(windows) not in (1, n_classes):
+        raise ValueError(f"evaluation.median_window has {len(windows)} lengths for the model's {n_classes} classes; "
+                         "give one length, or one per class in the model's class order")
+    if index is None or len(windows) == 1:
         return evaluation
     out = copy.deepcopy(evaluation)
-    out.median_window = [int(evaluation.median_window[i]) for i in index]
+    out.median_window = [int(windows[int(i)]) for i in index]
     return out
 
 
@@ -60,7 +64,8 @@ def scoring_jobs(
     :class:`sed.evaluation.parallel.ScoringPool`). ``terms``: the checkpoint objective's terms on this set; ``full``:
     every metric (else, at validation, only those terms: PSDS2 and the F1 families cost most)."""
     index = None if list(classes) == list(encoder.classes) else np.array([encoder.class_index(c) for c in classes])
-    outputs, encoder, evaluation = restrict(outputs, index), set_encoder(encoder, classes), set_evaluation(evaluation, index)
+    evaluation = set_evaluation(evaluation, index, len(encoder.classes))
+    outputs, encoder = restrict(outputs, index), set_encoder(encoder, classes)
     if metrics == "mpauc":
         return score_segment_model, {
             name: dict(strong_probs=outputs[name], encoder=encoder, ground_truth=ground_truth, durations=durations,
