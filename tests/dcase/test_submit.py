@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from sed.submit import MARKER, SubmissionError, build_submission
+from sed.dcase.submit import MARKER, SubmissionError, build_submission
 
 LABEL = "Doe_UNI_task4_1"
 
@@ -29,7 +29,7 @@ def _submit(*args: str) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from sed.submit import main
+    from sed.dcase.submit import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -144,7 +144,7 @@ def test_metadata_states_the_rate_auto_resolved_to(tmp_path):
     import torch
     from omegaconf import OmegaConf
 
-    from sed.submit import _input_rate
+    from sed.dcase.submit import _input_rate
 
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"classes": ["a"], "config": {

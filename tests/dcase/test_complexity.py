@@ -1,11 +1,11 @@
-"""Parameters and MACs of the deployed model (sed.complexity) against counts worked out by hand from the layer shapes."""
+"""Parameters and MACs of the deployed model (sed.dcase.complexity) against counts worked out by hand from the layer shapes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sed.complexity import count_macs, deployed_complexity
+from sed.dcase.complexity import count_macs, deployed_complexity
 from sed.features.frontend import FrontEnd
 from sed.models.crnn import CRNN
 from sed.features.scaler import TorchScaler

@@ -20,7 +20,7 @@ and element-wise operations (BatchNorm, activations, pooling, dB conversion, sca
 :class:`ComplexityReport` (a Lightning callback) logs these numbers next to Lightning's model summary (and gives the
 summary an example input so its FLOPs column is filled), logs TensorBoard scalars ``complexity/*``, adds a
 ``complexity`` block to every ``test/<model>/metrics.json`` and lines to the run summary.
-``python -m sed.complexity CHECKPOINT`` prints them for a checkpoint.
+``python -m sed.dcase.complexity CHECKPOINT`` prints them for a checkpoint.
 """
 
 from __future__ import annotations
@@ -209,8 +209,8 @@ class ComplexityReport(pl.Callback):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sed.complexity CHECKPOINT [--model teacher|student]``: print the complexity block as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m sed.complexity", description=__doc__.split("\n")[0])
+    """``python -m sed.dcase.complexity CHECKPOINT [--model teacher|student]``: print the complexity block as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m sed.dcase.complexity", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="checkpoint written by train.py")
     parser.add_argument("--model", choices=("teacher", "student"), default="teacher")
     args = parser.parse_args(argv)
