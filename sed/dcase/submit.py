@@ -1,25 +1,25 @@
-"""A DCASE Task 4 submission package from a finished run.
+"""A DCASE Task 4 submission package from run directories, and its check.
 
 Command line::
 
-    python -m sed.submit RUN_DIR [--eval-audio DIR] [--model teacher|student] [--label LABEL] -o OUT
+    python -m sed.submit RUN [RUN ...] --label Doe_UNI_task4_1 --eval-audio DIR --report REPORT.pdf -o OUT
+    python -m sed.submit --system Doe_UNI_task4_1 RUN1 RUN2 RUN3 --system Doe_UNI_task4_2 RUN ... --eval-audio DIR ...
+    python -m sed.submit --check OUT/Doe_UNI_task4.zip
 
-``OUT`` (a new or empty folder, or one this tool wrote) receives::
+A system is one to several runs (DCASE asks for three independent trainings); a package holds up to four systems
+of one participant. ``OUT`` (a new or empty folder, or one this tool wrote) receives ``<Lastname>_<INST>_task4.zip``
+and its unpacked ``task4/`` tree, laid out as :mod:`sed.dcase.layout` says: per run the post-processed and the
+unprocessed scores, one sed_scores_eval table per evaluation clip, and codecarbon's CSV files; per system
+``<label>.meta.yaml`` (:mod:`sed.dcase.metadata`); the technical report.
 
-    <label>/<label>.meta.yaml          system metadata: filled from the run, fields for you marked "# TODO"
-    <label>/<label>.output.tsv         events: filename onset offset event_label (post-processed, thresholded)
-    <label>/<label>.output_scores/     one sed_scores_eval score table per clip (post-processed scores)
-    <label>.zip                        the <label>/ folder, archived (--archive tar.gz for a .tar.gz)
+The outputs are those of the **evaluation set** (``--eval-audio DIR``): every run's tested checkpoint (the one its
+test results are of) runs through :class:`sed.infer.Detector` on every file, any length, and the energy of that
+inference is measured with codecarbon (on the GPU used only). ``--dev-test`` packages the runs' own dev-test outputs
+instead, for a dry run: that package is marked ``not_submittable`` and the log says so.
 
-With ``--eval-audio`` the outputs are those of the evaluation audio, run through :class:`sed.infer.Detector` (any
-length; the checkpoint the run tested, or ``--checkpoint``); without it, the run's own test outputs
-(``test/<model>/``) are packaged. Scores are median-filtered as at test time and events thresholded at the first
-of ``evaluation.thresholds``, as ``test/<model>/events_th<t>.tsv``.
-
-The metadata holds the run's parameters and MACs (``complexity`` block of ``test/<model>/metrics.json``), energy
-(``energy.json``), development-set PSDS1, PSDS2 and F1 (``test/<model>/metrics.json``) and the front-end and
-training settings from ``.hydra/config.yaml``. Names, authors, affiliation, technical report and external data
-cannot come from a run: they are marked ``# TODO``. Check the field list against the task page of your year.
+Every package built is checked (:mod:`sed.dcase.checker`) and what is left to do is printed: fields still ``TODO``
+(give them with ``--info FILE.yaml``), a missing report, fewer than three runs, the baseline energy
+(``--baseline-energy``, measured by ``python -m sed.dcase.baseline_energy``).
 
 ``OUT`` is built beside itself and swapped in at the end, so it is never half-written; an existing ``OUT`` that
 this tool did not write (no ``.sed-submission.json`` marker) is refused.
@@ -30,35 +30,51 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 import shutil
 import sys
-import tarfile
 import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import pandas as pd
 import yaml
 
+from sed.dcase.checker import Finding, check_package, report
+from sed.dcase.layout import (
+    MAX_SYSTEMS,
+    TASK_DIR,
+    codecarbon_dir,
+    meta_path,
+    output_dir,
+    parse_label,
+    report_path,
+    zip_name,
+)
+from sed.dcase.metadata import RunInfo, metadata_text
+from sed.dcase.template import DEFAULT_YEAR, YEARS
 from sed.utils.io import swap_in_dir
 
 log = logging.getLogger(__name__)
 
 MARKER = ".sed-submission.json"
-DEFAULT_LABEL = "Lastname_INST_task4_1"
-ARCHIVES = ("zip", "tar.gz")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEV_TEST_NOTE = ("outputs of the development test set (--dev-test), not of the evaluation set: "
+                 "not for submission")
 
 
 class SubmissionError(ValueError):
-    """The run or the output folder cannot make a submission; the message says which file and why."""
+    """The runs or the output folder cannot make a package; the message says which file and why."""
 
 
-# ---------------------------------------------------------------------- reading the run
+class Built(NamedTuple):
+    """A package written: its zip and what its check found (empty: ready to submit)."""
+
+    path: Path
+    findings: list[Finding]
+
+
+# ---------------------------------------------------------------------- reading a run
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -78,213 +94,112 @@ def _run_config(run_dir: Path) -> Any:
     return OmegaConf.load(path)
 
 
-def _tested_checkpoint(run_dir: Path, metrics: dict[str, Any], cfg: Any, given: Optional[str]) -> Path:
-    """The checkpoint whose test results the package reports: ``--checkpoint``, else the one recorded with them."""
-    if given:
-        path = Path(given)
-    else:
-        recorded = (metrics.get("complexity") or {}).get("checkpoint") or (None if cfg.train else cfg.ckpt_path)
-        if not recorded:
-            raise SubmissionError(
-                f"{run_dir}: the test results do not say which checkpoint was tested; pass --checkpoint"
-            )
-        path = Path(recorded)
+def _model(run_dir: Path, model: Optional[str]) -> str:
+    if model is None:  # the network validation preferred (sed.run records it in status.json)
+        from sed.run.rundir import read_status
+
+        model = read_status(run_dir).get("preferred_model") or "teacher"
+    if model not in ("teacher", "student"):
+        raise SubmissionError(f"--model must be teacher or student, got {model!r}")
+    return model
+
+
+def _tested_checkpoint(run_dir: Path, metrics: dict[str, Any], cfg: Any) -> Path:
+    """The checkpoint whose test results the package reports (recorded with them)."""
+    recorded = (metrics.get("complexity") or {}).get("checkpoint") or (None if cfg.train else cfg.ckpt_path)
+    if not recorded:
+        raise SubmissionError(f"{run_dir}: the test results do not say which checkpoint was tested")
+    path = Path(recorded)
     if not path.is_file():
-        raise SubmissionError(f"{path}: checkpoint not found (pass --checkpoint)")
+        raise SubmissionError(f"{path}: the checkpoint {run_dir} tested is not found")
     return path
 
 
-def _eval_outputs(
-    eval_audio: Path, checkpoint: Path, model: str, device: Optional[str], postprocessing: Optional[Path] = None
-) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float | str]:
-    """Post-processed scores and thresholded events of every audio file in ``eval_audio``; any file that cannot be
-    processed is an error (a submission covers the whole evaluation set). ``postprocessing``: the run's settings
-    tuned on validation (default: those beside the checkpoint, if any); the threshold is then ``"tuned"``."""
-    from sed.data.inputs import collect_inputs
-    from sed.evaluation.postprocess import audio_id
-    from sed.infer import Detector
+def _threshold(run_dir: Path, model: str, cfg: Any) -> float | str:
+    """The threshold of the run's test F1 scores: ``tuned`` when it tuned class-wise thresholds on validation."""
+    from sed.evaluation.outputs import events_file_name
 
-    files = collect_inputs([eval_audio])
-    detector = Detector.from_checkpoint(checkpoint, model=model, device=device, postprocessing=postprocessing)
-    scores: dict[str, pd.DataFrame] = {}
-    events, failed = [], []
-    for i, (name, path) in enumerate(files, start=1):
-        try:
-            prediction = detector.predict_file(path)
-        except Exception as err:  # noqa: BLE001 - reported with the file name, all together
-            failed.append(f"{path}: {' '.join(str(err).split())}")
-            continue
-        scores[audio_id(name)] = detector.scores(prediction)
-        events.append(detector.events(prediction, name))
-        if i % 100 == 0 or i == len(files):
-            log.info("[%d/%d] evaluation files processed", i, len(files))
-    if failed:
-        raise SubmissionError(f"{len(failed)} evaluation file(s) could not be processed:\n  " + "\n  ".join(failed))
-    table = pd.concat(events, ignore_index=True)
-    tuned = detector.postprocessing is not None and detector.postprocessing.thresholds is not None
-    return scores, table, "tuned" if tuned else detector.default_threshold
+    return "tuned" if (run_dir / "test" / model / events_file_name("tuned")).is_file() else float(
+        list(cfg.evaluation.thresholds)[0])
 
 
-def _test_outputs(run_dir: Path, model: str, cfg: Any) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float | str]:
-    """The run's own post-processed test scores and events at the thresholds tuned on validation when the run
-    tuned them (``events_tuned.tsv``), else at the first evaluation threshold."""
-    from sed.data.tsv import STRONG_COLUMNS
-    from sed.evaluation.outputs import events_file_name, read_scores_dir
+def _complexity(metrics: dict[str, Any], checkpoint: Optional[Path], model: str) -> dict[str, Any]:
+    """The run's complexity block with its ``per_10s`` MACs; a run written before they were counted gets them
+    counted now from its tested checkpoint."""
+    block = dict(metrics.get("complexity") or {})
+    if "per_10s" in block or checkpoint is None:
+        return block
+    from sed.dcase.complexity import module_complexity
+    from sed.training.module import SEDModule
+
+    module = SEDModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+    return {**module_complexity(module, model), "checkpoint": str(checkpoint)}
+
+
+def _test_scores(run_dir: Path, model: str) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """The run's own dev-test scores: post-processed and raw."""
+    from sed.evaluation.outputs import read_scores_dir
 
     out = run_dir / "test" / model
-    threshold: float | str = "tuned" if (out / events_file_name("tuned")).is_file() else float(
-        list(cfg.evaluation.thresholds)[0])
-    events_path = out / events_file_name(threshold)
-    if not events_path.is_file():
-        raise SubmissionError(f"{events_path}: not found (the run's test outputs are incomplete)")
     try:
-        events = pd.read_csv(events_path, sep="\t", dtype={"filename": str, "event_label": str}, keep_default_na=False,
-                             na_values={"onset": [""], "offset": [""]})
+        return read_scores_dir(out / "scores_postprocessed"), read_scores_dir(out / "scores_raw")
     except (OSError, ValueError) as err:
-        raise SubmissionError(f"{events_path}: cannot read the event list ({err})") from None
-    if list(events.columns) != list(STRONG_COLUMNS):
-        raise SubmissionError(f"{events_path}: expected columns {list(STRONG_COLUMNS)}, got {list(events.columns)}")
-    return read_scores_dir(out / "scores_postprocessed"), events, threshold
+        raise SubmissionError(f"{out}: the run's test outputs are incomplete ({err})") from None
 
 
-# ---------------------------------------------------------------------- metadata
-def _v(value: Any) -> str:
-    """A YAML scalar (flow style), e.g. ``null``, ``0.1234``, ``'a: b'``."""
-    if isinstance(value, float):
-        value = float(f"{value:.6g}")
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+def _eval_scores(
+    eval_audio: Path, checkpoint: Path, model: str, device: Optional[str], run_dir: Path, codecarbon: Path,
+    country: str,
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], Optional[float]]:
+    """Post-processed and raw scores of every audio file in ``eval_audio`` through ``checkpoint``, one forward
+    pass each, and the kWh that inference took (codecarbon, written to ``codecarbon``; ``None`` when it cannot
+    measure). Any file that cannot be processed is an error: a submission covers the whole evaluation set."""
+    from sed.data.inputs import collect_inputs
+    from sed.dcase.energy import gpu_ids, start_tracker
+    from sed.evaluation.postprocess import audio_id, median_filter
+    from sed.infer import Detector, Prediction
 
-
-def _input_rate(cfg: Any, metrics: dict[str, Any]) -> float:
-    """The rate the system takes audio at: the front-end's input rate when the model resamples
-    (``features.input_sample_rate``), else the model's ``data.sample_rate``. ``auto`` is resolved from the files
-    when the model is built, so the number is read from the tested checkpoint's saved configuration."""
-    rate = cfg.features.get("input_sample_rate")
-    tested = (metrics.get("complexity") or {}).get("checkpoint")
-    if rate == "auto" and tested and Path(tested).is_file():
-        from sed.run.checkpointing import read_checkpoint
-
-        rate = read_checkpoint(tested)["hyper_parameters"]["config"]["features"].get("input_sample_rate")
-    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else float(cfg.data.sample_rate)
-
-
-def _features_name(cfg: Any) -> str:
-    kind = cfg.features.kind
-    return {"mel": "log-mel energies", "mfcc": "MFCC", "stft": "log-magnitude spectrogram"}.get(kind, kind)
-
-
-def _augmentations(cfg: Any) -> Optional[str]:
-    names = []
-    if cfg.training.mixup.enabled:
-        names.append("mixup")
-    augment = cfg.training.get("augment") or {}  # absent from runs made before training.augment existed
-    for key, name in (("filter_augment", "FilterAugment"), ("frame_shift", "frame shift"), ("spec_augment", "SpecAugment")):
-        if (augment.get(key) or {}).get("prob", 0.0) > 0:
-            names.append(name)
-    return ", ".join(names) or None
-
-
-def _median_filter_ms(cfg: Any) -> str:
-    frame_s = cfg.features.hop_length * _time_pooling(cfg) / cfg.data.sample_rate
-    windows = sorted({int(w) for w in cfg.evaluation.median_window})
-    return ", ".join(f"{w * frame_s * 1000:.0f}" for w in windows)
-
-
-def _time_pooling(cfg: Any) -> int:
-    product = 1
-    for pool in cfg.model.pooling:
-        product *= int(pool[0])
-    return product
-
-
-def metadata_yaml(
-    label: str, run_dir: Path, cfg: Any, metrics: dict[str, Any], energy: dict[str, Any], model: str,
-    threshold: float | str,
-) -> str:
-    """The ``<label>.meta.yaml`` text: DCASE's layout (submission, system, results), run values filled in."""
-    complexity = metrics.get("complexity") or {}
-    fit, test = energy.get("fit") or {}, energy.get("test") or {}
-    hardware = (test or fit).get("hardware") or {}
-    device = hardware.get("gpu_model") or hardware.get("cpu_model")
-    if device and hardware.get("gpu_model") and hardware.get("gpu_count"):
-        device = f"{hardware['gpu_count']} x {hardware['gpu_model']}"
-    measured = (test or fit).get("measured")
-    method = "; ".join(f"{k} {v}" for k, v in ((test or fit).get("method") or {}).items()) or None
-    tag = threshold if isinstance(threshold, str) else f"{threshold:g}"
-    postprocessing = f"median filtering ({_median_filter_ms(cfg)} ms), threshold {tag}"
-    pp = metrics.get("postprocessing") or {}
-    if pp.get("tuned_on"):  # sed.evaluation.tuning: chosen on the validation set
-        postprocessing = ("sound event bounding boxes (SEBBs)" if pp.get("method") == "sebbs" else
-                          "class-wise median filtering") + " tuned on validation" + (
-            ", class-wise thresholds tuned on validation" if tag == "tuned" else f", threshold {tag}")
-    ev = metrics.get(f"event_f1_macro@{tag}")
-    classes = sorted({k.split("/", 1)[1] for k in metrics if k.startswith(f"event_f1@{tag}/")})
-    class_lines = "".join(f"      {_v(c)}: {_v(metrics.get(f'event_f1@{tag}/{c}'))}\n" for c in classes) or "      {}\n"
-    method_name = "CRNN" if cfg.model.get("_target_", "").endswith("CRNN") else "TODO"
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""\
-# DCASE Task 4 submission metadata, written by `python -m sed.submit` on {now}
-# from run {run_dir} ({model}).
-# Values marked "# TODO" cannot come from a run: complete them. Check the fields against the
-# metadata template of your challenge year (task page), which takes precedence over this file.
-
-submission:
-  # [Last name of corresponding author]_[Abbreviation of institute]_task4_[submission index 1-4]
-  label: {_v(label)}{"  # TODO" if label == DEFAULT_LABEL else ""}
-  name: TODO  # TODO: system name for the results tables
-  abbreviation: TODO  # TODO: at most 10 characters
-  authors:
-    - lastname: TODO  # TODO
-      firstname: TODO  # TODO
-      email: TODO  # TODO
-      corresponding: true
-      affiliation:
-        abbreviation: TODO  # TODO
-        institute: TODO  # TODO
-        department: TODO  # TODO
-        location: TODO  # TODO: city, country
-
-system:
-  description:
-    input_channels: mono
-    input_sampling_rate: {_v(_input_rate(cfg, metrics) / 1000)}  # kHz
-    acoustic_features: {_v(_features_name(cfg))}
-    data_augmentation: {_v(_augmentations(cfg))}
-    embeddings: null  # TODO if you use pre-trained embeddings
-    machine_learning_method: {method_name}
-    ensemble_method_subsystem_count: null
-    decision_making: null
-    machine_learning_semi_supervised: mean-teacher student
-    segmentation_method: null
-    post-processing: {_v(postprocessing)}
-    pretrained_models: null  # TODO if any
-  complexity:
-    total_parameters: {_v(complexity.get("parameters"))}  # one CRNN (student and teacher have the same)
-    # Multiply-accumulate operations per {_v(complexity.get("clip_duration_s"))}-s clip: front-end + scaler + CRNN
-    # (FlopCounterMode; the FFT and element-wise operations are not counted)
-    macs: {_v(complexity.get("macs"))}
-    macs_frontend: {_v(complexity.get("macs_frontend"))}
-    energy_consumption:  # kWh, codecarbon ({"measured" if measured else "estimated: " + str(method) if measured is False else "not measured"})
-      training: {_v(fit.get("energy_kwh"))}
-      inference: {_v(test.get("energy_kwh"))}  # the development test set, student and teacher in one pass
-      training_duration_s: {_v(fit.get("duration_s"))}
-      inference_duration_s: {_v(test.get("duration_s"))}
-      hardware: {_v(device)}
-      # TODO: DCASE may also ask for the energy of a reference (baseline) training on the same hardware
-  external_datasets: []  # TODO: list every external dataset and pre-trained model (name, url, used_for)
-  source_code: TODO  # TODO: URL of your code (optional)
-
-results:
-  development_dataset:
-    # {model} on the run's test set (test/{model}/metrics.json), checkpoint {complexity.get("checkpoint")}
-    psds1: {_v(metrics.get("psds1"))}
-    psds2: {_v(metrics.get("psds2"))}
-    event_f1_macro: {_v(ev)}  # event-based, collar 200 ms, threshold {tag}
-    intersection_f1_macro: {_v(metrics.get(f"intersection_f1_macro@{tag}"))}
-    segment_f1_macro: {_v(metrics.get(f"segment_f1_macro@{tag}"))}
-    weak_f1: {_v(metrics.get("weak_f1"))}
-    class_wise_event_f1:
-{class_lines}"""
+    files = collect_inputs([eval_audio])
+    tuned = run_dir / "postprocessing.json"
+    detector = Detector.from_checkpoint(checkpoint, model=model, device=device,
+                                        postprocessing=tuned if tuned.is_file() else None)
+    tracker = None
+    try:
+        codecarbon.mkdir(parents=True, exist_ok=True)
+        tracker = start_tracker(codecarbon, "evaluation", gpu_ids(detector.device), country, 15.0, "machine",
+                                output_file="emissions_evaluation.csv")
+    except Exception as err:  # energy is reported, never a reason to fail the package
+        log.warning("Evaluation inference energy not measured: %s: %s", type(err).__name__, err)
+    processed: dict[str, pd.DataFrame] = {}
+    raw: dict[str, pd.DataFrame] = {}
+    failed = []
+    try:
+        for i, (name, path) in enumerate(files, start=1):
+            try:
+                prediction = detector.predict_file(path, postprocess=False)
+            except Exception as err:  # noqa: BLE001 - reported with the file name, all together
+                failed.append(f"{path}: {' '.join(str(err).split())}")
+                continue
+            key = audio_id(name)
+            raw[key] = detector.scores(prediction)
+            if detector.uses_sebbs:
+                post = Prediction(prediction.probabilities, prediction.timestamps, boxes=True)
+            else:
+                post = Prediction(median_filter(prediction.probabilities, detector.median_window), prediction.timestamps)
+            processed[key] = detector.scores(post)
+            if i % 100 == 0 or i == len(files):
+                log.info("[%d/%d] evaluation files processed (%s)", i, len(files), run_dir.name)
+    finally:
+        kwh = None
+        if tracker is not None:
+            try:
+                tracker.stop()
+                kwh = float(tracker.final_emissions_data.energy_consumed)
+            except Exception as err:  # noqa: BLE001
+                log.warning("Evaluation inference energy not measured: %s: %s", type(err).__name__, err)
+    if failed:
+        raise SubmissionError(f"{len(failed)} evaluation file(s) could not be processed:\n  " + "\n  ".join(failed))
+    return processed, raw, kwh
 
 
 # ---------------------------------------------------------------------- output folder
@@ -301,136 +216,233 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _archive(folder: Path, dest: Path, fmt: str) -> Path:
-    """``folder`` as ``dest`` (zip or tar.gz), paths starting with the folder's name."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if fmt == "zip":
-        with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for p in files:
-                z.write(p, p.relative_to(folder.parent).as_posix())
-    else:
-        with tarfile.open(dest, "w:gz") as t:
-            for p in files:
-                t.add(p, arcname=p.relative_to(folder.parent).as_posix())
-    return dest
+def _zip(tree: Path, dest: Path) -> None:
+    """``tree/task4`` as ``dest``, member paths starting with ``task4/``."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for p in sorted((tree / TASK_DIR).rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(tree).as_posix())
 
 
-def build_submission(
-    run_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    eval_audio: Optional[str | os.PathLike] = None,
+def _load_yaml(path: Optional[str | Path], what: str) -> Optional[dict[str, Any]]:
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SubmissionError(f"{what} {path}: not found") from None
+    except yaml.YAMLError as err:
+        raise SubmissionError(f"{what} {path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(value, dict):
+        raise SubmissionError(f"{what} {path}: expected a mapping (the metadata layout), got {type(value).__name__}")
+    return value
+
+
+def _baseline(path: Optional[str | Path]) -> tuple[Optional[dict[str, Any]], list[Path]]:
+    """The baseline reference (``baseline_energy.json`` or its folder) and its codecarbon CSV files."""
+    if path is None:
+        return None, []
+    from sed.dcase.baseline_energy import REFERENCE_FILE
+
+    path = Path(path)
+    path = path / REFERENCE_FILE if path.is_dir() else path
+    record = _read_json(path)
+    csvs = [Path(p) for p in record.get("codecarbon_csv", []) if Path(p).is_file()]
+    return record, csvs
+
+
+# ---------------------------------------------------------------------- building
+def build_package(
+    systems: Sequence[tuple[str, Sequence[str | Path]]],
+    out: str | Path,
+    eval_audio: Optional[str | Path] = None,
+    dev_test: bool = False,
+    report_pdf: Optional[str | Path] = None,
+    info: Optional[str | Path] = None,
+    baseline_energy: Optional[str | Path] = None,
+    year: int = DEFAULT_YEAR,
     model: Optional[str] = None,
-    label: str = DEFAULT_LABEL,
-    checkpoint: Optional[str] = None,
-    archive: str = "zip",
     device: Optional[str] = None,
-) -> Path:
-    """Write the submission package of ``run_dir`` into ``out`` (layout in the module docstring); returns the
-    archive's path. Raises :class:`SubmissionError` naming the file at fault."""
-    from sed.data.tsv import write_strong
+) -> Built:
+    """Write the package of ``systems`` (``[(label, [run_dir, ...]), ...]``) into ``out`` (layout in the module
+    docstring) and check it. Raises :class:`SubmissionError` naming the file at fault when it cannot be made."""
+    out = Path(out)
+    if year not in YEARS:
+        raise SubmissionError(f"--year must be one of {YEARS}, got {year}")
+    if not systems:
+        raise SubmissionError("no system given: RUN_DIR ... --label LABEL, or --system LABEL RUN_DIR ...")
+    if len(systems) > MAX_SYSTEMS:
+        raise SubmissionError(f"{len(systems)} systems: DCASE takes at most {MAX_SYSTEMS} per task and participant")
+    labels = [label for label, _ in systems]
+    for label in labels:
+        try:
+            parse_label(label)
+        except ValueError as err:
+            raise SubmissionError(f"--label {err}") from None
+    if len(set(labels)) != len(labels):
+        raise SubmissionError(f"the same label twice: {labels}")
+    participants = {parse_label(label).participant for label in labels}
+    if len(participants) > 1:
+        raise SubmissionError(f"labels of several participants {sorted(participants)}: one package, one participant")
+    participant = participants.pop()
+    if (eval_audio is None) == (not dev_test):
+        raise SubmissionError("give --eval-audio DIR (the evaluation set: what DCASE scores) or --dev-test (the runs' "
+                              "development test outputs, a package not for submission), not both" if eval_audio
+                              else "give --eval-audio DIR (the evaluation set: what DCASE scores), or --dev-test to "
+                              "package the runs' development test outputs (not for submission)")
+    if eval_audio is not None and not Path(eval_audio).exists():
+        raise SubmissionError(f"{eval_audio}: no such evaluation audio folder or file")
+    if report_pdf is not None:
+        pdf = Path(report_pdf)
+        if not pdf.is_file() or pdf.read_bytes()[:5] != b"%PDF-":
+            raise SubmissionError(f"--report {pdf}: not a PDF file")
+    given = _load_yaml(info, "--info")
+    baseline, baseline_csvs = _baseline(baseline_energy)
+    for _, runs in systems:
+        if not runs:
+            raise SubmissionError("a system without run directories")
+        for run in runs:
+            if not Path(run).is_dir():
+                raise SubmissionError(f"{run}: no such run directory")
+    _check_out(out)
+
     from sed.dcase.energy import read_energy
     from sed.evaluation.outputs import write_scores_dir
-
-    run_dir, out = Path(run_dir), Path(out)
-    if model is None:  # the network validation preferred (sed.run.job records it in status.json)
-        from sed.run.rundir import read_status
-
-        model = read_status(run_dir).get("preferred_model") or "teacher"
-    if model not in ("teacher", "student"):
-        raise SubmissionError(f"--model must be teacher or student, got {model!r}")
-    if archive not in ARCHIVES:
-        raise SubmissionError(f"--archive must be one of {ARCHIVES}, got {archive!r}")
-    if not _LABEL_RE.match(label):
-        raise SubmissionError(f"--label {label!r}: use letters, digits, '_', '-' and '.' (e.g. {DEFAULT_LABEL})")
-    if not run_dir.is_dir():
-        raise SubmissionError(f"{run_dir}: no such run directory")
-    _check_out(out)
-    metrics_path = run_dir / "test" / model / "metrics.json"
-    if not metrics_path.is_file():
-        raise SubmissionError(
-            f"{metrics_path}: not found; the run has no test results for the {model} (run with test=true, or "
-            "evaluate a checkpoint with train=false ckpt_path=...)"
-        )
-    metrics = _read_json(metrics_path)
-    cfg = _run_config(run_dir)
-    energy = read_energy(run_dir)
-    ckpt: Optional[Path] = None
-    if eval_audio is not None:
-        eval_audio = Path(eval_audio)
-        if not eval_audio.exists():
-            raise SubmissionError(f"{eval_audio}: no such evaluation audio folder or file")
-        ckpt = _tested_checkpoint(run_dir, metrics, cfg, checkpoint)
-        tuned = run_dir / "postprocessing.json"
-        scores, events, threshold = _eval_outputs(eval_audio, ckpt, model, device,
-                                                  tuned if tuned.is_file() else None)
-    else:
-        if checkpoint:
-            raise SubmissionError("--checkpoint is for --eval-audio; without it the run's test outputs are packaged")
-        scores, events, threshold = _test_outputs(run_dir, model, cfg)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        folder = tmp / label
-        folder.mkdir()
-        write_scores_dir(scores, folder / f"{label}.output_scores", owned=True)
-        write_strong(events, folder / f"{label}.output.tsv")
-        (folder / f"{label}.meta.yaml").write_text(
-            metadata_yaml(label, run_dir, cfg, metrics, energy, model, threshold), encoding="utf-8"
-        )
-        name = f"{label}.{archive}"
-        _archive(folder, tmp / name, archive)
-        record = {
-            "run_dir": str(run_dir.resolve()), "model": model, "label": label,
-            "eval_audio": str(eval_audio) if eval_audio is not None else None,
-            "checkpoint": str(ckpt) if ckpt is not None else None, "archive": name,
-            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        record_systems = {}
+        for label, runs in systems:
+            infos = []
+            for i, run in enumerate(runs, start=1):
+                run_dir = Path(run)
+                network = _model(run_dir, model)
+                metrics_path = run_dir / "test" / network / "metrics.json"
+                if not metrics_path.is_file():
+                    raise SubmissionError(f"{metrics_path}: not found; the run has no test results for the {network} "
+                                          "(run with test=true, or evaluate a checkpoint with train=false ckpt_path=...)")
+                metrics = _read_json(metrics_path)
+                cfg = _run_config(run_dir)
+                checkpoint = _tested_checkpoint(run_dir, metrics, cfg) if eval_audio is not None else None
+                cc = tmp / codecarbon_dir(label, i)
+                eval_kwh = None
+                if eval_audio is not None:
+                    country = str((cfg.get("energy") or {}).get("country_iso_code", "FRA"))
+                    processed, raw, eval_kwh = _eval_scores(Path(eval_audio), checkpoint, network, device, run_dir,
+                                                            cc, country)
+                else:
+                    processed, raw = _test_scores(run_dir, network)
+                write_scores_dir(processed, tmp / output_dir(label, i), owned=True)
+                write_scores_dir(raw, tmp / output_dir(label, i, unprocessed=True), owned=True)
+                for csv in sorted((run_dir / "codecarbon").glob("*.csv")):
+                    cc.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(csv, cc / csv.name)
+                infos.append(RunInfo(run_dir.resolve(), network, cfg, metrics, read_energy(run_dir),
+                                     _complexity(metrics, checkpoint or _recorded(metrics), network), eval_kwh,
+                                     _threshold(run_dir, network, cfg)))
+            for csv in baseline_csvs:
+                (tmp / codecarbon_dir(label, None)).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(csv, tmp / codecarbon_dir(label, None) / csv.name)
+            text = metadata_text(label, infos, year, baseline, _info_for(given, label, labels),
+                                 DEV_TEST_NOTE if dev_test else None)
+            (tmp / meta_path(label)).write_text(text, encoding="utf-8")
+            record_systems[label] = [str(r.run_dir) for r in infos]
+        if report_pdf is not None:
+            shutil.copyfile(report_pdf, tmp / report_path(participant))
+        _zip(tmp, tmp / zip_name(participant))
+        record = {"systems": record_systems, "year": year,
+                  "outputs": "development test set (not submittable)" if dev_test else str(Path(eval_audio).resolve()),
+                  "report": str(report_pdf) if report_pdf else None, "archive": zip_name(participant),
+                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _check_out(out)  # again: it may have changed meanwhile
         swap_in_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("Submission of %d clip(s), %d event(s) written to %s", len(scores), len(events), out)
-    return out / name
+    path = out / zip_name(participant)
+    findings = check_package(path, year)
+    log.info("Package of %d system(s) written to %s", len(systems), path)
+    if dev_test:
+        log.warning("NOT SUBMITTABLE: %s holds the development test outputs (--dev-test); build it with "
+                    "--eval-audio DIR to submit", path)
+    return Built(path, findings)
 
 
+def _info_for(given: Optional[dict[str, Any]], label: str, labels: list[str]) -> Optional[dict[str, Any]]:
+    """The ``--info`` values of system ``label``: the file's ``{label: {...}}`` entry when it is keyed by labels
+    (a top-level ``common`` entry applies to every system), else the whole file."""
+    if not given:
+        return None
+    if not any(key in labels for key in given):
+        return given
+    from sed.dcase.metadata import merge
+
+    return merge(given.get("common") or {}, given.get(label) or {})
+
+
+def _recorded(metrics: dict[str, Any]) -> Optional[Path]:
+    recorded = (metrics.get("complexity") or {}).get("checkpoint")
+    return Path(recorded) if recorded and Path(recorded).is_file() else None
+
+
+# ---------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sed.submit", description="Write a DCASE Task 4 submission package from a run.")
-    parser.add_argument("run_dir", help="run directory written by train.py (with test/<model>/metrics.json)")
-    parser.add_argument("-o", "--output", required=True, help="folder to write (new, empty, or written by sed.submit)")
-    parser.add_argument("--eval-audio", default=None,
-                        help="folder of evaluation audio to detect events in (default: package the run's test outputs)")
+    parser = argparse.ArgumentParser(prog="python -m sed.submit", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="*", help="run directories of one system (with --label)")
+    parser.add_argument("--label", default=None, help="label of the system of RUNS: [Lastname]_[INST]_task4_[1-4]")
+    parser.add_argument("--system", nargs="+", action="append", default=[], metavar=("LABEL", "RUN"),
+                        help="a system: its label and its run directories (repeat for up to 4 systems)")
+    parser.add_argument("-o", "--output", help="folder to write (new, empty, or written by sed.submit)")
+    parser.add_argument("--eval-audio", default=None, help="folder of the evaluation set's audio (the outputs DCASE scores)")
+    parser.add_argument("--dev-test", action="store_true",
+                        help="package the runs' development test outputs instead (a dry run: not submittable)")
+    parser.add_argument("--report", default=None, help="the technical report (PDF)")
+    parser.add_argument("--info", default=None,
+                        help="YAML in the metadata layout with what runs cannot know (names, authors, source code); "
+                             "or {LABEL: {...}} per system")
+    parser.add_argument("--baseline-energy", default=None,
+                        help="baseline_energy.json (or its folder) written by python -m sed.dcase.baseline_energy")
+    parser.add_argument("--year", type=int, default=DEFAULT_YEAR, choices=YEARS, help="template year (default: %(default)s)")
     parser.add_argument("--model", choices=("teacher", "student"), default=None,
-                        help="network to package (default: the one validation preferred, from the run's status.json)")
-    parser.add_argument("--label", default=DEFAULT_LABEL,
-                        help="submission label, [Lastname]_[INST]_task4_[1-4] (default: %(default)s, to be changed)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="with --eval-audio: checkpoint to run (default: the one the run tested)")
-    parser.add_argument("--archive", choices=ARCHIVES, default="zip", help="default: %(default)s")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+                        help="network to package (default: the one validation preferred, from each run's status.json)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N for the evaluation inference")
+    parser.add_argument("--check", metavar="PACKAGE.zip", default=None, help="check a package and exit")
+    parser.add_argument("--eval-clips", type=int, default=None, help="with --check: clips every run must cover")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; 0 on success, 2 when the package cannot be made (the message names the file at fault)."""
+    """Entry point. Building: 0 when written (what is left to do is printed), 2 when it cannot be made. ``--check``:
+    0 when the package is ready to submit, 1 when not."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.check:
+        findings = check_package(args.check, args.year, args.eval_clips)
+        print(report(findings, args.check))
+        return 1 if any(f.level == "error" for f in findings) else 0
+    systems = [(group[0], group[1:]) for group in args.system]
+    if args.runs:
+        if not args.label:
+            print("error: give --label [Lastname]_[INST]_task4_[1-4] for the run directories", file=sys.stderr)
+            return 2
+        systems.insert(0, (args.label, args.runs))
+    if not args.output:
+        print("error: give -o OUT, the folder to write the package into", file=sys.stderr)
+        return 2
     from sed.data.audio import AudioError
     from sed.data.tsv import AnnotationError
 
     try:
-        path = build_submission(args.run_dir, args.output, args.eval_audio, args.model, args.label, args.checkpoint,
-                                args.archive, args.device)
+        built = build_package(systems, args.output, args.eval_audio, args.dev_test, args.report, args.info,
+                              args.baseline_energy, args.year, args.model, args.device)
     except (SubmissionError, FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"Submission package: {path} (complete the fields marked TODO in "
-          f"{Path(args.output) / args.label / (args.label + '.meta.yaml')}, then add your technical report)",
-          file=sys.stderr)
+    print(report(built.findings, built.path), file=sys.stderr)
+    if built.findings:
+        print("Fix the errors above (fields TODO: edit the meta.yaml in the zip, or rebuild with --info FILE.yaml), "
+              f"then check again: python -m sed.submit --check {built.path}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,140 +1,185 @@
-"""``python -m sed.submit``: the package read back with sed_scores_eval, YAML and the archive listing."""
+"""``python -m sed.submit``: packages built from training runs, read back and checked as DCASE checks them.
+
+The three runs of a system are the suite's shared tiny runs (conftest: ``tested_run`` and the two jobs of
+``lr_sweep``), so no training runs for this file alone.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
 
-from sed.dcase.submit import MARKER, SubmissionError, build_submission
+from sed.dcase.submit import MARKER, SubmissionError, build_package, main
 
 LABEL = "Doe_UNI_task4_1"
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+INFO = {
+    "submission": {
+        "name": "Tiny CRNN mean teacher", "abbreviation": "TinyCRNN",
+        "authors": [{"lastname": "Doe", "firstname": "Jane", "email": "jane.doe@uni.edu", "corresponding": True,
+                     "affiliation": {"abbreviation": "UNI", "institute": "University", "location": "Paris, France"}}],
+    },
+    "system": {"source_code": None},
+    "results": {"devtest": {"maestro": {"mPAUC": 0.5}}},
+}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tested_run) -> Path:
-    """A tested one-epoch run of the tiny configuration (conftest's shared run)."""
-    return tested_run[0]
+def runs(tested_run, lr_sweep) -> list[Path]:
+    """Three independent tested 1-epoch trainings of the tiny configuration."""
+    exp, _ = lr_sweep
+    (sweep,) = [p for p in (exp / "tiny").iterdir() if p.name.startswith("multirun_")]
+    return [tested_run[0], sweep / "0", sweep / "1"]
 
 
-def _submit(*args: str) -> subprocess.CompletedProcess:
-    """``python -m sed.submit ARGS`` (in this process: its ``main``), with its exit status and stderr."""
-    import contextlib
-    import io
+@pytest.fixture(scope="module")
+def eval_audio(runs) -> Path:
+    cfg = yaml.safe_load((runs[0] / ".hydra" / "config.yaml").read_text())
+    return Path(cfg["data"]["root"]) / "audio" / "test"
 
-    from sed.dcase.submit import main
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+def _run(*args: str) -> tuple[int, str]:
+    """``python -m sed.submit ARGS`` (in this process), its exit status and stderr + stdout."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(list(args))
-    return subprocess.CompletedProcess(["python", "-m", "sed.submit", *args], code, "", err.getvalue())
+    return code, err.getvalue() + out.getvalue()
 
 
-def _read_package(out: Path, label: str = LABEL):
-    from sed_scores_eval.base_modules.io import read_sed_scores
-
-    folder = out / label
-    scores = read_sed_scores(str(folder / f"{label}.output_scores"))
-    events = pd.read_csv(folder / f"{label}.output.tsv", sep="\t")
-    meta = yaml.safe_load((folder / f"{label}.meta.yaml").read_text())
-    return scores, events, meta
+def _files(tmp_path: Path, name: str, data: object) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(yaml.safe_dump(data))
+    return path
 
 
-def test_package_of_the_run_test_outputs(run_dir, tmp_path):
-    from sed_scores_eval.base_modules.io import read_sed_scores
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "test" / "teacher" / "metrics.json").read_text())
 
+
+def test_three_runs_make_a_package_that_passes_the_check(runs, eval_audio, tmp_path):
     out = tmp_path / "submission"
-    proc = _submit(str(run_dir), "-o", str(out), "--label", LABEL)
-    assert proc.returncode == 0, proc.stderr
-    scores, events, meta = _read_package(out)
-    test = run_dir / "test" / "teacher"
-    reference = read_sed_scores(str(test / "scores_postprocessed"))
-    assert scores.keys() == reference.keys() and len(scores) == 8
-    for key in scores:
-        pd.testing.assert_frame_equal(scores[key], reference[key])
-    assert events.equals(pd.read_csv(test / "events_th0.5.tsv", sep="\t"))
+    code, text = _run(*map(str, runs), "--label", LABEL, "--eval-audio", str(eval_audio), "-o", str(out),
+                      "--report", str(_files(tmp_path, "report.pdf", PDF)),
+                      "--info", str(_files(tmp_path, "info.yaml", INFO)))
+    assert code == 0, text
+    package = out / "Doe_UNI_task4.zip"
+    assert f"{package}: ready to submit (0 error(s), 0 warning(s))" in text
+    code, text = _run("--check", str(package))
+    assert code == 0 and "ready to submit" in text
 
-    metrics = json.loads((test / "metrics.json").read_text())
-    energy = json.loads((run_dir / "energy.json").read_text())
-    assert meta["submission"]["label"] == LABEL
-    complexity = meta["system"]["complexity"]
-    assert complexity["total_parameters"] == metrics["complexity"]["parameters"] > 0
-    assert complexity["macs"] == metrics["complexity"]["macs"] > 0
-    assert complexity["energy_consumption"]["training"] == pytest.approx(energy["fit"]["energy_kwh"], rel=1e-5)
-    assert complexity["energy_consumption"]["inference"] == pytest.approx(energy["test"]["energy_kwh"], rel=1e-5)
-    dev = meta["results"]["development_dataset"]
-    for key in ("psds1", "psds2"):
-        assert dev[key] == pytest.approx(metrics[key], abs=1e-6)
-    assert dev["event_f1_macro"] == pytest.approx(metrics["event_f1_macro@0.5"], abs=1e-6)
-    description = meta["system"]["description"]
-    assert description["input_sampling_rate"] == 16.0 and description["acoustic_features"] == "log-mel energies"
-    # what the user must complete is marked
-    text = (out / LABEL / f"{LABEL}.meta.yaml").read_text()
-    assert "name: TODO  # TODO" in text and "email: TODO  # TODO" in text
-
-    with zipfile.ZipFile(out / f"{LABEL}.zip") as archive:
-        names = set(archive.namelist())
-        assert archive.read(f"{LABEL}/{LABEL}.meta.yaml").decode() == text
-    expected = {f"{LABEL}/{LABEL}.meta.yaml", f"{LABEL}/{LABEL}.output.tsv"}
-    expected |= {f"{LABEL}/{LABEL}.output_scores/{key}.tsv" for key in scores}
+    clips = sorted(p.stem for p in eval_audio.glob("*.wav"))
+    with zipfile.ZipFile(package) as z:
+        names = set(z.namelist())
+        meta = yaml.safe_load(z.read(f"task4/{LABEL}/{LABEL}.meta.yaml"))
+        run1 = pd.read_csv(io.BytesIO(z.read(f"task4/{LABEL}/{LABEL}_run1.output/{clips[0]}.tsv")), sep="\t")
+        raw1 = pd.read_csv(io.BytesIO(z.read(f"task4/{LABEL}/{LABEL}_run1_unprocessed.output/{clips[0]}.tsv")), sep="\t")
+    expected = {"task4/Doe_UNI_task4.technical_report.pdf", f"task4/{LABEL}/{LABEL}.meta.yaml"}
+    for i in (1, 2, 3):
+        for folder in (f"{LABEL}_run{i}.output", f"{LABEL}_run{i}_unprocessed.output"):
+            expected |= {f"task4/{LABEL}/{folder}/{clip}.tsv" for clip in clips}
+        expected |= {f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions.csv",
+                     f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions_evaluation.csv"}
     assert names == expected
+    # post-processed = the unprocessed scores median-filtered, on the same frames
+    assert list(run1.columns) == list(raw1.columns) and np.allclose(run1[["onset", "offset"]], raw1[["onset", "offset"]])
+    assert not np.allclose(run1.iloc[:, 2:], raw1.iloc[:, 2:])
+
+    metrics = [_metrics(r) for r in runs]
+    energy = [json.loads((r / "energy.json").read_text()) for r in runs]
+    complexity = meta["system"]["complexity"]
+    assert complexity["total_parameters"] == metrics[0]["complexity"]["parameters"]
+    assert complexity["macs"] == metrics[0]["complexity"]["per_10s"]["macs_thop"] > 0
+    consumption = complexity["energy_consumption"]
+    assert consumption["training"] == pytest.approx(np.mean([e["fit"]["energy_kwh"] for e in energy]), rel=1e-5)
+    assert consumption["devtest_inference"] == pytest.approx(np.mean([e["test"]["energy_kwh"] for e in energy]), rel=1e-5)
+    assert consumption["evaluation_inference"] > 0
+    assert meta["results"]["devtest"]["desed"]["PSDS1"] == pytest.approx(np.mean([m["psds1"] for m in metrics]), abs=1e-6)
+    assert meta["submission"]["name"] == INFO["submission"]["name"] and meta["system"]["source_code"] is None
 
 
-def test_package_of_evaluation_audio_of_any_length(run_dir, tmp_path):
-    """Evaluation clips of other lengths go through the checkpoint the run tested (sed.infer.Detector)."""
-    audio_dir = tmp_path / "eval"
-    audio_dir.mkdir()
-    cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    test_audio = Path(cfg["data"]["root"]) / "audio" / "test"
-    clips = sorted(test_audio.glob("*.wav"))[:2]
-    a, rate = sf.read(clips[0])
-    b, _ = sf.read(clips[1])
-    sf.write(audio_dir / "long.wav", list(a) + list(b) + list(a[: rate // 2]), rate)  # 4.5 s
-    sf.write(audio_dir / "short.wav", a[: rate], rate)  # 1 s
-    out = tmp_path / "submission"
-    path = build_submission(run_dir, out, eval_audio=audio_dir, label=LABEL, archive="tar.gz")
-    scores, events, meta = _read_package(out)
-    assert set(scores) == {"long", "short"}
-    assert scores["long"]["offset"].iloc[-1] == pytest.approx(4.5)
-    assert scores["short"]["offset"].iloc[-1] == pytest.approx(1.0)
-    assert set(events["filename"]) <= {"long.wav", "short.wav"}
-    # the development results stay those of the run's test set
-    metrics = json.loads((run_dir / "test" / "teacher" / "metrics.json").read_text())
-    assert meta["results"]["development_dataset"]["psds1"] == pytest.approx(metrics["psds1"], abs=1e-6)
-    with tarfile.open(path) as archive:
-        assert f"{LABEL}/{LABEL}.output_scores/long.tsv" in archive.getnames()
-    # a bad evaluation file is an error naming it, and the earlier package stays as it was
-    (audio_dir / "broken.wav").write_bytes(b"not audio")
-    before = sorted(p.name for p in (out / LABEL / f"{LABEL}.output_scores").iterdir())
+def test_dev_test_package_is_not_submittable_and_says_what_is_left(runs, tmp_path, caplog):
+    """Without --report and --info: a package all the same, and the check lists what the user still has to do."""
+    out = tmp_path / "sub"
+    built = build_package([(LABEL, runs[:1])], out, dev_test=True, year=2023)
+    errors = [f"{f.where}: {f.message}" for f in built.findings if f.level == "error"]
+    meta_file = f"task4/{LABEL}/{LABEL}.meta.yaml"
+    assert f"{meta_file}: not_submittable: outputs of the development test set (--dev-test), not of the evaluation " \
+           "set: not for submission" in errors
+    assert f"{meta_file}: submission.name: still TODO, fill it in" in errors
+    assert f"{meta_file}: system.source_code: still TODO, fill it in" in errors
+    assert "task4/: no technical report (a .pdf beside the system folders)" in errors
+    assert any(e.startswith(f"task4/{LABEL}: no {LABEL}_run2.output/") for e in errors)
+    assert "NOT SUBMITTABLE" in caplog.text
+    # the runs' own dev-test scores, as the run wrote them
+    from sed_scores_eval.base_modules.io import read_sed_scores
+
+    for folder, source in ((f"{LABEL}_run1.output", "scores_postprocessed"), (f"{LABEL}_run1_unprocessed.output", "scores_raw")):
+        packaged = read_sed_scores(str(out / "task4" / LABEL / folder))
+        reference = read_sed_scores(str(runs[0] / "test" / "teacher" / source))
+        assert packaged.keys() == reference.keys() and len(packaged) == 8
+        for key in packaged:
+            pd.testing.assert_frame_equal(packaged[key], reference[key])
+
+
+@pytest.mark.parametrize("label, message", [("Doe", "four parts"), ("Doe_UNI_task4_5", "1 to 4"),
+                                            ("Doe_UNI_task1_1", "third part")])
+def test_labels_are_validated(runs, tmp_path, label, message):
+    code, text = _run(str(runs[0]), "--label", label, "--dev-test", "-o", str(tmp_path / "out"))
+    assert code == 2 and message in text and not (tmp_path / "out").exists()
+
+
+def test_evaluation_set_by_default(runs, tmp_path):
+    code, text = _run(str(runs[0]), "--label", LABEL, "-o", str(tmp_path / "out"))
+    assert code == 2 and "give --eval-audio DIR" in text and "--dev-test" in text
+
+
+def test_systems_of_one_participant_up_to_four(runs, tmp_path):
+    five = [(f"Doe_UNI_task4_{i}", runs[:1]) for i in range(1, 5)] + [("Doe_UNI_task4a_1", runs[:1])]
+    with pytest.raises(SubmissionError, match="at most 4"):
+        build_package(five, tmp_path / "out", dev_test=True)
+    with pytest.raises(SubmissionError, match="several participants"):
+        build_package([(LABEL, runs[:1]), ("Roe_LAB_task4_2", runs[:1])], tmp_path / "out", dev_test=True)
+
+
+def test_a_bad_evaluation_file_fails_naming_it_and_leaves_the_package(runs, tmp_path):
+    audio = tmp_path / "eval"
+    audio.mkdir()
+    sf.write(audio / "long.wav", np.zeros(16000 * 3, np.float32), 16000)  # any length
+    out = tmp_path / "sub"
+    build_package([(LABEL, runs[:1])], out, eval_audio=audio)
+    before = sorted(p.name for p in (out / "task4" / LABEL / f"{LABEL}_run1.output").iterdir())
+    assert before == ["long.tsv"]
+    (audio / "broken.wav").write_bytes(b"not audio")
     with pytest.raises(SubmissionError, match="broken.wav"):
-        build_submission(run_dir, out, eval_audio=audio_dir, label=LABEL)
-    assert sorted(p.name for p in (out / LABEL / f"{LABEL}.output_scores").iterdir()) == before
+        build_package([(LABEL, runs[:1])], out, eval_audio=audio)
+    assert sorted(p.name for p in (out / "task4" / LABEL / f"{LABEL}_run1.output").iterdir()) == before
 
 
-def test_refuses_an_output_folder_that_is_not_ours(run_dir, tmp_path):
+def test_refuses_an_output_folder_that_is_not_ours(runs, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    proc = _submit(str(run_dir), "-o", str(foreign))
-    assert proc.returncode == 2 and "not written by sed.submit" in proc.stderr
+    code, text = _run(str(runs[0]), "--label", LABEL, "--dev-test", "-o", str(foreign))
+    assert code == 2 and "not written by sed.submit" in text
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
-    # its own earlier output is replaced as a whole (default label, zip)
-    out = tmp_path / "sub"
+    out = tmp_path / "sub"  # its own earlier output is replaced as a whole
     for _ in range(2):
-        assert _submit(str(run_dir), "-o", str(out)).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "Lastname_INST_task4_1", "Lastname_INST_task4_1.zip"])
+        assert _run(str(runs[0]), "--label", LABEL, "--dev-test", "-o", str(out))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "Doe_UNI_task4.zip", "task4"])
 
 
 def test_refuses_a_run_without_test_results(tiny_dataset, tmp_path):
-    proc = _submit(str(tmp_path), "-o", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "test/teacher/metrics.json: not found" in proc.stderr
+    code, text = _run(str(tmp_path), "--label", LABEL, "--dev-test", "-o", str(tmp_path / "out"))
+    assert code == 2 and "test/teacher/metrics.json: not found" in text
     assert not (tmp_path / "out").exists()
 
 
@@ -144,14 +189,14 @@ def test_metadata_states_the_rate_auto_resolved_to(tmp_path):
     import torch
     from omegaconf import OmegaConf
 
-    from sed.dcase.submit import _input_rate
+    from sed.dcase.metadata import input_rate
 
     ckpt = tmp_path / "best.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"classes": ["a"], "config": {
         "features": {"input_sample_rate": 44100}}}}, ckpt)
     cfg = OmegaConf.create({"features": {"input_sample_rate": "auto"}, "data": {"sample_rate": 16000}})
-    assert _input_rate(cfg, {"complexity": {"checkpoint": str(ckpt)}}) == 44100.0
+    assert input_rate(cfg, {"checkpoint": str(ckpt)}) == 44100.0
     fixed = OmegaConf.create({"features": {"input_sample_rate": 22050}, "data": {"sample_rate": 16000}})
-    assert _input_rate(fixed, {}) == 22050.0
+    assert input_rate(fixed, {}) == 22050.0
     loader = OmegaConf.create({"features": {"input_sample_rate": None}, "data": {"sample_rate": 16000}})
-    assert _input_rate(loader, {}) == 16000.0
+    assert input_rate(loader, {}) == 16000.0
