@@ -26,8 +26,8 @@ DCASE's unit is **10 s of audio** whatever the training clip length, counted **a
 figures, e.g. the baseline CRNN's 930.902 M MACs): the network alone by THOP's rules
 (:mod:`sed.dcase.thop_macs`: BatchNorm, pooling, the GRU's biases and gate products and softmax counted, the
 front-end left out). The ``per_10s`` sub-block holds, for the windows ``sed.infer`` cuts 10 s of audio into (one
-window for 10-s training clips; about nine half-overlapping windows for 2-s clips), ``macs_thop`` (THOP rules, the
-figure for the metadata) and ``macs`` (FlopCounterMode, front-end and scaler included).
+window for 10-s training clips; ten half-overlapping windows for 2-s clips at DESED's frame rate), ``macs_thop``
+(THOP rules, the figure for the metadata) and ``macs`` (FlopCounterMode, front-end and scaler included).
 """
 
 from __future__ import annotations
