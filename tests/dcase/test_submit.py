@@ -200,3 +200,18 @@ def test_metadata_states_the_rate_auto_resolved_to(tmp_path):
     assert input_rate(fixed, {}) == 22050.0
     loader = OmegaConf.create({"features": {"input_sample_rate": None}, "data": {"sample_rate": 16000}})
     assert input_rate(loader, {}) == 16000.0
+
+
+def test_a_run_from_before_the_10_s_count_gets_it_from_its_checkpoint(runs, tmp_path):
+    """Runs written before per_10s existed: the MACs for 10 s are counted from the tested checkpoint."""
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(runs[0], old)
+    metrics_path = old / "test" / "teacher" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    expected = metrics["complexity"].pop("per_10s")
+    metrics_path.write_text(json.dumps(metrics))
+    build_package([(LABEL, [old])], tmp_path / "sub", dev_test=True)
+    meta = yaml.safe_load((tmp_path / "sub" / "task4" / LABEL / f"{LABEL}.meta.yaml").read_text())
+    assert meta["system"]["complexity"]["macs"] == expected["macs_thop"] > 0
