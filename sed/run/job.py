@@ -22,7 +22,7 @@ from sed.run.checkpointing import (
     check_resumable,
     read_checkpoint,
 )
-from sed.complexity import ComplexityReport, n_parameters
+from sed.dcase.complexity import ComplexityReport, n_parameters
 from sed.run.config import check_known_keys
 from sed.run.console import ShortEpochLogInterval, quiet_console
 from sed.data.datamodule import SEDDataModule
@@ -229,7 +229,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if results and (run_dir / "postprocessing.json").is_file():
         lines.append(f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
                      f"{run_dir / 'postprocessing.json'}")
-    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.complexity)
+    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.dcase.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
