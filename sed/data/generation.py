@@ -39,14 +39,18 @@ def _advice(err: Exception, dataset: Dataset) -> str:
 def generate(dataset: Dataset, seed: int, clip_duration: float, sample_rate: int,
              sizes: Optional[Mapping[str, int]] = None) -> None:
     """Generate ``dataset`` into its root as its ``generate`` says (nothing when it says nothing); ``sizes``: the
-    clips' default sizes (``data.generate_sizes``), a dataset's own ``generate_sizes`` come first."""
-    from sed.synth import GenerationRefused, generate_dataset, generate_recordings
+    clips' default sizes (``data.generate_sizes``, splits strong/weak/...), a dataset's own ``generate_sizes`` come
+    first. The recordings have other splits (train/validation/test): only their own sizes apply to them."""
+    import sed.synth
+    from sed.synth import GenerationRefused
 
-    sizes = dict(dataset.generate_sizes) or (dict(sizes) if sizes else None)
+    own = dict(dataset.generate_sizes) or None
     try:
         if dataset.generate == "clips":
-            generate_dataset(dataset.root, seed=seed, clip_duration=clip_duration, sample_rate=sample_rate, sizes=sizes)
+            sizes = own or (dict(sizes) if sizes else None)
+            sed.synth.generate_dataset(dataset.root, seed=seed, clip_duration=clip_duration, sample_rate=sample_rate,
+                                       sizes=sizes)
         elif dataset.generate == "recordings":
-            generate_recordings(dataset.root, seed=seed, sample_rate=sample_rate, sizes=sizes)
+            sed.synth.generate_recordings(dataset.root, seed=seed, sample_rate=sample_rate, sizes=own)
     except GenerationRefused as err:
         raise ValueError(_advice(err, dataset)) from None
