@@ -17,7 +17,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from sed.data.checks import check_sets
-from sed.data.datasets import SEDDataset, collate
+from sed.data.datasets import SeededConcatDataset, SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.generation import generate
 from sed.data.sampler import MixedBatchSampler
@@ -163,7 +163,8 @@ class SEDDataModule(pl.LightningDataModule):
         self.eval_datasets: dict[str, SEDDataset] = {}
         self.ground_truth: dict[str, pd.DataFrame] = {}
         self.durations: dict[str, dict[str, float]] = {}
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) of an interrupted epoch
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batch) a resumed run trains next
+        self._train_sampler: Optional[MixedBatchSampler] = None
         self._validate_at_test = False
         self._classes_described = False
 
@@ -430,21 +431,30 @@ class SEDDataModule(pl.LightningDataModule):
             num_replicas=world_size,
             rank=rank,
             names=names,
+            item_seeds=True,
         )
         if self._resume is not None:
-            sampler.resume_at(*self._resume)
+            # Set here, before Lightning creates the epoch's iterator (a resumed epoch gets no set_epoch call
+            # before that, and loader workers fetch their first batches as soon as it exists).
+            epoch, batch = self._resume
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, batch)
             self._resume = None
-        return self._loader(ConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler)
+        self._train_sampler = sampler
+        return self._loader(SeededConcatDataset([self.train_sets[n] for n in names]), batch_sampler=sampler)
 
     # ------------------------------------------------------------------ resuming mid-epoch
     def state_dict(self) -> dict[str, int]:
-        """Saved in every checkpoint: how far the current training epoch got, so that a run resumed from a
-        checkpoint written mid-epoch trains on the remaining batches only (no batch twice, none skipped)."""
-        if self.trainer is None:
+        """Saved in every checkpoint: the next training batch, as ``epoch`` (whose order the sampler draws) and
+        ``batches_done`` (of that epoch), so that a resumed run trains on exactly the batches the uninterrupted run
+        would have trained on next (no batch twice, none skipped), in any epoch."""
+        if self.trainer is None or self._train_sampler is None:
             return {}
-        loop = self.trainer.fit_loop
-        return {"epoch": int(loop.epoch_progress.current.processed),
-                "batches_done": int(loop.epoch_loop.batch_progress.current.processed)}
+        epoch = self._train_sampler.epoch  # Lightning's epoch counters differ between the hooks that save
+        done = int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if done >= self.trainer.num_training_batches:  # the epoch was trained to its end
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:

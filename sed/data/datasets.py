@@ -8,6 +8,7 @@ are real (strong loss on strong rows only, weak loss on weak rows only).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import ConcatDataset, Dataset, get_worker_info
 
 from sed.data.audio import (
     CHANNEL_MODES,
@@ -55,7 +56,9 @@ class SEDDataset(Dataset):
             evaluation crops from 0. Shorter files are zero-padded at the end.
         channel: ``"mean"`` or ``"random"`` channel for multi-channel files.
         seed: seed of the crop/channel randomness in the main process; in DataLoader workers
-            the worker seed (derived from the global seed) is combined with it.
+            the worker seed (derived from the global seed) is combined with it. An item asked for as
+            ``dataset[(index, item_seed)]`` draws from ``item_seed`` alone instead (training:
+            :class:`sed.data.sampler.MixedBatchSampler` with ``item_seeds``).
         cache_dir: when set, each file is decoded and resampled once and stored as ``.npy``
             (read back memory-mapped, so only the crop is touched).
         check_readable: also open every file's header at construction (slower, but a broken
@@ -371,9 +374,12 @@ class SEDDataset(Dataset):
     def __len__(self) -> int:
         return len(self._files)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple):  # (index, the item's own seed): draws independent of the loading history
+            index, gen = int(key[0]), torch.Generator().manual_seed(int(key[1]))
+        else:
+            index, gen = key, self._rng()
         name = self.filenames[self._files[index]]
-        gen = self._rng()
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
         if self.whole_clip:
             audio, length = self._load_whole(self.audio_dir / name, gen)
@@ -428,6 +434,19 @@ def window_starts(length: float, window: float, hop: float) -> list[float]:
     if starts[-1] + window < length - 1e-9:
         starts.append(round(n_whole * hop, 9))
     return starts
+
+
+class SeededConcatDataset(ConcatDataset):
+    """Datasets end to end, as ``ConcatDataset``, whose items are asked for as ``(index, item_seed)`` (global index,
+    the seed of the item's random draws): what :class:`sed.data.sampler.MixedBatchSampler` yields with
+    ``item_seeds``."""
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        i = bisect.bisect_right(self.cumulative_sizes, index)
+        return self.datasets[i][(index - (self.cumulative_sizes[i - 1] if i else 0), seed)]
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -33,6 +33,11 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     :meth:`resume_at` makes the next pass over one epoch start after the batches a run interrupted
     mid-epoch had already trained on, so the resumed epoch sees exactly the remaining batches.
+
+    With ``item_seeds``, every index comes as ``(index, seed)``: a seed for that item's random draws (crop,
+    channel) derived from ``seed``, the epoch and the item's place in it, so the draws do not depend on which
+    loader worker loads the item or on what was loaded before (a resumed run draws what the uninterrupted one
+    drew). :class:`sed.data.datasets.SeededConcatDataset` takes such indices.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         names: Sequence[str] | None = None,
+        item_seeds: bool = False,
     ) -> None:
         self.subset_sizes = [int(s) for s in subset_sizes]
         self.batch_sizes = [int(b) for b in batch_sizes]
@@ -62,6 +68,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        self.item_seeds = bool(item_seeds)
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
         self.offsets = np.concatenate([[0], np.cumsum(self.subset_sizes)[:-1]]).astype(np.int64)
@@ -97,6 +104,12 @@ class MixedBatchSampler(Sampler[list[int]]):
         ends = np.cumsum(self.batch_sizes)
         return [slice(int(e - b), int(e)) for e, b in zip(ends, self.batch_sizes)]
 
+    @property
+    def sampler(self) -> MixedBatchSampler:
+        """This sampler: Lightning calls ``set_epoch`` at the start of every training epoch on a loader's
+        ``batch_sampler.sampler`` (as on torch's ``BatchSampler``), never on the batch sampler itself."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of ``epoch`` (deterministic: seeded by ``seed + epoch``)."""
         self.epoch = int(epoch)
@@ -122,7 +135,7 @@ class MixedBatchSampler(Sampler[list[int]]):
             total += n
         return np.concatenate(chunks)[:needed]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         streams = [
             self._subset_stream(i, self.n_batches * b) + self.offsets[i] if b > 0 else None
             for i, b in enumerate(self.batch_sizes)
@@ -135,4 +148,8 @@ class MixedBatchSampler(Sampler[list[int]]):
             for s, b in zip(streams, self.batch_sizes):
                 if b > 0:
                     batch.extend(int(x) for x in s[k * b : (k + 1) * b])
-            yield batch
+            if self.item_seeds:  # one seed per row of batch k of this epoch, on this rank
+                seeds = np.random.SeedSequence([self.seed % 2**63, self.epoch, k, self.rank]).generate_state(len(batch))
+                yield list(zip(batch, (int(x) for x in seeds)))
+            else:
+                yield batch

@@ -224,6 +224,69 @@ def test_input_sample_rate_auto_is_the_files_common_rate(tmp_path, caplog):
     assert dm.resolve_input_sample_rate(16000, 16000) is None  # the model's own rate: no resampling layer
 
 
+class _Recorder:
+    """What a training run fed its steps: per step, the clips and a fingerprint of their audio (the random crops)."""
+
+    @staticmethod
+    def module(steps: list):
+        import pytorch_lightning as pl
+
+        class Recording(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(1))
+
+            def training_step(self, batch, batch_idx):
+                steps.append((self.current_epoch, list(batch["filename"]), batch["audio"].sum(-1).tolist()))
+                return (self.w * batch["audio"].mean()).sum() + self.w ** 2
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        return Recording()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_epoch_trains_its_own_order_and_a_resumed_epoch_its_remaining_batches(tiny_dataset, tmp_path,
+                                                                                     num_workers):
+    """A run resumed from a checkpoint written mid-epoch (epoch 1 here, not only epoch 0) trains exactly the batches
+    the uninterrupted run trained after that point: the same clips, in the same order, with the same random crops
+    (2-s files, 1-s clips), whatever the number of loader workers. Lightning's Trainer drives the loaders, as in
+    train.py (it calls set_epoch on a batch sampler's ``sampler`` only, and creates an epoch's iterator before or
+    after that depending on how the epoch starts)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+
+    class SaveAt(Callback):
+        def __init__(self, steps: list[int]):
+            self.steps = steps
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step in self.steps:
+                trainer.save_checkpoint(tmp_path / f"step{trainer.global_step}.ckpt")
+
+    def fit(steps: list, callbacks=(), ckpt_path=None):
+        dm = SEDDataModule(root=str(tiny_dataset), clip_duration=1.0, batch_sizes=[4, 2, 4], num_workers=num_workers,
+                           epoch_length=4, seed=5)
+        dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
+        trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             callbacks=list(callbacks))
+        trainer.fit(_Recorder.module(steps), datamodule=dm, ckpt_path=ckpt_path)
+
+    reference: list = []
+    # 4 batches per epoch: mid-epoch 1, the last batch of epoch 0 (its end), mid-epoch 2
+    saved = [6, 4, 9]
+    fit(reference, [SaveAt(saved)])
+    assert len(reference) == 12
+    orders = [[files for epoch, files, _ in reference if epoch == e] for e in range(3)]
+    assert orders[0] != orders[1] != orders[2] != orders[0], "every epoch draws its own order"
+    for step in saved:
+        resumed: list = []
+        fit(resumed, ckpt_path=tmp_path / f"step{step}.ckpt")
+        assert resumed == reference[step:], f"resumed after step {step}"
+
+
 # ------------------------------------------------------------------ several datasets
 from sed.synth import DEFAULT_CLASSES, RECORDING_CLASSES  # noqa: E402
 

@@ -133,3 +133,19 @@ def test_resume_at_skips_the_batches_already_trained_in_that_epoch_only():
     other.resume_at(3, 2)
     other.set_epoch(4)  # a different epoch is not cut
     assert len(list(other)) == len(other)
+
+
+def test_item_seeds_follow_the_epoch_and_the_place_not_the_pass():
+    """With item_seeds every index comes with the seed of its random crop: the same batches as without, and seeds
+    that depend on the epoch and the item's place in it only (a resumed pass gets the seeds of those places)."""
+    plain = MixedBatchSampler(SIZES, BATCH, seed=2)
+    seeded = MixedBatchSampler(SIZES, BATCH, seed=2, item_seeds=True)
+    batches = list(seeded)
+    assert [[i for i, _ in b] for b in batches] == list(plain)
+    seeds = [s for b in batches for _, s in b]
+    assert len(set(seeds)) == len(seeds)
+    seeded.resume_at(0, 3)
+    assert list(seeded) == batches[3:]
+    seeded.set_epoch(1)
+    assert not {s for b in seeded for _, s in b} & set(seeds)
+    assert seeded.sampler is seeded  # what Lightning calls set_epoch on every epoch (batch_sampler.sampler)
