@@ -67,8 +67,10 @@ class ResumeCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` the latest state of the run.
 
     Written at the end of every epoch (after validation and after the best-checkpoint callback, which
-    Lightning runs before this one), every ``every_n_train_steps`` optimiser steps when set, and when a
-    SIGTERM/SIGINT arrives: training then stops after the current step, and the process exits non-zero.
+    Lightning runs before this one), every ``every_n_train_steps`` optimiser steps when set (except at an
+    epoch's last step: the end-of-epoch save follows its validation), and when a SIGTERM/SIGINT arrives:
+    training then stops after the current step (in an epoch's last step: after the epoch's validation), and
+    the process exits non-zero.
     A second Ctrl-C aborts at once. A checkpoint written mid-epoch resumes exactly where it stopped (the
     data module records how many batches of the epoch were trained on).
     """
@@ -90,6 +92,11 @@ class ResumeCheckpoint(Checkpoint):
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # The epoch's end: its validation comes first, then on_validation_end / on_train_epoch_end save (and
+            # stop). Lightning resumes a checkpoint of an epoch's last step in the next epoch, so one written here
+            # would skip the validation of this epoch and the best-checkpoint choice made by it.
+            return
         if self._stop_requested(trainer):
             self._stop(trainer)
         every = self.every_n_train_steps
