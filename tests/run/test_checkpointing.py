@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from sed.checkpointing import ResumeCheckpoint, RunStopped
+from sed.run.checkpointing import ResumeCheckpoint, RunStopped
 
 BATCHES = 6  # per epoch
 EVERY = 3  # step-interval saves: steps 3 and 6 of every epoch, 6 being its last batch
