@@ -131,11 +131,11 @@ LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps
 
 @pytest.fixture(scope="session")
 def long_augmented_run(tiny_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted, tested 2-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
+    """An uninterrupted, tested 3-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
     reference of tests/reliability's resume tests and the end-to-end run of tests/training/test_augment.py. Never
     write into it (new run directories beside it are fine)."""
     def make(exp: Path) -> str:
-        run_train([*tiny_overrides(tiny_dataset, exp, epochs=2), *LONG_EPOCHS])
+        run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), *LONG_EPOCHS])
         (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
         return str(run_dir)
 
