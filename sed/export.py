@@ -127,6 +127,8 @@ def load_module(path: PathLike):
     except Exception as err:  # noqa: BLE001 - a config or state dict that does not build this project's model
         reason = " ".join(str(err).split())[:500]
         raise CheckpointError(f"ckpt_path={path}: cannot rebuild the model from it ({reason})") from None
+    # What SEDModule.on_load_checkpoint restores (without its random states): the network validation preferred.
+    module.preferred_model = checkpoint.get("preferred_model", module.preferred_model)
     info = {k: int(checkpoint[k]) for k in ("epoch", "global_step") if k in checkpoint}
     return module.eval(), info
 

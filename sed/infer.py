@@ -214,7 +214,7 @@ class Detector:
     def from_checkpoint(
         cls,
         path: PathLike,
-        model: str = "teacher",
+        model: Optional[str] = None,
         device: Optional[str] = None,
         hop: Optional[float] = None,
         batch_size: int = 8,
@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="post-processing tuned on validation (<run>/postprocessing.json); default: the file "
                         "train.py saved beside the checkpoint, if any; 'none' for the model's evaluation settings")
     parser.add_argument("--model", choices=MODELS, default=None,
-                        help="network of a checkpoint (default: teacher); an exported model holds one")
+                        help="network of a checkpoint (default: the one validation preferred, recorded in the "
+                        "checkpoint); an exported model holds one")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N (default: cuda when available; the CPU for an exported model)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")

@@ -275,3 +275,28 @@ def test_metadata_round_trip():
     assert DetectorMetadata.from_properties(meta.to_properties(), "m.onnx") == meta
     assert DetectorMetadata.from_json(meta.to_json(), "m.pt") == meta
     assert meta.frame_duration == 1024 / 22050 and meta.median_filter == [3, 5]
+
+
+def test_export_and_infer_deploy_the_network_validation_preferred(checkpoint, tiny_dataset, tmp_path, capsys):
+    """A checkpoint whose validation preferred the other network than the teacher: sed.export exports that one by
+    default, as sed.infer infers with it, so both give the same events (the export used to take the teacher)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    other = "teacher" if state.get("preferred_model") == "student" else "student"
+    state["preferred_model"] = other
+    path = tmp_path / "preferred.ckpt"
+    torch.save(state, path)
+    assert load_module(path)[0].preferred_model == other
+    exported = tmp_path / "model.pt"
+    assert export_main([str(path), "-o", str(exported), "-q"]) == 0
+    assert ExportedModel.load(exported).metadata.model == other
+    audio = str(tiny_dataset / "audio" / "test")
+    assert infer_main([str(path), audio, "-o", str(tmp_path / "ckpt.tsv"), "--device", "cpu", "-q"]) == 0
+    assert infer_main(["--torchscript", str(exported), audio, "-o", str(tmp_path / "ts.tsv"), "-q"]) == 0
+    assert (tmp_path / "ts.tsv").read_text() == (tmp_path / "ckpt.tsv").read_text()
+    from sed.infer import Detector
+
+    assert Detector.from_checkpoint(path, device="cpu").metadata.model == other  # the Python API's default too
+    with pytest.raises(SystemExit):
+        infer_main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "default: teacher" not in shown and "default: the one validation preferred" in shown
