@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 from sed.data.audio import NONFINITE_POLICIES, AudioError, read_raw, resample
-from sed.data.inputs import collect_inputs
+from sed.data.inputs import check_outputs, collect_inputs
 from sed.data.tsv import STRONG_COLUMNS, AnnotationError, write_strong
 from sed.evaluation.postprocess import (
     audio_id,
@@ -425,12 +425,14 @@ class Detector:
         :attr:`RunResult.failed`; the outputs hold the other files. When no file could be processed,
         nothing is written. ``scores_dir`` is replaced as a whole at the end, so it never mixes two runs'
         clips; a folder holding files sed did not write is refused before any work
-        (:class:`sed.evaluation.outputs.ScoresDirWriter`).
+        (:class:`sed.evaluation.outputs.ScoresDirWriter`), as are outputs that would replace one of ``files`` or
+        an audio file (:func:`sed.data.inputs.check_outputs`).
         """
         from sed.evaluation.outputs import ScoresDirWriter
 
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        check_outputs([], files, output, scores_dir)  # an output replacing a recording or an audio file: refused
         threshold = self.threshold if threshold is None else threshold
         writer = ScoresDirWriter(scores_dir) if scores_dir is not None else None
         try:
@@ -524,6 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source, inputs = args.paths[0], args.paths[1:]
     try:
         files = collect_inputs(inputs, args.audio_dir)
+        check_outputs(inputs, files, args.output, args.scores_dir)  # before any work: never replace an input
         pp = False if (args.postprocessing or "").lower() == "none" else args.postprocessing
         if exported:
             detector = Detector.from_exported(

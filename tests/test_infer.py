@@ -267,6 +267,37 @@ def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "3.tsv").exists()
 
 
+def test_cli_refuses_outputs_that_would_replace_inputs_or_audio(checkpoint, tmp_path, capsys):
+    """`-o x.wav` with x.wav an input replaced the recording with the detections TSV (exit 0). An output that is one
+    of the inputs (an audio file, a file of an input folder, a TSV input), an existing audio file, a --scores-dir
+    holding inputs (it is replaced whole), or an -o inside --scores-dir is refused before any work, naming it, and
+    nothing is touched."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(clips / name, 0.1 * np.ones(RATE, dtype=np.float32), RATE)
+    listing = tmp_path / "list.tsv"
+    listing.write_text("filename\na.wav\n")
+    other_audio = tmp_path / "other.flac"
+    sf.write(other_audio, np.zeros(RATE, dtype=np.float32), RATE)
+    before = {p: p.read_bytes() for p in [clips / "a.wav", clips / "b.wav", listing, other_audio]}
+    cases = {
+        (str(clips / "a.wav"), "-o", str(clips / "a.wav")): "is one of the inputs",
+        (str(clips), "-o", str(clips / "b.wav")): "is one of the inputs",
+        (str(listing), "--audio-dir", str(clips), "-o", str(listing)): "is one of the inputs",
+        (str(clips / "a.wav"), "-o", str(other_audio)): "is an existing audio file",
+        (str(clips), "-o", str(tmp_path / "e.tsv"), "--scores-dir", str(clips)): "holds input",
+        (str(clips / "a.wav"), "-o", str(tmp_path / "e.tsv"), "--scores-dir", str(tmp_path)): "holds input",
+        (str(clips / "a.wav"), "-o", str(tmp_path / "s" / "e.tsv"), "--scores-dir", str(tmp_path / "s")): "inside",
+    }
+    for args, reason in cases.items():
+        assert main([str(checkpoint), *args, "--device", "cpu", "-q"]) == 2, args
+        err = capsys.readouterr().err
+        assert reason in err and err.count("\n") == 1, (args, err)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "e.tsv").exists() and not (tmp_path / "s").exists()
+
+
 def test_cli_reports_every_bad_file_and_keeps_the_good_ones(checkpoint, tmp_path, capsys):
     """One unreadable, one NaN and one empty file among good ones: the good files are processed and written, each
     bad file gets one line naming it and why, and the exit status is 1. --nonfinite zero reads the NaN file as

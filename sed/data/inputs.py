@@ -60,3 +60,43 @@ def collect_inputs(inputs: Iterable[PathLike], audio_dir: Optional[PathLike] = N
             raise ValueError(f"two inputs share the filename {name!r}: {seen[name]} and {path}")
         seen[name] = path
     return list(seen.items())
+
+
+def _is_audio(path: Path) -> bool:
+    """Whether ``path`` is a file soundfile reads as audio (by its header, whatever its name)."""
+    import soundfile as sf
+
+    try:
+        sf.info(os.fspath(path))
+    except Exception:  # noqa: BLE001 - not audio, or unreadable: either way not a recording to protect
+        return False
+    return True
+
+
+def check_outputs(
+    inputs: Iterable[PathLike],
+    files: Iterable[tuple[str, Path]],
+    output: Optional[PathLike] = None,
+    scores_dir: Optional[PathLike] = None,
+) -> None:
+    """Refuse outputs that would replace what was given to read: an ``output`` file that is one of the ``inputs``
+    (as named, or one of the recordings ``files`` collected from them) or an existing audio file; a ``scores_dir``
+    (replaced whole when written) that is or holds an input; an ``output`` inside ``scores_dir``. Raises
+    ``ValueError`` naming the option and the path."""
+    given = [Path(p).resolve() for p in inputs]
+    recordings = [path.resolve() for _, path in files]
+    if output is not None:
+        out = Path(output).resolve()
+        if out in given or out in recordings:
+            raise ValueError(f"-o {output} is one of the inputs: writing the detections there would replace it")
+        if out.is_file() and _is_audio(out):
+            raise ValueError(f"-o {output} is an existing audio file: give the event TSV to write (e.g. detections.tsv)")
+    if scores_dir is not None:
+        folder = Path(scores_dir).resolve()
+        held = next((p for p in [*given, *recordings] if p == folder or folder in p.parents), None)
+        if held is not None:
+            raise ValueError(f"--scores-dir {scores_dir} holds input {held}: it is replaced as a whole when written; "
+                             "give a new folder")
+        if output is not None and folder in Path(output).resolve().parents:
+            raise ValueError(f"-o {output} is inside --scores-dir {scores_dir}, which is replaced as a whole when "
+                             "written: write the event TSV elsewhere")
