@@ -5,7 +5,8 @@
 - ``last.ckpt`` is rewritten at the end of every epoch (Lightning's own ``save_last`` only follows top-k saves,
   so it goes stale once the monitored metric stops improving) and, optionally, every N optimiser steps.
 - SIGTERM and SIGINT (what SLURM, Kubernetes and Ctrl-C send) stop training after the current step with a fresh
-  ``last.ckpt``; the process then exits with ``128 + signal``.
+  ``last.ckpt``, and anything else (setup, validation before training, testing) at once (:func:`stop_on_signal`);
+  the process then exits with ``128 + signal``.
 - :func:`read_checkpoint` opens a checkpoint with one-line errors naming the path.
 """
 
@@ -15,6 +16,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,7 +63,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunStopped(SystemExit):
-    """Training stopped on a signal after writing a resumable ``last.ckpt``; exit status ``128 + signal``."""
+    """A signal stopped the run; exit status ``128 + signal``. ``stage``: what it stopped, as Lightning names it
+    (``"train"``, ``"sanity_check"``, ``"validate"``, ``"test"``), or ``"setup"`` before any of them;
+    ``checkpoint``: the resumable checkpoint written as training stopped (:class:`ResumeCheckpoint`), if any."""
+
+    def __init__(self, code: int, stage: str = "train", checkpoint: Optional[str] = None) -> None:
+        super().__init__(code)
+        self.stage = stage
+        self.checkpoint = checkpoint
+
+
+@contextmanager
+def stop_on_signal(stage: Callable[[], Optional[str]]) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT raise :class:`RunStopped` (``128 + signal``, the stage ``stage()``
+    names, ``"setup"`` when None) at once; a second Ctrl-C then aborts as Python does.
+
+    For everything but the training steps, where :class:`ResumeCheckpoint` (whose handler replaces this one from
+    the start of training to its end) stops after the current step with a checkpoint instead. Lightning's own
+    handling would end a test or a validation stopped by SIGTERM with exit status 0, and one stopped by Ctrl-C
+    with 1: a scheduler would record a stopped run as a success or a failure. Lightning's SIGTERM handler, which
+    it installs for every stage, calls this one after its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts while this one unwinds
+        raise RunStopped(128 + signum, stage() or "setup")
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 class ResumeCheckpoint(Checkpoint):
@@ -154,7 +190,7 @@ class ResumeCheckpoint(Checkpoint):
             signal.Signals(signum).name, trainer.current_epoch, trainer.global_step, self.path,
             f"\nResume with: {self.resume_hint} ckpt_path={self.path}" if self.resume_hint else "",
         )
-        raise RunStopped(128 + signum)
+        raise RunStopped(128 + signum, "train", checkpoint=str(self.path))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ from sed.run.checkpointing import (
     RunStopped,
     check_resumable,
     read_checkpoint,
+    stop_on_signal,
 )
 from sed.dcase.complexity import ComplexityReport, n_parameters
 from sed.run.config import check_known_keys
@@ -29,7 +31,7 @@ from sed.data.datamodule import SEDDataModule
 from sed.evaluation.tune_at_test import validation_needed_at_test
 from sed.run.instantiators import build_callbacks, build_loggers
 from sed.training.module import SEDModule
-from sed.run.rundir import lock_run_dir, write_status
+from sed.run.rundir import lock_run_dir, release_run_dir, write_status
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,9 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
     """Train and/or test as ``cfg`` says; outputs go to ``run_dir``. Returns the test metrics per model.
 
     ``resume_hint`` is the command that reproduces this run (logged with the checkpoint path on a graceful stop).
+    A signal stops the run as :class:`RunStopped` (exit status ``128 + signal``), with ``status.json`` ``stopped``
+    at the stage it stopped and the command that carries on (resume the training, or test the tested checkpoint
+    again); the run directory's lock is released however the run ends.
     """
     run_dir = Path(run_dir)
     check_known_keys(cfg)
@@ -118,19 +123,24 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
     if cfg.train and cfg.ckpt_path and Path(cfg.ckpt_path).resolve().parent.parent != run_dir.resolve():
         log.info("Resuming from %s in a new run directory %s (the checkpoint's run is finished, or not a run "
                  "directory; its files are left as they are)", cfg.ckpt_path, run_dir)
+    progress = _Progress()
     try:
-        results, outcome = _run(cfg, run_dir, resume_hint, main_process)
-    except RunStopped:
+        with stop_on_signal(progress.stage):
+            results, outcome = _run(cfg, run_dir, resume_hint, main_process, progress)
         if main_process:
-            write_status(run_dir, "stopped", last_checkpoint=str(run_dir / "checkpoints" / "last.ckpt"))
+            headline = {name: {k: v for k, v in metrics.items() if k in HEADLINE} for name, metrics in results.items()}
+            write_status(run_dir, "finished", test=headline or None, **outcome)
+    except RunStopped as stop:
+        if main_process:
+            write_status(run_dir, "stopped", stage=stop.stage, **_after_stop(cfg, run_dir, resume_hint, progress, stop))
         raise
     except BaseException as err:
         if main_process:
             write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise
-    if main_process:
-        headline = {name: {k: v for k, v in metrics.items() if k in HEADLINE} for name, metrics in results.items()}
-        write_status(run_dir, "finished", test=headline or None, **outcome)
+    finally:
+        if main_process:
+            release_run_dir()
     return results
 
 
@@ -138,8 +148,42 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
 HEADLINE = ("psds1", "pipsds1", "psds2", "weak_f1", "mpauc")
 
 
+class _Progress:
+    """How far a run got: its trainer (whose state names the stage under way) and the checkpoint it tests."""
+
+    def __init__(self) -> None:
+        self.trainer: Optional[pl.Trainer] = None
+        self.tested_checkpoint: Optional[str] = None
+
+    def stage(self) -> Optional[str]:
+        stage = self.trainer.state.stage if self.trainer is not None else None
+        return stage.value if stage is not None else None
+
+
+def _after_stop(cfg: DictConfig, run_dir: Path, hint: str, progress: _Progress, stop: RunStopped) -> dict[str, str]:
+    """What ``status.json`` records of a stopped run (the checkpoint and the command that carries on), logged
+    unless ResumeCheckpoint logged it (a stop between training steps, with its checkpoint)."""
+    if stop.checkpoint:
+        return {"last_checkpoint": stop.checkpoint, "rerun": f"{hint} ckpt_path={stop.checkpoint}"}
+    if stop.stage == "test":
+        ckpt = progress.tested_checkpoint or str(run_dir / "checkpoints" / "last.ckpt")
+        kept = " ".join(o for o in hint.split(" ") if not o.startswith(("train=", "test=")))
+        rerun, what = f"{kept} train=false ckpt_path={ckpt}", "Test again with"
+    else:  # before the first training step: setup, scaler fitting, the sanity check
+        rerun = f"{hint} ckpt_path={cfg.ckpt_path}" if cfg.ckpt_path else hint
+        what = "Resume with" if cfg.train and cfg.ckpt_path else "Run again with"
+    name = signal.Signals(stop.code - 128).name if isinstance(stop.code, int) and stop.code > 128 else "a signal"
+    log.warning("Stopped by %s during %s; nothing of it was written.\n%s: %s", name,
+                _STAGE_NAMES.get(stop.stage, stop.stage), what, rerun)
+    return {"rerun": rerun}
+
+
+_STAGE_NAMES = {"test": "the test", "validate": "validation", "sanity_check": "the validation sanity check",
+                "train": "the start of training", "setup": "the setup (data checks)"}
+
+
 def _run(
-    cfg: DictConfig, run_dir: Path, resume_hint: str, main_process: bool
+    cfg: DictConfig, run_dir: Path, resume_hint: str, main_process: bool, progress: _Progress
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Test metrics per model, and what ``status.json`` records of the outcome: ``best_val_objective`` (the best
     checkpoint's val/obj_metric: what train.py returns to a Hydra sweeper and a sweep summary reports; null when
@@ -164,7 +208,7 @@ def _run(
         module.scaler_path = cfg.scaler.path
     dm.set_encoder(module.encoder, module.frontend.input_sample_rate)
     dm.validate_at_test = validation_needed_at_test(cfg.evaluation)  # tuning post-processing on validation
-    trainer = build_trainer(cfg, run_dir, resume_hint)
+    trainer = progress.trainer = build_trainer(cfg, run_dir, resume_hint)
     if main_process:
         write_status(run_dir, "running", pid=os.getpid())
         log.info(allocator.describe())
@@ -180,6 +224,7 @@ def _run(
         ckpt: Optional[str] = None
         if cfg.train:
             ckpt = getattr(_best_checkpoint(trainer), "best_model_path", None) or None
+        progress.tested_checkpoint = ckpt if cfg.train else cfg.ckpt_path
         # Lightning's table of every metric is left out: with post-processing tuned on validation it printed a
         # second, empty column for the validation pass; the summary below gives the headline numbers, and every
         # metric is in test/<model>/metrics.json and the loggers.

@@ -142,3 +142,17 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     if _lock is not None:
         _lock.close()
     _lock = handle
+
+
+def release_run_dir() -> None:
+    """Release the lock :func:`lock_run_dir` holds (at the end of a run, however it ends): its pid is cleared, so
+    an empty ``.lock`` is one nobody holds. The file stays (removing a lock file another process may be opening
+    would let two processes hold it)."""
+    global _lock
+    if _lock is None:
+        return
+    _lock.truncate(0)
+    _lock.flush()
+    fcntl.flock(_lock, fcntl.LOCK_UN)
+    _lock.close()
+    _lock = None

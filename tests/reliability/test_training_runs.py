@@ -112,6 +112,29 @@ def test_stopped_in_every_epoch_and_resumed_each_time_equals_the_uninterrupted_r
     assert steps == [e.step for e in EventAccumulator(str(finished / "tensorboard")).Reload().Scalars("val/obj_metric")]
 
 
+def test_sigterm_while_testing_stops_the_run_and_prints_how_to_test_again(tiny_dataset, tmp_path):
+    """SIGTERM at a run's test stage: exit 143, status.json ``stopped`` at stage ``test``, the run directory's lock
+    released, and a printed command that tests the tested checkpoint again (train=false), which works. (The run
+    exited 0 with status ``failed`` and the reason ``SIGTERMException: ``: a scheduler recorded a success.)"""
+    exp = tmp_path / "exp"
+    proc = _train_until_stopped([*tiny_overrides(tiny_dataset, exp, epochs=1), *faults.overrides(0, stage="test")])
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    (run_dir,) = _run_dirs(exp)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and status["stage"] == "test", status
+    assert not (run_dir / "test").exists()
+    assert (run_dir / ".lock").read_text() == ""  # no pid left: released
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Test again with: python train.py ")]
+    assert len(lines) == 1 and status["rerun"] == lines[0].removeprefix("Test again with: ")
+    command = shlex.split(lines[0].removeprefix("Test again with: python train.py "))
+    assert command[-2:] == ["train=false", f"ckpt_path={best}"]
+    run_train([a for a in command if not a.startswith("+callbacks.fault")])
+    (tested,) = [d for d in _run_dirs(exp) if d != run_dir]
+    assert json.loads((tested / "status.json").read_text())["status"] == "finished"
+    assert (tested / "test" / "teacher" / "metrics.json").is_file()
+
+
 def test_corrupt_and_truncated_audio_are_all_reported_before_training(tiny_dataset, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)

@@ -104,3 +104,40 @@ def test_a_crash_during_validation_resumes_into_that_validation(tmp_path, uninte
     resumed: list = []
     _fit(tmp_path, resumed, ckpt_path=tmp_path / "last.ckpt")
     assert resumed == uninterrupted[saved:]
+
+
+class _SignalAtFirstBatch(Callback):
+    """Sends ``signum`` to this process as the first validation or test batch starts."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def _send(self, batch_idx: int) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), self.signum)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._send(batch_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._send(batch_idx)
+
+
+@pytest.mark.parametrize(("stage", "signum"), [("test", signal.SIGTERM), ("validate", signal.SIGINT),
+                                               ("test", signal.SIGINT)])
+def test_a_signal_outside_training_stops_with_128_plus_the_signal(tmp_path, stage, signum):
+    """SIGTERM or Ctrl-C while testing or validating (outside the training steps, where ResumeCheckpoint stops after
+    the step) stops at once as RunStopped(128 + signal) naming the stage. (Lightning turned SIGTERM into an exit
+    status of 0 and Ctrl-C into 1: a scheduler recorded a stopped test as a success.)"""
+    from sed.run.checkpointing import stop_on_signal
+
+    data = DataLoader(TensorDataset(torch.arange(8, dtype=torch.float32)), batch_size=2)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[_SignalAtFirstBatch(signum)])
+    module = _Recording([])
+    module.test_step = module.validation_step
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunStopped) as stopped, stop_on_signal(lambda: trainer.state.stage.value):
+        getattr(trainer, stage)(module, dataloaders=data)
+    assert stopped.value.code == 128 + signum and stopped.value.stage == stage
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers restored
