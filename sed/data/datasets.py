@@ -60,7 +60,8 @@ class SEDDataset(Dataset):
             ``dataset[(index, item_seed)]`` draws from ``item_seed`` alone instead (training:
             :class:`sed.data.sampler.MixedBatchSampler` with ``item_seeds``).
         cache_dir: when set, each file is decoded and resampled once and stored as ``.npy``
-            (read back memory-mapped, so only the crop is touched).
+            (read back memory-mapped, so only the crop is touched); entries decoded under
+            ``nonfinite="zero"`` are kept apart from the others.
         check_readable: also open every file's header at construction (slower, but a broken
             file fails now instead of mid-epoch).
         nonfinite: NaN/Inf samples are an error naming the file (``"error"``) or replaced with
@@ -293,8 +294,11 @@ class SEDDataset(Dataset):
     def _cached(self, path: Path) -> np.ndarray:
         """``[channels, samples]`` at the target rate, from the cache (decoded once)."""
         mono = self.channel == "mean"
+        # Audio decoded under nonfinite="zero" may hold zeroed NaN/Inf samples: cached apart, so that a run with the
+        # default policy ("error", whose entries hold only finite audio) decodes the file and reports it.
+        mode = ("mono" if mono else "all") + ("-nonfinite_zero" if self.nonfinite == "zero" else "")
         try:
-            cpath = self._cache_path(path, "mono" if mono else "all")
+            cpath = self._cache_path(path, mode)
         except FileNotFoundError:
             raise AudioError(f"{path}: audio file not found") from None
         if cpath.is_file():

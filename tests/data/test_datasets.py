@@ -266,6 +266,21 @@ def test_nonfinite_training_audio_caught_where_read(tmp_path, enc, cache, rate):
     assert torch.isfinite(z[0]["audio"]).all()
 
 
+@pytest.mark.parametrize("whole_clip", [False, True])
+def test_the_cache_never_serves_audio_zeroed_under_another_nonfinite_policy(tmp_path, enc, whole_clip):
+    """A run with data.nonfinite_audio=zero caches its zeroed copy of a NaN file; a later run on the same cache with
+    the default policy (error) still fails naming the file (it trained on the zeroed copy in silence)."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    x = np.full(SR, 0.1, dtype=np.float32)
+    x[SR // 2] = np.nan
+    wav(audio / "nan.wav", x, SR)
+    kw = {"cache_dir": tmp_path / "cache", "whole_clip": whole_clip}
+    assert torch.isfinite(SEDDataset(audio, ["nan.wav"], enc, SR, CLIP, nonfinite="zero", **kw)[0]["audio"]).all()
+    with pytest.raises(AudioError, match=r"nan\.wav.*non-finite"):
+        SEDDataset(audio, ["nan.wav"], enc, SR, CLIP, **kw)[0]
+
+
 # --------------------------------------------------------------------------- audio at the model's input rate
 NATIVE = 44100
 
