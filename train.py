@@ -11,6 +11,7 @@ if __name__ == "__main__":  # first, before any large import: the allocator is c
     reexec_with_mimalloc()  # mimalloc where cmeel-mimalloc is installed, unless SED_ALLOCATOR=system
 
 import logging
+import os
 import sys
 import warnings
 
@@ -29,8 +30,9 @@ warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigSto
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from sed.run.job import log_failure, run
     from sed.run.checkpointing import RunStopped
+    from sed.run.job import log_failure, run
+    from sed.utils.errors import UserError
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and cfg.train and not cfg.ckpt_path:
@@ -45,6 +47,11 @@ def main(cfg: DictConfig) -> float | None:
     except RunStopped:
         raise  # logged with the checkpoint to resume from
     except BaseException as err:
+        if isinstance(err, UserError) and hydra_cfg.mode == RunMode.RUN and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            # Refused input: its reason is the last thing printed (stderr), exit status 1; the traceback goes to
+            # train.log only (Hydra would print it after the reason, then its HYDRA_FULL_ERROR hint).
+            log_failure(err, console=False)
+            raise SystemExit(f"error: {err}") from None
         log_failure(err)
         raise
     del results  # test metrics are never returned: a sweep must not select on the test set

@@ -91,9 +91,12 @@ def tiny_overrides(data_root: Path, exp_dir: Path, epochs: int = 2) -> list[str]
     ]
 
 
-def run_train(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` from the repository root, as a user runs it."""
+def run_train(args: list[str], check: bool = True, full_error: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` from the repository root, as a user runs it (with ``HYDRA_FULL_ERROR=1``, so that a
+    failure shows its whole traceback in the test's output, unless ``full_error`` is false: what users see)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    if not full_error:
+        env.pop("HYDRA_FULL_ERROR")
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=REPO, env=env, capture_output=True, text=True, **kwargs,

@@ -11,6 +11,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from sed.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 CHANNEL_MODES = ("mean", "random")
@@ -19,7 +21,7 @@ _logged_rates: set[tuple[int, int]] = set()
 _logged_lock = threading.Lock()
 
 
-class AudioError(RuntimeError):
+class AudioError(RuntimeError, UserError):
     """An audio file is missing or cannot be decoded; the message names the file."""
 
 

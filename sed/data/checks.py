@@ -39,6 +39,7 @@ import pandas as pd
 import soundfile as sf
 
 from sed.data.tsv import AnnotationError
+from sed.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class ClipSet:
         return self.source, self.lines.get(filename)
 
 
-class DataCheckError(ValueError):
+class DataCheckError(ValueError, UserError):
     """Every problem found in a run's data, one ``path:LINE: message`` per line after a count."""
 
     def __init__(self, problems: Sequence[AnnotationError]) -> None:

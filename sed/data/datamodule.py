@@ -33,6 +33,7 @@ from sed.data.sets import (
     single_dataset,
 )
 from sed.data.tsv import AnnotationError, write_weak
+from sed.utils.errors import ConfigError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class SEDDataModule(pl.LightningDataModule):
         if isinstance(epoch_length, str) and epoch_length.strip().isdigit():
             epoch_length = int(epoch_length)
         if not (epoch_length in ("min", "max") or (isinstance(epoch_length, int) and epoch_length > 0)):
-            raise ValueError(f"data.epoch_length must be 'min', 'max' or a number of batches > 0, got {epoch_length!r}")
+            raise ConfigError(f"data.epoch_length must be 'min', 'max' or a number of batches > 0, got {epoch_length!r}")
         self.epoch_length = epoch_length
         self.num_workers = num_workers
         self.channel = channel
@@ -150,7 +151,7 @@ class SEDDataModule(pl.LightningDataModule):
         self.nonfinite_audio = nonfinite_audio
         self.check_test = check_test
         if not 0.0 <= weak_val_fraction < 1.0:
-            raise ValueError(f"data.weak_val_fraction must be in [0, 1), got {weak_val_fraction}")
+            raise ConfigError(f"data.weak_val_fraction must be in [0, 1), got {weak_val_fraction}")
         weak = [t.name for t in self.subsets.values() if t.kind == "weak"]
         if weak_val_fraction > 0 and len(weak) > 1:
             raise DatasetConfigError(f"data.weak_val_fraction holds out clips of one weak subset; there are several "
@@ -205,10 +206,10 @@ class SEDDataModule(pl.LightningDataModule):
             self._classes = resolve_classes(self.datasets, None)
         if self._classes is None:
             if not self.root.is_dir():
-                raise FileNotFoundError(f"data.root={self.root} does not exist (or is not a folder)")
+                raise InputNotFoundError(f"data.root={self.root} does not exist (or is not a folder)")
             path = self.root / "classes.txt"
             if not path.is_file():
-                raise FileNotFoundError(
+                raise InputNotFoundError(
                     f"data.classes is not set and {path} does not exist: list the classes in the config "
                     "(data.classes=[...]) or write them one per line in classes.txt"
                 )
@@ -305,7 +306,7 @@ class SEDDataModule(pl.LightningDataModule):
         directory as ``weak_validation.tsv``."""
         n_val = max(1, round(self.weak_val_fraction * len(filenames)))
         if n_val >= len(filenames):
-            raise ValueError(f"data.weak_val_fraction={self.weak_val_fraction} leaves no weak clip to train on")
+            raise ConfigError(f"data.weak_val_fraction={self.weak_val_fraction} leaves no weak clip to train on")
         order = np.random.default_rng([self.seed, 0x7EA4]).permutation(len(filenames))
         held = {filenames[i] for i in order[:n_val]}
         train = [f for f in filenames if f not in held]
@@ -324,7 +325,7 @@ class SEDDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and not self.train_sets:
             names = list(self.subsets)
             if not names:
-                raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off"
+                raise ConfigError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off"
                                  if len(self.datasets) == 1 and self.datasets[0].key == "data"
                                  else "No training data: no dataset of data.datasets has a train subset")
         if stage in (None, "fit", "validate") or (stage == "test" and self.validate_at_test):

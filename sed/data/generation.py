@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from sed.data.sets import Dataset
+from sed.utils.errors import ConfigError
 
 
 def _advice(err: Exception, dataset: Dataset) -> str:
@@ -53,4 +54,4 @@ def generate(dataset: Dataset, seed: int, clip_duration: float, sample_rate: int
         elif dataset.generate == "recordings":
             sed.synth.generate_recordings(dataset.root, seed=seed, sample_rate=sample_rate, sizes=own)
     except GenerationRefused as err:
-        raise ValueError(_advice(err, dataset)) from None
+        raise ConfigError(_advice(err, dataset)) from None

@@ -27,6 +27,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from sed.utils.errors import ConfigError
+
 KINDS = ("strong", "weak", "unlabeled")
 METRICS = ("psds", "mpauc")
 GENERATORS = ("clips", "recordings")  # sed.synth's embedded datasets
@@ -34,7 +36,7 @@ _RESERVED = {"student", "teacher", "val", "test", "val_weak", "obj_metric"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(ConfigError):
     """A dataset description the run cannot use; the message names the configuration key."""
 
 

@@ -30,6 +30,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from sed.utils.errors import UserError
 from sed.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ DURATION_COLUMNS = ("filename", "duration")
 _MISSING = {"", "nan", "none", "null"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ValueError, UserError):
     """Malformed annotation or audio listing; the message starts with ``path:LINE:``."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, message: str) -> None:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sed.utils.errors import UserError
 from sed.utils.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ _FILE_VERSION = 1
 _STAT_BUFFERS = ("mean", "std", "min", "max")
 
 
-class ScalerMismatchError(ValueError):
+class ScalerMismatchError(ValueError, UserError):
     """A saved scaler does not match the current front-end or configuration."""
 
 

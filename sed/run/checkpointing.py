@@ -27,16 +27,17 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Checkpoint
 
 from sed.run.config import upgrade_targets
+from sed.utils.errors import UserError
 from sed.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """A checkpoint cannot be used: the message names the path and the reason in one line."""
 
 
-class NonFiniteWeightsError(RuntimeError):
+class NonFiniteWeightsError(RuntimeError, UserError):
     """The model's weights hold NaN/Inf: the checkpoint is not written, the previous one is kept."""
 
 

@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from sed.synth.scenes import DEFAULT_SIZES
+from sed.utils.errors import UserError
 
 
 @dataclass
@@ -454,6 +455,14 @@ def upgrade_targets(config: Any) -> Any:
     return config
 
 
+class UnknownKeyError(ConfigKeyError, UserError):
+    """A configuration key the schema does not know (a misspelling, or a key of another model)."""
+
+
+class ConfigValueError(ValidationError, UserError):
+    """A configuration value of the wrong type for its key."""
+
+
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuse keys the schema does not know, however they were added: Hydra checks plain overrides against the
     schema, but ``+key=value`` (the form its own error message suggests) adds a key that would be ignored."""
@@ -470,12 +479,12 @@ def check_known_keys(cfg: DictConfig) -> None:
                     err.full_key = f"{key}.{err.key}" if err.key is not None else key
                     raise
     except ConfigKeyError as err:
-        raise ConfigKeyError(
+        raise UnknownKeyError(
             f"unknown configuration key '{err.full_key}': it is not in the schema (sed/run/config.py), so it would be "
             "ignored; check its spelling"
         ) from None
     except ValidationError as err:
-        raise ValidationError(f"configuration key '{err.full_key}': {err.msg}") from None
+        raise ConfigValueError(f"configuration key '{err.full_key}': {err.msg}") from None
 
 
 def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:

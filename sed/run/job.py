@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from sed.run import allocator
 from sed.run.checkpointing import (
     AtomicCheckpointIO,
+    CheckpointError,
     RunStopped,
     check_resumable,
     read_checkpoint,
@@ -31,7 +32,8 @@ from sed.data.datamodule import SEDDataModule
 from sed.evaluation.tune_at_test import validation_needed_at_test
 from sed.run.instantiators import build_callbacks, build_loggers
 from sed.training.module import SEDModule
-from sed.run.rundir import lock_run_dir, release_run_dir, write_status
+from sed.utils.errors import ConfigError
+from sed.run.rundir import is_main_process, lock_run_dir, release_run_dir, write_status
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +97,11 @@ def _evaluation_module(cfg: DictConfig, dm: SEDDataModule) -> SEDModule:
             )
             setattr(dm, key, saved.data[key])
     if list(module.classes) != list(dm.classes):
-        raise ValueError(
-            f"{cfg.ckpt_path} was trained on classes {module.classes}, the test data has {dm.classes}"
+        raise CheckpointError(
+            f"ckpt_path={cfg.ckpt_path} was trained on classes {module.classes}, the test data has {dm.classes}"
         )
     module.cfg.evaluation = cfg.evaluation
     return module
-
-
-def _is_main_process() -> bool:
-    """Not one of the extra processes a distributed launch starts (they share the main process's directory)."""
-    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str, dict[str, float]]:
@@ -117,7 +114,7 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
     """
     run_dir = Path(run_dir)
     check_known_keys(cfg)
-    main_process = _is_main_process()
+    main_process = is_main_process()
     if main_process:
         lock_run_dir(run_dir)
     if cfg.train and cfg.ckpt_path and Path(cfg.ckpt_path).resolve().parent.parent != run_dir.resolve():
@@ -195,7 +192,7 @@ def _run(
     dm.prepare_data()
     if not cfg.train:
         if not cfg.ckpt_path:
-            raise ValueError("train=false needs ckpt_path=<checkpoint to evaluate>")
+            raise ConfigError("train=false needs ckpt_path=<checkpoint to evaluate>")
         module = _evaluation_module(cfg, dm)
     else:
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -242,14 +239,18 @@ def _best_checkpoint(trainer: pl.Trainer) -> Optional[ModelCheckpoint]:
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
-def log_failure(err: BaseException) -> None:
-    """Why the run failed, in the run's log file too (not only on stderr): one line for every handler, the
-    traceback for the file handlers."""
-    log.error("Run failed: %s: %s", type(err).__name__, err)
+def log_failure(err: BaseException, console: bool = True) -> None:
+    """Why the run failed, in the run's log file too (not only on stderr): one line for every handler (the file
+    handlers only unless ``console``), the traceback for the file handlers."""
+    line = log.makeRecord(log.name, logging.ERROR, __file__, 0, "Run failed: %s: %s", (type(err).__name__, err), None)
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "Traceback of the failure:", (),
                             (type(err), err, err.__traceback__))
+    if console:
+        log.handle(line)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
+            if not console:
+                handler.handle(line)
             handler.handle(record)
 
 

@@ -24,11 +24,34 @@ from sed.utils.io import atomic_write_text
 STATUS_FILE = "status.json"
 _chosen: dict[tuple, str] = {}
 _lock: Optional[IO] = None
+_locked_dir: Optional[Path] = None  # the .lock file _lock holds
 
 
-def claim_new_dir(path: str | os.PathLike) -> Path:
-    """Create and return ``path``, or ``path_1``, ``path_2``, ... when taken (atomic: safe between processes)."""
+class RunDirError(SystemExit):
+    """The run directory cannot be made or used; the message (``error: ...``) names the key, the path and why.
+
+    A SystemExit (exit status 1, the message printed to stderr), because it is raised while Hydra resolves its own
+    run directory: OmegaConf and Hydra pass it through, where an ordinary exception ended in 100 lines of Hydra
+    failing to format it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def claim_new_dir(path: str | os.PathLike, key: str = "") -> Path:
+    """Create and return ``path``, or ``path_1``, ``path_2``, ... when taken (atomic: safe between processes).
+    ``key`` (e.g. ``paths.exp_dir=exp``) names what the user set in the :class:`RunDirError` raised when it cannot
+    be created (a file in the way, a read-only file system, no permission)."""
     base = Path(path)
+    try:
+        return _claim(base)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(base) else ""
+        raise RunDirError(f"{key + ': ' if key else ''}cannot create the run directory {base}: {reason}{where}") from None
+
+
+def _claim(base: Path) -> Path:
     base.parent.mkdir(parents=True, exist_ok=True)
     for k in range(10_000):
         candidate = base if k == 0 else base.with_name(f"{base.name}_{k}")
@@ -56,15 +79,22 @@ def write_status(run_dir: str | os.PathLike, status: str, **details: Any) -> Non
     atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(record, indent=1, default=str) + "\n")
 
 
+def is_main_process() -> bool:
+    """Not one of the extra processes a distributed launch starts (they share the main process's directory)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def is_finished(run_dir: str | os.PathLike) -> bool:
     return read_status(run_dir).get("status") == "finished"
 
 
-def choose_run_dir(train: bool, ckpt_path: Optional[str], default: str) -> str:
+def choose_run_dir(train: bool, ckpt_path: Optional[str], default: str, exp_dir: Optional[str] = None) -> str:
     """Run directory of this invocation (memoised: Hydra resolves it more than once).
 
     Resuming training from a checkpoint of an unfinished run continues in that run's directory (one log, one
-    TensorBoard run); anything else, including a resume from a finished run, claims a new directory.
+    TensorBoard run), whose lock it takes now: a run directory in use by a live process is refused before Hydra
+    writes anything into it (its configuration, its log). Anything else, including a resume from a finished run,
+    claims a new directory (under ``exp_dir``, named in errors).
     """
     key = (bool(train), ckpt_path, default)
     if key not in _chosen:
@@ -72,8 +102,13 @@ def choose_run_dir(train: bool, ckpt_path: Optional[str], default: str) -> str:
         if train and ckpt_path:
             run_dir = Path(ckpt_path).resolve().parent.parent
             if (run_dir / ".hydra").is_dir() and not is_finished(run_dir):
+                if is_main_process():  # the extra processes of a distributed run share the main process's
+                    try:
+                        lock_run_dir(run_dir)
+                    except RuntimeError as err:
+                        raise RunDirError(f"ckpt_path={ckpt_path}: {err}") from None
                 chosen = str(run_dir)
-        _chosen[key] = chosen or str(claim_new_dir(default))
+        _chosen[key] = chosen or str(claim_new_dir(default, f"paths.exp_dir={exp_dir}" if exp_dir else ""))
     return _chosen[key]
 
 
@@ -86,7 +121,7 @@ def requeued_checkpoint(run_dir: str | os.PathLike) -> Optional[str]:
     return str(last) if last.is_file() and not is_finished(run_dir) else None
 
 
-def new_dir(path: str) -> str:
+def new_dir(path: str, exp_dir: Optional[str] = None) -> str:
     """A fresh directory for a sweep (memoised like :func:`choose_run_dir`).
 
     Registered with ``use_cache=True`` (sed/run/config.py): the launcher process claims the directory once, and
@@ -95,7 +130,7 @@ def new_dir(path: str) -> str:
     """
     key = ("new", path)
     if key not in _chosen:
-        _chosen[key] = str(claim_new_dir(path))
+        _chosen[key] = str(claim_new_dir(path, f"paths.exp_dir={exp_dir}" if exp_dir else ""))
     return _chosen[key]
 
 
@@ -122,9 +157,12 @@ def config_subdir(run_dir: str) -> Optional[str]:
 
 
 def lock_run_dir(run_dir: str | os.PathLike) -> None:
-    """Hold ``<run_dir>/.lock`` for the life of this process; fail if another process holds it."""
-    global _lock
+    """Hold ``<run_dir>/.lock`` for the life of this process (or until :func:`release_run_dir`); fail if another
+    process holds it. Holding it already is fine."""
+    global _lock, _locked_dir
     path = Path(run_dir) / ".lock"
+    if _lock is not None and _locked_dir == path.resolve():
+        return
     handle = open(path, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,18 +179,18 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     handle.flush()
     if _lock is not None:
         _lock.close()
-    _lock = handle
+    _lock, _locked_dir = handle, path.resolve()
 
 
 def release_run_dir() -> None:
     """Release the lock :func:`lock_run_dir` holds (at the end of a run, however it ends): its pid is cleared, so
     an empty ``.lock`` is one nobody holds. The file stays (removing a lock file another process may be opening
     would let two processes hold it)."""
-    global _lock
+    global _lock, _locked_dir
     if _lock is None:
         return
     _lock.truncate(0)
     _lock.flush()
     fcntl.flock(_lock, fcntl.LOCK_UN)
     _lock.close()
-    _lock = None
+    _lock = _locked_dir = None

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sed.synth.soundbank import SoundBank, load_soundbank
+from sed.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def _readme(params: dict, classes: Sequence[str]) -> str:
     )
 
 
-class GenerationRefused(ValueError):
+class GenerationRefused(ValueError, UserError):
     """:func:`generate_dataset` will not write into a folder: it is not the generator's, or the generator made
     it with other settings. ``differences`` maps each setting that differs to ``(found, wanted)``."""
 

@@ -30,13 +30,14 @@ from sed.synth.procedural import (  # noqa: F401  (re-exported: these lived here
     EventClass,
     ProceduralSoundBank,
 )
+from sed.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
-class SoundbankError(ValueError):
+class SoundbankError(ValueError, UserError):
     """A user soundbank folder is missing, empty or malformed; the message names the folder/file."""
 
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from sed.run.config import default_node, upgrade_targets
+from sed.utils.errors import UserError
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 MODELS = ("student", "teacher")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, UserError):
     """The training loss is NaN/Inf: the message names the step and the batch's files."""
 
 

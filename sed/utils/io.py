@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from sed.utils.errors import DiskFullError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -39,7 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True, **
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no space left on device, {path} (the previous file is kept)") from err
+            raise DiskFullError(errno.ENOSPC, f"no space left on device, {path} (the previous file is kept)") from err
         raise
 
 

@@ -32,6 +32,15 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
+def _assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
+    """A refused input as a user sees it (no HYDRA_FULL_ERROR): exit status 1, and stderr ending with the reason
+    (``error: ...``, ``message`` in it), no traceback and no Hydra hint after it."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr[-3000:]
+    assert "\nerror: " in "\n" + proc.stderr, proc.stderr[-3000:]
+    assert message in proc.stderr[proc.stderr.rindex("error: "):], proc.stderr[-3000:]
+
+
 def _progress(ckpt: Path) -> tuple[int, int]:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     return state["epoch"], state["global_step"]
@@ -143,8 +152,8 @@ def test_corrupt_and_truncated_audio_are_all_reported_before_training(tiny_datas
     val = sorted((data / "audio" / "validation").iterdir())[0]
     val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])  # data chunk cut short
     exp = tmp_path / "exp"
-    proc = run_train(tiny_overrides(data, exp, epochs=1), check=False)
-    assert proc.returncode != 0
+    proc = run_train(tiny_overrides(data, exp, epochs=1), check=False, full_error=False)
+    _assert_refused(proc, strong.name)
     assert strong.name in proc.stderr and val.name in proc.stderr
     (run_dir,) = _run_dirs(exp)
     assert not list(run_dir.rglob("*.ckpt"))
@@ -189,6 +198,8 @@ def test_concurrent_runs_with_one_name_get_their_own_directories(tiny_dataset, t
 
 
 def test_a_run_directory_in_use_is_refused(finished, tiny_dataset, tmp_path):
+    """Resuming into a run directory a live process holds is refused in one line, and writes nothing into it (it
+    used to add .hydra/resume_1/ and two error lines to the live run's train.log)."""
     exp = tmp_path / "exp"
     args = [*tiny_overrides(tiny_dataset, exp, epochs=3), *LONG_EPOCHS]
     run_dir = exp / "tiny" / finished.name
@@ -199,12 +210,14 @@ def test_a_run_directory_in_use_is_refused(finished, tiny_dataset, tmp_path):
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        proc = run_train([*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], check=False)
+        before = _snapshot(run_dir)
+        proc = run_train([*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], check=False, full_error=False)
     finally:
         holder.kill()
         holder.wait()
-    assert proc.returncode != 0
-    assert f"{run_dir} is in use by another process (pid {holder.pid})" in proc.stderr
+    _assert_refused(proc, f"{run_dir} is in use by another process (pid {holder.pid})")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _snapshot(run_dir) == before and not (run_dir / ".hydra" / "resume_1").exists()
 
 
 def test_resume_with_other_classes_or_model_or_a_broken_file_is_refused_in_one_line(finished, tiny_dataset, tmp_path):
@@ -257,8 +270,8 @@ def test_nan_audio_stops_the_run_naming_the_file_in_train_log(tiny_dataset, tmp_
 
 def test_configuration_holes(tiny_dataset, tmp_path):
     base = [*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1), "test=false"]
-    refused = run_train([*base, "+training.lrr=1e-3"], check=False)
-    assert refused.returncode != 0 and "unknown configuration key 'training.lrr'" in refused.stderr
+    refused = run_train([*base, "+training.lrr=1e-3"], check=False, full_error=False)
+    _assert_refused(refused, "unknown configuration key 'training.lrr'")
     # accepted as a user writes them, in one run: sizes from the command line, an int epoch length, lr=0 (frozen
     # student)
     bom = tmp_path / "bom"
@@ -275,5 +288,23 @@ def test_configuration_holes(tiny_dataset, tmp_path):
     from sed.data.datamodule import SEDDataModule
 
     assert SEDDataModule(root=str(bom)).classes == (tiny_dataset / "classes.txt").read_text().split()
-    missing = run_train([*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False)
-    assert missing.returncode != 0 and f"data.root={tmp_path / 'nowhere'} does not exist" in missing.stderr
+    missing = run_train([*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False,
+                        full_error=False)
+    _assert_refused(missing, f"data.root={tmp_path / 'nowhere'} does not exist")
+
+
+def test_refused_generation_and_an_unusable_exp_dir_end_with_their_reason(tiny_dataset, tmp_path):
+    """What train.py refuses ends with the reason, in one line naming the key, and exit status 1: no traceback
+    and no Hydra hint after it. (A refused generation printed its reason, then Hydra's traceback; a paths.exp_dir
+    that is a file printed 104 lines beginning "An error occurred during Hydra's exception formatting".)"""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / ".complete").unlink()
+    (data / "notes.txt").write_text("not the generator's")
+    args = [a for a in tiny_overrides(data, tmp_path / "exp", epochs=1) if a != "data.generate=false"]
+    _assert_refused(run_train(args, check=False, full_error=False), "files the generator did not write")
+    exp_file = tmp_path / "exp_file"
+    exp_file.write_text("a file, not a folder")
+    proc = run_train(tiny_overrides(tiny_dataset, exp_file, epochs=1), check=False, full_error=False)
+    _assert_refused(proc, f"paths.exp_dir={exp_file}")
+    assert len(proc.stderr.strip().splitlines()) == 1 and exp_file.read_text() == "a file, not a folder"
