@@ -380,12 +380,12 @@ def read_set(name: str, spec: TrainSubset | EvalSet, dataset: Dataset, model_cla
             clips.filenames = sorted(events["filename"].unique())
             clips.source, clips.lines = str(spec.tsv), events.attrs["lines"]
     except AnnotationError as err:
-        problems.append(err)
+        problems.extend(err.problems)  # each bad line of the file
         ok = False
     if isinstance(spec, EvalSet):
         try:
             clips.durations = read_durations(spec.durations)
         except AnnotationError as err:
-            problems.append(err)
+            problems.extend(err.problems)
             ok = False
     return (clips, kwargs) if ok else None

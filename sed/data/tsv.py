@@ -21,6 +21,7 @@ are filtered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -44,7 +45,8 @@ _MISSING = {"", "nan", "none", "null"}
 
 
 class AnnotationError(ValueError, UserError):
-    """Malformed annotation or audio listing; the message starts with ``path:LINE:``."""
+    """Malformed annotation or audio listing; the message starts with ``path:LINE:``. ``problems``: this error,
+    or each bad line of a file that has several (:class:`LineErrors`)."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, message: str) -> None:
         self.path = str(path)
@@ -52,6 +54,45 @@ class AnnotationError(ValueError, UserError):
         self.detail = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+    @property
+    def problems(self) -> list[AnnotationError]:
+        return [self]
+
+
+class LineErrors(AnnotationError):
+    """Every bad line of one file, reported at once: one ``path:LINE: reason`` per line of the message."""
+
+    def __init__(self, problems: Sequence[AnnotationError]) -> None:
+        first = problems[0]
+        super().__init__(first.path, first.line, first.detail)
+        self.args = ("\n".join(str(p) for p in problems),)
+        self._problems = list(problems)
+
+    @property
+    def problems(self) -> list[AnnotationError]:
+        return list(self._problems)
+
+
+class _LineCheck:
+    """Collects the bad lines of one file: ``with check.line():`` around one row's checks records its
+    :class:`AnnotationError` and goes on with the next row; :meth:`raise_any` then raises them all."""
+
+    def __init__(self) -> None:
+        self.errors: list[AnnotationError] = []
+
+    @contextlib.contextmanager
+    def line(self) -> Iterator[None]:
+        try:
+            yield
+        except AnnotationError as err:
+            self.errors.append(err)
+
+    def raise_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise LineErrors(self.errors)
 
 
 class DurationMap(dict):
@@ -82,12 +123,14 @@ class FileList(list):
         self.lines = dict(lines or {})
 
 
-def _rows(path: Path, required: Sequence[str], allow_empty: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
+def _rows(
+    path: Path, required: Sequence[str], check: _LineCheck, allow_empty: bool = False
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line_number, {column: stripped value})`` for every non-blank data row.
 
     Missing trailing fields read as empty strings (DCASE no-event rows are often just
-    ``filename``); extra non-empty fields beyond the header are an error. A file with a header
-    and no rows is an error unless ``allow_empty``.
+    ``filename``); extra non-empty fields beyond the header are an error (recorded in ``check``, the row
+    skipped). A file with a header and no rows is an error unless ``allow_empty``.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -110,12 +153,13 @@ def _rows(path: Path, required: Sequence[str], allow_empty: bool = False) -> Ite
         if not raw.strip():
             continue
         fields = [f.strip() for f in raw.split("\t")]
-        if len(fields) > len(header) and any(fields[len(header):]):
-            raise AnnotationError(
-                path, number, f"{len(fields)} fields but the header has {len(header)} columns"
-            )
-        fields += [""] * (len(header) - len(fields))
         n_rows += 1
+        if len(fields) > len(header) and any(fields[len(header):]):
+            check.errors.append(AnnotationError(
+                path, number, f"{len(fields)} fields but the header has {len(header)} columns"
+            ))
+            continue
+        fields += [""] * (len(header) - len(fields))
         yield number, dict(zip(header, fields))
     if n_rows == 0 and not allow_empty:
         raise AnnotationError(path, 1, "no data rows (empty dataset)")
@@ -153,6 +197,29 @@ def _check_filename(path: Path, line: int, name: str) -> str:
     return name
 
 
+def _strong_row(path: Path, line: int, row: dict[str, str], known: set[str] | None) -> tuple[str, float, float, str]:
+    """``(filename, onset, offset, label)`` of one strong row (NaN times and no label: a clip without events)."""
+    name = _check_filename(path, line, row["filename"])
+    on_s, off_s, label = row["onset"], row["offset"], row["event_label"]
+    empties = [_is_missing(on_s), _is_missing(off_s), _is_missing(label)]
+    if all(empties):
+        return name, float("nan"), float("nan"), ""
+    if any(empties):
+        which = [c for c, e in zip(("onset", "offset", "event_label"), empties) if e]
+        raise AnnotationError(
+            path, line,
+            f"empty {', '.join(which)}: a row must give onset, offset and event_label, "
+            "or leave all three empty for a clip without events",
+        )
+    onset = _parse_time(path, line, "onset", on_s)
+    offset = _parse_time(path, line, "offset", off_s)
+    if onset >= offset:
+        raise AnnotationError(path, line, f"onset {onset} >= offset {offset}")
+    if known is not None and label not in known:
+        raise AnnotationError(path, line, f"unknown label {label!r}; known: {sorted(known)}")
+    return name, onset, offset, label
+
+
 def read_strong(
     path: str | os.PathLike,
     classes: Sequence[str] | None = None,
@@ -179,36 +246,22 @@ def read_strong(
     confidences: list[float] = []
     has_confidence = False
     first_line: dict[str, int] = {}
-    for line, row in _rows(path, STRONG_COLUMNS, allow_empty):
-        name = _check_filename(path, line, row["filename"])
-        on_s, off_s, label = row["onset"], row["offset"], row["event_label"]
-        empties = [_is_missing(on_s), _is_missing(off_s), _is_missing(label)]
-        has_confidence = CONFIDENCE in row
-        if has_confidence:
-            confidences.append(float("nan") if all(empties) else _parse_confidence(path, line, row[CONFIDENCE]))
-        if all(empties):
-            onset = offset = float("nan")
-            label = ""
-        elif any(empties):
-            which = [c for c, e in zip(("onset", "offset", "event_label"), empties) if e]
-            raise AnnotationError(
-                path, line,
-                f"empty {', '.join(which)}: a row must give onset, offset and event_label, "
-                "or leave all three empty for a clip without events",
-            )
-        else:
-            onset = _parse_time(path, line, "onset", on_s)
-            offset = _parse_time(path, line, "offset", off_s)
-            if onset >= offset:
-                raise AnnotationError(path, line, f"onset {onset} >= offset {offset}")
-            if known is not None and label not in known:
-                raise AnnotationError(path, line, f"unknown label {label!r}; known: {sorted(known)}")
-        first_line.setdefault(name, line)
-        row_lines.append(line)
-        names.append(name)
-        onsets.append(onset)
-        offsets.append(offset)
-        labels.append(label)
+    check = _LineCheck()
+    for line, row in _rows(path, STRONG_COLUMNS, check, allow_empty):
+        with check.line():
+            name, onset, offset, label = _strong_row(path, line, row, known)
+            has_confidence = CONFIDENCE in row
+            if has_confidence:  # a clip without events has none
+                confidence = float("nan") if label == "" else _parse_confidence(path, line, row[CONFIDENCE])
+            first_line.setdefault(name, line)
+            row_lines.append(line)
+            names.append(name)
+            onsets.append(onset)
+            offsets.append(offset)
+            labels.append(label)
+            if has_confidence:
+                confidences.append(confidence)
+    check.raise_any()
     df = pd.DataFrame(
         {
             "filename": pd.Series(names, dtype=object),
@@ -287,20 +340,23 @@ def read_weak(path: str | os.PathLike, classes: Sequence[str] | None = None) -> 
     names: list[str] = []
     labels: list[tuple[str, ...]] = []
     first_line: dict[str, int] = {}
-    for line, row in _rows(path, WEAK_COLUMNS):
-        name = _check_filename(path, line, row["filename"])
-        if name in first_line:
-            raise AnnotationError(path, line, f"duplicate filename {name!r} (first at line {first_line[name]})")
-        raw = row["event_labels"]
-        parts = [] if _is_missing(raw) else [p.strip() for p in raw.split(",")]
-        parts = [p for p in parts if p]
-        if known is not None:
-            for p in parts:
-                if p not in known:
-                    raise AnnotationError(path, line, f"unknown label {p!r}; known: {sorted(known)}")
-        first_line[name] = line
-        names.append(name)
-        labels.append(tuple(dict.fromkeys(parts)))
+    check = _LineCheck()
+    for line, row in _rows(path, WEAK_COLUMNS, check):
+        with check.line():
+            name = _check_filename(path, line, row["filename"])
+            if name in first_line:
+                raise AnnotationError(path, line, f"duplicate filename {name!r} (first at line {first_line[name]})")
+            first_line[name] = line
+            raw = row["event_labels"]
+            parts = [] if _is_missing(raw) else [p.strip() for p in raw.split(",")]
+            parts = [p for p in parts if p]
+            if known is not None:
+                for p in parts:
+                    if p not in known:
+                        raise AnnotationError(path, line, f"unknown label {p!r}; known: {sorted(known)}")
+            names.append(name)
+            labels.append(tuple(dict.fromkeys(parts)))
+    check.raise_any()
     df = pd.DataFrame({"filename": pd.Series(names, dtype=object), "event_labels": pd.Series(labels, dtype=object)})
     df.attrs["source"] = str(path)
     df.attrs["lines"] = first_line
@@ -322,11 +378,14 @@ def read_filenames(path_or_dir: str | os.PathLike) -> FileList:
             raise AnnotationError(path, None, f"no audio files ({'/'.join(AUDIO_EXTENSIONS)}) in folder (empty dataset)")
         return FileList(names, source=str(path))
     first_line: dict[str, int] = {}
-    for line, row in _rows(path, ("filename",)):
-        name = _check_filename(path, line, row["filename"])
-        if name in first_line:
-            raise AnnotationError(path, line, f"duplicate filename {name!r} (first at line {first_line[name]})")
-        first_line[name] = line
+    check = _LineCheck()
+    for line, row in _rows(path, ("filename",), check):
+        with check.line():
+            name = _check_filename(path, line, row["filename"])
+            if name in first_line:
+                raise AnnotationError(path, line, f"duplicate filename {name!r} (first at line {first_line[name]})")
+            first_line[name] = line
+    check.raise_any()
     return FileList(first_line.keys(), source=str(path), lines=first_line)
 
 
@@ -335,19 +394,22 @@ def read_durations(path: str | os.PathLike) -> DurationMap:
     path = Path(path)
     out: dict[str, float] = {}
     lines: dict[str, int] = {}
-    for line, row in _rows(path, DURATION_COLUMNS):
-        name = _check_filename(path, line, row["filename"])
-        if _is_missing(row["duration"]):
-            raise AnnotationError(path, line, "empty duration")
-        d = _parse_time(path, line, "duration", row["duration"])
-        if d == 0:
-            raise AnnotationError(path, line, "duration is 0")
-        if name in out and out[name] != d:
-            raise AnnotationError(
-                path, line, f"duration {d} for {name!r} differs from {out[name]} at line {lines[name]}"
-            )
-        out[name] = d
-        lines.setdefault(name, line)
+    check = _LineCheck()
+    for line, row in _rows(path, DURATION_COLUMNS, check):
+        with check.line():
+            name = _check_filename(path, line, row["filename"])
+            if _is_missing(row["duration"]):
+                raise AnnotationError(path, line, "empty duration")
+            d = _parse_time(path, line, "duration", row["duration"])
+            if d == 0:
+                raise AnnotationError(path, line, "duration is 0")
+            if name in out and out[name] != d:
+                raise AnnotationError(
+                    path, line, f"duration {d} for {name!r} differs from {out[name]} at line {lines[name]}"
+                )
+            out[name] = d
+            lines.setdefault(name, line)
+    check.raise_any()
     return DurationMap(out, source=str(path), lines=lines)
 
 

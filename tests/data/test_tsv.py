@@ -94,6 +94,30 @@ def test_read_strong_bad_input_names_file_and_line(tmp_path, body, line, words):
     assert_error_at(excinfo, path, line, *words)
 
 
+def test_every_bad_line_of_a_file_is_reported_at_once(tmp_path):
+    """A file with several bad lines names each of them in one error (it named only the first: fix, rerun, find
+    the next), as the audio check does for files; a single bad line is reported as before."""
+    strong = write(tmp_path, "strong.tsv", "filename\tonset\toffset\tevent_label\n"
+                   "a.wav\t2\t1\tDog\nb.wav\t0\t1\tDog\nc.wav\t-1\t1\tDog\nd.wav\t0\t1\tHorse\ne.wav\t0\t1\tDog\tx\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_strong(strong, CLASSES)
+    assert [(p.line, p.detail.split(" ")[0]) for p in excinfo.value.problems] == [
+        (2, "onset"), (4, "negative"), (5, "unknown"), (6, "5")]
+    assert str(excinfo.value).splitlines() == [str(p) for p in excinfo.value.problems]
+    weak = write(tmp_path, "weak.tsv", "filename\tevent_labels\na.wav\tHorse\na.wav\tDog\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_weak(weak, CLASSES)
+    assert [p.line for p in excinfo.value.problems] == [2, 3]
+    durations = write(tmp_path, "d.tsv", "filename\tduration\na.wav\t0\nb.wav\tten\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_durations(durations)
+    assert [p.line for p in excinfo.value.problems] == [2, 3]
+    listing = write(tmp_path, "u.tsv", "filename\na.wav\na.wav\n\t\nb.wav\nb.wav\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_filenames(listing)
+    assert [p.line for p in excinfo.value.problems] == [3, 6]
+
+
 def test_read_strong_missing_file(tmp_path):
     with pytest.raises(AnnotationError, match="not found") as excinfo:
         read_strong(tmp_path / "nope.tsv")

@@ -145,16 +145,22 @@ def test_sigterm_while_testing_stops_the_run_and_prints_how_to_test_again(tiny_d
 
 
 def test_corrupt_and_truncated_audio_are_all_reported_before_training(tiny_dataset, tmp_path):
+    """Corrupt and truncated audio files and every bad line of a TSV, in one error before training."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     strong = sorted((data / "audio" / "train" / "strong").iterdir())[0]
     strong.write_bytes(b"RIFF garbage, not a wav file")
     val = sorted((data / "audio" / "validation").iterdir())[0]
     val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])  # data chunk cut short
+    weak = data / "metadata" / "train" / "weak.tsv"
+    lines = weak.read_text().splitlines()
+    weak.write_text("\n".join([*lines, lines[1], "extra.wav\tno_such_class"]) + "\n")  # two bad lines
     exp = tmp_path / "exp"
     proc = run_train(tiny_overrides(data, exp, epochs=1), check=False, full_error=False)
     _assert_refused(proc, strong.name)
     assert strong.name in proc.stderr and val.name in proc.stderr
+    assert f"{weak}:{len(lines) + 1}: duplicate filename" in proc.stderr
+    assert f"{weak}:{len(lines) + 2}: unknown label 'no_such_class'" in proc.stderr
     (run_dir,) = _run_dirs(exp)
     assert not list(run_dir.rglob("*.ckpt"))
     assert strong.name in (run_dir / "train.log").read_text()
