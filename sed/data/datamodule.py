@@ -20,6 +20,7 @@ from sed.data.checks import check_sets
 from sed.data.datasets import SeededConcatDataset, SEDDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.generation import generate
+from sed.data.leakage import warn_shared_clips
 from sed.data.sampler import MixedBatchSampler
 from sed.data.sets import (
     DatasetConfigError,
@@ -363,6 +364,8 @@ class SEDDataModule(pl.LightningDataModule):
         read = [read_set(name, spec, self._dataset[spec.dataset], self.classes, problems) for name, spec in sets]
         read = [r for r in read if r is not None]
         events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem
+        roles = {name: spec.kind if isinstance(spec, TrainSubset) else spec.stage for name, spec in sets}
+        warn_shared_clips([clips for clips, _ in read], roles)  # train/test leakage, clips in two training sets
         for clips, kwargs in read:
             name = clips.name
             if "strong" in kwargs:

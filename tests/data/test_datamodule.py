@@ -287,6 +287,30 @@ def test_every_epoch_trains_its_own_order_and_a_resumed_epoch_its_remaining_batc
         assert resumed == reference[step:], f"resumed after step {step}"
 
 
+def test_clips_shared_by_training_and_evaluation_sets_are_a_warning_with_counts(tiny_dataset, tmp_path, caplog):
+    """A test clip copied into the weak training set under another name, and a weak clip listed in the strong set
+    too: accepted (the data may be meant so), with a warning each naming the sets and the count."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    test_clip = sorted((root / "audio" / "test").glob("*.wav"))[0]
+    shutil.copy(test_clip, root / "audio" / "train" / "weak" / "renamed.wav")
+    with open(root / "metadata" / "train" / "weak.tsv", "a") as f:
+        f.write("renamed.wav\t\n")
+    weak_clip = sorted((root / "audio" / "train" / "weak").glob("weak_*.wav"))[0]
+    shutil.copy(weak_clip, root / "audio" / "train" / "strong" / weak_clip.name)
+    with open(root / "metadata" / "train" / "strong.tsv", "a") as f:
+        f.write(f"{weak_clip.name}\t\t\t\n")
+    dm = SEDDataModule(root=str(root), clip_duration=2.0, batch_sizes=[2, 2, 2], num_workers=0, check_test=True)
+    dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
+    caplog.set_level(logging.WARNING, logger="sed.data.leakage")
+    dm.setup("fit")
+    assert f"1 clip(s) of the test set are also in the weak set (the same file or the same audio)" in caplog.text
+    assert f"{test_clip.name} = renamed.wav" in caplog.text
+    assert "1 clip(s) of the weak set are also in the strong set" in caplog.text
+
+
 # ------------------------------------------------------------------ several datasets
 from sed.synth import DEFAULT_CLASSES, RECORDING_CLASSES  # noqa: E402
 
