@@ -361,7 +361,7 @@ class Detector:
 
         NaN/Inf samples raise :class:`AudioError` (``nonfinite="error"``) or are read as silence (``"zero"``).
         """
-        data, rate = read_raw(path, nonfinite)  # [channels, samples]
+        data, rate = read_raw(path, nonfinite, option="--nonfinite zero")  # [channels, samples]
         try:
             return self.predict(data.mean(axis=0), rate, postprocess=postprocess)
         except ValueError as err:

@@ -324,6 +324,8 @@ def test_cli_reports_every_bad_file_and_keeps_the_good_ones(checkpoint, tmp_path
     for name, why in (("broken.wav", "cannot read audio"), ("nan.wav", "non-finite"), ("empty.wav", "empty audio")):
         (line,) = [line for line in lines if name in line]
         assert str(clips / name) in line and why in line, line
+    (line,) = [line for line in lines if "nan.wav" in line]
+    assert "--nonfinite zero" in line and "data.nonfinite_audio" not in line, line  # this command's option
     assert "3 of 5 file(s)" in err
     assert set(pd.read_csv(out, sep="\t")["filename"]) == {"good1.wav", "good2.wav"}  # threshold 0: all active
     assert sorted(read_sed_scores(scores)) == ["good1", "good2"]

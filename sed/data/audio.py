@@ -33,11 +33,18 @@ def _log_resample_once(orig: int, target: int, hint: str) -> None:
     logger.info("resampling audio from %d Hz to %d Hz (logged once per rate pair)%s", orig, target, hint)
 
 
-def check_finite(data: np.ndarray, path: str | os.PathLike, nonfinite: str = "error") -> np.ndarray:
+#: How a training run's user sets the non-finite policy to "zero" (what the error suggests); sed.infer passes its own.
+NONFINITE_OPTION = "data.nonfinite_audio=zero"
+
+
+def check_finite(
+    data: np.ndarray, path: str | os.PathLike, nonfinite: str = "error", option: str = NONFINITE_OPTION
+) -> np.ndarray:
     """Catch NaN/Inf samples where audio is read: one of them turns a network's weights or scores into NaN.
 
-    ``nonfinite="error"`` raises :class:`AudioError` naming the file; ``"zero"`` replaces them with 0 and
-    logs a warning naming the file. Float WAV/FLAC can hold them; integer PCM cannot.
+    ``nonfinite="error"`` raises :class:`AudioError` naming the file and the ``option`` that zeroes them (the
+    calling command's); ``"zero"`` replaces them with 0 and logs a warning naming the file. Float WAV/FLAC can
+    hold them; integer PCM cannot.
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -50,16 +57,18 @@ def check_finite(data: np.ndarray, path: str | os.PathLike, nonfinite: str = "er
     if nonfinite == "error":
         raise AudioError(
             f"{path}: {n} non-finite sample(s) (NaN/Inf) in {data.size}; fix the file, or set "
-            "data.nonfinite_audio=zero to replace them with silence"
+            f"{option} to replace them with silence"
         )
     logger.warning("%s: %d non-finite sample(s) (NaN/Inf) replaced with 0", path, n)
     return np.where(bad, np.zeros((), dtype=data.dtype), data)
 
 
-def read_raw(path: str | os.PathLike, nonfinite: str = "error") -> tuple[np.ndarray, int]:
+def read_raw(
+    path: str | os.PathLike, nonfinite: str = "error", option: str = NONFINITE_OPTION
+) -> tuple[np.ndarray, int]:
     """Decode a file to float32 ``[channels, samples]`` at its own rate; errors name the file.
 
-    Non-finite samples are handled by :func:`check_finite` with policy ``nonfinite``.
+    Non-finite samples are handled by :func:`check_finite` with policy ``nonfinite`` (``option``: see there).
     """
     try:
         data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
@@ -69,7 +78,7 @@ def read_raw(path: str | os.PathLike, nonfinite: str = "error") -> tuple[np.ndar
         if not os.path.exists(path):
             raise AudioError(f"{path}: audio file not found") from None
         raise AudioError(f"{path}: cannot read audio file: {err}") from None
-    return np.ascontiguousarray(check_finite(data, path, nonfinite).T), int(rate)
+    return np.ascontiguousarray(check_finite(data, path, nonfinite, option).T), int(rate)
 
 
 @functools.lru_cache(maxsize=16)
