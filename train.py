@@ -78,4 +78,5 @@ def best_val_objective(run_dir: str, warn: bool = False) -> float | None:
 
 if __name__ == "__main__":
     sed.run.config.accept_appended_exp(sys.argv)  # +exp=NAME, the form documented first, works as exp=NAME
+    sed.run.config.check_override_syntax(sys.argv)  # a non-ASCII value unquoted: how to quote it
     main()

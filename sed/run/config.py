@@ -540,6 +540,31 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def check_override_syntax(argv: list[str]) -> None:
+    """Refuse, in one line with the fix, a command-line override that Hydra's grammar cannot read because of a
+    non-ASCII character outside quotes (``data.root=/data/ünï``): Hydra's lexer fails on it with no hint.
+    train.py calls it before ``hydra.main`` reads ``sys.argv``; any other parse error is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = None
+    for arg in argv[1:]:
+        if arg.startswith("-") or "=" not in arg or arg.isascii():
+            continue
+        parser = parser or OverridesParser.create()
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException:
+            key, value = arg.split("=", 1)
+            char = next(c for c in arg if not c.isascii())
+            if value.startswith("[") or value.startswith("{"):
+                fix = f"quote each item that has one, e.g. {key}=[\"item\",...]"
+            else:
+                fix = f"quote it, e.g. '{key}=\"{value}\"' (the outer quotes for the shell)"
+            raise SystemExit(f"error: {arg}: Hydra's override grammar takes a non-ASCII character ({char!r}) only "
+                             f"in a quoted value: {fix}") from None
+
+
 def accept_appended_exp(argv: list[str]) -> None:
     """Rewrite ``+exp=NAME`` to ``exp=NAME`` in place.
 
