@@ -306,7 +306,7 @@ def test_clips_shared_by_training_and_evaluation_sets_are_a_warning_with_counts(
     dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
     caplog.set_level(logging.WARNING, logger="sed.data.leakage")
     dm.setup("fit")
-    assert f"1 clip(s) of the test set are also in the weak set (the same file or the same audio)" in caplog.text
+    assert "1 clip(s) of the test set are also in the weak set (the same file or the same audio)" in caplog.text
     assert f"{test_clip.name} = renamed.wav" in caplog.text
     assert "1 clip(s) of the weak set are also in the strong set" in caplog.text
 
