@@ -2,7 +2,7 @@
 
 * candidate: the graph ``python -m sed.export`` writes (front-end + scaler + network, ``sed.export.serialize``),
   run by ONNX Runtime's CPU provider with as many intra-op threads as torch uses.
-* reference: the same ``sed.export.InferenceGraph`` in PyTorch eager mode under ``torch.inference_mode()``.
+* reference: the same ``sed.inference.export.InferenceGraph`` in PyTorch eager mode under ``torch.inference_mode()``.
 * models (random weights, built from the composed Hydra config like ``train.py`` does): the quick-start
   configuration (``model=crnn_small``, ``features=mel_small``) and the DESED-size CRNN (``model=crnn``,
   ``features=mel``), 10 classes, instance min-max scaler, 10-s windows at 16 kHz.
@@ -61,7 +61,7 @@ def main() -> None:
 
     import torch
 
-    from sed.export import DetectorMetadata, ExportedModel, InferenceGraph, serialize
+    from sed.inference.export import DetectorMetadata, ExportedModel, InferenceGraph, serialize
 
     print(machine_line("cpu"), flush=True)
     threads = torch.get_num_threads()

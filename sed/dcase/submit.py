@@ -13,7 +13,7 @@ unprocessed scores, one sed_scores_eval table per evaluation clip, and codecarbo
 ``<label>.meta.yaml`` (:mod:`sed.dcase.metadata`); the technical report.
 
 The outputs are those of the **evaluation set** (``--eval-audio DIR``): every run's tested checkpoint (the one its
-test results are of) runs through :class:`sed.infer.Detector` on every file, any length, and the energy of that
+test results are of) runs through :class:`sed.inference.detector.Detector` on every file, any length, and the energy of that
 inference is measured with codecarbon (on the GPU used only). ``--dev-test`` packages the runs' own dev-test outputs
 instead, for a dry run: that package is marked ``not_submittable`` and the log says so.
 
@@ -157,7 +157,7 @@ def _eval_scores(
     from sed.data.inputs import collect_inputs
     from sed.dcase.energy import gpu_ids, start_tracker
     from sed.evaluation.postprocess import audio_id, median_filter
-    from sed.infer import Detector, Prediction
+    from sed.inference.detector import Detector, Prediction
 
     files = collect_inputs([eval_audio])
     tuned = run_dir / "postprocessing.json"

@@ -5,7 +5,7 @@ A model trained on clips of ``window_samples`` sees a longer recording as overla
 common frame grid; where windows overlap they are averaged. When the model resamples its input
 (``features.input_sample_rate``), windows are cut from audio at the input rate: a frame is then a fractional
 number of input samples (e.g. 1024 samples at 16 kHz = 2822.4 at 44.1 kHz), kept exact as a ``Fraction``, and
-window starts are rounded to the nearest sample (at most half a sample off the frame grid, never accumulating). ``sed.infer.Detector`` and the evaluation step of
+window starts are rounded to the nearest sample (at most half a sample off the frame grid, never accumulating). ``sed.inference.detector.Detector`` and the evaluation step of
 ``sed.training.module.SEDModule`` both go through :class:`WindowGrid`, so a file gives the same numbers in both.
 """
 

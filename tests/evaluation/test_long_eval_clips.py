@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from conftest import tiny_module
 
-from sed.infer import Detector
+from sed.inference.detector import Detector
 from sed.models.crnn import CRNNOutput
 
 CLASSES = ["alarm", "dog", "speech"]

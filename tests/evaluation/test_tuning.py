@@ -229,7 +229,7 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
     preferred = saved["preferred_model"]
     assert out.read_text() == (run / "test" / preferred / "events_tuned.tsv").read_text()
     # sed.export embeds the settings; sed.infer on the exported file decodes the same events.
-    from sed.export import export_detector
+    from sed.inference.export import export_detector
 
     exported = export_detector(ckpt, tmp_path / "model.pt", check=False)
     assert exported.metadata.extra["postprocessing"]["method"] == "median"

@@ -107,7 +107,7 @@ def test_infer_on_native_files_gives_the_events_of_loader_resampling(trained, na
     """sed.infer with the checkpoint passes 44.1 kHz windows to the model; the same weights fed 16 kHz audio
     (resampled by sed.infer, as before) give the same frame probabilities within 1e-4 (window edges: each window is
     resampled on its own) and so the same events, except where a probability lies within 1e-4 of the threshold."""
-    from sed.infer import Detector
+    from sed.inference.detector import Detector
     from sed.infer import main as infer_main
 
     ckpt = trained / "checkpoints" / "last.ckpt"
@@ -137,8 +137,8 @@ def test_infer_on_native_files_gives_the_events_of_loader_resampling(trained, na
 def test_export_takes_native_rate_audio_and_matches_pytorch(trained, native_dataset, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from sed.export import export_detector
-    from sed.infer import Detector
+    from sed.inference.export import export_detector
+    from sed.inference.detector import Detector
 
     ckpt = trained / "checkpoints" / "last.ckpt"
     clip = min((native_dataset / "audio" / "test").glob("*.wav"))

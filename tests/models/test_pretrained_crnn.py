@@ -170,7 +170,7 @@ def test_mean_teacher_shares_the_frozen_encoder() -> None:
 def test_train_then_infer_end_to_end(tiny_dataset, tmp_path) -> None:
     from conftest import run_train, tiny_overrides
 
-    from sed.infer import Detector
+    from sed.inference.detector import Detector
 
     config = "{" + ",".join(f"{k}:{v}" for k, v in TINY_AST.items()) + "}"
     args = tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=2) + [

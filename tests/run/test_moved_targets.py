@@ -36,7 +36,7 @@ def test_every_moved_target_resolves():
 
 
 def test_old_checkpoint_rebuilds_and_detects(checkpoint):
-    from sed.infer import Detector
+    from sed.inference.detector import Detector
 
     det = Detector.from_checkpoint(FIXTURE)
     state = det.module.state_dict()

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sed.export import DetectorMetadata, ExportedModel, InferenceGraph, load_module
+from sed.inference.export import DetectorMetadata, ExportedModel, InferenceGraph, load_module
 from sed.export import main as export_main
 from sed.infer import main as infer_main
 
@@ -224,7 +224,7 @@ def test_stft_of_the_exported_graph_equals_torch_stft(exported, checkpoint):
 
 
 def test_export_errors_name_the_file_and_write_nothing(checkpoint, exported, tmp_path, capsys, monkeypatch):
-    import sed.export as export
+    import sed.inference.export as export
 
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
@@ -293,7 +293,7 @@ def test_export_and_infer_deploy_the_network_validation_preferred(checkpoint, ti
     assert infer_main([str(path), audio, "-o", str(tmp_path / "ckpt.tsv"), "--device", "cpu", "-q"]) == 0
     assert infer_main(["--torchscript", str(exported), audio, "-o", str(tmp_path / "ts.tsv"), "-q"]) == 0
     assert (tmp_path / "ts.tsv").read_text() == (tmp_path / "ckpt.tsv").read_text()
-    from sed.infer import Detector
+    from sed.inference.detector import Detector
 
     assert Detector.from_checkpoint(path, device="cpu").metadata.model == other  # the Python API's default too
     with pytest.raises(SystemExit):
