@@ -157,19 +157,22 @@ class AudioEncoder(nn.Module):
         self._store: Any = None  # EmbeddingStore, opened at the first cached call
         self.counts: Counter = Counter()  # memory / disk / computed / varying clips since the last reset
 
-    def _attach(self, model: nn.Module, description: dict[str, Any]) -> None:
+    def _attach(self, model: nn.Module, description: dict[str, Any], **declared: Any) -> None:
         """Finish construction around ``model`` (the subclass's network): its declared rate, width, frame hop and
         blocks, the layer weights, the resampler, and freezing. ``description``: what else changes the output
-        (plain values; part of the identity)."""
-        from sed.resample import Resample
+        (plain values; part of the identity). ``declared``: ``dim``, ``sample_rate``, ``frame_hop`` for a network
+        that does not declare them itself."""
+        from sed.features.resample import Resample
 
-        missing = [name for name in ("dim", "sample_rate", "frame_hop") if getattr(model, name, None) is None]
+        values = {name: declared.get(name, getattr(model, name, None)) for name in ("dim", "sample_rate", "frame_hop")}
+        missing = [name for name, value in values.items() if value is None]
         if missing:
             raise TypeError(f"model.encoder: {type(model).__name__} does not declare {', '.join(missing)} (an encoder "
                             "declares its width dim, its sample_rate and its frame_hop in seconds)")
         self.model = model
         self.description = dict(description)
-        self.native_rate, self.dim, self.frame_hop = int(model.sample_rate), int(model.dim), float(model.frame_hop)
+        self.native_rate, self.dim = int(values["sample_rate"]), int(values["dim"])
+        self.frame_hop = float(values["frame_hop"])
         self.n_layers = len(self.blocks()) or int(getattr(model, "n_layers", 0) or 0)
         self.resample = Resample(self.sample_rate, self.native_rate)
         if isinstance(self.layer, int) and not -max(self.n_layers, 1) <= self.layer < max(self.n_layers, 1):
