@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sed.models.embeddings import audio_encoder
+from sed.models.encoders import audio_encoder
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from sed.inference.exported_model import (
     ExportError,
     PathLike,
 )
-from sed.models.embeddings import model_inputs
+from sed.models.encoders import model_inputs
 from sed.features.scaler import _STAT_BUFFERS, TorchScaler
 
 logger = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -77,6 +78,13 @@ def warmup_lambda_lr(
     lr = optimizer.param_groups[0]["lr"]
     min_ratio = min_lr / lr if lr > 0 else 1.0
     warmup = warmup_steps(total_steps, steps_per_epoch, warmup_epochs, warmup_fraction)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total_steps, schedule, min_ratio)
-    )
+    # A group that starts training later (a pretrained encoder fine-tuned from an epoch on: its "start_step")
+    # gets its own warm-up from then.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        functools.partial(_group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio)
+        for group in optimizer.param_groups
+    ])
+
+
+def _group_factor(start: int, warmup: int, total: int, schedule: str, min_ratio: float, step: int) -> float:
+    return lr_factor(max(step - start, 0), warmup, max(total - start, 1), schedule, min_ratio)

@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("transformers")
 
 from sed.features.frontend import FrontEnd
-from sed.models.embeddings import ASTEncoder, audio_fingerprint, model_inputs
+from sed.models.encoders import audio_fingerprint, model_inputs
+from sed.models.encoders.ast import ASTEncoder
 from sed.models.pretrained_crnn import PretrainedCRNN
 
 # A tiny AST: 2 layers, 2 heads, hidden 32, 2.56 s of input (256 filterbank frames).

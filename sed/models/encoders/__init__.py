@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from sed.models.encoders.base import INTERFACE_KEYS, AudioEncoder, ModuleEncoder, audio_fingerprint
 from sed.models.encoders.model_contract import (
     audio_encoder,
@@ -46,6 +48,8 @@ def build_encoder(node: dict[str, Any]) -> AudioEncoder:
     """The encoder of a ``model.encoder`` node: an :class:`AudioEncoder` class gets every key; any other callable
     gets its own keys and is wrapped in :class:`ModuleEncoder`, which takes the interface keys
     (:data:`INTERFACE_KEYS`: ``sample_rate``, ``layer``, ``frozen``, ...)."""
+    if isinstance(node, DictConfig):  # a model built without Hydra's recursion gets the node as it is
+        node = OmegaConf.to_container(node, resolve=True)
     node = dict(node)
     target = node.pop("_target_", None) or DEFAULT_TARGET
     target = LEGACY_TARGETS.get(target, target)

@@ -76,14 +76,45 @@ def set_encoder_epoch(epoch: int, student: nn.Module, teacher: Optional[nn.Modul
     return started
 
 
-def optimizer_param_groups(model: nn.Module, lr: float) -> Iterable[Any]:
+def optimizer_param_groups(model: nn.Module, lr: float, steps_per_epoch: int = 1) -> Iterable[Any]:
     """What the optimiser gets: ``model.parameters()`` for a model whose encoder never trains (as before encoders
     could be fine-tuned, so older runs resume), else the model's other parameters at ``lr`` then the encoder's
     layer-wise groups (:meth:`AudioEncoder.param_groups`), frozen ones included so that unfreezing later needs
-    no new optimiser."""
+    no new optimiser. The encoder's groups carry the step it starts training at (``start_step``): the warm-up
+    schedule (:func:`sed.training.schedules.warmup_lambda_lr`) ramps them up from there."""
     enc = audio_encoder(model)
     if enc is None or not enc.will_finetune:
         return model.parameters()
     network = {id(p) for p in enc.model.parameters()}
     rest = [p for p in model.parameters() if id(p) not in network]
-    return [{"params": rest, "name": "model"}, *enc.param_groups(lr)]
+    start = int(enc.finetune_after_epoch or 0) * int(steps_per_epoch)
+    return [{"params": rest, "name": "model"}, *({**g, "start_step": start} for g in enc.param_groups(lr))]
+
+
+def pack_inputs(per_model: Mapping[str, dict[str, Tensor]], first: str = "student") -> dict[str, Tensor]:
+    """The inputs of several models as one flat dict (what mixup mixes with one draw): ``first``'s keys as they
+    are, another model's as ``"<name>.<key>"`` unless they are ``first``'s own tensors."""
+    flat = dict(per_model.get(first, {}))
+    for name, inputs in per_model.items():
+        if name != first and inputs is not per_model.get(first):
+            flat.update({f"{name}.{k}": v for k, v in inputs.items()})
+    return flat
+
+
+def unpack_inputs(flat: Mapping[str, Tensor], name: str, first: str = "student") -> dict[str, Tensor]:
+    """``name``'s inputs from :func:`pack_inputs`' dict (``first``'s where it has none of its own)."""
+    own = {k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(f"{name}.")}
+    return own if name != first and own else {k: v for k, v in flat.items() if "." not in k}
+
+
+def log_embedding_counts(enc: Optional[AudioEncoder], epoch: int, logger: Any) -> None:
+    """Say where an epoch's cached embeddings came from (computed, disk, memory) and how many clips vary per
+    epoch (computed on the fly, never cached), then reset the counts; nothing for an encoder that is not cached."""
+    if enc is None or not enc.counts:
+        return
+    c = enc.counts
+    logger.info("Epoch %d, audio encoder embeddings (training and validation): %d computed%s, %d read from disk, "
+                "%d from memory; %d training clip(s) vary per epoch (random crops or channels): computed on the fly, "
+                "not cached", epoch, c["computed"], f" and written to {enc.cache_dir}" if enc.cache_dir else "",
+                c["disk"], c["memory"], c["varying"])
+    c.clear()
