@@ -252,15 +252,20 @@ class AudioEncoder(nn.Module):
         ``n_layers + 1``."""
         blocks = self.blocks()
         depth = {id(p): i + 1 for i, b in enumerate(blocks) for p in b.parameters()}
+        depth.update({id(p): 0 for p in self.front_parameters()})
         below = True
         out = {}
         for p in self.model.parameters():
             if id(p) in depth:
-                below = False
+                below = below and depth[id(p)] == 0
                 out[id(p)] = depth[id(p)]
             else:
                 out[id(p)] = 0 if below else len(blocks) + 1
         return out
+
+    def front_parameters(self) -> list[nn.Parameter]:
+        """Parameters below the first block although registered after the last (a family overrides it)."""
+        return []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The network's parameters that fine-tuning trains: all but those at depth <= ``freeze_layers`` (when
