@@ -9,32 +9,9 @@ import copy
 import pytest
 import torch
 import torchaudio
-from torch import nn
 
 from sed.models.encoders import AudioEncoder, ModuleEncoder, build_encoder
-
-
-class TinyNet(nn.Module):
-    """A user's encoder: strided convolution frames (20 ms at 16 kHz), transformer blocks, a final norm."""
-
-    def __init__(self, dim: int = 8, n_layers: int = 3, hop: int = 320, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.dim, self.sample_rate, self.frame_hop = dim, 16000, hop / 16000
-        self.front = nn.Conv1d(1, dim, 2 * hop, stride=hop, padding=hop // 2)
-        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, 2, 16, dropout=dropout, batch_first=True)
-                                    for _ in range(n_layers))
-        self.norm = nn.LayerNorm(dim)
-
-    def hidden_states(self, audio: torch.Tensor) -> list[torch.Tensor]:
-        x = self.front(audio[:, None]).transpose(1, 2)
-        states = []
-        for block in self.blocks:
-            x = block(x)
-            states.append(x)
-        return states
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.hidden_states(audio)[-1]).transpose(1, 2)
+from tiny_network import TinyNet
 
 
 def _encoder(**options) -> ModuleEncoder:
@@ -192,14 +169,14 @@ def test_bf16_autocast_on_cpu() -> None:
 
 
 def test_build_from_a_node_splits_the_interface_keys() -> None:
-    enc = build_encoder({"_target_": f"{__name__}.TinyNet", "dim": 16, "n_layers": 2, "layer": 0, "frozen": False,
+    enc = build_encoder({"_target_": "tiny_network.TinyNet", "dim": 16, "n_layers": 2, "layer": 0, "frozen": False,
                          "sample_rate": 32000})
     assert isinstance(enc, AudioEncoder) and enc.dim == 16 and enc.n_layers == 2 and enc.layer == 0
     assert not enc.frozen and enc.sample_rate == 32000 and enc.native_rate == 16000
-    assert enc.manifest()["description"] == {"_target_": f"{__name__}.TinyNet", "dim": 16, "n_layers": 2}
+    assert enc.manifest()["description"] == {"_target_": "tiny_network.TinyNet", "dim": 16, "n_layers": 2}
     with pytest.raises(ValueError, match=r"model.encoder._target_=nowhere.Net: cannot import it"):
         build_encoder({"_target_": "nowhere.Net"})
     with pytest.raises(TypeError, match=r"model.encoder._target_=.*TinyNet: .*unexpected keyword"):
-        build_encoder({"_target_": f"{__name__}.TinyNet", "width": 3})
+        build_encoder({"_target_": "tiny_network.TinyNet", "width": 3})
     with pytest.raises(TypeError, match="Identity does not declare dim, sample_rate, frame_hop"):
         build_encoder({"_target_": "torch.nn.Identity"})
