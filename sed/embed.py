@@ -55,6 +55,9 @@ def extract(cfg: Any, device: str = "cpu", batch_size: Optional[int] = None) -> 
     from sed.models.encoders import audio_encoder
     from sed.training.module import SEDModule
 
+    import pytorch_lightning as pl
+
+    pl.seed_everything(cfg.seed, workers=True)  # as train.py: a random encoder (config=...) gets the run's weights
     dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
     dm.prepare_data()
     config = OmegaConf.to_container(cfg, resolve=True)

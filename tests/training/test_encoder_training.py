@@ -55,7 +55,7 @@ def test_frozen_beats_from_the_disk_cache_trains_as_on_the_fly(tiny_dataset, tmp
     on_the_fly = run_train([*base, "exp_name=fly", "model.encoder.cache=false"])
     from_disk = run_train([*base, "exp_name=disk", f"model.encoder.cache_dir={cache}"])
     assert re.search(r"Epoch 0, audio encoder embeddings .*: 0 computed and written to .*cache, \d+ read from disk",
-                     from_disk.stderr), from_disk.stderr[-3000:]
+                     from_disk.stdout + from_disk.stderr), from_disk.stdout[-3000:]
     assert len(list(cache.rglob("*.npy"))) == n_entries  # nothing new to write
     fly_dir, disk_dir = (next((tmp_path / "exp" / name).iterdir()) for name in ("fly", "disk"))
     assert _losses(disk_dir) == pytest.approx(_losses(fly_dir), abs=1e-6) and len(_losses(disk_dir)) >= 8
