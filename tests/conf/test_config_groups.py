@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -208,8 +209,12 @@ class TinySED(nn.Module):
         return CRNNOutput(strong_logits, weak_logits, torch.sigmoid(strong_logits), torch.sigmoid(weak_logits))
 
 
+# train.py imports TinySED from this file, which imports the suite's conftest
+HERE_AND_CONFTEST = os.pathsep.join(str(Path(__file__).parents[i]) for i in (0, 1))
+
+
 def test_any_module_with_the_crnn_output_contract_trains_and_evaluates(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", HERE_AND_CONFTEST)
     base = [o for o in tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1) if not o.startswith("model.")]
     run_train([*base, "~model", "+model._target_=test_config_groups.TinySED", "+model.hidden=6"])
     run_dir = _run_dir(tmp_path / "exp")
@@ -225,7 +230,7 @@ def test_crnn_keys_are_still_checked_and_foreign_keys_get_a_hint(tiny_dataset, t
     base = tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=1)
     proc = run_train([*base, "+model.dropot=0.1"], check=False)
     assert proc.returncode != 0 and "model.dropot" in proc.stderr
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", HERE_AND_CONFTEST)
     proc = run_train([*base, "model._target_=test_config_groups.TinySED"], check=False)
     assert proc.returncode != 0 and "~model" in proc.stderr
 
