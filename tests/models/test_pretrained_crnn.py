@@ -188,3 +188,7 @@ def test_train_then_infer_end_to_end(tiny_dataset, tmp_path) -> None:
     assert prediction.probabilities.shape[0] == len(detector.classes)
     assert np.isfinite(prediction.probabilities).all()
     assert detector.network.audio_encoder.cache_size == 0  # inference does not cache
+    from sed.export import export_detector
+
+    result = export_detector(ckpt, tmp_path / "crnn_ast.onnx")  # the batched filterbank keeps a dynamic batch
+    assert result.max_abs_diff < 1e-4

@@ -4,8 +4,8 @@ Why AST from ``transformers``: it is maintained, loads the published AudioSet ch
 ``from_pretrained`` from a local folder (nothing is downloaded at run time) and builds a random model from a
 config dict (tests). Its input is the Kaldi-compatible 128-bin log-mel filterbank of 16-kHz audio (25-ms
 Hanning windows every 10 ms), padded to ``max_length`` frames and normalised with the AudioSet mean and standard
-deviation, exactly what ``ASTFeatureExtractor`` computes; here it is computed with
-``torchaudio.compliance.kaldi.fbank`` on the device the audio is on.
+deviation, exactly what ``ASTFeatureExtractor`` computes; here it is computed for the whole batch on the device
+the audio is on (:func:`sed.models.encoders.kaldi_fbank.kaldi_fbank`, torchaudio's Kaldi numbers).
 
 Frame-level embeddings: AST cuts the filterbank into 16x16 patches (strides 10 in frequency and time); a layer's
 output holds one token per patch after the two special tokens. The tokens of one time column are averaged over
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sed.models.encoders.base import AudioEncoder
+from sed.models.encoders.kaldi_fbank import kaldi_fbank
 
 #: AST's sample rate: the published models were trained on 16-kHz AudioSet.
 AST_SAMPLE_RATE = 16000
@@ -102,8 +103,6 @@ class ASTEncoder(AudioEncoder):
     def fbank(self, audio: Tensor) -> tuple[Tensor, int]:
         """AST input ``[B, max_length, num_mel_bins]`` (``ASTFeatureExtractor``'s computation) of 16-kHz audio and
         the number of filterbank frames holding audio."""
-        import torchaudio
-
         if audio.dim() != 2:
             raise ValueError(f"the audio encoder expects audio [B, N], got shape {tuple(audio.shape)}")
         with torch.autocast(device_type=audio.device.type, enabled=False):
@@ -117,11 +116,9 @@ class ASTEncoder(AudioEncoder):
                     f"max_length={self.max_length} ({(self.max_length - 1) * 0.01 + 0.025:g} s): set a shorter "
                     "data.clip_duration or an encoder with a longer max_length"
                 )
-            feats = torch.stack([
-                torchaudio.compliance.kaldi.fbank(row.unsqueeze(0), sample_frequency=AST_SAMPLE_RATE,
-                                                  window_type="hanning", num_mel_bins=self.num_mel_bins)
-                for row in x
-            ])
+            # torchaudio.compliance.kaldi.fbank's numbers, for the whole batch at once (an exported graph keeps a
+            # dynamic batch axis)
+            feats = kaldi_fbank(x, AST_SAMPLE_RATE, self.num_mel_bins, window_type="hanning")
             feats = F.pad(feats, (0, 0, 0, self.max_length - n))
             return (feats - self.mean) / (2 * self.std), n
 
