@@ -422,6 +422,7 @@ MOVED_TARGETS: Dict[str, str] = {
     "sed.features.FrontEnd": "sed.features.frontend.FrontEnd",
     "sed.scaler.TorchScaler": "sed.features.scaler.TorchScaler",
     "sed.energy.EnergyTracker": "sed.dcase.energy.EnergyTracker",
+    "sed.models.embeddings.ASTEncoder": "sed.models.encoders.ast.ASTEncoder",
 }
 
 

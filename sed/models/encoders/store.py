@@ -59,7 +59,8 @@ def claim_folder(folder: str | os.PathLike) -> Path:
         if root.exists():
             if not root.is_dir():
                 raise CacheFolderError(f"{KEY}={folder}: not a folder")
-            if any(root.iterdir()):
+            # Our marker's temporary file is another process claiming the folder at this moment (DDP ranks).
+            if any(not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp")) for p in root.iterdir()):
                 raise CacheFolderError(f"{KEY}={folder}: the folder holds files this project did not write (no "
                                        f"{MARKER}); give a new or empty folder")
         root.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,10 @@ def test_a_folder_that_is_not_ours_is_refused(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     _encoder(tmp_path / "empty").embed(_audio(1), cache=True)  # an empty folder is claimed
     assert (tmp_path / "empty" / MARKER).is_file()
+    (tmp_path / "claimed").mkdir()  # another process (a DDP rank) is writing its marker right now
+    (tmp_path / "claimed" / f".{MARKER}.x1y2.tmp").write_text("")
+    _encoder(tmp_path / "claimed").embed(_audio(1), cache=True)
+    assert (tmp_path / "claimed" / MARKER).is_file()
 
 
 def test_read_only_and_full_cache_folders_are_clear_errors(tmp_path, monkeypatch) -> None:
