@@ -47,6 +47,7 @@ def compose_config(overrides: list[str]) -> Any:
 def extract(cfg: Any, device: str = "cpu", batch_size: Optional[int] = None) -> dict[str, int]:
     """Fill the disk cache of ``cfg``'s encoder with the embeddings of every set's clips; the counts
     (``computed``, ``disk``: already there, ``varying``: left to the runs, ``clips``, ``seconds``)."""
+    import pytorch_lightning as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -54,8 +55,6 @@ def extract(cfg: Any, device: str = "cpu", batch_size: Optional[int] = None) -> 
     from sed.data.datasets import collate
     from sed.models.encoders import audio_encoder
     from sed.training.module import SEDModule
-
-    import pytorch_lightning as pl
 
     pl.seed_everything(cfg.seed, workers=True)  # as train.py: a random encoder (config=...) gets the run's weights
     dm: SEDDataModule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")

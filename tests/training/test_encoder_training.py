@@ -52,7 +52,7 @@ def test_frozen_beats_from_the_disk_cache_trains_as_on_the_fly(tiny_dataset, tmp
     assert embed_main([*base, f"model.encoder.cache_dir={cache}"]) == 0  # a second extraction finds them all
     assert len(list(cache.rglob("*.npy"))) == n_entries
 
-    on_the_fly = run_train([*base, "exp_name=fly", "model.encoder.cache=false"])
+    run_train([*base, "exp_name=fly", "model.encoder.cache=false"])
     from_disk = run_train([*base, "exp_name=disk", f"model.encoder.cache_dir={cache}"])
     assert re.search(r"Epoch 0, audio encoder embeddings .*: 0 computed and written to .*cache, \d+ read from disk",
                      from_disk.stdout + from_disk.stderr), from_disk.stdout[-3000:]

@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 import torchaudio
+from tiny_network import TinyNet
 
 from sed.models.encoders import AudioEncoder, ModuleEncoder, build_encoder
-from tiny_network import TinyNet
 
 
 def _encoder(**options) -> ModuleEncoder:
