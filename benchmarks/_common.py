@@ -96,6 +96,46 @@ def interleaved(
     return times
 
 
+def run_timed(args: list[str], reap_timeout: float = 60.0, **kwargs) -> tuple["subprocess.CompletedProcess", float, float]:
+    """Run a command; its result, wall seconds and the CPU seconds of its whole process tree.
+
+    ``RUSAGE_CHILDREN`` counts only descendants that were waited for up a chain that reaches this process. The
+    workers of a ``forkserver`` pool (``sed.synth``'s generation, the scoring pool) are children of the forkserver,
+    which outlives its parent by a moment and is then reparented to init, so their CPU time was lost: the quick
+    start's generation (two workers) looked free. On Linux this process becomes a child subreaper for the call, so
+    orphaned descendants are reparented to it and reaped here (waiting up to ``reap_timeout`` seconds).
+    """
+    import ctypes
+    import resource
+    import subprocess
+
+    subreaper = False
+    if sys.platform.startswith("linux"):
+        try:  # PR_SET_CHILD_SUBREAPER
+            subreaper = ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            subreaper = False
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(args, **kwargs)
+        wall = time.perf_counter() - start
+        deadline = time.monotonic() + reap_timeout
+        while subreaper and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # nothing left to reap
+                break
+            if pid == 0:
+                time.sleep(0.05)
+    finally:
+        if subreaper:
+            ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, wall, cpu
+
+
 # --------------------------------------------------------------------------- output
 def result(bench: str, text: str) -> str:
     """Print one summary line (``RESULT <bench>: ...``) and return it."""

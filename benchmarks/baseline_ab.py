@@ -35,7 +35,7 @@ fragment stamped on arrival) and from memory samples of the process tree:
   memory (DataLoader workers; ``_common.tree_rss_mib``), from start until the test stage begins.
 
 Torch threads are left at each system's default. This project sets ``OMP_WAIT_POLICY=PASSIVE`` at import (on a
-shared CPU libgomp's spin-waiting makes the CRNN step many times slower; see ``cpu_threads.py``); the baseline
+shared CPU libgomp's spin-waiting makes the CRNN step many times slower; see ``experiments/cpu_threads.py``); the baseline
 gets the same variable in its environment so that the loops are compared, not libgomp's waiting policy
 (``--baseline-omp-default`` runs it without). It also makes PyTorch put large CPU tensors in transparent huge
 pages (``THP_MEM_ALLOC_ENABLE=1``): the baseline runs as shipped, without it, unless ``--baseline-thp`` (which

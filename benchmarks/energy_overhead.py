@@ -1,4 +1,4 @@
-"""Cost of energy measuring (codecarbon, sed.dcase.energy) and MAC counting (sed.complexity) on a whole run.
+"""Cost of energy measuring (codecarbon, sed.dcase.energy) and MAC counting (sed.dcase.complexity) on a whole run.
 
 Runs ``python train.py`` on a tiny generated dataset (2-s clips, a few thousand-parameter CRNN: the worst case,
 where fixed costs weigh most) with ``energy.enabled=true`` and ``false``, interleaved, and reports the median
@@ -47,7 +47,7 @@ def main() -> None:
     result("energy_overhead", f"tiny train.py run ({args.epochs} epochs + test), energy on {on:.1f} s vs off {off:.1f} s "
            f"(median of {args.repeats}): +{on - off:.1f} s, ratio {on / off:.2f}x")
 
-    from sed.complexity import deployed_complexity
+    from sed.dcase.complexity import deployed_complexity
     from sed.features.frontend import FrontEnd
     from sed.models.crnn import CRNN
     from sed.features.scaler import TorchScaler

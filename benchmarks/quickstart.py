@@ -2,7 +2,8 @@
 
 Runs the default recipe (``exp=quickstart``: generates the embedded dataset, trains, tests) in a scratch folder
 (``paths.data_dir``/``paths.exp_dir`` under a temporary directory, or ``--data-dir`` to reuse generated data),
-and prints the wall time (generation included unless the data was reused), the CPU time of the process tree,
+and prints the wall time (generation included unless the data was reused), the CPU time of the whole process tree
+(the generation's and scoring's forkserver workers included),
 and the test scores of the model the run prefers (the one ``sed.infer`` deploys), with its per-class PSDS1.
 
     python benchmarks/quickstart.py                 # the README's quick-start figures
@@ -17,33 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import ROOT, machine_line
+from _common import ROOT, machine_line, run_timed
 
 
 def run_once(seed: int, data_dir: Path, exp_dir: Path, extra: list[str]) -> dict:
     """One ``python train.py`` run; its wall/CPU time and the preferred model's test metrics."""
     args = [sys.executable, str(ROOT / "train.py"), f"seed={seed}", f"paths.data_dir={data_dir}",
             f"paths.exp_dir={exp_dir}", "trainer.enable_progress_bar=false", *extra]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc, wall, cpu = run_timed(args, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     status = sorted(exp_dir.rglob("status.json"), key=lambda p: p.stat().st_mtime)[-1]
     run_dir = status.parent
     preferred = json.loads(status.read_text())["preferred_model"]
     metrics = json.loads((run_dir / "test" / preferred / "metrics.json").read_text())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"seed": seed, "wall_s": wall, "cpu_s": cpu, "model": preferred, "run_dir": str(run_dir), **metrics}
 
 

@@ -22,7 +22,6 @@ BENCHMARKS = {
     "frontend": "frontend.py",
     "scoring": "scoring.py",
     "data": "data_loading.py",
-    "threads": "cpu_threads.py",
     "train": "train_throughput.py",
     "audio_check": "audio_check.py",
 }
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=1,
                         help="torch threads of the CPU training benchmark (0: torch's default). 1 by default: "
                              "with the default count a shared CPU spends most of the step in OpenMP barrier "
-                             "stalls (see the threads benchmark), which would drown what train measures")
+                             "stalls (benchmarks/experiments/cpu_threads.py), which would drown what train measures")
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args()
 

@@ -76,15 +76,22 @@ def _checkpoint_best_score(run_dir: Path) -> Optional[float]:
 
 
 def _test_metrics(run_dir: Path) -> dict[str, dict[str, Optional[float]]]:
-    """Headline test metrics per model from ``test/<model>/metrics.json``; event F1 at the first threshold."""
+    """Headline test metrics per model from ``test/<model>/metrics.json`` (with several datasets per
+    ``<dataset>/<model>`` from ``test/<dataset>/<model>/metrics.json``): PSDS, event F1 at the first threshold, or
+    the mpAUC of a set of soft-labelled recordings."""
     out: dict[str, dict[str, Optional[float]]] = {}
     test_dir = run_dir / "test"
     if not test_dir.is_dir():
         return out
-    for metrics_file in sorted(test_dir.glob("*/metrics.json")):
+    files = sorted(test_dir.glob("*/metrics.json")) or sorted(test_dir.glob("*/*/metrics.json"))
+    for metrics_file in files:
         metrics = _read_json(metrics_file)
+        name = metrics_file.parent.relative_to(test_dir).as_posix()
+        if "mpauc" in metrics:
+            out[name] = {"mpauc": _finite(metrics.get("mpauc"))}
+            continue
         event_keys = sorted(k for k in metrics if k.startswith("event_f1_macro@"))
-        out[metrics_file.parent.name] = {
+        out[name] = {
             "psds1": _finite(metrics.get("psds1")),
             "psds2": _finite(metrics.get("psds2")),
             **{key: _finite(metrics[key]) for key in event_keys[:1]},

@@ -180,7 +180,8 @@ def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
 @pytest.fixture(scope="session")
 def lr_sweep(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """``python train.py -m ... training.lr=1e-3,3e-4``: a tested 1-epoch multirun of two jobs with Hydra's basic
-    launcher (never write into it). Returns ``(exp_dir, stdout)``."""
+    launcher (never write into it); with tested_run, the three runs of tests/dcase/test_submit.py's system.
+    Returns ``(exp_dir, stdout)``."""
     def make(exp: Path) -> tuple[str, str]:
         proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
         return str(exp), proc.stdout

@@ -71,6 +71,7 @@ class ClipSet:
     ``lines`` maps a filename to the annotation line listing it (for messages); ``events`` are strong labels
     from :func:`sed.data.tsv.read_strong` (their ``attrs["row_lines"]`` name each row's line);
     ``durations`` come from ``durations.tsv`` (:func:`sed.data.tsv.read_durations`), for evaluation sets.
+    :func:`check_sets` fills ``lengths`` (seconds of audio per readable file, from its header).
     """
 
     name: str
@@ -80,6 +81,7 @@ class ClipSet:
     lines: Mapping[str, int] = field(default_factory=dict)
     events: Optional[pd.DataFrame] = None
     durations: Optional[Mapping[str, float]] = None
+    lengths: dict[str, float] = field(default_factory=dict)
 
     def where(self, filename: str) -> tuple[str, Optional[int]]:
         if self.source is None:
@@ -312,7 +314,7 @@ def check_sets(
     out: dict[str, Optional[pd.DataFrame]] = {}
     for s in sets:
         problems += sorted(bad_audio[s.name], key=lambda p: p.line or 0)  # in annotation-file order
-        ends = lengths[s.name]
+        ends = s.lengths = lengths[s.name]
         if s.durations is not None:
             source = getattr(s.durations, "source", None) or "durations.tsv"
             missing = [f for f in s.filenames if f not in s.durations]

@@ -6,7 +6,7 @@ import ctypes
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,18 +16,23 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from sed.data.checks import ClipSet, check_sets
+from sed.data.checks import check_sets
 from sed.data.datasets import SEDDataset, collate
 from sed.data.encoder import LabelEncoder
+from sed.data.generation import generate
 from sed.data.sampler import MixedBatchSampler
-from sed.data.tsv import (
-    AnnotationError,
-    read_durations,
-    read_filenames,
-    read_strong,
-    read_weak,
-    write_weak,
+from sed.data.sets import (
+    DatasetConfigError,
+    EvalSet,
+    TrainSubset,
+    check_classes,
+    describe_classes,
+    parse_datasets,
+    read_set,
+    resolve_classes,
+    single_dataset,
 )
+from sed.data.tsv import AnnotationError, write_weak
 
 log = logging.getLogger(__name__)
 
@@ -62,39 +67,19 @@ def _init_worker(worker_id: int) -> None:
         pass
 
 
-_SETTING_KEYS = {
-    "seed": "data.generate_seed",
-    "sizes": "data.generate_sizes",
-    "clip_duration": "data.clip_duration",
-    "sample_rate": "data.sample_rate",
-}
-
-
-def _refusal_advice(err: Exception) -> str:
-    """A refused generation in the configuration's terms: which keys to set."""
-    differences = getattr(err, "differences", {})
-    if not differences:
-        return (
-            f"data.generate=true would write the synthetic dataset into data.root={err.root}, which already holds "
-            "files the generator did not write; nothing was changed. To train on that data set data.generate=false "
-            "(and its paths, e.g. data=desed for a prepared DESED copy); to generate the embedded data, point "
-            "data.root at a new or empty folder."
-        )
-    name = lambda k: _SETTING_KEYS.get(k, f"generator {k}")  # noqa: E731
-    listed = "; ".join(f"{name(k)}: {found!r} there, {wanted!r} in this run" for k, (found, wanted) in differences.items())
-    return (
-        f"data.root={err.root} holds the synthetic dataset generated with other settings ({listed}); it is not "
-        "regenerated in place. Use it with its own settings, or point data.root at a new folder to generate one "
-        "with this run's settings."
-    )
-
-
 class SEDDataModule(pl.LightningDataModule):
-    """Builds the strong / weak / unlabeled training subsets and the validation and test sets.
+    """Builds the training subsets and the validation and test sets of one or several datasets.
 
-    Paths are relative to ``root`` unless absolute. A training subset whose TSV is ``None`` (or whose batch
+    ``datasets`` (``data.datasets``; :mod:`sed.data.sets`) lists the datasets, each with its training subsets,
+    validation and test sets, annotated classes and aliases; without it the per-subset keys (``strong_tsv`` ...
+    ``test_durations``, ``batch_sizes``) describe the one dataset (the same code path). Paths are relative to
+    ``root`` unless absolute. With the per-subset keys a training subset whose TSV is ``None`` (or whose batch
     size is 0) is left out. The label encoder comes from the LightningModule (it depends on the network's
     time pooling) unless one is set with :meth:`set_encoder`.
+
+    Every training item carries its dataset's ``class_mask`` (``[C]``, the classes it annotates), its
+    ``mix_group`` (the subsets of one dataset and kind are mixed up together; -1: never) and ``consistency`` (the
+    mean-teacher consistency applies to it).
 
     :meth:`setup` reads every annotation file of the stage and checks every audio file they list
     (:mod:`sed.data.checks`) before any set is built, raising one error that lists all problems. With
@@ -133,6 +118,7 @@ class SEDDataModule(pl.LightningDataModule):
         check_test: bool = False,
         weak_val_fraction: float = 0.0,
         seed: int = 0,
+        datasets: Optional[Mapping[str, Any] | Sequence[Mapping[str, Any]]] = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -142,18 +128,16 @@ class SEDDataModule(pl.LightningDataModule):
         self._classes = list(classes) if classes else None
         self.sample_rate = sample_rate
         self.clip_duration = clip_duration
-        self.subsets = {
-            "strong": (strong_tsv, strong_audio),
-            "weak": (weak_tsv, weak_audio),
-            "unlabeled": (unlabeled_tsv, unlabeled_audio),
-        }
-        self.eval_sets = {
-            "val": (val_tsv, val_audio, val_durations),
-            "test": (test_tsv, test_audio, test_durations),
-        }
-        if len(batch_sizes) != 3:
-            raise ValueError(f"data.batch_sizes needs 3 numbers (strong, weak, unlabeled), got {list(batch_sizes)}")
-        self.batch_sizes = dict(zip(("strong", "weak", "unlabeled"), (int(b) for b in batch_sizes)))
+        if datasets:
+            self.datasets = parse_datasets(datasets, self.root)
+        else:
+            self.datasets = [single_dataset(
+                self.root, (strong_tsv, strong_audio), (weak_tsv, weak_audio), (unlabeled_tsv, unlabeled_audio),
+                batch_sizes, (val_tsv, val_audio, val_durations), (test_tsv, test_audio, test_durations))]
+        self.subsets: dict[str, TrainSubset] = {t.name: t for d in self.datasets for t in d.train}
+        self.eval_sets: dict[str, EvalSet] = {e.name: e for d in self.datasets for e in d.eval_sets()}
+        self._dataset = {d.name: d for d in self.datasets}
+        self.batch_sizes = {name: t.batch_size for name, t in self.subsets.items()}
         self.eval_batch_size = eval_batch_size
         if isinstance(epoch_length, str) and epoch_length.strip().isdigit():
             epoch_length = int(epoch_length)
@@ -167,6 +151,10 @@ class SEDDataModule(pl.LightningDataModule):
         self.check_test = check_test
         if not 0.0 <= weak_val_fraction < 1.0:
             raise ValueError(f"data.weak_val_fraction must be in [0, 1), got {weak_val_fraction}")
+        weak = [t.name for t in self.subsets.values() if t.kind == "weak"]
+        if weak_val_fraction > 0 and len(weak) > 1:
+            raise DatasetConfigError(f"data.weak_val_fraction holds out clips of one weak subset; there are several "
+                                     f"({weak})")
         self.weak_val_fraction = float(weak_val_fraction)
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
@@ -176,9 +164,23 @@ class SEDDataModule(pl.LightningDataModule):
         self.ground_truth: dict[str, pd.DataFrame] = {}
         self.durations: dict[str, dict[str, float]] = {}
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) of an interrupted epoch
-        # The test stage also runs the validation set (second test loader) to tune the post-processing on it
-        # (sed.evaluation.tune_at_test); set by the app from the evaluation config.
-        self.validate_at_test = False
+        self._validate_at_test = False
+        self._classes_described = False
+
+    @property
+    def validate_at_test(self) -> bool:
+        """The test stage also runs the validation set (second test loader) to tune the post-processing on it
+        (sed.evaluation.tune_at_test); set by the job from the evaluation config. One dataset only."""
+        return self._validate_at_test
+
+    @validate_at_test.setter
+    def validate_at_test(self, value: bool) -> None:
+        if value and len(self.datasets) > 1:
+            raise DatasetConfigError(
+                "post-processing tuned on validation (evaluation.tune_postprocessing, evaluation.postprocessing=sebbs) "
+                "and evaluation.save_validation_scores take one dataset; with several, set them off (the fixed "
+                "evaluation.median_window, one length per class, applies)")
+        self._validate_at_test = bool(value)
 
     # ------------------------------------------------------------------ paths and classes
     def path(self, relative: str) -> Path:
@@ -186,23 +188,20 @@ class SEDDataModule(pl.LightningDataModule):
         return p if p.is_absolute() else self.root / p
 
     def prepare_data(self) -> None:
-        """Generate the embedded dataset when asked to (``data.generate``): into a new or empty ``root``, or to
-        finish an interrupted generation of the same settings. Any other folder is refused, never overwritten."""
+        """Generate the embedded datasets when asked to (``data.generate``; :mod:`sed.data.generation`): into a new
+        or empty root, or to finish an interrupted generation of the same settings. Any other folder is refused,
+        never overwritten."""
         if not self.generate:
             return
-        from sed.synth import GenerationRefused, generate_dataset
-
-        try:
-            generate_dataset(
-                self.root, seed=self.generate_seed, clip_duration=self.clip_duration, sample_rate=self.sample_rate,
-                sizes=self.generate_sizes,
-            )
-        except GenerationRefused as err:
-            raise ValueError(_refusal_advice(err)) from None
+        for dataset in self.datasets:
+            generate(dataset, self.generate_seed, self.clip_duration, self.sample_rate, self.generate_sizes)
 
     @property
     def classes(self) -> list[str]:
-        """Class list from the config, else one class per line of ``<root>/classes.txt``."""
+        """The model's classes: ``data.classes``, else the union of the datasets' classes, else one class per line of
+        ``<root>/classes.txt``; checked against the datasets (:func:`sed.data.sets.check_classes`)."""
+        if self._classes is None:
+            self._classes = resolve_classes(self.datasets, None)
         if self._classes is None:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"data.root={self.root} does not exist (or is not a folder)")
@@ -214,7 +213,28 @@ class SEDDataModule(pl.LightningDataModule):
                 )
             # utf-8-sig: a byte-order mark (as some editors write) is not part of the first class name
             self._classes = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if not self._classes_described:
+            check_classes(self.datasets, self._classes)
+            self._classes_described = True
+            log.info("%s", describe_classes(self.datasets, self._classes))
         return self._classes
+
+    def class_mask(self, dataset: str) -> np.ndarray:
+        """``[C]`` bool: the model's classes ``dataset`` annotates."""
+        return self._dataset[dataset].class_mask(self.classes)
+
+    def scored_classes(self, name: str) -> list[str]:
+        """The classes evaluation set ``name`` is scored on (the held-out weak clips: their dataset's)."""
+        if name == "val_weak":
+            weak = next(t for t in self.subsets.values() if t.kind == "weak")
+            return self._dataset[weak.dataset].annotated(self.classes)
+        spec = self.eval_sets[name]
+        return self._dataset[spec.dataset].scored_classes(spec, self.classes)
+
+    @property
+    def masks_classes(self) -> bool:
+        """Whether some training dataset annotates only some of the model's classes (losses and pooling masked)."""
+        return any(not d.class_mask(self.classes).all() for d in self.datasets if d.train)
 
     def set_encoder(self, encoder: LabelEncoder, input_sample_rate: int | None = None) -> None:
         """The model's label encoder, and the rate its front-end takes audio at when it resamples inside the model
@@ -235,10 +255,9 @@ class SEDDataModule(pl.LightningDataModule):
 
         from sed.data.checks import AudioInfo, probe_files
 
-        folders = [audio for name, (tsv, audio) in self.subsets.items() if tsv is not None and self.batch_sizes[name] > 0]
-        folders += [audio for _, audio, _ in self.eval_sets.values()]
+        folders = [t.audio for t in self.subsets.values()] + [e.audio for e in self.eval_sets.values()]
         paths = []
-        for folder in dict.fromkeys(self.path(f) for f in folders):
+        for folder in dict.fromkeys(folders):
             if folder.is_dir():
                 paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
         return dict(Counter(info.sample_rate for info in probe_files(paths) if isinstance(info, AudioInfo)))
@@ -263,10 +282,10 @@ class SEDDataModule(pl.LightningDataModule):
         return None
 
     # ------------------------------------------------------------------ datasets
-    def _dataset(self, audio: str, filenames: list[str], train: bool, **labels) -> SEDDataset:
+    def _make(self, audio: Path, filenames: list[str], train: bool, **labels) -> SEDDataset:
         assert self.encoder is not None
         return SEDDataset(
-            self.path(audio),
+            audio,
             filenames,
             self.encoder,
             sample_rate=self.loader_sample_rate,
@@ -278,33 +297,6 @@ class SEDDataModule(pl.LightningDataModule):
             nonfinite=self.nonfinite_audio,
             **labels,
         )
-
-    def _read_set(self, name: str, problems: list[AnnotationError]) -> Optional[tuple[ClipSet, dict]]:
-        """The clips of set ``name`` and the labels its dataset takes; a bad annotation file goes to ``problems``."""
-        tsv, audio, durations = (*self.subsets[name], None) if name in self.subsets else self.eval_sets[name]
-        path = self.path(tsv)
-        clips, kwargs, ok = ClipSet(name, self.path(audio), []), {}, True
-        try:
-            if name == "unlabeled":
-                files = read_filenames(path)
-                clips.filenames, clips.source, clips.lines = files, files.source, files.lines
-            elif name == "weak":
-                kwargs["weak"] = labels = read_weak(path, self.classes)
-                clips.filenames, clips.source, clips.lines = list(labels["filename"]), str(path), labels.attrs["lines"]
-            else:
-                kwargs["strong"] = clips.events = labels = read_strong(path, self.classes)
-                clips.filenames = sorted(labels["filename"].unique())
-                clips.source, clips.lines = str(path), labels.attrs["lines"]
-        except AnnotationError as err:
-            problems.append(err)
-            ok = False
-        if durations is not None:
-            try:
-                clips.durations = read_durations(self.path(durations))
-            except AnnotationError as err:
-                problems.append(err)
-                ok = False
-        return (clips, kwargs) if ok else None
 
     def _split_weak(self, filenames: list[str], labels: pd.DataFrame) -> tuple[list[str], list[str]]:
         """Hold out ``weak_val_fraction`` of the weak clips for validation (as the DCASE baseline: checkpoint
@@ -329,14 +321,32 @@ class SEDDataModule(pl.LightningDataModule):
         """Sets to load for ``stage`` that are not loaded yet."""
         names: list[str] = []
         if stage in (None, "fit") and not self.train_sets:
-            names = [n for n, (tsv, _) in self.subsets.items() if tsv is not None and self.batch_sizes[n] > 0]
+            names = list(self.subsets)
             if not names:
-                raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off")
+                raise ValueError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off"
+                                 if len(self.datasets) == 1 and self.datasets[0].key == "data"
+                                 else "No training data: no dataset of data.datasets has a train subset")
         if stage in (None, "fit", "validate") or (stage == "test" and self.validate_at_test):
-            names.append("val")
+            names += self.stage_sets("val")
+            if not self.stage_sets("val") and stage in (None, "fit", "validate"):
+                raise DatasetConfigError("data.datasets: no dataset has a validation set (checkpoints are selected on it)")
         if stage in (None, "test") or (stage == "fit" and self.check_test):
-            names.append("test")
+            names += self.stage_sets("test")
         return [n for n in names if n not in self.eval_datasets]
+
+    def stage_sets(self, stage: str) -> list[str]:
+        """The evaluation sets of ``stage`` ("val" or "test"), in dataset order."""
+        return [name for name, spec in self.eval_sets.items() if spec.stage == stage]
+
+    def _extra(self, subset: TrainSubset) -> dict[str, torch.Tensor]:
+        """The per-item fields of a training subset: its dataset's class mask, its mixup group, consistency."""
+        groups = [(t.dataset, t.kind) for t in self.subsets.values() if t.kind != "unlabeled"]
+        groups = list(dict.fromkeys(sorted(groups, key=lambda g: (self.datasets.index(self._dataset[g[0]]),
+                                                                   ("strong", "weak").index(g[1])))))
+        key = (subset.dataset, subset.kind)
+        return {"class_mask": torch.from_numpy(self.class_mask(subset.dataset)),
+                "mix_group": torch.tensor(groups.index(key) if key in groups else -1),
+                "consistency": torch.tensor(subset.consistency)}
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.encoder is None:
@@ -347,35 +357,46 @@ class SEDDataModule(pl.LightningDataModule):
             # The rate the model being trained or evaluated takes, whatever set_encoder was told.
             self.input_sample_rate = getattr(self.trainer.lightning_module.frontend, "input_sample_rate", None)
         problems: list[AnnotationError] = []
-        read = [r for r in (self._read_set(name, problems) for name in self._wanted(stage)) if r is not None]
+        sets = [(name, self.subsets.get(name) or self.eval_sets[name]) for name in self._wanted(stage)]
+        read = [read_set(name, spec, self._dataset[spec.dataset], self.classes, problems) for name, spec in sets]
+        read = [r for r in read if r is not None]
         events = check_sets([clips for clips, _ in read], problems)  # raises listing every problem
         for clips, kwargs in read:
             name = clips.name
             if "strong" in kwargs:
                 kwargs["strong"] = events[name]  # events past the end of their audio clipped
-            if name == "weak" and self.weak_val_fraction > 0:
-                train, held_out = self._split_weak(clips.filenames, kwargs["weak"])
-                self.train_sets[name] = self._dataset(self.subsets[name][1], train, True, **kwargs)
-                self.eval_datasets["val_weak"] = self._dataset(
-                    self.subsets[name][1], held_out, False, whole_clip=True, **kwargs
-                )
-            elif name in self.subsets:
-                self.train_sets[name] = self._dataset(self.subsets[name][1], clips.filenames, True, **kwargs)
+            if name in self.subsets:
+                spec = self.subsets[name]
+                files, extra = clips.filenames, self._extra(spec)
+                if spec.kind == "weak" and self.weak_val_fraction > 0:
+                    files, held_out = self._split_weak(clips.filenames, kwargs["weak"])
+                    self.eval_datasets["val_weak"] = self._make(spec.audio, held_out, False, whole_clip=True, **kwargs)
+                windows = {} if spec.window_hop is None else {"window_hop": spec.window_hop, "lengths": clips.lengths}
+                self.train_sets[name] = self._make(spec.audio, files, True, extra=extra, **windows, **kwargs)
             else:
-                tsv, audio, durations = self.eval_sets[name]
+                spec = self.eval_sets[name]
                 self.ground_truth[name], self.durations[name] = kwargs["strong"], clips.durations
-                _warn_unlisted_clips(self.path(durations), self.path(tsv), self.path(audio), clips.durations,
-                                     clips.filenames)
+                _warn_unlisted_clips(spec.durations, spec.tsv, spec.audio, clips.durations, clips.filenames)
                 # Whole clips: one longer than clip_duration is evaluated over its whole length (SEDModule._eval_step).
-                self.eval_datasets[name] = self._dataset(audio, clips.filenames, False, whole_clip=True, **kwargs)
+                self.eval_datasets[name] = self._make(spec.audio, clips.filenames, False, whole_clip=True, **kwargs)
         if any(clips.name in self.subsets for clips, _ in read):
             log.info("Training subsets: %s", {k: len(v) for k, v in self.train_sets.items()})
 
     def strong_active_fractions(self) -> Optional[np.ndarray]:
-        """Per class, the share of the strong training set's label frames in which it is active (``[C]``), or
-        ``None`` without a strong training set (call :meth:`setup` first)."""
-        strong = self.train_sets.get("strong")
-        return None if strong is None else strong.active_frame_fractions()
+        """Per class, the share of the label frames of the strong training subsets of the datasets that annotate it
+        in which it is active (``[C]``; 0 for a class no strong subset annotates), or ``None`` without a strong
+        training subset (call :meth:`setup` first)."""
+        strong = [(self.subsets[n], ds) for n, ds in self.train_sets.items() if self.subsets[n].kind == "strong"]
+        if not strong:
+            return None
+        active = np.zeros(len(self.classes))
+        frames = np.zeros(len(self.classes))
+        for spec, ds in strong:
+            counts, n = ds.active_frames()
+            mask = self.class_mask(spec.dataset)
+            active += np.where(mask, counts, 0.0)
+            frames += np.where(mask, n, 0.0)
+        return np.divide(active, frames, out=np.zeros_like(active), where=frames > 0)
 
     # ------------------------------------------------------------------ loaders
     def _world(self) -> tuple[int, int]:
@@ -437,25 +458,32 @@ class SEDDataModule(pl.LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         return self._loader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False)
 
+    @property
+    def val_loader_sets(self) -> list[str]:
+        """The evaluation set of each validation loader: the validation sets, then the held-out weak clips."""
+        return self.stage_sets("val") + (["val_weak"] if "val_weak" in self.eval_datasets else [])
+
+    @property
+    def test_loader_sets(self) -> list[str]:
+        """The evaluation set of each test loader: the test sets, then (:attr:`validate_at_test`) the validation set."""
+        return self.stage_sets("test") + (self.stage_sets("val") if self.validate_at_test else [])
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The validation set; with ``weak_val_fraction``, also the held-out weak clips (second loader)."""
-        if "val_weak" in self.eval_datasets:
-            return [self._eval_loader("val"), self._eval_loader("val_weak")]
-        return self._eval_loader("val")
+        """The validation sets; with ``weak_val_fraction``, also the held-out weak clips (last loader)."""
+        loaders = [self._eval_loader(name) for name in self.val_loader_sets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The test set; with :attr:`validate_at_test`, also the validation set (second loader)."""
-        if self.validate_at_test:
-            return [self._eval_loader("test"), self._eval_loader("val")]
-        return self._eval_loader("test")
+        """The test sets; with :attr:`validate_at_test`, also the validation set (last loader)."""
+        loaders = [self._eval_loader(name) for name in self.test_loader_sets]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def scaler_fit_dataloader(self) -> DataLoader:
         """Every training clip once, in order, without random crops: what a dataset scaler is fitted on."""
         sets = []
-        for name, (tsv, audio) in self.subsets.items():
+        for name, spec in self.subsets.items():
             if name in self.train_sets:
-                ds = self.train_sets[name]
-                sets.append(self._dataset(audio, list(ds.filenames), False))
+                sets.append(self._make(spec.audio, list(self.train_sets[name].filenames), False))
         return DataLoader(
             ConcatDataset(sets), batch_size=self.eval_batch_size, collate_fn=collate, num_workers=self.num_workers
         )

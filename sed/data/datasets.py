@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from sed.data.audio import (
     resample,
 )
 from sed.data.encoder import LabelEncoder
-from sed.data.tsv import AnnotationError
+from sed.data.tsv import CONFIDENCE, AnnotationError
 from sed.features.frontend import input_clip_samples
 from sed.utils.io import atomic_open
 
@@ -66,6 +66,13 @@ class SEDDataset(Dataset):
             zero-padded to the clip length as usual), its strong target covers the whole file, and
             ``length`` holds its true number of samples. :func:`collate` pads such items to the
             longest of the batch.
+        window_hop: training on long recordings: every file gives one item per window of ``clip_duration``
+            starting every ``window_hop`` seconds (labels cut to the window), plus a last, zero-padded one
+            starting one hop later when audio is left after the last whole window; a file no longer than a
+            window gives one item. Needs ``lengths``. None: one item per file (a random crop of a longer one).
+        lengths: seconds of audio per file (:attr:`sed.data.checks.ClipSet.lengths`), for ``window_hop``.
+        extra: constant tensors added to every item under their keys (the training datamodule's per-dataset
+            ``class_mask``, ``mix_group`` and ``consistency``).
 
     Errors: a missing audio file raises :class:`AnnotationError` naming the annotation file
     and line when known (else the audio path); an empty dataset raises naming its source.
@@ -87,6 +94,9 @@ class SEDDataset(Dataset):
         check_readable: bool = False,
         nonfinite: str = "error",
         whole_clip: bool = False,
+        window_hop: float | None = None,
+        lengths: Mapping[str, float] | None = None,
+        extra: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         if strong is not None and weak is not None:
             raise ValueError("SEDDataset takes strong or weak labels, not both")
@@ -136,11 +146,19 @@ class SEDDataset(Dataset):
         self._check_files(check_readable)
 
         self._events: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._confidences: dict[str, np.ndarray] = {}  # soft labels: each event's confidence (sed.data.tsv)
         self._weak: dict[str, np.ndarray] = {}
         if strong is not None:
             self._index_strong(strong)
         if weak is not None:
             self._index_weak(weak)
+        self.extra = dict(extra or {})
+        self.window_hop = None if window_hop is None else float(window_hop)
+        self._lengths = None if window_hop is None or lengths is None else dict(lengths)
+        self._starts: list[float | None] = [None] * len(self.filenames)  # item -> window start (s), None: crop
+        self._files = list(range(len(self.filenames)))  # item -> file
+        if self.window_hop is not None:
+            self._index_windows(lengths)
         self._gen: torch.Generator | None = None
         self._gen_key: Any = object()
 
@@ -187,9 +205,12 @@ class SEDDataset(Dataset):
         idx = df["event_label"].map(self.encoder._index).to_numpy(dtype=np.int64)
         on = df["onset"].to_numpy(dtype=np.float64)
         off = df["offset"].to_numpy(dtype=np.float64)
+        conf = df[CONFIDENCE].to_numpy(dtype=np.float32) if CONFIDENCE in df.columns else None
         for name, rows in pd.Series(np.arange(len(df))).groupby(df["filename"].to_numpy()):
             r = rows.to_numpy()
             self._events[name] = (on[r], off[r], idx[r])
+            if conf is not None:
+                self._confidences[name] = conf[r]
 
     def _index_weak(self, weak: pd.DataFrame) -> None:
         for name, labels in zip(weak["filename"], weak["event_labels"]):
@@ -201,14 +222,40 @@ class SEDDataset(Dataset):
                 where, line = self._where(name)
                 raise AnnotationError(where, line, str(err)) from None
 
-    def active_frame_fractions(self) -> np.ndarray:
-        """Per class, the share of this set's label frames (clips of ``clip_duration``, uncropped) in which the class
-        is active: ``[C]``, 0 for every class of a set without strong labels."""
+    def _index_windows(self, lengths: Mapping[str, float] | None) -> None:
+        if self.window_hop <= 0:
+            raise ValueError(f"window_hop must be > 0 seconds, got {self.window_hop}")
+        if lengths is None or any(f not in lengths for f in self.filenames):
+            raise ValueError("SEDDataset(window_hop=...) needs the length of every file (lengths)")
+        files, starts = [], []
+        for i, name in enumerate(self.filenames):
+            for start in window_starts(float(lengths[name]), self.clip_duration, self.window_hop):
+                files.append(i)
+                starts.append(start)
+        self._files, self._starts = files, starts
+
+    def active_frames(self) -> tuple[np.ndarray, int]:
+        """Per class, the label frames of this set in which the class is active (``[C]``; soft labels count their
+        value), and the number of label frames: clips of ``clip_duration`` uncropped, a recording cut into windows
+        (``window_hop``) over its whole length."""
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
         active = np.zeros(n_classes, dtype=np.float64)
-        for ev in self._events.values():
-            active += self.encoder.encode_arrays(*ev, n_frames=n_frames).sum(axis=1)
-        return active / (len(self.filenames) * n_frames)
+        total = 0
+        for name in self.filenames:
+            n = n_frames
+            if self._lengths is not None:
+                n = max(n_frames, int(np.ceil(self._lengths[name] / self.encoder.frame_duration - 1e-9)))
+            total += n
+            ev = self._events.get(name)
+            if ev is not None:
+                active += self.encoder.encode_arrays(*ev, n_frames=n, values=self._confidences.get(name)).sum(axis=1)
+        return active, total
+
+    def active_frame_fractions(self) -> np.ndarray:
+        """Per class, the share of this set's label frames (:meth:`active_frames`) in which the class is active:
+        ``[C]``, 0 for every class of a set without strong labels."""
+        active, total = self.active_frames()
+        return active / total
 
     # --- randomness -------------------------------------------------------------------
     def _rng(self) -> torch.Generator:
@@ -258,7 +305,9 @@ class SEDDataset(Dataset):
             np.save(f, data)
         return data
 
-    def _crop_start(self, n: int, gen: torch.Generator) -> int:
+    def _crop_start(self, n: int, gen: torch.Generator, window: float | None = None) -> int:
+        if window is not None:  # a window of a long recording (window_hop)
+            return min(int(round(window * self.sample_rate)), max(n - 1, 0))
         if n <= self.n_samples or not self.random_crop:
             return 0
         return int(torch.randint(n - self.n_samples + 1, (1,), generator=gen))
@@ -271,22 +320,24 @@ class SEDDataset(Dataset):
             return None
         return int(torch.randint(n_channels, (1,), generator=gen))
 
-    def _varies(self, n_samples: int, n_channels: int) -> bool:
+    def _varies(self, n_samples: int, n_channels: int, window: float | None = None) -> bool:
         """Whether a file of this length (at the target rate) and channel count gives other audio at every epoch:
-        a random crop of a longer file, a random channel of a multi-channel one (a frozen encoder's embeddings of
-        such clips cannot be cached)."""
-        return (self.random_crop and n_samples > self.n_samples) or (self.channel == "random" and n_channels > 1)
+        a random crop of a longer file (not a fixed window of it), a random channel of a multi-channel one (a frozen
+        encoder's embeddings of such clips cannot be cached)."""
+        crop = window is None and self.random_crop and n_samples > self.n_samples
+        return crop or (self.channel == "random" and n_channels > 1)
 
-    def _load(self, path: Path, gen: torch.Generator) -> tuple[torch.Tensor, int, bool]:
-        """Return the clip (``n_samples`` long), its crop start in samples and whether it varies per epoch."""
+    def _load(self, path: Path, gen: torch.Generator, window: float | None = None) -> tuple[torch.Tensor, int, bool]:
+        """Return the clip (``n_samples`` long), its crop start in samples (``window``: the start in seconds of
+        a window of a long recording instead of a crop) and whether it varies per epoch."""
         if self.cache_dir is not None:
             data = self._cached(path)
             ch = self._pick_channel(data.shape[0], gen)
-            start = self._crop_start(data.shape[1], gen)
+            start = self._crop_start(data.shape[1], gen, window)
             seg = data[:, start : start + self.n_samples]
             seg = seg.mean(axis=0) if ch is None else seg[ch]
             wav = torch.from_numpy(np.array(seg, dtype=np.float32))
-            varies = self._varies(data.shape[1], data.shape[0])
+            varies = self._varies(data.shape[1], data.shape[0], window)
             return fit_length(wav, self.n_samples, random_crop=False)[0], start, varies
         # Files already at the target rate: read only the crop (streams long files).
         try:
@@ -297,7 +348,7 @@ class SEDDataset(Dataset):
             raise AudioError(f"{path}: cannot read audio file: {err}") from None
         if info.samplerate == self.sample_rate and info.frames > 0:
             ch = self._pick_channel(info.channels, gen)
-            start = self._crop_start(info.frames, gen)
+            start = self._crop_start(info.frames, gen, window)
             try:
                 data, _ = sf.read(
                     os.fspath(path), start=start, frames=self.n_samples, dtype="float32", always_2d=True
@@ -306,13 +357,17 @@ class SEDDataset(Dataset):
                 raise AudioError(f"{path}: cannot read audio file: {err}") from None
             data = check_finite(data, path, self.nonfinite)
             wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if ch is None else data[:, ch]))
-            varies = self._varies(info.frames, info.channels)
+            varies = self._varies(info.frames, info.channels, window)
             return fit_length(wav, self.n_samples, random_crop=False)[0], start, varies
         data, rate = read_raw(path, self.nonfinite)
         ch = self._pick_channel(data.shape[0], gen)
         mono = data.mean(axis=0) if ch is None else data[ch]
         wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate, hint=_CACHE_HINT)
-        varies = self._varies(wav.shape[-1], data.shape[0])
+        varies = self._varies(wav.shape[-1], data.shape[0], window)
+        if window is not None:
+            start = self._crop_start(wav.shape[-1], gen, window)
+            wav = fit_length(wav[start : start + self.n_samples].to(torch.float32), self.n_samples, False)[0]
+            return wav, start, varies
         return (*fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen), varies)
 
     def _load_whole(self, path: Path, gen: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -325,10 +380,10 @@ class SEDDataset(Dataset):
 
     # --- Dataset API ------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.filenames)
+        return len(self._files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        name = self.filenames[index]
+        name = self.filenames[self._files[index]]
         gen = self._rng()
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
         if self.whole_clip:
@@ -337,13 +392,14 @@ class SEDDataset(Dataset):
             if length > self.n_samples:  # frames starting before the end of the file (on the encoder's grid)
                 n_frames = -(-length * self.encoder.sample_rate // (self.sample_rate * self.encoder.frame_hop_samples))
         else:
-            audio, start, varies = self._load(self.audio_dir / name, gen)
+            audio, start, varies = self._load(self.audio_dir / name, gen, self._starts[index])
         if self.kind == "strong":
             ev = self._events.get(name)
             if ev is None:
                 strong = np.zeros((n_classes, n_frames), dtype=np.float32)
             else:
-                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate, n_frames=n_frames)
+                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate, n_frames=n_frames,
+                                                    values=self._confidences.get(name))
             weak = strong.max(axis=1)
         elif self.kind == "weak":
             strong = np.zeros((n_classes, n_frames), dtype=np.float32)
@@ -365,10 +421,25 @@ class SEDDataset(Dataset):
         }
         if self.whole_clip:
             item["length"] = torch.tensor(length)
+        item.update(self.extra)
         return item
 
     def __repr__(self) -> str:
-        return f"SEDDataset({self.kind}, {len(self)} clips from {self.source or self.audio_dir})"
+        windows = f" in {len(self)} windows" if self.window_hop is not None else ""
+        return f"SEDDataset({self.kind}, {len(self.filenames)} clips{windows} from {self.source or self.audio_dir})"
+
+
+def window_starts(length: float, window: float, hop: float) -> list[float]:
+    """Start times (s) of the training windows of a recording of ``length`` seconds (:class:`SEDDataset`'s
+    ``window_hop``): every ``hop`` while a whole ``window`` fits, then one more, zero-padded, when audio is left
+    after the last whole window (the 2024 baseline cuts MAESTRO's recordings so: 10-s windows, 1-s hop)."""
+    if length <= window:
+        return [0.0]
+    n_whole = int(np.floor((length - window) / hop + 1e-9)) + 1
+    starts = [round(k * hop, 9) for k in range(n_whole)]
+    if starts[-1] + window < length - 1e-9:
+        starts.append(round(n_whole * hop, 9))
+    return starts
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -113,9 +113,12 @@ class LabelEncoder:
         class_idx: np.ndarray,
         shift: float = 0.0,
         n_frames: int | None = None,
+        values: np.ndarray | None = None,
     ) -> np.ndarray:
         """Vectorised core of :meth:`encode_strong` (times in seconds, class indices); ``n_frames`` defaults to
-        a clip's (a whole recording longer than a clip has more)."""
+        a clip's (a whole recording longer than a clip has more). ``values`` (one per event, in [0, 1]: annotator
+        confidences) make soft targets: an event's frames take its value, the largest where events of one class
+        overlap; without them every event's frames are 1."""
         n = self.n_frames if n_frames is None else int(n_frames)
         target = np.zeros((self.n_classes, n), dtype=np.float32)
         if len(onset) == 0:
@@ -124,9 +127,14 @@ class LabelEncoder:
         stop = np.ceil(self._frames(np.asarray(offset) - shift) - _EPS)
         start = np.clip(start, 0, n).astype(np.int64)
         stop = np.clip(stop, 0, n).astype(np.int64)
-        for c, a, b in zip(class_idx, start, stop):
+        if values is None:
+            for c, a, b in zip(class_idx, start, stop):
+                if b > a:
+                    target[c, a:b] = 1.0
+            return target
+        for c, a, b, v in zip(class_idx, start, stop, np.asarray(values, dtype=np.float32)):
             if b > a:
-                target[c, a:b] = 1.0
+                np.maximum(target[c, a:b], v, out=target[c, a:b])
         return target
 
     def encode_strong(

@@ -4,6 +4,8 @@ Formats (first line is the header; extra columns are ignored):
 
 * strong: ``filename onset offset event_label``; a row whose onset, offset and label are all
   empty (or ``nan``) is a clip without events: it is kept, so the clip trains with a zero target.
+  An optional ``confidence`` column (a number in [0, 1] on every event row: annotator agreement, as MAESTRO's)
+  makes soft targets: the event's frames take that value instead of 1.
 * weak: ``filename event_labels`` with comma-separated labels (empty: no label).
 * unlabeled: a TSV with a ``filename`` column, or a folder of audio files.
 * durations: ``filename duration``.
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 STRONG_COLUMNS = ("filename", "onset", "offset", "event_label")
+CONFIDENCE = "confidence"  # optional strong-label column: soft targets
 WEAK_COLUMNS = ("filename", "event_labels")
 DURATION_COLUMNS = ("filename", "duration")
 _MISSING = {"", "nan", "none", "null"}
@@ -133,6 +136,16 @@ def _parse_time(path: Path, line: int, column: str, value: str) -> float:
     return t
 
 
+def _parse_confidence(path: Path, line: int, value: str) -> float:
+    try:
+        c = float(value)
+    except ValueError:
+        raise AnnotationError(path, line, f"{CONFIDENCE} {value!r} is not a number (an annotator confidence in [0, 1])") from None
+    if not 0.0 <= c <= 1.0:  # NaN fails too
+        raise AnnotationError(path, line, f"{CONFIDENCE} {value!r} is outside [0, 1]")
+    return c
+
+
 def _check_filename(path: Path, line: int, name: str) -> str:
     if not name:
         raise AnnotationError(path, line, "empty filename")
@@ -152,7 +165,8 @@ def read_strong(
     in which nothing was detected).
     With ``classes`` given, an unknown label is an error. Same-class overlapping or touching
     events of one clip are merged into their union (logged once for the file), because
-    sed_scores_eval rejects such ground truth.
+    sed_scores_eval rejects such ground truth. A ``confidence`` column, when the header has one, becomes a float
+    column (NaN on no-event rows); only events of equal confidence are merged then.
     """
     path = Path(path)
     known = set(classes) if classes is not None else None
@@ -161,11 +175,16 @@ def read_strong(
     offsets: list[float] = []
     labels: list[str] = []
     row_lines: list[int] = []
+    confidences: list[float] = []
+    has_confidence = False
     first_line: dict[str, int] = {}
     for line, row in _rows(path, STRONG_COLUMNS, allow_empty):
         name = _check_filename(path, line, row["filename"])
         on_s, off_s, label = row["onset"], row["offset"], row["event_label"]
         empties = [_is_missing(on_s), _is_missing(off_s), _is_missing(label)]
+        has_confidence = CONFIDENCE in row
+        if has_confidence:
+            confidences.append(float("nan") if all(empties) else _parse_confidence(path, line, row[CONFIDENCE]))
         if all(empties):
             onset = offset = float("nan")
             label = ""
@@ -197,6 +216,8 @@ def read_strong(
             "event_label": pd.Series(labels, dtype=object),
         }
     )
+    if has_confidence:
+        df[CONFIDENCE] = np.asarray(confidences, dtype=np.float64)
     df.attrs["row_lines"] = tuple(row_lines)  # a tuple: pd.concat compares attrs, which an array breaks
     if merge_overlaps:
         df, n_merged = merge_overlapping_events(df)
@@ -215,7 +236,8 @@ def merge_overlapping_events(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
     The merged event spans the union; it takes the place of the earliest row of its group,
     so row order is otherwise preserved (and ``attrs["row_lines"]`` follows the rows kept).
-    No-event (NaN) rows pass through unchanged.
+    No-event (NaN) rows pass through unchanged. With a ``confidence`` column only events of equal
+    confidence are merged (soft targets take the larger value where events of one class overlap).
     """
     if len(df) == 0:
         return df.copy(), 0
@@ -225,16 +247,18 @@ def merge_overlapping_events(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     keep = np.ones(len(df), dtype=bool)
     new_offset = offset.copy()
     new_onset = onset.copy()
-    sub = df.loc[valid, ["filename", "event_label"]].copy()
+    keys = ["filename", "event_label"] + ([CONFIDENCE] if CONFIDENCE in df.columns else [])
+    sub = df.loc[valid, keys].copy()
     sub["_pos"] = np.flatnonzero(valid)
     sub["_on"] = onset[valid]
-    sub = sub.sort_values(["filename", "event_label", "_on", "_pos"], kind="mergesort")
+    sub = sub.sort_values([*keys, "_on", "_pos"], kind="mergesort")
     pos = sub["_pos"].to_numpy()
     fn = sub["filename"].to_numpy()
     lab = sub["event_label"].to_numpy()
+    conf = sub[CONFIDENCE].to_numpy() if CONFIDENCE in keys else np.zeros(len(sub))
     head = -1  # position (in df) of the event currently being extended
     for k, p in enumerate(pos):
-        same_group = k > 0 and fn[k] == fn[k - 1] and lab[k] == lab[k - 1]
+        same_group = k > 0 and fn[k] == fn[k - 1] and lab[k] == lab[k - 1] and conf[k] == conf[k - 1]
         if same_group and onset[p] <= new_offset[head]:
             new_offset[head] = max(new_offset[head], offset[p])
             new_onset[head] = min(new_onset[head], onset[p])
@@ -333,15 +357,18 @@ def _fmt(x: float) -> str:
 
 
 def write_strong(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write strong labels as a DCASE TSV (NaN times / empty label -> empty fields), atomically."""
+    """Write strong labels as a DCASE TSV (NaN times / empty label -> empty fields), atomically; a ``confidence``
+    column is written too when the DataFrame has one."""
     missing = [c for c in STRONG_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"write_strong: DataFrame lacks column(s) {missing}")
+    soft = CONFIDENCE in df.columns
+    confidence = df[CONFIDENCE] if soft else [None] * len(df)
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(STRONG_COLUMNS) + "\n")
-        for name, on, off, label in zip(df["filename"], df["onset"], df["offset"], df["event_label"]):
+        f.write("\t".join(STRONG_COLUMNS + ((CONFIDENCE,) if soft else ())) + "\n")
+        for name, on, off, label, c in zip(df["filename"], df["onset"], df["offset"], df["event_label"], confidence):
             label = "" if label is None or (isinstance(label, float) and math.isnan(label)) else str(label)
-            f.write(f"{name}\t{_fmt(on)}\t{_fmt(off)}\t{label}\n")
+            f.write(f"{name}\t{_fmt(on)}\t{_fmt(off)}\t{label}" + (f"\t{_fmt(c)}" if soft else "") + "\n")
 
 
 def write_weak(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -118,6 +118,41 @@ def read_energy(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
+def gpu_ids(device: Any) -> Optional[list[int]]:
+    """codecarbon's ``gpu_ids`` for a run on ``device``: the one CUDA device it uses (DCASE 2024: "specify the GPU IDs
+    that you want to track", else every GPU of the machine is counted); ``None`` (no GPU measured) off CUDA."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def start_tracker(output_dir: Path, project_name: str, ids: Optional[list[int]], country_iso_code: str = "FRA",
+                  measure_power_secs: float = 15.0, tracking_mode: str = "machine",
+                  output_file: str = "emissions.csv") -> Any:
+    """A started ``codecarbon.OfflineEmissionsTracker`` writing its rows to ``output_dir/output_file`` and measuring
+    the CUDA devices ``ids`` only (``None``: no GPU is used). Raises ImportError without codecarbon."""
+    from codecarbon import OfflineEmissionsTracker
+
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)  # its import resets the level to INFO
+    tracker = OfflineEmissionsTracker(
+        country_iso_code=country_iso_code,
+        project_name=project_name,
+        measure_power_secs=measure_power_secs,
+        tracking_mode=tracking_mode,
+        output_dir=str(output_dir),
+        output_file=output_file,
+        save_to_file=True,
+        log_level="error",
+        allow_multiple_runs=True,  # no lock file outside the run directory; sweeps run side by side
+        **({"gpu_ids": ids} if ids is not None else {}),
+    )
+    tracker.start()
+    return tracker
+
+
 class EnergyTracker(pl.Callback):
     """Measure the energy of ``trainer.fit`` and ``trainer.test`` with codecarbon (offline mode).
 
@@ -152,9 +187,17 @@ class EnergyTracker(pl.Callback):
         self._tracker: Any = None
         self._stage: Optional[str] = None
         self._run_dir: Optional[Path] = None
+        self._ids: Optional[list[int]] = None
         self.results: dict[str, Any] = {}  # stage -> totals, as in energy.json
 
     # ------------------------------------------------------------------ codecarbon
+    @staticmethod
+    def _gpu_ids(trainer: pl.Trainer) -> Optional[list[int]]:
+        """The CUDA devices this node's processes train on (all of them under DDP on one node), else ``None``."""
+        if trainer.strategy.root_device.type != "cuda":
+            return None
+        return [int(i) for i in trainer.device_ids] or gpu_ids(trainer.strategy.root_device)
+
     def _start(self, trainer: pl.Trainer, stage: str) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return
@@ -164,24 +207,16 @@ class EnergyTracker(pl.Callback):
         try:
             from codecarbon import OfflineEmissionsTracker
         except ImportError:
-            _warn_once("missing", "Energy not measured: codecarbon is not installed (pip install 'sed[energy]'; "
+            _warn_once("missing", "Energy not measured: codecarbon is not installed (pip install codecarbon; "
                        "energy.enabled=false silences this)")
             return
         logging.getLogger("codecarbon").setLevel(logging.ERROR)  # its import resets the level to INFO
         output_dir = self._run_dir / CODECARBON_DIR
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
-            tracker = OfflineEmissionsTracker(
-                country_iso_code=self.country_iso_code,
-                project_name=stage,
-                measure_power_secs=self.measure_power_secs,
-                tracking_mode=self.tracking_mode,
-                output_dir=str(output_dir),
-                save_to_file=True,
-                log_level="error",
-                allow_multiple_runs=True,  # no lock file outside the run directory; sweeps run side by side
-            )
-            tracker.start()
+            self._ids = self._gpu_ids(trainer)
+            tracker = start_tracker(output_dir, stage, self._ids, self.country_iso_code,
+                                    self.measure_power_secs, self.tracking_mode)
         except Exception as err:  # energy is a report, never a reason for a run to fail
             _warn_once("failed", "Energy not measured: codecarbon failed to start: %s: %s", type(err).__name__, err)
             return
@@ -202,6 +237,7 @@ class EnergyTracker(pl.Callback):
             tracker.stop()
             data = tracker.final_emissions_data
             segment = _segment(data, tracker, interrupted)
+            segment["gpu_ids"] = self._ids  # the GPUs measured (None: none used)
         except Exception as err:
             _warn_once("failed", "Energy not measured: codecarbon failed to stop: %s: %s", type(err).__name__, err)
             return None

@@ -115,31 +115,81 @@ def score_model(
     )
 
 
-OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1")
+def score_segment_model(
+    strong_probs: Mapping[str, np.ndarray],
+    encoder: LabelEncoder,
+    ground_truth: pd.DataFrame,
+    durations: Mapping[str, float],
+    evaluation: Any,
+    min_confidence: float = 0.5,
+    per_class: bool = False,
+) -> ModelScores:
+    """:func:`score_model` of a soft-labelled set of long recordings (``metrics: mpauc``): the frame probabilities
+    median-filtered as configured (``evaluation.median_window``), then ``mpauc``, ``mauc`` and ``segment_f1_best``
+    (:func:`sed.evaluation.metrics.mpauc.segment_metrics`, the 2024 baseline's settings); no detections."""
+    from sed.evaluation.metrics.mpauc import segment_metrics
+
+    filenames = sorted(strong_probs)
+    raw = [np.asarray(strong_probs[f]) for f in filenames]
+    timestamps = [encoder.frame_timestamps(p.shape[-1]) for p in raw]
+    classes = list(encoder.classes)
+    windows = list(evaluation.median_window)
+    post = median_filter_clips(raw, windows[0] if len(windows) == 1 else windows)
+    scores_raw = batch_to_scores(raw, filenames, timestamps, classes, durations)
+    scores_post = batch_to_scores(post, filenames, timestamps, classes, durations)
+    gt = ground_truth[ground_truth["filename"].isin(filenames)]
+    metrics = segment_metrics(scores_post, gt, durations, classes, min_confidence=min_confidence, per_class=per_class)
+    return ModelScores(metrics, dict(zip(filenames, post)), scores_raw, scores_post, {}, {})
+
+
+OBJECTIVE_TERMS = ("weak_f1", "psds1", "psds2", "intersection_f1", "event_f1", "mpauc", "mauc", "segment_f1_best")
 
 
 def objective_terms(spec: str) -> list[str]:
-    """The terms of ``spec`` (``evaluation.obj_metric``), checked against :data:`OBJECTIVE_TERMS`."""
+    """The terms of ``spec`` (``evaluation.obj_metric``), checked against :data:`OBJECTIVE_TERMS`; a term may name
+    the dataset whose validation set gives it (``maestro.mpauc``)."""
     terms = [term.strip() for term in spec.split("+")]
     for term in terms:
-        if term not in OBJECTIVE_TERMS:
-            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}")
+        if term.rsplit(".", 1)[-1] not in OBJECTIVE_TERMS:
+            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}, "
+                             "each preceded by 'DATASET.' with several datasets")
     return terms
 
 
-def objective(metrics: Mapping[str, float], spec: str) -> float:
-    """Checkpoint-selection value: the sum of the ``+``-joined terms of ``spec`` (``evaluation.obj_metric``).
-
-    ``intersection_f1`` and ``event_f1`` are the macro F1 at the first decision threshold.
-    """
-    total = 0.0
+def assign_objective(spec: str, val_sets: Mapping[str, str]) -> dict[str, list[str]]:
+    """The terms of ``spec`` per validation set, from ``val_sets`` (``{dataset: validation set}``): with one
+    validation set every term is its own (named by its dataset or not); with several each term must name its
+    dataset (``desed.psds1+maestro.mpauc``)."""
+    out: dict[str, list[str]] = {name: [] for name in val_sets.values()}
     for term in objective_terms(spec):
-        if term in ("intersection_f1", "event_f1"):
-            key = next((k for k in metrics if k.startswith(f"{term}_macro@")), None)
-            if key is None:
-                raise ValueError(f"evaluation.obj_metric uses {term} but no threshold produced it")
-            value = metrics[key]
-        else:
-            value = metrics[term]
-        total += 0.0 if np.isnan(value) else float(value)
-    return total
+        dataset, _, metric = term.rpartition(".")
+        if not dataset and len(val_sets) == 1:
+            dataset = next(iter(val_sets))
+        if dataset not in val_sets:
+            raise ValueError(f"evaluation.obj_metric: term {term!r} must name one of the datasets with a validation set "
+                             f"({', '.join(sorted(val_sets))}), e.g. {next(iter(sorted(val_sets)))}.{metric}")
+        out[val_sets[dataset]].append(metric)
+    return out
+
+
+def term_value(metrics: Mapping[str, float], term: str) -> float:
+    """One objective term's value (NaN counts 0); ``intersection_f1`` and ``event_f1`` are the macro F1 at the first
+    decision threshold."""
+    if term in ("intersection_f1", "event_f1"):
+        key = next((k for k in metrics if k.startswith(f"{term}_macro@")), None)
+        if key is None:
+            raise ValueError(f"evaluation.obj_metric uses {term} but no threshold produced it")
+        value = metrics[key]
+    elif term not in metrics:
+        raise ValueError(f"evaluation.obj_metric uses {term}, which this validation set's metrics do not have "
+                         f"(psds sets: weak_f1, psds1, psds2, intersection_f1, event_f1; mpauc sets: mpauc, mauc, "
+                         "segment_f1_best)")
+    else:
+        value = metrics[term]
+    return 0.0 if np.isnan(value) else float(value)
+
+
+def objective(metrics: Mapping[str, float], spec: str) -> float:
+    """Checkpoint-selection value of one validation set: the sum of the ``+``-joined terms of ``spec``
+    (``evaluation.obj_metric``; :func:`term_value`)."""
+    return sum(term_value(metrics, term.rsplit(".", 1)[-1]) for term in objective_terms(spec))

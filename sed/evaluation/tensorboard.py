@@ -45,12 +45,14 @@ def log_validation_figures(
         plt.close(fig)
 
 
-def log_test_details(loggers: Sequence[Logger], results: Mapping[str, ModelScores], step: int) -> None:
-    """Per-class test metrics to every logger, as ``test/<model>/per_class/<metric>/<class>`` (``psds1``,
-    ``event_f1@0.5``, ...; not ``test/<model>/psds1/<class>``: a name that is also the folder of other names
-    breaks MLflow's file store), out of the console table; the PSD-ROC figure of each model to TensorBoard."""
+def log_test_details(loggers: Sequence[Logger], results: Mapping[str, ModelScores], step: int,
+                     set_name: str = "test") -> None:
+    """Per-class test metrics to every logger, as ``<set>/<model>/per_class/<metric>/<class>`` (``test/student/
+    per_class/psds1/Dog``; ``test/<dataset>/...`` with several datasets; not ``test/<model>/psds1/<class>``: a name
+    that is also the folder of other names breaks MLflow's file store), out of the console table; the PSD-ROC
+    figure of each model to TensorBoard."""
     for name, result in results.items():
-        per_class = {f"test/{name}/per_class/{key}": float(value) for key, value in result.metrics.items()
+        per_class = {f"{set_name}/{name}/per_class/{key}": float(value) for key, value in result.metrics.items()
                      if "/" in key and np.isfinite(value)}  # NaN: a class without ground-truth events
         for logger in loggers:
             logger.log_metrics(per_class, step=step)
@@ -63,7 +65,7 @@ def log_test_details(loggers: Sequence[Logger], results: Mapping[str, ModelScore
         fig = psd_roc_figure({k: v for k, v in result.psd_rocs.items() if not k.endswith("_raw")})
         if fig is not None:
             for writer in writers:
-                writer.add_figure(f"test/{name}/psd_roc", fig, global_step=step, close=False)
+                writer.add_figure(f"{set_name}/{name}/psd_roc", fig, global_step=step, close=False)
 
 
 def log_config_text(writers: Sequence[Any], cfg: DictConfig, step: int) -> None:
@@ -83,7 +85,7 @@ def log_hparams(loggers: Sequence[Logger], cfg: DictConfig, test_results: Mappin
         f"hp/{name}/{key}": value
         for name, values in test_results.items()
         for key, value in values.items()
-        if key in ("psds1", "psds2", "weak_f1") or key.startswith(("event_f1_macro", "intersection_f1_macro"))
+        if key in ("psds1", "psds2", "weak_f1", "mpauc") or key.startswith(("event_f1_macro", "intersection_f1_macro"))
     }
     params = _flatten(OmegaConf.to_container(cfg, resolve=True))
     for logger in tensorboards:

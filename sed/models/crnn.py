@@ -214,8 +214,15 @@ class CRNN(nn.Module):
             x = drop(activation(x))
         return pool(x)
 
-    def recurrent_heads(self, x: Tensor) -> CRNNOutput:
-        """BiGRU over ``x`` ``[B, T', rnn input]``, then the strong and weak heads."""
+    def recurrent_heads(self, x: Tensor, class_mask: Tensor | None = None) -> CRNNOutput:
+        """BiGRU over ``x`` ``[B, T', rnn input]``, then the strong and weak heads.
+
+        ``class_mask`` ``[B, C]`` (bool: the classes each clip's dataset annotates; training on several datasets)
+        masks the attention pooling as the DCASE 2024 baseline's CRNN does (DESED_task ``desed_task/nnet/CRNN.py``,
+        ``classes_mask``): an unannotated class's attention logit is pushed to -1e30 before the softmax over
+        classes, so the annotated classes share the attention among themselves, and the unannotated ones get the
+        floor weight at every frame. The baseline then zeroes their outputs; here the losses leave them out instead
+        (:mod:`sed.training.losses`: the same values and gradients)."""
         x, _ = self.rnn(x)
         x = self.rnn_out_dropout(x)  # [B, T', 2*hidden]
         # Heads' outputs in float32 even under autocast: the sigmoid/attention pooling and the
@@ -225,6 +232,8 @@ class CRNN(nn.Module):
         if self.attention_head is not None:
             # Softmax over classes, clamped below (DESED); weak = sum_t strong*att / sum_t att.
             att_logits = _at_least_float32(self.attention_head(x))
+            if class_mask is not None:
+                att_logits = att_logits.masked_fill(~class_mask[:, None, :].bool(), -1e30)
             log_att = F.log_softmax(att_logits, dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
             log_att = log_att.transpose(1, 2)  # [B, C, T']
             att = log_att.exp()
@@ -235,5 +244,5 @@ class CRNN(nn.Module):
         weak_logits = weighted_mean_logit(strong_logits, log_att, dim=-1)
         return CRNNOutput(strong_logits=strong_logits, weak_logits=weak_logits, strong=strong, weak=weak)
 
-    def forward(self, features: Tensor) -> CRNNOutput:
-        return self.recurrent_heads(self.cnn_frames(features))
+    def forward(self, features: Tensor, class_mask: Tensor | None = None) -> CRNNOutput:
+        return self.recurrent_heads(self.cnn_frames(features), class_mask)

@@ -77,8 +77,10 @@ class FrameLevelSED(nn.Module):
     def time_pooling(self) -> int:
         return self._time_pooling
 
-    def forward(self, features: Tensor, embeddings: Optional[Tensor] = None,
-                audio: Optional[Tensor] = None) -> CRNNOutput:
+    def forward(self, features: Tensor, embeddings: Optional[Tensor] = None, audio: Optional[Tensor] = None,
+                class_mask: Optional[Tensor] = None) -> CRNNOutput:
+        """``class_mask [B, C]`` (several datasets: the classes each clip's dataset annotates) masks the attention
+        pooling as the CRNN's (:meth:`sed.models.crnn.CRNN.recurrent_heads`)."""
         n_frames = features.shape[-1] // self._time_pooling
         if n_frames < 1:
             raise ValueError(f"FrameLevelSED: {features.shape[-1]} feature frames give no output frame at "
@@ -99,7 +101,10 @@ class FrameLevelSED(nn.Module):
         strong_logits = self.strong_head(x).float().transpose(1, 2)  # [B, C, T]; heads in float32 under autocast
         strong = torch.sigmoid(strong_logits)
         if self.attention_head is not None:
-            log_att = F.log_softmax(self.attention_head(x).float(), dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
+            att_logits = self.attention_head(x).float()
+            if class_mask is not None:
+                att_logits = att_logits.masked_fill(~class_mask[:, None, :].bool(), -1e30)
+            log_att = F.log_softmax(att_logits, dim=-1).clamp(min=math.log(ATTENTION_FLOOR))
             log_att = log_att.transpose(1, 2)
             att = log_att.exp()
             weak = (strong * att).sum(-1) / att.sum(-1)

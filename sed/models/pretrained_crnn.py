@@ -70,7 +70,7 @@ class PretrainedCRNN(CRNN):
             self.fusion_projection = nn.Linear(channels + self.audio_encoder.dim, channels)
 
     def forward(self, features: Tensor, embeddings: Optional[Tensor] = None,
-                audio: Optional[Tensor] = None) -> CRNNOutput:
+                audio: Optional[Tensor] = None, class_mask: Optional[Tensor] = None) -> CRNNOutput:
         x = self.cnn_frames(features)  # [B, T', ch]
         if embeddings is None:
             if audio is None:
@@ -83,6 +83,7 @@ class PretrainedCRNN(CRNN):
                              f"got {tuple(embeddings.shape)}")
         frames = F.adaptive_avg_pool1d(embeddings.to(x.dtype), x.shape[1]).transpose(1, 2)  # [B, T', D]
         if self.fusion == "project_then_concat":
-            return self.recurrent_heads(torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1))
-        joined = self.fusion_dropout(torch.cat([x, frames], dim=-1))
-        return self.recurrent_heads(self.fusion_projection(joined).to(x.dtype))
+            x = torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1)
+        else:
+            x = self.fusion_projection(self.fusion_dropout(torch.cat([x, frames], dim=-1))).to(x.dtype)
+        return self.recurrent_heads(x, class_mask)

@@ -4,7 +4,7 @@ PyTorch takes each CPU tensor from ``malloc``. glibc serves a block over 32 MiB 
 free, so a training step faults its large temporaries in anew every time and the kernel zeroes each page: 47 % of a
 DESED step's CPU samples on the 2-core VM of benchmarks/README.md, where freed pages also go back to the host.
 mimalloc with ``MIMALLOC_PURGE_DELAY=-1`` keeps freed memory in the process, so each step reuses the previous
-step's pages: the DESED model's step went from 8.19 to 6.30 s at batch 48 (1.3x, ``benchmarks/cpu_step.py``),
+step's pages: the DESED model's step went from 8.19 to 6.30 s at batch 48 (1.3x, ``benchmarks/experiments/cpu_step.py``),
 peak memory the same (4.0 GiB; the process holds its peak until it exits). The numbers computed are the same.
 
 The allocator must be loaded before anything else, so ``train.py`` re-executes itself once with mimalloc in

@@ -38,10 +38,53 @@ class GenerateSizesConfig:
 
 
 @dataclass
+class TrainSubsetConfig:
+    """A training subset of a dataset (``data.datasets.<name>.train.<subset>``; sed.data.sets.TrainSubset)."""
+
+    kind: str = "strong"  # strong | weak | unlabeled
+    # strong/weak labels (a strong TSV may carry a confidence column: soft labels); unlabeled: a TSV with a
+    # filename column, or null to list the audio folder
+    tsv: Optional[str] = None
+    audio: Optional[str] = None
+    batch_size: Optional[int] = None  # rows of every batch (>= 1)
+    window_hop: Optional[float] = None  # long recordings: clip-length windows every this many seconds
+    consistency: bool = True  # the mean-teacher consistency loss applies to its rows
+
+
+@dataclass
+class EvalSetConfig:
+    """A dataset's validation or test set (sed.data.sets.EvalSet)."""
+
+    tsv: Optional[str] = None
+    audio: Optional[str] = None
+    durations: Optional[str] = None  # filename/duration TSV (required)
+    metrics: str = "psds"  # psds (PSDS, F1s) | mpauc (segment-based mean partial AUROC: soft-labelled recordings)
+    classes: Optional[List[str]] = None  # the classes scored; null: those the dataset annotates
+    min_confidence: float = 0.5  # mpauc: the events above this confidence are the ground truth
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset of ``data.datasets`` (sed.data.sets.Dataset): its vocabulary and its sets; paths relative to
+    ``root``."""
+
+    root: Optional[str] = None  # null: data.root
+    generate: Optional[str] = None  # clips | recordings: generated there with data.generate=true (sed.synth)
+    generate_sizes: Dict[str, int] = field(default_factory=dict)
+    classes: Optional[List[str]] = None  # the model's classes it annotates (its aliases' targets too); null: all
+    aliases: Dict[str, Any] = field(default_factory=dict)  # label in its files -> model class (or a list)
+    train: Dict[str, TrainSubsetConfig] = field(default_factory=dict)
+    validation: Optional[EvalSetConfig] = None
+    test: Optional[EvalSetConfig] = None
+
+
+@dataclass
 class DataConfig:
     """Where the clips and DCASE annotations are, and how batches are made.
 
-    Paths are relative to ``root`` unless absolute; a subset whose TSV is null is not used.
+    Paths are relative to ``root`` unless absolute; a subset whose TSV is null is not used. ``datasets`` (several
+    datasets, e.g. DESED and MAESTRO: docs/datasets.md) replaces the per-subset keys ``strong_tsv`` ...
+    ``test_durations`` and ``batch_sizes``, which describe one dataset.
     """
 
     _target_: str = "sed.data.datamodule.SEDDataModule"
@@ -49,7 +92,9 @@ class DataConfig:
     generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
     generate_seed: int = 0
     generate_sizes: GenerateSizesConfig = field(default_factory=lambda: GenerateSizesConfig())
-    classes: Optional[List[str]] = None  # null: one class per line of <root>/classes.txt
+    # The model's classes. null: the union of data.datasets' classes, else one class per line of <root>/classes.txt
+    classes: Optional[List[str]] = None
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)  # {}: one dataset, from the keys below
     sample_rate: int = 16000
     clip_duration: float = 10.0
     strong_tsv: Optional[str] = "metadata/train/strong.tsv"
@@ -120,7 +165,10 @@ class ModelConfig:
     keeps: it is built as ``Module(**keys, n_classes=C, n_features=F)``; ``forward(features)`` takes
     ``[B, F, T]`` features and returns :class:`sed.models.crnn.CRNNOutput` (``strong_logits``, ``strong``:
     ``[B, C, T // time_pooling]``, one trailing extra frame allowed; ``weak_logits``, ``weak``: ``[B, C]``;
-    probabilities are the sigmoids of the logits); and it has an int attribute ``time_pooling``.
+    probabilities are the sigmoids of the logits); and it has an int attribute ``time_pooling``. Trained on several
+    datasets of which some annotate only some classes (``data.datasets``), it is also called with
+    ``class_mask=`` ``[B, C]`` (bool, the classes each clip's dataset annotates: the CRNN masks its attention
+    pooling with it).
     """
 
     _target_: str = "sed.models.crnn.CRNN"
@@ -255,7 +303,8 @@ class TrainingConfig:
     weight_decay: float = 0.0
     warmup_epochs: int = 50  # exponential learning-rate and consistency ramp-up
     warmup_fraction: Optional[float] = None  # set: the ramp-up is this share of the run's steps (not warmup_epochs)
-    schedule: str = "constant"  # after warm-up: constant | cosine
+    schedule: str = "constant"  # after warm-up: constant | cosine | quarter_cosine (DCASE 2024: from decay_start_epoch)
+    decay_start_epoch: Optional[int] = None  # the decay starts here (null: after the warm-up)
     min_lr: float = 1e-5  # end of the cosine decay
     ema_factor: float = 0.999
     # set: the teacher averages about this share of the run's last steps (EMA factor 1 - 1/(horizon * steps))
@@ -306,8 +355,9 @@ class EvaluationConfig:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     pipsds: bool = True  # also piPSDS (post-processing independent PSDS over tuning.median_windows) at test time
     save_validation_scores: bool = False  # also write validation/<model>/scores_raw/ at test time (offline tuning)
-    # Selects the best checkpoint, logged as val/obj_metric: any '+'-joined sum of
-    # weak_f1, psds1, psds2, intersection_f1, event_f1.
+    # Selects the best checkpoint, logged as val/obj_metric: any '+'-joined sum of weak_f1, psds1, psds2,
+    # intersection_f1, event_f1 (a psds set), mpauc, mauc, segment_f1_best (an mpauc set). With several datasets each
+    # term names the dataset whose validation set gives it: desed.psds1+maestro.mpauc.
     obj_metric: str = "weak_f1+intersection_f1"
     obj_model: str = "student"  # student | teacher
     psds_bootstrap: int = 0  # >0: bootstrapped 95% confidence interval of PSDS at test time
@@ -486,7 +536,9 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
                 "weight_decay": t.weight_decay, **node}
     if group == "scheduler":
         return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
-                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr, "interval": "step", "frequency": 1, "monitor": None, **node}
+                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr,
+                "decay_start_epoch": t.get("decay_start_epoch"), "interval": "step", "frequency": 1, "monitor": None,
+                **node}
     raise KeyError(group)
 
 

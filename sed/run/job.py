@@ -22,7 +22,7 @@ from sed.run.checkpointing import (
     check_resumable,
     read_checkpoint,
 )
-from sed.complexity import ComplexityReport, n_parameters
+from sed.dcase.complexity import ComplexityReport, n_parameters
 from sed.run.config import check_known_keys
 from sed.run.console import ShortEpochLogInterval, quiet_console
 from sed.data.datamodule import SEDDataModule
@@ -129,10 +129,13 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
             write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
         raise
     if main_process:
-        headline = {name: {k: v for k, v in metrics.items() if k in ("psds1", "pipsds1", "psds2", "weak_f1")}
-                    for name, metrics in results.items()}
+        headline = {name: {k: v for k, v in metrics.items() if k in HEADLINE} for name, metrics in results.items()}
         write_status(run_dir, "finished", test=headline or None, **outcome)
     return results
+
+
+#: The test metrics a run's status and summary show (mpauc: a set of soft-labelled recordings).
+HEADLINE = ("psds1", "pipsds1", "psds2", "weak_f1", "mpauc")
 
 
 def _run(
@@ -211,11 +214,12 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if best:
         lines.append(f"Best checkpoint: {best}")
     if results:
-        lines.append(f"Test outputs: {run_dir / 'test'} (every metric: test/<model>/metrics.json)")
+        where = "test/<model>" if all("/" not in name for name in results) else "test/<dataset>/<model>"
+        lines.append(f"Test outputs: {run_dir / 'test'} (every metric: {where}/metrics.json)")
         for name, metrics in results.items():
-            shown = {k: round(v, 4) for k, v in metrics.items()
-                     if k in ("psds1", "pipsds1", "psds2", "weak_f1") or k.startswith("event_f1_macro")}
-            preferred = " (preferred by validation: deployed by sed.infer)" if name == trainer.lightning_module.preferred_model else ""
+            shown = {k: round(v, 4) for k, v in metrics.items() if k in HEADLINE or k.startswith("event_f1_macro")}
+            model = name.rsplit("/", 1)[-1]  # <dataset>/<model> with several datasets
+            preferred = " (preferred by validation: deployed by sed.infer)" if model == trainer.lightning_module.preferred_model else ""
             lines.append(f"  {name}{preferred}: {shown}")
             per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("psds1/") and v == v}
             if per_class:  # DCASE's PSDS1 is 0 when one class is never detected: show which class holds it back
@@ -225,7 +229,7 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
     if results and (run_dir / "postprocessing.json").is_file():
         lines.append(f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
                      f"{run_dir / 'postprocessing.json'}")
-    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.complexity)
+    for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.dcase.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

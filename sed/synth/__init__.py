@@ -2,11 +2,18 @@
 
 Procedurally synthesised event classes over varied backgrounds (or a user's soundbank folder),
 placed at random onsets and SNRs, written as DESED-like subsets with strong/weak/unlabeled
-annotations, deterministically from a seed.
+annotations, deterministically from a seed. ``--recordings`` (:mod:`sed.synth.recordings`) makes a second,
+MAESTRO-like dataset: minutes-long scene recordings with soft labels from simulated annotators.
 """
 
 from __future__ import annotations
 
+from sed.synth.recordings import (
+    ALIASES,
+    EVALUATED_CLASSES,
+    RECORDING_CLASSES,
+    generate_recordings,
+)
 from sed.synth.scenes import (
     DEFAULT_SIZES,
     GENERATOR_VERSION,
@@ -29,6 +36,10 @@ from sed.synth.soundbank import (
 )
 
 __all__ = [
+    "ALIASES",
+    "EVALUATED_CLASSES",
+    "RECORDING_CLASSES",
+    "generate_recordings",
     "DEFAULT_CLASSES",
     "DEFAULT_SIZES",
     "GENERATOR_VERSION",

@@ -42,22 +42,33 @@ def mixup(
     return mixed, new_targets + [c * v + (1.0 - c) * v[perm] for v in inputs]
 
 
+def mix_groups(batch: dict[str, Any]) -> list[slice | list[int]]:
+    """The rows of each group mixup mixes within, from host-side tensors: with ``mix_group`` (the datamodule's
+    per-item group: one per dataset and labelled kind, -1 for none) its groups in order, else the strong rows and
+    the weak rows (one dataset)."""
+    if "mix_group" in batch:
+        groups = batch["mix_group"].cpu()
+        return [subset_rows(groups == g) for g in sorted(set(groups.tolist()) - {-1})]
+    return [subset_rows(batch[f"has_{k}"].cpu()) for k in ("strong", "weak")]
+
+
 def mixup_within_subsets(
     x: torch.Tensor, batch: dict[str, Any], mix: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixup of a mixed batch within each labelled subset (strong rows with strong rows, weak with weak): ``x``
-    (features or linear magnitudes, ``training.mixup.domain``) and the batch's targets, with one coin flip per
-    subset, or one for both (``mix.shared_draw``, as the DCASE baseline). A pretrained encoder's embeddings
-    (``batch["inputs"]``) are mixed like the features, in place in the batch. The subsets' rows come from
-    ``batch["subset_rows"]`` when the module found them on the host before the transfer (no device sync), else
-    from the masks. Returns ``(x, strong, weak)``."""
+    """Mixup of a mixed batch within each labelled subset (:func:`mix_groups`: strong rows with strong rows, weak
+    with weak, and with several datasets only rows of one dataset together, as the DCASE 2024 baseline: their
+    classes and masks agree): ``x`` (features or linear magnitudes, ``training.mixup.domain``) and the batch's
+    targets, with one coin flip per group, or one for all (``mix.shared_draw``, as the DCASE baseline). A
+    pretrained encoder's embeddings (``batch["inputs"]``) are mixed like the features, in place in the batch. The
+    groups' rows come from ``batch["subset_rows"]`` when the module found them on the host before the transfer (no
+    device sync), else from the batch. Returns ``(x, strong, weak)``."""
     strong, weak = batch["strong"], batch["weak"]
     x, strong, weak = x.clone(), strong.clone(), weak.clone()
     inputs = batch.setdefault("inputs", {})
     inputs.update({k: v.clone() for k, v in inputs.items()})
     shared = float(torch.rand(())) < mix.prob if mix.shared_draw else None
-    rows = batch.get("subset_rows") or {k: subset_rows(batch[f"has_{k}"].cpu()) for k in ("strong", "weak")}
-    for idx in (rows["strong"], rows["weak"]):
+    rows = batch.get("subset_rows") or mix_groups(batch)
+    for idx in rows:
         if len(range(x.shape[0])[idx] if isinstance(idx, slice) else idx) < 2:
             continue
         if isinstance(idx, list):

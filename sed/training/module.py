@@ -21,7 +21,8 @@ from sed.run.config import default_node, upgrade_targets
 from sed.data.encoder import LabelEncoder
 from sed.evaluation import tune_at_test
 from sed.evaluation.parallel import ScoringPool, resolve_workers
-from sed.evaluation.scoring import F1_KINDS, ModelScores, objective, objective_terms, score_model, weak_f1
+from sed.evaluation.scoring import ModelScores, assign_objective
+from sed.evaluation.set_scoring import held_out_weak_f1, objective_scores, scoring_jobs
 from sed.evaluation.tensorboard import (
     log_config_text,
     log_hparams,
@@ -42,11 +43,11 @@ from sed.models.encoders import (
 )
 from sed.models.encoders.model_contract import log_embedding_counts, pack_inputs, unpack_inputs
 from sed.features.scaler import TorchScaler
-from sed.training.augment import Augmentations, mixup_within_subsets
+from sed.training.augment import Augmentations, mix_groups, mixup_within_subsets
 from sed.training.ema import ema_factor, update_teacher
 from sed.training.losses import class_balance_weights, consistency_losses, supervised_losses
 from sed.training.schedules import ema_max_factor, exp_rampup, warmup_steps
-from sed.training.execution import FiniteCheck, compiled_models, subset_rows, teacher_forward
+from sed.training.execution import FiniteCheck, compiled_models, teacher_forward
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class SEDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ scaler fitting
     def on_fit_start(self) -> None:
+        self._objective_terms()  # evaluation.obj_metric refused now, not after the first epoch
         self._log_config_text()
         self._set_class_balance()
         if self.scaler.statistic != "dataset":
@@ -259,13 +261,18 @@ class SEDModule(pl.LightningModule):
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
         # The teacher first: its temporaries are freed before the student's graph is built, so the step's peak
         # memory is the student's alone (4.0 vs 4.6 GiB at DESED's batch of 48 on the CPU; benchmarks/README.md).
+        # Several datasets: the classes a row's dataset does not annotate are masked in the attention pooling and
+        # the losses, and a dataset can stay out of the consistency loss (absent when nothing is masked).
+        mask = batch.get("class_mask")
+        masked = {} if mask is None else {"class_mask": mask}
         teacher = self.predict(partial(teacher_forward, self._train_nets["teacher"]), teacher_feats,
-                               **unpack_inputs(batch["inputs"], "teacher"))
-        student = self.predict(self._train_nets["student"], feats, **unpack_inputs(batch["inputs"], "student"))
+                               **unpack_inputs(batch["inputs"], "teacher"), **masked)
+        student = self.predict(self._train_nets["student"], feats, **unpack_inputs(batch["inputs"], "student"),
+                               **masked)
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"],
-                                   self.strong_pos_weight)
-        losses.update(consistency_losses(student, teacher))
+                                   self.strong_pos_weight, class_mask=mask)
+        losses.update(consistency_losses(student, teacher, rows=batch.get("consistency"), class_mask=mask))
         weight = self.consistency_weight()
         total = (
             t.strong_weight * losses["strong"]
@@ -285,9 +292,14 @@ class SEDModule(pl.LightningModule):
         return total
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """The labelled subsets' rows, found on the host before the batch goes to the device (mixup needs them)."""
+        """On the host, before the batch goes to the device: the rows of each mixup group, and the class mask and
+        consistency rows dropped when they mask nothing (one dataset: every term computed as without them)."""
         if self.training and isinstance(batch, dict) and "has_strong" in batch:
-            batch["subset_rows"] = {k: subset_rows(batch[f"has_{k}"]) for k in ("strong", "weak")}
+            batch["subset_rows"] = mix_groups(batch)
+            for key in ("class_mask", "consistency"):
+                if key in batch and bool(batch[key].all()):
+                    del batch[key]
+            batch.pop("mix_group", None)
             if "varies" in batch:  # rows whose encoder embeddings may be cached (the same audio every epoch)
                 batch["cacheable"] = (~batch["varies"]).tolist()
         return batch
@@ -356,13 +368,14 @@ class SEDModule(pl.LightningModule):
             out = student[0]._replace(strong_logits=logits, weak_logits=torch.cat([o.weak_logits for o in student]))
             targets = self._window_targets(batch["strong"], rows)
             has_strong = batch["has_strong"][[i for i, _ in rows]]
-            loss = supervised_losses(out, targets, batch["weak"][[i for i, _ in rows]], has_strong, has_strong)
+            loss = supervised_losses(out, targets, batch["weak"][[i for i, _ in rows]], has_strong, has_strong,
+                                     class_mask=self._scored_mask(stage, len(rows)))
             self.log(f"{stage}/loss_strong", loss["strong"], batch_size=int(has_strong.sum()), sync_dist=True,
                      add_dataloader_idx=False)
         targets = store.setdefault("weak_targets", {})
         for i, filename in enumerate(batch["filename"]):
             targets[filename] = batch["weak"][i].cpu().numpy()
-        if stage == "val" and self._plot_batch is None:
+        if stage == self._plotted_set() and self._plot_batch is None:
             n = min(self.cfg.evaluation.n_plot_clips, len(views))  # the first window of each plotted clip
             self._plot_batch = {
                 "features": self.features(torch.stack([v[0] for v in views[:n]])).float().cpu().numpy(),
@@ -378,12 +391,30 @@ class SEDModule(pl.LightningModule):
             strong = torch.nn.functional.pad(strong, (0, need - strong.shape[-1]))
         return torch.stack([strong[i, :, k * grid.hop_frames : k * grid.hop_frames + grid.window_frames] for i, k in rows])
 
+    def _scored_mask(self, name: str, rows: int) -> Optional[torch.Tensor]:
+        """``[rows, C]`` mask of the classes evaluation set ``name`` is scored on, None when it is all of them."""
+        dm = self.trainer.datamodule
+        if name not in getattr(dm, "eval_sets", {}):
+            return None
+        scored = set(dm.scored_classes(name))
+        if len(scored) == len(self.classes):
+            return None
+        mask = torch.tensor([c in scored for c in self.classes], device=self.device)
+        return mask.expand(rows, -1)
+
+    def _plotted_set(self) -> str:
+        """The validation set whose first clips are plotted (the first one)."""
+        sets = getattr(self.trainer.datamodule, "stage_sets", lambda stage: ["val"])("val")
+        return sets[0] if sets else "val"
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        # The second loader, when there is one, holds the weak clips held out for validation.
-        self._eval_step(batch, "val" if dataloader_idx == 0 else "val_weak")
+        # Loaders: the validation sets, then the held-out weak clips when there are some.
+        self._eval_step(batch, self.trainer.datamodule.val_loader_sets[dataloader_idx])
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test" if dataloader_idx == 0 else tune_at_test.STAGE)  # 2nd: validation, to tune
+        # Loaders: the test sets, then the validation set when the post-processing is tuned on it.
+        name = self.trainer.datamodule.test_loader_sets[dataloader_idx]
+        self._eval_step(batch, tune_at_test.STAGE if name.startswith("val") else name)
 
     def _gathered(self, stage: str) -> dict[str, dict[str, np.ndarray]]:
         """Outputs of every process merged by filename (padded shards repeat clips; the dict drops repeats)."""
@@ -398,43 +429,30 @@ class SEDModule(pl.LightningModule):
                 merged.setdefault(key, {}).update(values)
         return merged
 
-    def _score_all(self, stage: str, bootstrap: int = 0, settings: Optional[dict] = None) -> dict[str, ModelScores]:
-        outputs = self._gathered(stage)
+    def _objective_terms(self) -> dict[str, list[str]]:
+        """The checkpoint objective's terms per validation set (``evaluation.obj_metric``)."""
         dm = self.trainer.datamodule
+        return assign_objective(self.cfg.evaluation.obj_metric, {dm.eval_sets[n].dataset: n for n in dm.stage_sets("val")})
+
+    def _score_set(self, name: str, bootstrap: int = 0, settings: Optional[dict] = None) -> dict[str, ModelScores]:
+        """Every model's metrics on evaluation set ``name``, on its classes with its metrics
+        (:mod:`sed.evaluation.set_scoring`)."""
+        outputs = self._gathered(name)
+        dm = self.trainer.datamodule
+        spec = dm.eval_sets[name]
         # Validation runs every epoch: PSDS2 only when the checkpoint objective needs it, and only the objective's
         # terms between evaluation.full_metrics_every_n_epochs; piPSDS only at test.
-        ev, test = self.cfg.evaluation, stage == "test"
-        if test or self._on_nth_epoch(ev.get("full_metrics_every_n_epochs", 1)):
-            psds = ("psds1", "psds2") if test or "psds2" in ev.obj_metric else ("psds1",)
-            f1 = F1_KINDS
-        else:
-            terms = objective_terms(ev.obj_metric)
-            psds = tuple(name for name in ("psds1", "psds2") if name in terms)
-            f1 = tuple(kind for kind in F1_KINDS if f"{kind}_f1" in terms)
-        self._log_long_clips(stage, outputs["student"])
-        jobs = {  # one scoring function, called once per model (at the same time with scoring workers)
-            name: dict(
-                strong_probs=outputs[name],
-                weak_probs=outputs[f"{name}_weak"],
-                weak_targets=outputs["weak_targets"],
-                encoder=self.encoder,
-                ground_truth=dm.ground_truth[stage],
-                durations=dm.durations[stage],
-                evaluation=ev,
-                bootstrap=bootstrap,
-                per_class=test,
-                psds=psds,
-                f1=f1,
-                settings=(settings or {}).get(name),
-                pipsds_windows=ev.tuning.median_windows if test and ev.pipsds else (),
-            )
-            for name in MODELS
-        }
+        ev, test = self.cfg.evaluation, spec.stage == "test"
+        full = test or self._on_nth_epoch(ev.get("full_metrics_every_n_epochs", 1))
+        self._log_long_clips(name, outputs["student"])
+        fn, jobs = scoring_jobs(outputs, MODELS, self.encoder, dm.scored_classes(name), spec.metrics,
+                                dm.ground_truth[name], dm.durations[name], ev, self._objective_terms().get(name, []),
+                                full, test, bootstrap, settings, spec.min_confidence)
         workers = resolve_workers(ev.get("scoring_workers", "auto"), len(jobs))
         if self._scoring_pool is None or self._scoring_pool.workers != workers:
             self.teardown_scoring()
             self._scoring_pool = ScoringPool(workers)
-        return self._scoring_pool.map(score_model, jobs)
+        return self._scoring_pool.map(fn, jobs)
 
     def teardown_scoring(self) -> None:
         if self._scoring_pool is not None:
@@ -460,29 +478,32 @@ class SEDModule(pl.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
         if self.trainer.sanity_checking:
-            self._outputs.pop("val", None)
-            self._outputs.pop("val_weak", None)
+            for name in dm.val_loader_sets:
+                self._outputs.pop(name, None)
             self._plot_batch = None
             return
         # Every process scores the gathered outputs of all processes, so the values agree across ranks
-        # (sync_dist averages identical numbers).
-        results = self._score_all("val")
-        held_out = self._gathered("val_weak") if "val_weak" in self.trainer.datamodule.eval_datasets else {}
-        if held_out:  # weak F1 on held-out real weak clips (DCASE baseline); the synthetic one is kept aside
+        # (sync_dist averages identical numbers). Metrics are named <set>/<model>/<metric>: val/student/psds1 with
+        # one dataset, val/<dataset>/student/psds1 with several.
+        per_set = {name: self._score_set(name) for name in dm.stage_sets("val")}
+        if "val_weak" in dm.eval_datasets:  # weak F1 on held-out real weak clips (DCASE baseline)
+            weak = next(t for t in dm.subsets.values() if t.kind == "weak")
+            target = next((n for n in per_set if dm.eval_sets[n].dataset == weak.dataset), None)
+            held_out_weak_f1(per_set.get(target, {}), self._gathered("val_weak"),
+                             [self.encoder.class_index(c) for c in dm.scored_classes("val_weak")])
+        for set_name, results in per_set.items():
             for name, result in results.items():
-                result.metrics["weak_f1_synthetic"] = result.metrics["weak_f1"]
-                result.metrics["weak_f1"] = weak_f1(held_out[f"{name}_weak"], held_out["weak_targets"], len(self.classes))
-        for name, result in results.items():
-            for key, value in result.metrics.items():
-                self.log(f"val/{name}/{key}", value, sync_dist=True)
+                for key, value in result.metrics.items():
+                    self.log(f"{set_name}/{name}/{key}", value, sync_dist=True)
+        scores = objective_scores(per_set, self._objective_terms(), MODELS)
         ev = self.cfg.evaluation
-        scores = {name: objective(result.metrics, ev.obj_metric) for name, result in results.items()}
         for name, score in scores.items():
             self.log(f"val/{name}/obj_metric", score, sync_dist=True)
         self.log("val/obj_metric", scores[ev.obj_model], prog_bar=True, sync_dist=True)
         self.preferred_model = "student" if scores["student"] > scores["teacher"] else "teacher"
-        self._log_figures(results)
+        self._log_figures(per_set[self._plotted_set()], dm.scored_classes(self._plotted_set()))
         self._plot_batch = None
 
     def _on_nth_epoch(self, every: int) -> bool:
@@ -491,48 +512,57 @@ class SEDModule(pl.LightningModule):
         return bool(every) and (epoch % every == 0 or epoch == (self.trainer.max_epochs or 0) - 1)
 
     @rank_zero_only
-    def _log_figures(self, results: dict[str, ModelScores]) -> None:
-        """The teacher's validation clip figures, every ``evaluation.plot_every_n_epochs`` epochs and at the last."""
+    def _log_figures(self, results: dict[str, ModelScores], classes: list[str]) -> None:
+        """The teacher's validation clip figures (of the first validation set, on its ``classes``), every
+        ``evaluation.plot_every_n_epochs`` epochs and at the last."""
         writers = tensorboard_writers(self.loggers)
         if self._plot_batch is None or not writers or not self._on_nth_epoch(self.cfg.evaluation.plot_every_n_epochs):
             return
-        log_validation_figures(writers, self._plot_batch, results["teacher"].probabilities, self.classes,
+        plot = dict(self._plot_batch)
+        if classes != self.classes:
+            plot["reference"] = plot["reference"][:, [self.encoder.class_index(c) for c in classes]]
+        log_validation_figures(writers, plot, results["teacher"].probabilities, classes,
                                self.cfg.data.clip_duration, "teacher", self.current_epoch, self.global_step)
 
     def on_test_epoch_end(self) -> None:
         ev, dm = self.cfg.evaluation, self.trainer.datamodule
-        validation = self._gathered(tune_at_test.STAGE)  # the tested checkpoint on the validation set
+        validation = self._gathered(tune_at_test.STAGE)  # the tested checkpoint on the validation set (one dataset)
         settings = tune_at_test.tune_models(validation, MODELS, self.encoder, dm.ground_truth.get("val"),
                                             dm.durations.get("val"), ev)
-        results = self._score_all("test", bootstrap=ev.psds_bootstrap, settings=settings)
-        out_dir = Path(self.trainer.default_root_dir) / "test"
-        for name, result in results.items():
-            for key, value in result.metrics.items():
-                if "/" not in key:  # per-class values go to metrics.json and _log_test_details
-                    self.log(f"test/{name}/{key}", value, sync_dist=True)
-            self.test_results[name] = dict(result.metrics)
+        # One dataset: metrics test/<model>/..., outputs in <run>/test/<model>/, results keyed by model; several:
+        # test/<dataset>/<model>/..., <run>/test/<dataset>/<model>/, results keyed by <dataset>/<model>.
+        per_set = {name: self._score_set(name, bootstrap=ev.psds_bootstrap, settings=settings)
+                   for name in dm.stage_sets("test")}
+        for set_name, results in per_set.items():
+            for name, result in results.items():
+                for key, value in result.metrics.items():
+                    if "/" not in key:  # per-class values go to metrics.json and _log_test_details
+                        self.log(f"{set_name}/{name}/{key}", value, sync_dist=True)
+                self.test_results[set_name.partition("/")[2] + "/" + name if "/" in set_name else name] = dict(result.metrics)
         if self.trainer.is_global_zero:
             from sed.evaluation.outputs import write_test_outputs
 
             tune_at_test.save_outputs(Path(self.trainer.default_root_dir), validation, settings, MODELS, self.encoder,
                                       dm.durations.get("val"), ev, self.trainer.ckpt_path, self.preferred_model)
-            for name, result in results.items():
-                write_test_outputs(
-                    out_dir,
-                    name,
-                    result.scores_raw,
-                    result.scores_postprocessed,
-                    result.detections,
-                    {**result.metrics, "postprocessing": tune_at_test.report(settings.get(name), ev)},
-                    result.psd_rocs,
-                )
-            log.info("Test outputs written to %s", out_dir)
-            self._log_test_details(results)
+            for set_name, results in per_set.items():
+                out_dir = Path(self.trainer.default_root_dir) / set_name
+                for name, result in results.items():
+                    write_test_outputs(
+                        out_dir,
+                        name,
+                        result.scores_raw,
+                        result.scores_postprocessed,
+                        result.detections,
+                        {**result.metrics, "postprocessing": tune_at_test.report(settings.get(name), ev)},
+                        result.psd_rocs,
+                    )
+                log.info("Test outputs written to %s", out_dir)
+                self._log_test_details(results, set_name)
             self._log_hparams()
 
     @rank_zero_only
-    def _log_test_details(self, results: dict[str, ModelScores]) -> None:
-        log_test_details(self.loggers, results, self.global_step)
+    def _log_test_details(self, results: dict[str, ModelScores], set_name: str = "test") -> None:
+        log_test_details(self.loggers, results, self.global_step, set_name)
 
     @rank_zero_only
     def _log_config_text(self) -> None:

@@ -16,17 +16,27 @@ def exp_rampup(step: int, rampup_steps: int) -> float:
     return math.exp(-5.0 * phase * phase)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
-    """Learning-rate multiplier: exponential warm-up, then constant or cosine decay to ``min_ratio``."""
+SCHEDULES = ("constant", "cosine", "quarter_cosine")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float,
+              decay_start: int | None = None) -> float:
+    """Learning-rate multiplier: exponential warm-up, then constant, or a decay from ``decay_start`` (default: the end
+    of the warm-up) to the end: ``cosine`` down to ``min_ratio`` along half a cosine, ``quarter_cosine`` along a
+    quarter cosine floored at ``min_ratio`` (the DCASE 2024 baseline's annealing from epoch 100)."""
     if step < warmup_steps:
         return exp_rampup(step, warmup_steps)
     if schedule == "constant":
         return 1.0
+    start = warmup_steps if decay_start is None else max(int(decay_start), warmup_steps)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"training.schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if step < start:
+        return 1.0
+    progress = min((step - start) / max(total_steps - start, 1), 1.0)
     if schedule == "cosine":
-        span = max(total_steps - warmup_steps, 1)
-        progress = min((step - warmup_steps) / span, 1.0)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"training.schedule must be 'constant' or 'cosine', got {schedule!r}")
+    return max(min_ratio, math.cos(0.5 * math.pi * progress))
 
 
 def warmup_steps(total_steps: int, steps_per_epoch: int, warmup_epochs: int, warmup_fraction: float | None) -> int:
@@ -66,25 +76,34 @@ def warmup_lambda_lr(
     warmup_fraction: float | None = None,
     schedule: str = "constant",
     min_lr: float = 1e-5,
+    decay_start_epoch: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The DCASE baseline's schedule as a per-step ``LambdaLR`` (``conf/scheduler/exp_warmup.yaml``).
 
     :func:`lr_factor` of the step: exponential warm-up over :func:`warmup_steps` steps, then constant
-    or cosine decay to ``min_lr`` at ``total_steps``. ``min_lr`` is relative to the optimiser's learning rate; with
-    ``lr=0`` (a frozen student) the ratio does not matter.
+    or a decay to ``min_lr`` at ``total_steps`` starting at ``decay_start_epoch`` (default: after the warm-up).
+    ``min_lr`` is relative to the optimiser's learning rate; with ``lr=0`` (a frozen student) the ratio does not
+    matter.
     """
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"training.schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"training.schedule must be one of {SCHEDULES}, got {schedule!r}")
     lr = optimizer.param_groups[0]["lr"]
     min_ratio = min_lr / lr if lr > 0 else 1.0
     warmup = warmup_steps(total_steps, steps_per_epoch, warmup_epochs, warmup_fraction)
+    decay = None if decay_start_epoch is None else int(decay_start_epoch) * int(steps_per_epoch)
     # A group that starts training later (a pretrained encoder fine-tuned from an epoch on: its "start_step")
-    # gets its own warm-up from then.
+    # gets its own warm-up from then; the others follow the run's schedule.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        functools.partial(_group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio)
+        functools.partial(_group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio,
+                          decay)
         for group in optimizer.param_groups
     ])
 
 
-def _group_factor(start: int, warmup: int, total: int, schedule: str, min_ratio: float, step: int) -> float:
-    return lr_factor(max(step - start, 0), warmup, max(total - start, 1), schedule, min_ratio)
+def _group_factor(start: int, warmup: int, total: int, schedule: str, min_ratio: float, decay: int | None,
+                  step: int) -> float:
+    """:func:`lr_factor` on the clock of a group that starts at step ``start`` (0: the run's own)."""
+    if start == 0:
+        return lr_factor(step, warmup, total, schedule, min_ratio, decay)
+    return lr_factor(max(step - start, 0), warmup, max(total - start, 1), schedule, min_ratio,
+                     None if decay is None else max(decay - start, 0))

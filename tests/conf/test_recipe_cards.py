@@ -76,6 +76,57 @@ CARDS["atst_frame_finetune"] = {
     "training.ema_factor": 0.999, "data.batch_sizes": [12, 12, 24], "training.mixup.domain": "linear",
     "evaluation.median_window": [7], "scaler.statistic": "instance",
 }
+# The DCASE 2024 Task 4 baseline (DESED_task recipes/dcase2024_task4_baseline: confs/pretrained.yaml,
+# local/classes_dict.py, train_pretrained.py) with the CRNN alone.
+MAESTRO_REAL = ["cutlery and dishes", "furniture dragging", "people talking", "children voices", "coffee machine",
+                "footsteps", "large_vehicle", "car", "brakes_squeaking", "cash register beeping", "announcement",
+                "shopping cart", "metro leaving", "metro approaching", "door opens/closes", "wind_blowing",
+                "birds_singing"]
+MAESTRO_EVAL = {"birds_singing", "car", "people talking", "footsteps", "children voices", "wind_blowing",
+                "brakes_squeaking", "large_vehicle", "cutlery and dishes", "metro approaching", "metro leaving"}
+DESED = ["Alarm_bell_ringing", "Blender", "Cat", "Dishes", "Dog", "Electric_shaver_toothbrush", "Frying",
+         "Running_water", "Speech", "Vacuum_cleaner"]
+CARDS["dcase2024_crnn"] = {
+    "data.classes": DESED + MAESTRO_REAL,  # 27: nclass
+    # batch_size [maestro, synth, strong, weak, unlabel] = [12, 6, 6, 12, 24]
+    **{f"data.datasets.{d}.train.{s}.batch_size": n for d, s, n in (
+        ("maestro", "real", 12), ("desed", "synth", 6), ("desed", "strong", 6), ("desed", "weak", 12),
+        ("desed", "unlabeled", 24))},
+    "data.datasets.maestro.aliases": {"people talking": "Speech", "children voices": "Speech",
+                                      "announcement": "Speech", "cutlery and dishes": "Dishes"},
+    "data.datasets.maestro.classes": MAESTRO_REAL + ["Dog"],  # mask_events_maestro_real (+ Speech, Dishes: aliases)
+    "data.datasets.desed.classes": DESED,
+    "data.datasets.maestro.train.real.window_hop": 1.0, "data.datasets.maestro.train.real.consistency": False,
+    "data.datasets.maestro.validation.metrics": "mpauc", "data.datasets.maestro.test.metrics": "mpauc",
+    "data.datasets.maestro.validation.min_confidence": 0.5,
+    "data.weak_val_fraction": 0.1, "data.epoch_length": "min", "data.eval_batch_size": 24,
+    "trainer.max_epochs": 300, "training.warmup_epochs": 50, "training.lr": 1e-3, "trainer.gradient_clip_val": 5.0,
+    "training.schedule": "quarter_cosine", "training.decay_start_epoch": 100, "training.min_lr": 1e-8,  # epoch_decay
+    "training.consistency_max": 2.0, "training.ema_factor": 0.999, "training.ema_buffers": False,
+    "trainer.check_val_every_n_epoch": 10,
+    "training.mixup.enabled": True, "training.mixup.prob": 0.5, "training.mixup.mode": "soft",
+    "training.mixup.domain": "linear", "training.mixup.shared_draw": True,
+    "model.dropout": 0.2, "model.dropout_recurrent_out": 0.2, "model.rnn_hidden": 192, "model.rnn_layers": 1,
+    "model.attention": True, "model.filters": [16, 32, 64, 128, 128, 128, 128], "model.bn_eps": 1e-3,
+    "model.bn_momentum": 0.99,
+    "features.n_fft": 2048, "features.hop_length": 256, "features.n_mels": 128, "features.f_max": 8000.0,
+    "scaler.statistic": "instance", "scaler.normtype": "minmax",
+    "evaluation.median_window": [3, 9, 9, 5, 5, 5, 9, 7, 11, 9, 7, 3, 9, 13, 7, 1, 13, 3, 13, 7, 5, 5, 1, 13, 17, 13,
+                                 15],
+    "evaluation.obj_metric": "desed.psds1+maestro.mpauc", "evaluation.tune_postprocessing": False,
+    "training.class_balance": 0.0,
+    **{f"training.augment.{name}.prob": 0.0 for name in ("filter_augment", "frame_shift", "spec_augment")},
+}
+# Both embedded datasets: the quick start's model and features, its learning rate, ten epochs.
+CARDS["multi_dataset_quick"] = {
+    **{k: v for k, v in CARDS["quickstart"].items() if k.startswith(("model.", "features."))},
+    "training.lr": 3e-3, "trainer.max_epochs": 10, "training.warmup_epochs": 2, "training.ema_factor": 0.99,
+    "data.generate": True, "data.datasets.clips.generate": "clips", "data.datasets.recordings.generate": "recordings",
+    **{f"data.datasets.{d}.train.{s}.batch_size": 6 for d, s in (
+        ("clips", "strong"), ("clips", "weak"), ("clips", "unlabeled"), ("recordings", "train"))},
+    "data.datasets.recordings.train.train.window_hop": 1.0, "data.datasets.recordings.validation.metrics": "mpauc",
+    "evaluation.obj_metric": "clips.psds1+recordings.mpauc", "evaluation.tune_postprocessing": False,
+}
 
 
 def _compose(name: str):
@@ -94,6 +145,12 @@ def test_recipe_card(name):
         got = OmegaConf.select(cfg, key)
         got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         assert got == pytest.approx(value) if isinstance(value, float) else got == value, (name, key, got)
+
+
+def test_dcase2024_maestro_scores_the_baselines_evaluated_classes():
+    cfg = _compose("dcase2024_crnn")
+    for split in ("validation", "test"):
+        assert set(cfg.data.datasets.maestro[split].classes) == MAESTRO_EVAL
 
 
 def test_default_run_is_the_quickstart_recipe():

@@ -222,3 +222,75 @@ def test_input_sample_rate_auto_is_the_files_common_rate(tmp_path, caplog):
     dm = dataset([22050])
     assert dm.resolve_input_sample_rate(44100, 16000) == 44100 and dm.resolve_input_sample_rate(None, 16000) is None
     assert dm.resolve_input_sample_rate(16000, 16000) is None  # the model's own rate: no resampling layer
+
+
+# ------------------------------------------------------------------ several datasets
+from sed.synth import DEFAULT_CLASSES, RECORDING_CLASSES  # noqa: E402
+
+
+def _recordings(root):
+    from sed.synth import generate_recordings
+
+    return generate_recordings(root, seed=2, sizes={"train": 1, "validation": 1, "test": 1}, duration=12.0)
+
+
+def _two_datasets(clips, recordings, **change) -> dict:
+    split = lambda s: {"tsv": f"metadata/{s}/{s}.tsv", "audio": f"audio/{s}", "durations": f"metadata/{s}/durations.tsv"}  # noqa: E731
+    return {
+        "clips": {"root": str(clips), "classes": DEFAULT_CLASSES,
+                  "train": {"strong": {"kind": "strong", "tsv": "metadata/train/strong.tsv",
+                                       "audio": "audio/train/strong", "batch_size": 2},
+                            "weak": {"kind": "weak", "tsv": "metadata/train/weak.tsv", "audio": "audio/train/weak",
+                                     "batch_size": 2}},
+                  "validation": {"tsv": "metadata/validation/validation.tsv", "audio": "audio/validation",
+                                 "durations": "metadata/validation/durations.tsv"}},
+        "recordings": {"root": str(recordings), "classes": ["people_talking", "footsteps", "car_passing"],
+                       "aliases": {"people_talking": "speech_like", "birds_singing": "chirp",
+                                   "announcement": ["speech_like"], "dishes": [], "door_knock": []},
+                       "train": {"train": {"tsv": "metadata/train/train.tsv", "audio": "audio/train", "batch_size": 3,
+                                           "window_hop": 1.0, "consistency": False}},
+                       "validation": {**split("validation"), "metrics": "mpauc"}, **change},
+    }
+
+
+def test_two_datasets_batches_carry_their_dataset_mask_group_and_soft_aliased_targets(tmp_path, tiny_dataset, caplog):
+    recordings = _recordings(tmp_path / "rec")
+    with pytest.raises(Exception, match="an alias maps a label to a class name or a list"):
+        SEDDataModule(str(tmp_path), datasets=_two_datasets(tiny_dataset, recordings), num_workers=0).classes
+    datasets = _two_datasets(tiny_dataset, recordings,
+                             aliases={"people_talking": "speech_like", "birds_singing": "chirp",
+                                      "announcement": "speech_like", "dishes": "car_passing",
+                                      "door_knock": "car_passing"})
+    dm = SEDDataModule(str(tmp_path), datasets=datasets, clip_duration=2.0, eval_batch_size=4, num_workers=0)
+    with caplog.at_level(logging.INFO, logger="sed.data.datamodule"):
+        classes = dm.classes
+    assert classes == DEFAULT_CLASSES + ["people_talking", "car_passing"]
+    assert "  footsteps: clips, recordings" in caplog.text
+    assert "  speech_like: clips, recordings ('people_talking', 'announcement')" in caplog.text
+    dm.set_encoder(LabelEncoder(classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.train_sets.items()} == {"clips/strong": 16, "clips/weak": 8,
+                                                             "recordings/train": 11}  # 12-s recording: 11 windows
+    annotated = ["chirp", "speech_like", "footsteps", "people_talking", "car_passing"]  # in the model's order
+    assert dm.val_loader_sets == ["val/clips", "val/recordings"] and dm.scored_classes("val/recordings") == annotated
+    batch = next(iter(dm.train_dataloader()))
+    clips_mask, rec_mask = [True] * 10 + [False] * 2, [c in annotated for c in classes]
+    assert batch["class_mask"].tolist() == [clips_mask] * 4 + [rec_mask] * 3
+    assert batch["mix_group"].tolist() == [0, 0, 1, 1, 2, 2, 2]  # clips strong, clips weak, recordings strong
+    assert batch["consistency"].tolist() == [True] * 4 + [False] * 3
+    # The recording's events (seed 2): birds_singing 3.05-4.2 s at confidence 0.8, car_passing 7.6-12 s at 1.
+    windows = dm.train_sets["recordings/train"]
+    peak = torch.stack([windows[i]["strong"].amax(-1) for i in range(len(windows))]).amax(0)
+    assert peak[classes.index("chirp")] == pytest.approx(0.8)  # birds_singing, renamed by its alias, soft
+    assert peak[classes.index("car_passing")] == 1.0 and peak[classes.index("people_talking")] == 0
+    fractions = dm.strong_active_fractions()
+    assert fractions[classes.index("car_passing")] > 0 and fractions[classes.index("chirp")] > 0
+
+
+def test_several_datasets_refuse_tuning_on_validation(tmp_path, tiny_dataset):
+    recordings = _recordings(tmp_path / "rec")
+    datasets = _two_datasets(tiny_dataset, recordings, aliases={})
+    datasets["recordings"]["classes"] = list(RECORDING_CLASSES)
+    dm = SEDDataModule(str(tmp_path), datasets=datasets, clip_duration=2.0, num_workers=0)
+    with pytest.raises(ValueError, match="evaluation.tune_postprocessing.*take one dataset"):
+        dm.validate_at_test = True

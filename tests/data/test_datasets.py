@@ -348,3 +348,37 @@ def test_native_rate_random_crops_move_the_labels_with_the_audio(tmp_path, enc):
         assert (target[inner] == 1).all() and not target[np.convolve(active.astype(int), [1, 1, 1], "same") == 0].any()
         seen += int(target.any())
     assert seen  # some crops held the burst
+
+
+# ------------------------------------------------------------------ long recordings, soft labels, extra fields
+def test_window_starts_cover_a_long_recording_like_the_2024_baseline():
+    assert ds_mod.window_starts(25.0, 10.0, 1.0) == [float(k) for k in range(16)]  # 10-s windows to 25 s exactly
+    assert ds_mod.window_starts(25.5, 10.0, 1.0) == [float(k) for k in range(17)]  # + one zero-padded window
+    assert ds_mod.window_starts(12.0, 10.0, 5.0) == [0.0, 5.0]  # the second one padded (5-15 s)
+    assert ds_mod.window_starts(8.0, 10.0, 1.0) == [0.0]
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_windowed_long_recording_with_soft_labels(tmp_path, enc, cache):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    burst_file(audio / "long.wav", 2.5, 1.2, 1.6)  # 2.5 s: windows of 1 s every 0.5 s -> starts 0, .5, 1, 1.5
+    tsv = tmp_path / "soft.tsv"
+    tsv.write_text(HEADER.strip() + "\tconfidence\nlong.wav\t1.2\t1.6\ta\t0.75\n")
+    mask = torch.tensor([True, False])
+    d = SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), window_hop=0.5,
+                   lengths={"long.wav": 2.5}, extra={"class_mask": mask}, cache_dir=tmp_path / "c" if cache else None)
+    assert len(d) == 4 and d.filenames == ["long.wav"]
+    whole, _ = sf.read(audio / "long.wav", dtype="float32")
+    items = [d[i] for i in range(len(d))]
+    assert [it["filename"] for it in items] == ["long.wav"] * 4
+    for it, start in zip(items, (0.0, 0.5, 1.0, 1.5)):
+        expected = enc.encode_arrays(np.array([1.2]), np.array([1.6]), np.array([0]), shift=start,
+                                     values=np.array([0.75]))
+        np.testing.assert_array_equal(it["strong"].numpy(), expected)  # labels cut to the window, soft
+        a = int(start * SR)
+        np.testing.assert_array_equal(it["audio"].numpy(), whole[a : a + SR])  # the window's audio
+        assert it["class_mask"] is mask
+    assert set(items[2]["strong"].unique().tolist()) == {0.0, 0.75} and not items[0]["strong"].any()
+    with pytest.raises(ValueError, match="lengths"):
+        SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), window_hop=0.5)

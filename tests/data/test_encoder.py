@@ -140,3 +140,14 @@ def test_bad_arguments():
         LabelEncoder([])
     with pytest.raises(ValueError, match="no output frame"):
         LabelEncoder(["a"], clip_duration=0.01)
+
+
+def test_soft_targets_take_each_event_confidence_and_the_larger_where_they_overlap():
+    enc = LabelEncoder(["a", "b"], sample_rate=10, hop_length=1, clip_duration=1.0, time_pooling=1)  # 0.1-s frames
+    onset, offset = np.array([0.0, 0.2, 0.5]), np.array([0.4, 0.7, 0.6])
+    target = enc.encode_arrays(onset, offset, np.array([0, 0, 1]), values=np.array([0.5, 0.75, 1.0]))
+    np.testing.assert_allclose(target[0], [0.5, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75, 0, 0, 0])
+    np.testing.assert_allclose(target[1], [0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0])
+    hard = enc.encode_arrays(onset, offset, np.array([0, 0, 1]))
+    np.testing.assert_array_equal(hard > 0, target > 0)
+    assert set(np.unique(hard)) == {0.0, 1.0}

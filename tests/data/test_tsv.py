@@ -235,3 +235,41 @@ def test_writers_round_trip(tmp_path):
     write_durations({"a.wav": 10.0, "b.wav": 9.87}, tmp_path / "d.tsv")
     assert read_durations(tmp_path / "d.tsv") == {"a.wav": 10.0, "b.wav": 9.87}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- soft labels: the confidence column ----------------------------------------------------
+SOFT = (
+    "filename\tonset\toffset\tevent_label\tconfidence\n"
+    "a.wav\t0.0\t2.0\tDog\t0.6\n"
+    "a.wav\t1.0\t3.0\tDog\t0.6\n"  # same class and confidence, overlapping: merged
+    "a.wav\t2.5\t4.0\tDog\t1\n"  # other confidence: kept apart (soft targets take the larger value)
+    "b.wav\t\t\t\t\n"
+)
+
+
+def test_read_strong_confidence_column(tmp_path):
+    path = write(tmp_path, "soft.tsv", SOFT)
+    df = read_strong(path, CLASSES)
+    assert list(df.columns) == ["filename", "onset", "offset", "event_label", "confidence"]
+    dog = df[df["event_label"] == "Dog"].sort_values("onset")
+    assert dog[["onset", "offset", "confidence"]].values.tolist() == [[0.0, 3.0, 0.6], [2.5, 4.0, 1.0]]
+    assert math.isnan(df.loc[df["filename"] == "b.wav", "confidence"].iloc[0])
+    out = tmp_path / "out.tsv"
+    write_strong(df, out)
+    again = read_strong(out, CLASSES)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
+    assert "confidence" not in read_strong(write(tmp_path, "hard.tsv", "filename\tonset\toffset\tevent_label\n"
+                                                  "a.wav\t0\t1\tDog\n"), CLASSES).columns
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [("high", ["confidence 'high' is not a number"]), ("1.5", ["confidence '1.5' is outside [0, 1]"]),
+     ("-0.1", ["outside [0, 1]"]), ("", ["confidence '' is not a number"]), ("nan", ["outside [0, 1]"])],
+)
+def test_read_strong_bad_confidence_names_file_and_line(tmp_path, value, words):
+    path = write(tmp_path, "bad.tsv", f"filename\tonset\toffset\tevent_label\tconfidence\na.wav\t0\t1\tDog\t0.5\n"
+                                      f"a.wav\t1\t2\tCat\t{value}\n")
+    with pytest.raises(AnnotationError) as excinfo:
+        read_strong(path, CLASSES)
+    assert_error_at(excinfo, path, 3, *words)

@@ -145,3 +145,30 @@ def test_train_py_reports_energy_and_complexity(tested_run):
     assert "Energy: fit " in out and "Model: " in out and "MACs per 2-s clip" in out
     assert "Total FLOPs" in out and "Total FLOPs: 0 " not in out
     assert "[codecarbon" not in out  # codecarbon's own console logging is quiet
+
+
+def test_only_the_gpus_the_run_uses_are_measured(monkeypatch, tmp_path):
+    """codecarbon counts every GPU of the machine unless given gpu_ids (DCASE 2024 asks for the device used)."""
+    from types import SimpleNamespace
+
+    import codecarbon
+
+    from sed.dcase.energy import gpu_ids, start_tracker
+
+    assert gpu_ids("cpu") is None and gpu_ids(torch.device("cuda", 1)) == [1]
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 2)), device_ids=[2, 3])
+    assert EnergyTracker._gpu_ids(trainer) == [2, 3]  # DDP on one node: its processes' GPUs
+    trainer.strategy.root_device = torch.device("cpu")
+    assert EnergyTracker._gpu_ids(trainer) is None
+
+    seen = []
+
+    class Recording(codecarbon.OfflineEmissionsTracker):
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+            super().__init__(**{k: v for k, v in kwargs.items() if k != "gpu_ids"})
+
+    monkeypatch.setattr(codecarbon, "OfflineEmissionsTracker", Recording)
+    for ids in ([1], None):
+        start_tracker(tmp_path, "eval", ids, measure_power_secs=1).stop()
+    assert seen[0]["gpu_ids"] == [1] and "gpu_ids" not in seen[1]

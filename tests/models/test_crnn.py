@@ -180,3 +180,24 @@ def test_shape_errors_name_config_keys() -> None:
 def test_bad_config_raises(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _small(**kwargs)
+
+
+def test_class_mask_masks_the_attention_pooling_as_the_2024_baseline() -> None:
+    """Unannotated classes leave the softmax over classes (their logit -1e30), so the annotated classes share the
+    attention; the weak prediction is sum_t strong * att / sum_t att with att clamped at 1e-7 (DESED_task)."""
+    model = _small()
+    feats = torch.randn(2, 128, 32)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    with torch.no_grad():
+        masked, plain = model(feats, class_mask=mask), model(feats)
+        x, _ = model.rnn(model.cnn_frames(feats))
+        strong = torch.sigmoid(model.strong_head(x))  # [B, T', C]
+        att_logits = model.attention_head(x)
+    torch.testing.assert_close(masked.strong, plain.strong)  # frame predictions untouched
+    torch.testing.assert_close(masked.weak[1], plain.weak[1])  # an all-annotated row is unchanged
+    att = torch.softmax(att_logits.masked_fill(~mask[:, None, :], -1e30), dim=-1).clamp(min=1e-7)
+    expected = (strong * att).sum(1) / att.sum(1)
+    torch.testing.assert_close(masked.weak, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(masked.weak[0], plain.weak[0])  # annotated classes renormalised without class 1
+    torch.testing.assert_close(masked.weak[0, 1], strong[0, :, 1].mean())  # floor weight everywhere: the mean
+    torch.testing.assert_close(torch.sigmoid(masked.weak_logits), masked.weak, rtol=1e-5, atol=1e-6)

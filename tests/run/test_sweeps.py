@@ -244,3 +244,23 @@ def test_requeued_submitit_job_resumes_from_its_last_checkpoint(tiny_dataset, tm
     events.Reload()
     steps = [e.step for e in events.Scalars("val/obj_metric")]
     assert len(steps) == len(set(steps)) == 5  # every epoch validated once: none redone from epoch 0
+
+
+def test_summary_of_runs_on_several_datasets_shows_each_sets_headline(tmp_path):
+    from sed.sweep_summary import summarize
+
+    sweep = tmp_path / "multirun"
+    for num, (lr, psds1, mpauc) in enumerate([("1e-3", 0.3, 0.6), ("3e-4", 0.2, 0.7)]):
+        _fake_job(sweep, num, ["exp=multi_dataset_quick", f"training.lr={lr}"],
+                  {"status": "finished", "best_val_objective": psds1 + mpauc})
+        for model in ("student", "teacher"):
+            (sweep / str(num) / "test" / "clips" / model).mkdir(parents=True)
+            (sweep / str(num) / "test" / "clips" / model / "metrics.json").write_text(
+                json.dumps({"psds1": psds1, "psds2": 0.5, "event_f1_macro@0.5": 0.4}))
+            (sweep / str(num) / "test" / "recordings" / model).mkdir(parents=True)
+            (sweep / str(num) / "test" / "recordings" / model / "metrics.json").write_text(
+                json.dumps({"mpauc": mpauc, "mauc": 0.9}))
+    summary = summarize(sweep)
+    metrics = summary["jobs"][1]["metrics"]
+    assert metrics["clips/student psds1"] == 0.2 and metrics["recordings/teacher mpauc"] == 0.7
+    assert metrics["clips/teacher event_f1_macro@0.5"] == 0.4 and "recordings/student psds1" not in metrics

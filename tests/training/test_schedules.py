@@ -1,5 +1,6 @@
 """Run-length-adaptive schedule: warm-up as a share of the run and an EMA horizon that scales with it."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -55,3 +56,20 @@ def test_module_uses_the_run_length_schedule(tiny_dataset, tmp_path):
     factors = [float(r["train/ema_factor"]) for r in rows if r.get("train/ema_factor")]
     steps = max(int(r["step"]) for r in rows) + 1
     assert factors and max(factors) <= max(1 - 2 / steps, 0.9) + 1e-6
+
+
+def test_quarter_cosine_from_a_later_epoch_as_the_2024_baseline():
+    """Warm-up over 5 epochs, constant to epoch 10, then cos(pi/2 * progress) floored at min_lr / lr (10 steps an
+    epoch, 30 epochs: DESED_task's ExponentialWarmup with start_annealing)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = warmup_lambda_lr(opt, total_steps=300, steps_per_epoch=10, warmup_epochs=5, schedule="quarter_cosine",
+                             min_lr=1e-8, decay_start_epoch=10)
+    rates = []
+    for _ in range(300):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[49] < 1e-3 and rates[50] == rates[99] == pytest.approx(1e-3)
+    assert rates[100 + 100] == pytest.approx(1e-3 * np.cos(np.pi / 2 * 100 / 200))
+    assert rates[299] == pytest.approx(1e-3 * max(1e-5, np.cos(np.pi / 2 * 199 / 200)))
+    assert lr_factor(300, 50, 300, "quarter_cosine", 1e-5, 100) == pytest.approx(1e-5)  # floored at the end

@@ -4,6 +4,7 @@
 - :mod:`~sed.evaluation.metrics.psd`: PSDS scenarios, PSD-ROC, bootstrap confidence intervals.
 - :mod:`~sed.evaluation.metrics.fscores`: intersection F1 (sed_scores_eval), event/segment F1 (sed_eval).
 - :mod:`~sed.evaluation.metrics.evaluation`: :func:`evaluate` bundles everything into one flat dict per model.
+- :mod:`~sed.evaluation.metrics.mpauc`: segment-based mean partial AUROC of soft-labelled long recordings.
 
 All log to the ``sed.evaluation.metrics`` logger.
 """
@@ -18,6 +19,7 @@ from sed.evaluation.metrics.evaluation import (
 )
 from sed.evaluation.metrics.fscores import event_f1, intersection_f1, segment_f1
 from sed.evaluation.metrics.ground_truth import GroundTruth, ground_truth_dict
+from sed.evaluation.metrics.mpauc import segment_metrics
 from sed.evaluation.metrics.psd import (
     PSDROC,
     PSDS1,
@@ -45,4 +47,5 @@ __all__ = [
     "psds",
     "psds_bootstrap",
     "segment_f1",
+    "segment_metrics",
 ]

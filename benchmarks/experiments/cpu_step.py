@@ -21,8 +21,8 @@ Each variant runs in a fresh interpreter (the huge-page setting is read at the f
 untimed step then ``--steps`` timed ones, the variants interleaved round by round. Prints the median step time of
 each, its ratio to the baseline's, and the peak resident memory of its process.
 
-    python benchmarks/cpu_step.py                      # batch 48 (DESED's 12+12+24), 2 rounds x 2 steps
-    python benchmarks/cpu_step.py --batch 8 --rounds 3
+    python benchmarks/experiments/cpu_step.py                      # batch 48 (DESED's 12+12+24), 2 rounds x 2 steps
+    python benchmarks/experiments/cpu_step.py --batch 8 --rounds 3
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
 from _common import ROOT, base_parser, machine_line, median, note, result  # noqa: E402
 
 VARIANTS = {

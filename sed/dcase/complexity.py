@@ -20,7 +20,14 @@ and element-wise operations (BatchNorm, activations, pooling, dB conversion, sca
 :class:`ComplexityReport` (a Lightning callback) logs these numbers next to Lightning's model summary (and gives the
 summary an example input so its FLOPs column is filled), logs TensorBoard scalars ``complexity/*``, adds a
 ``complexity`` block to every ``test/<model>/metrics.json`` and lines to the run summary.
-``python -m sed.complexity CHECKPOINT`` prints them for a checkpoint.
+``python -m sed.dcase.complexity CHECKPOINT`` prints them for a checkpoint.
+
+DCASE's unit is **10 s of audio** whatever the training clip length, counted **as THOP counts** (the organisers'
+figures, e.g. the baseline CRNN's 930.902 M MACs): the network alone by THOP's rules
+(:mod:`sed.dcase.thop_macs`: BatchNorm, pooling, the GRU's biases and gate products and softmax counted, the
+front-end left out). The ``per_10s`` sub-block holds, for the windows ``sed.infer`` cuts 10 s of audio into (one
+window for 10-s training clips; ten half-overlapping windows for 2-s clips at DESED's frame rate), ``macs_thop``
+(THOP rules, the figure for the metadata) and ``macs`` (FlopCounterMode, front-end and scaler included).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sed.dcase.thop_macs import thop_macs
 from sed.models.encoders import audio_encoder
 
 log = logging.getLogger(__name__)
@@ -98,7 +106,9 @@ def deployed_complexity(
         with torch.no_grad():
             feats = scaler(feats)
     # A network with a pretrained audio encoder takes the audio too (its encoder's MACs count as the network's).
-    net = count_macs(network, feats, *((None, audio) if audio_encoder(network) is not None else ()))
+    extra = (None, audio) if audio_encoder(network) is not None else ()
+    net = count_macs(network, feats, *extra)
+    thop = thop_macs(network, feats, *extra)
     by_layer: dict[str, int] = {}
     for count in (front, scale, net):
         for layer, macs in count.by_layer.items():
@@ -114,6 +124,25 @@ def deployed_complexity(
         "macs_by_layer": dict(sorted(by_layer.items())),
         "counted_with": "torch.utils.flop_counter.FlopCounterMode on CPU, MACs = FLOPs / 2",
         "not_counted": NOT_COUNTED,
+        "macs_thop": thop.total,
+        "macs_thop_by_layer": thop.by_layer,
+    }
+
+
+DCASE_AUDIO_S = 10.0  # DCASE Task 4 counts MACs "for 10 seconds of audio prediction" (DESED_task READMEs)
+
+
+def per_10s(block: dict[str, Any], grid: Any, input_rate: int) -> dict[str, Any]:
+    """The MACs of :func:`deployed_complexity`'s ``block`` (one window) for 10 s of audio: times the number of
+    windows ``grid`` (a :class:`sed.evaluation.windows.WindowGrid`) cuts 10 s at ``input_rate`` into."""
+    windows = len(grid.starts(round(DCASE_AUDIO_S * input_rate)))
+    return {
+        "audio_s": DCASE_AUDIO_S,
+        "windows": windows,
+        "macs_thop": windows * block["macs_thop"],
+        "macs": windows * block["macs"],
+        "note": "macs_thop: THOP's rules on the network (the organisers' count); macs: FlopCounterMode, front-end "
+                "and scaler included",
     }
 
 
@@ -128,8 +157,13 @@ def _clip_input(pl_module: Any) -> tuple[int, int]:
 def module_complexity(pl_module: Any, model: str = "teacher") -> dict[str, Any]:
     """:func:`deployed_complexity` of a :class:`sed.training.module.SEDModule`'s front-end, scaler and ``model`` for one
     training clip."""
+    from sed.evaluation.windows import WindowGrid
+
     n_samples, rate = _clip_input(pl_module)
-    return deployed_complexity(pl_module.frontend, pl_module.scaler, getattr(pl_module, model), n_samples, rate)
+    block = deployed_complexity(pl_module.frontend, pl_module.scaler, getattr(pl_module, model), n_samples, rate)
+    grid = getattr(pl_module, "window_grid", None) or WindowGrid.from_encoder(pl_module.encoder)
+    block["per_10s"] = per_10s(block, grid, rate)
+    return block
 
 
 def human(n: float) -> str:
@@ -141,11 +175,15 @@ def human(n: float) -> str:
 
 
 def describe(block: dict[str, Any]) -> str:
-    """One line: parameters and MACs per clip."""
-    return (
+    """One line: parameters and MACs per clip, and per 10 s as DCASE counts them."""
+    line = (
         f"{block['parameters']:,} parameters, {human(block['macs'])}MACs per {block['clip_duration_s']:g}-s clip "
         f"(front-end {human(block['macs_frontend'])}MACs, CRNN {human(block['macs_network'])}MACs)"
     )
+    ten = block.get("per_10s")
+    if ten:
+        line += f"; DCASE (THOP rules, 10 s of audio): {human(ten['macs_thop'])}MACs"
+    return line
 
 
 class ComplexityReport(pl.Callback):
@@ -209,8 +247,8 @@ class ComplexityReport(pl.Callback):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sed.complexity CHECKPOINT [--model teacher|student]``: print the complexity block as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m sed.complexity", description=__doc__.split("\n")[0])
+    """``python -m sed.dcase.complexity CHECKPOINT [--model teacher|student]``: print the complexity block as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m sed.dcase.complexity", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="checkpoint written by train.py")
     parser.add_argument("--model", choices=("teacher", "student"), default="teacher")
     args = parser.parse_args(argv)

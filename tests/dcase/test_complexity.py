@@ -1,11 +1,11 @@
-"""Parameters and MACs of the deployed model (sed.complexity) against counts worked out by hand from the layer shapes."""
+"""Parameters and MACs of the deployed model (sed.dcase.complexity) against counts worked out by hand from the layer shapes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sed.complexity import count_macs, deployed_complexity
+from sed.dcase.complexity import count_macs, deployed_complexity
 from sed.features.frontend import FrontEnd
 from sed.models.crnn import CRNN
 from sed.features.scaler import TorchScaler
@@ -67,3 +67,20 @@ def test_unfitted_dataset_scaler_is_counted_without_being_touched():
                                 16_000, 16_000)
     assert block["macs_scaler"] == 0 and block["macs"] > 0
     assert not bool(scaler.fitted)
+
+
+def test_thop_count_and_10_s_of_audio_whatever_the_clip_length():
+    """The DESED CRNN's THOP-rule count is the organisers' 930.902 M; a model trained on 2-s clips spends on 10 s
+    of audio the MACs of the nine half-overlapping windows sed.infer cuts it into."""
+    from sed.dcase.complexity import per_10s
+    from sed.evaluation.windows import WindowGrid
+
+    block = deployed_complexity(FrontEnd(), TorchScaler("instance", "minmax", [1, 2]), CRNN(10), 160_000, 16_000)
+    assert block["macs_thop"] == 930_901_932
+    ten = per_10s(block, WindowGrid(160_000, 156, 1024, 78), 16_000)  # a 10-s training clip: one window
+    assert (ten["windows"], ten["macs_thop"], ten["macs"]) == (1, 930_901_932, block["macs"])
+
+    short = deployed_complexity(FrontEnd(), TorchScaler("instance", "minmax", [1, 2]), CRNN(10), 32_000, 16_000)
+    ten = per_10s(short, WindowGrid(32_000, 31, 1024, 15), 16_000)
+    assert ten["windows"] == 1 + -(-(160_000 - 32_000) // (15 * 1024))  # 10 windows of 15-frame hops
+    assert ten["macs_thop"] == ten["windows"] * short["macs_thop"]

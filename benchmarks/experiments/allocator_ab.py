@@ -8,7 +8,7 @@ measured from the outside exactly as there (``baseline_ab.run_monitored`` / ``pa
 progress bar's step timestamps (first step excluded), validation seconds, and peak memory of the process tree until
 the test stage (where the run is stopped).
 
-    python benchmarks/allocator_ab.py --pairs 2
+    python benchmarks/experiments/allocator_ab.py --pairs 2
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine_line, median, note, result
-from baseline_ab import make_data, ours_command, parse, run_monitored
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the other scripts
+from _common import ROOT, machine_line, median, note, result  # noqa: E402
+from baseline_ab import make_data, ours_command, parse, run_monitored  # noqa: E402
 
 ARMS = ("mimalloc", "system")
 

@@ -12,8 +12,8 @@ makes it worse. This benchmark measures, in one process and interleaved:
 then repeats both ratios in a child process started with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at
 barriers instead of spinning), which has to be set before torch loads.
 
-    python benchmarks/cpu_threads.py
-    python benchmarks/cpu_threads.py --batch 24 --pairs 5
+    python benchmarks/experiments/cpu_threads.py
+    python benchmarks/experiments/cpu_threads.py --batch 24 --pairs 5
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from _common import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common and the other scripts
+from _common import (  # noqa: E402
     apply_threads,
     base_parser,
     interleaved,
@@ -34,6 +36,9 @@ from _common import (
 )
 
 BENCH = "threads"
+# Read before anything loads torch: libgomp takes the policy when it loads, and `import sed` (machine_line) sets
+# PASSIVE afterwards, which would then label a spinning measurement PASSIVE.
+POLICY_AT_START = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
 
 
 def measure(batch: int, pairs: int) -> dict[str, float]:
@@ -95,7 +100,7 @@ def main() -> None:
         return
 
     print(machine_line(), flush=True)
-    policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
+    policy = POLICY_AT_START
     m = measure(args.batch, args.pairs)
     note(f"batch {args.batch} x 10 s, DESED CRNN, OMP_WAIT_POLICY={policy}")
     _report(m, f"OMP_WAIT_POLICY={policy}", args.pairs)
