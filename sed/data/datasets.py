@@ -327,9 +327,16 @@ class SEDDataset(Dataset):
             return None
         return int(torch.randint(n_channels, (1,), generator=gen))
 
-    def _load(self, path: Path, gen: torch.Generator, window: float | None = None) -> tuple[torch.Tensor, int]:
-        """Return the clip (``n_samples`` long) and its crop start in samples (``window``: the start in seconds of
-        a window of a long recording instead of a crop)."""
+    def _varies(self, n_samples: int, n_channels: int, window: float | None = None) -> bool:
+        """Whether a file of this length (at the target rate) and channel count gives other audio at every epoch:
+        a random crop of a longer file (not a fixed window of it), a random channel of a multi-channel one (a frozen
+        encoder's embeddings of such clips cannot be cached)."""
+        crop = window is None and self.random_crop and n_samples > self.n_samples
+        return crop or (self.channel == "random" and n_channels > 1)
+
+    def _load(self, path: Path, gen: torch.Generator, window: float | None = None) -> tuple[torch.Tensor, int, bool]:
+        """Return the clip (``n_samples`` long), its crop start in samples (``window``: the start in seconds of
+        a window of a long recording instead of a crop) and whether it varies per epoch."""
         if self.cache_dir is not None:
             data = self._cached(path)
             ch = self._pick_channel(data.shape[0], gen)
@@ -337,7 +344,8 @@ class SEDDataset(Dataset):
             seg = data[:, start : start + self.n_samples]
             seg = seg.mean(axis=0) if ch is None else seg[ch]
             wav = torch.from_numpy(np.array(seg, dtype=np.float32))
-            return fit_length(wav, self.n_samples, random_crop=False)[0], start
+            varies = self._varies(data.shape[1], data.shape[0], window)
+            return fit_length(wav, self.n_samples, random_crop=False)[0], start, varies
         # Files already at the target rate: read only the crop (streams long files).
         try:
             info = sf.info(os.fspath(path))
@@ -356,15 +364,18 @@ class SEDDataset(Dataset):
                 raise AudioError(f"{path}: cannot read audio file: {err}") from None
             data = check_finite(data, path, self.nonfinite)
             wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if ch is None else data[:, ch]))
-            return fit_length(wav, self.n_samples, random_crop=False)[0], start
+            varies = self._varies(info.frames, info.channels, window)
+            return fit_length(wav, self.n_samples, random_crop=False)[0], start, varies
         data, rate = read_raw(path, self.nonfinite)
         ch = self._pick_channel(data.shape[0], gen)
         mono = data.mean(axis=0) if ch is None else data[ch]
         wav = resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, self.sample_rate, hint=_CACHE_HINT)
+        varies = self._varies(wav.shape[-1], data.shape[0], window)
         if window is not None:
             start = self._crop_start(wav.shape[-1], gen, window)
-            return fit_length(wav[start : start + self.n_samples].to(torch.float32), self.n_samples, False)[0], start
-        return fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen)
+            wav = fit_length(wav[start : start + self.n_samples].to(torch.float32), self.n_samples, False)[0]
+            return wav, start, varies
+        return (*fit_length(wav.to(torch.float32), self.n_samples, self.random_crop, gen), varies)
 
     def _load_whole(self, path: Path, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         """The whole file at the target rate (zero-padded to the clip length when shorter) and its true length."""
@@ -387,11 +398,11 @@ class SEDDataset(Dataset):
         n_classes, n_frames = self.encoder.n_classes, self.encoder.n_frames
         if self.whole_clip:
             audio, length = self._load_whole(self.audio_dir / name, gen)
-            start = 0
+            start, varies = 0, False
             if length > self.n_samples:  # frames starting before the end of the file (on the encoder's grid)
                 n_frames = -(-length * self.encoder.sample_rate // (self.sample_rate * self.encoder.frame_hop_samples))
         else:
-            audio, start = self._load(self.audio_dir / name, gen, self._starts[index])
+            audio, start, varies = self._load(self.audio_dir / name, gen, self._starts[index])
         if self.kind == "strong":
             ev = self._events.get(name)
             if ev is None:
@@ -416,6 +427,7 @@ class SEDDataset(Dataset):
             "has_weak": torch.tensor(self.kind == "weak"),
             "filename": name,
             "index": int(index),
+            "varies": torch.tensor(varies),  # other audio at the next epoch (see _varies)
         }
         if self.whole_clip:
             item["length"] = torch.tensor(length)

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sed.dcase.thop_macs import thop_macs
-from sed.models.embeddings import audio_encoder
+from sed.models.encoders import audio_encoder
 
 log = logging.getLogger(__name__)
 

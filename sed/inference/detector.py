@@ -327,7 +327,7 @@ class Detector:
         """Frame probabilities ``[B, C, >= window_frames]`` of windows ``[B, window_samples]``."""
         if self.exported is not None:
             return self.exported(windows)[0]
-        from sed.models.embeddings import model_inputs
+        from sed.models.encoders import model_inputs
 
         windows = windows.to(self.device)
         return self.network(self.module.features(windows), **model_inputs(self.network, windows)).strong

@@ -43,7 +43,7 @@ from sed.inference.exported_model import (
     ExportError,
     PathLike,
 )
-from sed.models.embeddings import model_inputs
+from sed.models.encoders import model_inputs
 
 logger = logging.getLogger(__name__)
 

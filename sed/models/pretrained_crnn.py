@@ -1,66 +1,89 @@
-"""CRNN with a pretrained audio encoder: the DCASE 2024 Task 4 baseline architecture, with AST as the encoder.
+"""CRNN with a pretrained audio encoder: the DCASE 2024 Task 4 baseline architecture, any encoder of
+:mod:`sed.models.encoders` (AST, BEATs, ATST-Frame, a user's).
 
-The BiGRU reads, at every CNN output frame, the CNN's channels concatenated with the encoder's frame embedding
-projected to ``embedding_dim`` (``Linear`` then ``LayerNorm``: the projection keeps the GRU input small and
-lets it learn which of the encoder's dimensions matter; the normalisation puts the frozen embeddings, whose
-scale is the encoder's, on the scale of the CNN's gated outputs). The encoder's frames (100 ms for AST) are
-brought to the CNN's frames by adaptive average pooling over time, which averages when the encoder has more
-frames and repeats them when it has fewer, so any clip length and any CNN pooling work.
+The encoder's frame embeddings are brought to the CNN's output frames by adaptive average pooling over time
+(averaging when the encoder has more frames, repeating them when it has fewer, so any clip length and any CNN
+pooling work) and joined to the CNN's channels before the BiGRU, one of two ways (``fusion``):
 
-Inputs: ``forward(features, embeddings=None, audio=None)`` — the log-mel ``features`` as for :class:`CRNN`,
-and either the encoder's ``embeddings`` ``[B, D, T_e]`` of the same clips (what the training module passes:
-computed once per batch, cached while frozen, mixed up with the features) or their raw ``audio`` ``[B, N]``
-(the model runs its encoder). :func:`sed.models.embeddings.model_inputs` gives the keyword to pass.
+* ``project_then_concat``: the embeddings projected to ``embedding_dim`` (``Linear`` then ``LayerNorm``: the
+  projection keeps the GRU input small and lets it learn which of the encoder's dimensions matter; the norm puts
+  the frozen embeddings, whose scale is the encoder's, on the scale of the CNN's gated outputs), then
+  concatenated: the BiGRU reads ``channels + embedding_dim``;
+* ``concat_then_project``: the DCASE 2024 baseline's (``aggregation_type: pool1d``): the CNN output and the pooled
+  embeddings concatenated, dropout (the CNN's rate), then ``Linear(channels + D, channels)``: the BiGRU reads
+  ``channels`` as in the plain CRNN.
+
+Inputs: ``forward(features, embeddings=None, audio=None)``: the log-mel ``features`` as for :class:`CRNN`, and
+either the encoder's ``embeddings`` of the same clips (what the training module passes: computed once per batch,
+cached while frozen, mixed up with the features; :func:`sed.models.encoders.model_inputs`) or their raw
+``audio`` ``[B, N]`` (the model runs its encoder).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sed.models.crnn import CRNN, CRNNOutput
-from sed.models.embeddings import ASTEncoder
+from sed.models.dropout import Dropout
+from sed.models.encoders import build_encoder
+
+FUSIONS = ("project_then_concat", "concat_then_project")
 
 
 class PretrainedCRNN(CRNN):
-    """:class:`CRNN` whose BiGRU input is ``cat(CNN output, projected encoder embeddings)``.
+    """:class:`CRNN` whose BiGRU also reads the pretrained encoder's frame embeddings.
 
     Args:
-        encoder: the keys of :class:`sed.models.embeddings.ASTEncoder` (``path`` or ``config``, ``frozen``,
-            ``finetune_after_epoch``, ``sample_rate``, ``cache``, ``cache_max_gb``).
-        embedding_dim: width of the projected embeddings appended to the CNN output.
+        encoder: the ``model.encoder`` node (:func:`sed.models.encoders.build_encoder`; without ``_target_``, the
+            AST keys of configurations written before the interface).
+        embedding_dim: width of the projected embeddings appended to the CNN output (``project_then_concat``).
+        fusion: ``project_then_concat`` or ``concat_then_project`` (the DCASE 2024 baseline's).
         **crnn: the :class:`CRNN` keys.
     """
 
-    def __init__(self, n_classes: int, n_features: int = 128, encoder: dict[str, Any] | None = None,
-                 embedding_dim: int = 128, **crnn: Any) -> None:
+    def __init__(self, n_classes: int, n_features: int = 128, encoder: Optional[dict[str, Any]] = None,
+                 embedding_dim: int = 128, fusion: str = "project_then_concat", **crnn: Any) -> None:
         super().__init__(n_classes, n_features, **crnn)
         if not encoder:
-            raise ValueError("PretrainedCRNN needs model.encoder (path or config of the audio encoder)")
+            raise ValueError("PretrainedCRNN needs model.encoder (a _target_ node of the audio encoder)")
         if embedding_dim < 1:
             raise ValueError(f"model.embedding_dim must be >= 1, got {embedding_dim}")
-        self.audio_encoder = ASTEncoder(**encoder)
+        if fusion not in FUSIONS:
+            raise ValueError(f"model.fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.audio_encoder = build_encoder(encoder)
         self.embedding_dim = int(embedding_dim)
-        self.embedding_projection = nn.Sequential(
-            nn.Linear(self.audio_encoder.dim, self.embedding_dim), nn.LayerNorm(self.embedding_dim)
-        )
-        gru = self.rnn  # the same GRU, reading the wider input
-        self.rnn = nn.GRU(gru.input_size + self.embedding_dim, gru.hidden_size, gru.num_layers, batch_first=True,
-                          bidirectional=True, dropout=gru.dropout)
+        self.fusion = fusion
+        gru, channels = self.rnn, self.filters[-1]
+        if fusion == "project_then_concat":
+            self.embedding_projection = nn.Sequential(
+                nn.Linear(self.audio_encoder.dim, self.embedding_dim), nn.LayerNorm(self.embedding_dim)
+            )
+            # the same GRU, reading the wider input
+            self.rnn = nn.GRU(gru.input_size + self.embedding_dim, gru.hidden_size, gru.num_layers, batch_first=True,
+                              bidirectional=True, dropout=gru.dropout)
+        else:
+            self.fusion_dropout = Dropout(float(crnn.get("dropout", 0.5)), fast=bool(crnn.get("fast_dropout", True)))
+            self.fusion_projection = nn.Linear(channels + self.audio_encoder.dim, channels)
 
-    def forward(self, features: Tensor, embeddings: Tensor | None = None,
-                audio: Tensor | None = None, class_mask: Tensor | None = None) -> CRNNOutput:
+    def forward(self, features: Tensor, embeddings: Optional[Tensor] = None,
+                audio: Optional[Tensor] = None, class_mask: Optional[Tensor] = None) -> CRNNOutput:
         x = self.cnn_frames(features)  # [B, T', ch]
         if embeddings is None:
             if audio is None:
                 raise ValueError("PretrainedCRNN needs the encoder embeddings or the audio of its features: "
-                                 "model(features, **sed.models.embeddings.model_inputs(model, audio))")
-            embeddings = self.audio_encoder(audio)
+                                 "model(features, **sed.models.encoders.model_inputs(model, audio))")
+            embeddings = self.audio_encoder.compute(audio)
+        embeddings = self.audio_encoder.combine(embeddings)
         if embeddings.dim() != 3 or embeddings.shape[0] != x.shape[0] or embeddings.shape[1] != self.audio_encoder.dim:
             raise ValueError(f"PretrainedCRNN: embeddings must be [B={x.shape[0]}, D={self.audio_encoder.dim}, T_e], "
                              f"got {tuple(embeddings.shape)}")
         frames = F.adaptive_avg_pool1d(embeddings.to(x.dtype), x.shape[1]).transpose(1, 2)  # [B, T', D]
-        return self.recurrent_heads(torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1), class_mask)
+        if self.fusion == "project_then_concat":
+            x = torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1)
+        else:
+            x = self.fusion_projection(self.fusion_dropout(torch.cat([x, frames], dim=-1))).to(x.dtype)
+        return self.recurrent_heads(x, class_mask)

@@ -201,26 +201,54 @@ class ModelConfig:
 
 @dataclass
 class EncoderConfig:
-    """A pretrained audio encoder (sed.models.embeddings.ASTEncoder): ``path`` (a local folder with config.json and
-    weights) or ``config`` (ASTConfig keys of a random model)."""
+    """A pretrained audio encoder of sed.models.encoders (``model.encoder``): the family (``_target_``: AST, BEATs,
+    ATST-Frame; without it, AST as before the interface), its checkpoint (``path``) or random configuration
+    (``config``), and the interface's keys (sed/models/encoders/base.py; docs/encoders.md). A ``_target_`` of
+    your own is checked by its constructor instead."""
 
-    path: Optional[str] = None
-    config: Any = None  # a dict of ASTConfig keys (Any: its keys are ASTConfig's, checked when it is built)
+    _target_: str = "sed.models.encoders.ast.ASTEncoder"
+    path: Optional[str] = None  # the published checkpoint (a folder for AST, a .pt file for BEATs / ATST-Frame)
+    config: Any = None  # the family's keys of a randomly initialised model (tests), when path is null
+    sample_rate: int = 16000  # of the audio given (conf/model/encoder/*.yaml: ${data.sample_rate})
+    layer: Any = "last"  # last | weighted (learned softmax weights over all layers) | a layer index
     frozen: bool = True
     finetune_after_epoch: Optional[int] = None  # with frozen: fine-tune from this (0-based) epoch on
-    sample_rate: int = 16000  # of the audio given (conf/model/crnn_ast.yaml: ${data.sample_rate})
+    freeze_layers: int = 0  # when fine-tuning, the lowest K layers (and the patch embedding) stay frozen
+    lr: Optional[float] = None  # learning rate of the top layer when fine-tuning (null: training.lr)
+    layer_decay: float = 1.0  # each layer below the top: this times the rate of the one above
+    gradient_checkpointing: bool = False  # fine-tuning: recompute layer activations in the backward (memory)
     cache: bool = True  # frozen: embeddings computed once per clip and kept in memory
     cache_max_gb: float = 4.0
+    cache_dir: Optional[str] = None  # frozen: embeddings kept on disk too, shared by runs (a new or ours folder)
+    cache_dtype: str = "float32"  # float16 halves the disk cache (every embedding is rounded to it)
 
 
 @dataclass
 class PretrainedCRNNConfig(ModelConfig):
-    """Schema of ``model=crnn_ast`` (sed.models.pretrained_crnn.PretrainedCRNN): the CRNN's keys, the encoder's,
-    and the width of the projected embeddings appended to the CNN output."""
+    """Schema of ``model=crnn_ast`` / ``crnn_beats`` (sed.models.pretrained_crnn.PretrainedCRNN): the CRNN's keys,
+    the encoder node (checked against EncoderConfig when it names a shipped family), the fusion and the width of
+    the projected embeddings appended to the CNN output."""
 
     _target_: str = "sed.models.pretrained_crnn.PretrainedCRNN"
     embedding_dim: int = 128
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    fusion: str = "project_then_concat"  # | concat_then_project (the DCASE 2024 baseline's)
+    encoder: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FrameLevelConfig:
+    """Schema of ``model=frame_beats`` / ``frame_atst`` (sed.models.frame_level.FrameLevelSED): an encoder and a
+    light head on the label grid of ``time_pooling`` front-end frames."""
+
+    _target_: str = "sed.models.frame_level.FrameLevelSED"
+    encoder: Dict[str, Any] = field(default_factory=dict)
+    head: str = "bigru"  # | linear
+    rnn_hidden: int = 256
+    rnn_layers: int = 2
+    dropout: float = 0.0
+    attention: bool = True
+    time_pooling: int = 4
+    fast_dropout: bool = True
 
 
 @dataclass
@@ -391,6 +419,10 @@ class CheckpointConfig:
 KNOWN_TARGETS: Dict[str, type] = {
     "sed.models.crnn.CRNN": ModelConfig,
     "sed.models.pretrained_crnn.PretrainedCRNN": PretrainedCRNNConfig,
+    "sed.models.frame_level.FrameLevelSED": FrameLevelConfig,
+    "sed.models.encoders.ast.ASTEncoder": EncoderConfig,
+    "sed.models.encoders.published.BEATsEncoder": EncoderConfig,
+    "sed.models.encoders.published.ATSTFrameEncoder": EncoderConfig,
     "pytorch_lightning.callbacks.ModelCheckpoint": CheckpointConfig,
 }
 
@@ -441,6 +473,7 @@ MOVED_TARGETS: Dict[str, str] = {
     "sed.features.FrontEnd": "sed.features.frontend.FrontEnd",
     "sed.scaler.TorchScaler": "sed.features.scaler.TorchScaler",
     "sed.energy.EnergyTracker": "sed.dcase.energy.EnergyTracker",
+    "sed.models.embeddings.ASTEncoder": "sed.models.encoders.ast.ASTEncoder",
 }
 
 
@@ -469,12 +502,16 @@ def check_known_keys(cfg: DictConfig) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=False))
         for key, node in _target_nodes(cfg):
-            schema = KNOWN_TARGETS.get(node.get("_target_", "sed.models.crnn.CRNN" if key == "model" else None))
+            default = {"model": "sed.models.crnn.CRNN", "model.encoder": EncoderConfig._target_}.get(key)
+            schema = KNOWN_TARGETS.get(node.get("_target_", default))
             if schema is not None:
                 checked = OmegaConf.structured(schema)
                 OmegaConf.set_struct(checked, True)
+                container = OmegaConf.to_container(node, resolve=False)
+                if key == "model" and "encoder" in checked:
+                    container.pop("encoder", None)  # a node of its own, checked against its own schema
                 try:
-                    OmegaConf.merge(checked, OmegaConf.to_container(node, resolve=False))
+                    OmegaConf.merge(checked, container)
                 except (ConfigKeyError, ValidationError) as err:
                     err.full_key = f"{key}.{err.key}" if err.key is not None else key
                     raise
@@ -519,6 +556,8 @@ def _target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     nodes = []
     if isinstance(cfg.get("model"), DictConfig):
         nodes.append(("model", cfg.model))
+        if isinstance(cfg.model.get("encoder"), DictConfig):  # a pretrained audio encoder's node
+            nodes.append(("model.encoder", cfg.model.encoder))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:

@@ -88,8 +88,11 @@ def build_callbacks(cfg: Optional[DictConfig], run_dir: str | Path, resume_hint:
 def build_model(node: Any, n_classes: int, n_features: int) -> nn.Module:
     """The network of ``cfg.model`` (contract: sed.run.config.ModelConfig); a class refusing keys left from another
     model config gets a hint."""
+    # A pretrained audio encoder's node is the model's to build (sed.models.encoders.build_encoder: a user's module
+    # gets its own keys, the interface the rest), not Hydra's.
+    recursive = not isinstance(node.get("encoder"), (dict, DictConfig))
     try:
-        return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all")
+        return instantiate(node, n_classes=n_classes, n_features=n_features, _convert_="all", _recursive_=recursive)
     except InstantiationException as err:
         if "unexpected keyword" not in str(err) or node.get("_target_") == "sed.models.crnn.CRNN":
             raise

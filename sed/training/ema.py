@@ -26,7 +26,9 @@ def update_teacher(teacher: nn.Module, student: nn.Module, factor: float, buffer
     training-mode forwards accumulate.
     """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        if t is not s:  # a tensor both hold (a shared frozen encoder) has nothing to average
+        # A tensor both hold (a shared frozen encoder) or one the student does not train (a pretrained encoder
+        # before it is fine-tuned, its frozen lowest layers: equal in both since the copy) has nothing to average.
+        if t is not s and s.requires_grad:
             t.lerp_(s.detach(), 1.0 - factor)
     if not buffers:
         return

@@ -34,7 +34,15 @@ from sed.evaluation.tensorboard import (
 from sed.evaluation.windows import WindowGrid
 from sed.run.instantiators import build_model, call_factory
 from sed.models.crnn import CRNNOutput
-from sed.models.embeddings import audio_encoder, model_inputs, set_encoder_epoch, shared_encoder_memo
+from sed.models.encoders import (
+    audio_encoder,
+    model_inputs,
+    models_inputs,
+    optimizer_param_groups,
+    set_encoder_epoch,
+    shared_encoder_memo,
+)
+from sed.models.encoders.model_contract import log_embedding_counts, pack_inputs, unpack_inputs
 from sed.features.scaler import TorchScaler
 from sed.training.augment import Augmentations, mix_groups, mixup_within_subsets
 from sed.training.ema import ema_factor, update_teacher
@@ -81,7 +89,8 @@ class SEDModule(pl.LightningModule):
         if audio_encoder(self.student) is not None and self.augment.cfg["frame_shift"]["prob"] > 0:
             raise ValueError("training.augment.frame_shift would move the features but not the audio encoder's "
                              "embeddings: set training.augment.frame_shift.prob=0 with model.encoder")
-        self.teacher = copy.deepcopy(self.student, memo=shared_encoder_memo(self.student))  # one frozen encoder
+        # One encoder for both while it is never fine-tuned; else the teacher's own copy, averaged by the EMA.
+        self.teacher = copy.deepcopy(self.student, memo=shared_encoder_memo(self.student))
         self.teacher.requires_grad_(False)
         # What training_step calls: the modules, or their torch.compile wrappers (training.compile); a plain
         # dict, so the wrappers are no submodules and the state dict keeps its keys.
@@ -126,7 +135,7 @@ class SEDModule(pl.LightningModule):
         The network yields ``(1 + N // hop) // pooling`` frames, the encoder ``(N // hop) // pooling``; when they
         differ the network has one trailing frame past the clip's labels, which is dropped.
         """
-        out = model(feats, **inputs)  # inputs: sed.models.embeddings.model_inputs (a pretrained encoder's)
+        out = model(feats, **inputs)  # inputs: sed.models.encoders.model_inputs (a pretrained encoder's)
         n = self.encoder.n_frames
         if out.strong.shape[-1] == n:
             return out
@@ -184,7 +193,14 @@ class SEDModule(pl.LightningModule):
                            for c, w, f in zip(self.encoder.classes, weights, fractions)))
 
     def on_train_epoch_start(self) -> None:
-        set_encoder_epoch(self.student, self.current_epoch)  # model.encoder.finetune_after_epoch
+        if set_encoder_epoch(self.current_epoch, self.student, self.teacher):  # model.encoder.finetune_after_epoch
+            log.info("Epoch %d: the pretrained audio encoder is fine-tuned from now on", self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        if self.trainer.is_global_zero and self.current_epoch < 2:  # the extraction epoch and the first cached one
+            log_embedding_counts(audio_encoder(self.student), self.current_epoch, log)
+        elif audio_encoder(self.student) is not None:
+            audio_encoder(self.student).counts.clear()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -202,7 +218,10 @@ class SEDModule(pl.LightningModule):
         self._ema_max = ema_max_factor(total, t.ema_factor, t.ema_horizon)
         log.info("%d optimiser steps: ramp-up over %d steps, teacher EMA factor %.4g", total, self._warmup_steps,
                  self._ema_max)
-        optimizer = call_factory("optimizer", default_node("optimizer", self.cfg), self.student.parameters())
+        node = default_node("optimizer", self.cfg)
+        # A fine-tuned encoder's parameters in their own groups (layer-wise rates, warm-up from its first epoch).
+        params = optimizer_param_groups(self.student, node.get("lr", t.lr), self._steps_per_epoch)
+        optimizer = call_factory("optimizer", node, params)
         spec = default_node("scheduler", self.cfg)
         if spec is None:
             return {"optimizer": optimizer}
@@ -236,7 +255,10 @@ class SEDModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._check_finite()  # a previous step's, if it was run outside a Trainer (no optimiser-step hook)
-        batch["inputs"] = model_inputs(self.student, batch["audio"], cache=True)  # shared with the teacher
+        # A pretrained encoder's embeddings, one tensor for both models unless the teacher's copy differs; mixed
+        # up below with the features' draw.
+        batch["inputs"] = pack_inputs(models_inputs({name: getattr(self, name) for name in MODELS}, batch["audio"],
+                                                    cache=True, cacheable=batch.get("cacheable")))
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
         # The teacher first: its temporaries are freed before the student's graph is built, so the step's peak
         # memory is the student's alone (4.0 vs 4.6 GiB at DESED's batch of 48 on the CPU; benchmarks/README.md).
@@ -245,8 +267,9 @@ class SEDModule(pl.LightningModule):
         mask = batch.get("class_mask")
         masked = {} if mask is None else {"class_mask": mask}
         teacher = self.predict(partial(teacher_forward, self._train_nets["teacher"]), teacher_feats,
-                               **batch["inputs"], **masked)
-        student = self.predict(self._train_nets["student"], feats, **batch["inputs"], **masked)
+                               **unpack_inputs(batch["inputs"], "teacher"), **masked)
+        student = self.predict(self._train_nets["student"], feats, **unpack_inputs(batch["inputs"], "student"),
+                               **masked)
         t = self.cfg.training
         losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"],
                                    self.strong_pos_weight, class_mask=mask)
@@ -278,6 +301,8 @@ class SEDModule(pl.LightningModule):
                 if key in batch and bool(batch[key].all()):
                     del batch[key]
             batch.pop("mix_group", None)
+            if "varies" in batch:  # rows whose encoder embeddings may be cached (the same audio every epoch)
+                batch["cacheable"] = (~batch["varies"]).tolist()
         return batch
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -322,9 +347,10 @@ class SEDModule(pl.LightningModule):
         outs: dict[str, list] = {name: [] for name in MODELS}
         for a in range(0, len(rows), chunk):
             windows = torch.stack([views[i][k] for i, k in rows[a : a + chunk]])
-            feats, inputs = self.features(windows), model_inputs(self.student, windows, cache=True)
+            feats = self.features(windows)
+            inputs = models_inputs({name: getattr(self, name) for name in MODELS}, windows, cache=True)
             for name in MODELS:
-                outs[name].append(self.predict(getattr(self, name), feats, **inputs))
+                outs[name].append(self.predict(getattr(self, name), feats, **inputs[name]))
         store = self._outputs.setdefault(stage, {})
         bounds = np.cumsum([0] + [len(v) for v in views])
         for name in MODELS:

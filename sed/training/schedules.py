@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -89,7 +90,20 @@ def warmup_lambda_lr(
     lr = optimizer.param_groups[0]["lr"]
     min_ratio = min_lr / lr if lr > 0 else 1.0
     warmup = warmup_steps(total_steps, steps_per_epoch, warmup_epochs, warmup_fraction)
-    start = None if decay_start_epoch is None else int(decay_start_epoch) * int(steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total_steps, schedule, min_ratio, start)
-    )
+    decay = None if decay_start_epoch is None else int(decay_start_epoch) * int(steps_per_epoch)
+    # A group that starts training later (a pretrained encoder fine-tuned from an epoch on: its "start_step")
+    # gets its own warm-up from then; the others follow the run's schedule.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        functools.partial(_group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio,
+                          decay)
+        for group in optimizer.param_groups
+    ])
+
+
+def _group_factor(start: int, warmup: int, total: int, schedule: str, min_ratio: float, decay: int | None,
+                  step: int) -> float:
+    """:func:`lr_factor` on the clock of a group that starts at step ``start`` (0: the run's own)."""
+    if start == 0:
+        return lr_factor(step, warmup, total, schedule, min_ratio, decay)
+    return lr_factor(max(step - start, 0), warmup, max(total - start, 1), schedule, min_ratio,
+                     None if decay is None else max(decay - start, 0))

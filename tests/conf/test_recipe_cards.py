@@ -59,6 +59,23 @@ CARDS["crnn_ast"] = {
     "model.embedding_dim": 128, "model.encoder.frozen": True, "model.encoder.finetune_after_epoch": None,
 }
 
+# The DCASE 2024 baseline's network (frozen BEATs, pooled frame embeddings concatenated before the BiGRU and
+# projected back to the CNN width) with the 2023 card; its embeddings on disk.
+CARDS["beats_crnn"] = {
+    **CARDS["crnn_ast"], "model.fusion": "concat_then_project",
+    "model.encoder._target_": "sed.models.encoders.published.BEATsEncoder", "model.encoder.layer": "last",
+    "model.encoder.cache_dir": "/tmp/sed-test-compose/embedding_cache".replace("/tmp", tempfile.gettempdir()),
+}
+# Two-stage fine-tuning of a frame-level model (ATST-SED's schedule): head first, then the encoder with
+# layer-wise decay, its own rate and warm-up, from epoch 10.
+CARDS["atst_frame_finetune"] = {
+    "model._target_": "sed.models.frame_level.FrameLevelSED", "model.head": "bigru",
+    "model.encoder._target_": "sed.models.encoders.published.ATSTFrameEncoder", "model.encoder.frozen": True,
+    "model.encoder.finetune_after_epoch": 10, "model.encoder.lr": 2e-4, "model.encoder.layer_decay": 0.5,
+    "model.encoder.freeze_layers": 0, "training.lr": 1e-3, "training.warmup_epochs": 5, "trainer.max_epochs": 60,
+    "training.ema_factor": 0.999, "data.batch_sizes": [12, 12, 24], "training.mixup.domain": "linear",
+    "evaluation.median_window": [7], "scaler.statistic": "instance",
+}
 # The DCASE 2024 Task 4 baseline (DESED_task recipes/dcase2024_task4_baseline: confs/pretrained.yaml,
 # local/classes_dict.py, train_pretrained.py) with the CRNN alone.
 MAESTRO_REAL = ["cutlery and dishes", "furniture dragging", "people talking", "children voices", "coffee machine",

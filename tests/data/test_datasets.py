@@ -56,7 +56,7 @@ def test_strong_items(tmp_path, enc):
     d = make(tmp_path, enc)
     assert len(d) == 3 and d.kind == "strong"
     item = d[0]
-    assert set(item) == {"audio", "strong", "weak", "has_strong", "has_weak", "filename", "index"}
+    assert set(item) == {"audio", "strong", "weak", "has_strong", "has_weak", "filename", "index", "varies"}
     assert item["audio"].shape == (SR,) and item["audio"].dtype == torch.float32
     assert item["strong"].shape == (2, 15) and item["strong"].dtype == torch.float32
     assert item["filename"] == "x.wav" and item["index"] == 0
@@ -177,6 +177,30 @@ def test_random_crop_moves_labels_with_audio(tmp_path, enc, use_cache):
         patterns.add(tuple(np.flatnonzero(label)))
         n_with_event += label.any()
     assert len(patterns) > 5 and 0 < n_with_event < 40  # crops really vary, some miss the event
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_items_say_whether_their_audio_varies_per_epoch(tmp_path, enc, use_cache):
+    """What a frozen encoder's embedding cache relies on: random crops of longer files and random channels of
+    multi-channel files vary, a clip no longer than the crop and every evaluation item do not."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    wav(audio / "long.wav", rng.uniform(-0.5, 0.5, 2 * SR).astype(np.float32))
+    wav(audio / "short.wav", rng.uniform(-0.5, 0.5, SR).astype(np.float32))
+    wav(audio / "long44.wav", rng.uniform(-0.5, 0.5, 2 * 44100).astype(np.float32), 44100)
+    wav(audio / "stereo.wav", rng.uniform(-0.5, 0.5, (SR, 2)).astype(np.float32))
+    names = ["long.wav", "short.wav", "long44.wav", "stereo.wav"]
+    cache = {"cache_dir": tmp_path / "cache"} if use_cache else {}
+
+    def varies(**kw):
+        d = SEDDataset(audio, names, enc, SR, CLIP, seed=0, **cache, **kw)
+        return [bool(d[i]["varies"]) for i in range(len(names))]
+
+    assert varies(random_crop=True) == [True, False, True, False]
+    assert varies(random_crop=True, channel="random") == [True, False, True, True]
+    assert varies() == [False, False, False, False]
+    assert varies(whole_clip=True) == [False, False, False, False]
 
 
 def test_eval_crop_starts_at_zero_and_seed_determinism(tmp_path, enc):

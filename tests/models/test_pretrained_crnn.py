@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("transformers")
 
 from sed.features.frontend import FrontEnd
-from sed.models.embeddings import ASTEncoder, audio_fingerprint, model_inputs
+from sed.models.encoders import audio_fingerprint, model_inputs
+from sed.models.encoders.ast import ASTEncoder
 from sed.models.pretrained_crnn import PretrainedCRNN
 
 # A tiny AST: 2 layers, 2 heads, hidden 32, 2.56 s of input (256 filterbank frames).
@@ -187,3 +188,33 @@ def test_train_then_infer_end_to_end(tiny_dataset, tmp_path) -> None:
     assert prediction.probabilities.shape[0] == len(detector.classes)
     assert np.isfinite(prediction.probabilities).all()
     assert detector.network.audio_encoder.cache_size == 0  # inference does not cache
+    from sed.export import export_detector
+
+    result = export_detector(ckpt, tmp_path / "crnn_ast.onnx")  # the batched filterbank keeps a dynamic batch
+    assert result.max_abs_diff < 1e-4
+
+
+def test_configurations_and_checkpoints_from_before_the_encoder_interface_still_load() -> None:
+    """model=crnn_ast runs saved a model.encoder of AST keys without _target_ and the encoder's weights under
+    audio_encoder.model.*: the schema accepts such a node, it builds AST, and the state-dict keys are unchanged."""
+    from omegaconf import OmegaConf
+
+    from sed.run.config import Config, check_known_keys
+
+    old = {"path": None, "config": TINY_AST, "frozen": True, "finetune_after_epoch": None, "sample_rate": 16000,
+           "cache": True, "cache_max_gb": 4.0}
+    node = {"_target_": "sed.models.pretrained_crnn.PretrainedCRNN", "embedding_dim": 8, "encoder": old, **CRNN_KEYS}
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.update(cfg, "model", node, merge=False)
+    check_known_keys(cfg)
+    torch.manual_seed(0)
+    model = PretrainedCRNN(n_classes=3, n_features=N_MELS, **{k: v for k, v in node.items() if k != "_target_"})
+    assert isinstance(model.audio_encoder, ASTEncoder)
+    keys = [k for k in model.state_dict() if k.startswith("audio_encoder.")]
+    assert keys and all(k.startswith("audio_encoder.model.") for k in keys)
+    from sed.models.encoders import build_encoder
+
+    assert isinstance(build_encoder({"_target_": "sed.models.embeddings.ASTEncoder", "config": TINY_AST}), ASTEncoder)
+    with pytest.raises(Exception, match=r"model.encoder.no_such_key"):
+        OmegaConf.update(cfg, "model.encoder.no_such_key", 1, merge=False)
+        check_known_keys(cfg)

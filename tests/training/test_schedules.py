@@ -73,3 +73,22 @@ def test_quarter_cosine_from_a_later_epoch_as_the_2024_baseline():
     assert rates[100 + 100] == pytest.approx(1e-3 * np.cos(np.pi / 2 * 100 / 200))
     assert rates[299] == pytest.approx(1e-3 * max(1e-5, np.cos(np.pi / 2 * 199 / 200)))
     assert lr_factor(300, 50, 300, "quarter_cosine", 1e-5, 100) == pytest.approx(1e-5)  # floored at the end
+
+
+def test_a_group_that_starts_later_gets_its_own_warm_up():
+    """A pretrained encoder fine-tuned from epoch 2 (its groups' start_step): its rate ramps up from then over the
+    run's warm-up length, while the other groups follow the run's schedule unchanged."""
+    head, encoder = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([{"params": [head]}, {"params": [encoder], "lr": 1e-4, "start_step": 20}], lr=1e-3)
+    sched = warmup_lambda_lr(opt, total_steps=100, steps_per_epoch=10, warmup_epochs=1, schedule="cosine",
+                             min_lr=1e-5)
+    rates = []
+    for _ in range(100):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for step in (0, 5, 10, 50, 99):
+        assert rates[step][0] == pytest.approx(1e-3 * lr_factor(step, 10, 100, "cosine", 1e-2))
+    for step in (20, 25, 30, 60, 99):
+        assert rates[step][1] == pytest.approx(1e-4 * lr_factor(step - 20, 10, 80, "cosine", 1e-2))
+    assert rates[20][1] == pytest.approx(1e-4 * np.exp(-5.0)) and rates[30][1] == pytest.approx(1e-4)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _PREEMPHASIS = 0.97
-_POVEY_POWER = 0.85
+_WINDOW_POWERS = {"povey": 0.85, "hanning": 1.0}  # Kaldi's povey window is the symmetric Hann window ** 0.85
 _LOW_HZ = 20.0
 
 
@@ -31,9 +31,12 @@ def fbank_frames(num_samples: int, sample_rate: int, frame_length_ms: float = 25
 
 
 def kaldi_fbank(audio: Tensor, sample_rate: int = 16000, n_mels: int = 128, frame_length_ms: float = 25.0,
-                frame_shift_ms: float = 10.0) -> Tensor:
+                frame_shift_ms: float = 10.0, window_type: str = "povey") -> Tensor:
     """Log-mel filterbank ``[B, T, n_mels]`` of ``audio [B, N]`` (float32, in the waveform's own scale),
-    ``T = fbank_frames(N, ...)``. Raises ``ValueError`` when the audio is shorter than one window."""
+    ``T = fbank_frames(N, ...)``. ``window_type``: ``povey`` (Kaldi's default, BEATs) or ``hanning`` (AST).
+    Raises ``ValueError`` when the audio is shorter than one window."""
+    if window_type not in _WINDOW_POWERS:
+        raise ValueError(f"kaldi_fbank window_type must be one of {sorted(_WINDOW_POWERS)}, got {window_type!r}")
     window, shift = _window_and_shift(sample_rate, frame_length_ms, frame_shift_ms)
     if audio.dim() != 2:
         raise ValueError(f"kaldi_fbank expects audio [batch, samples], got shape {tuple(audio.shape)}")
@@ -45,7 +48,7 @@ def kaldi_fbank(audio: Tensor, sample_rate: int = 16000, n_mels: int = 128, fram
     previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # Kaldi repeats the first sample
     frames = frames - _PREEMPHASIS * previous
     frames = frames * torch.hann_window(window, periodic=False, dtype=torch.float32,
-                                        device=audio.device).pow(_POVEY_POWER)
+                                        device=audio.device).pow(_WINDOW_POWERS[window_type])
     n_fft = 1 << (window - 1).bit_length()
     power = torch.fft.rfft(F.pad(frames, (0, n_fft - window))).abs().pow(2)  # [B, T, n_fft // 2 + 1]
     filters = _mel_filters(sample_rate, n_fft, n_mels).to(audio.device)

@@ -1,0 +1,75 @@
+"""The published encoders of the DCASE 2024 systems as :class:`~sed.models.encoders.base.AudioEncoder`\\ s, from
+their released checkpoint files (``path``) or, for tests, a random configuration (``config``).
+
+* :class:`BEATsEncoder` (:mod:`sed.models.encoders.beats`): Microsoft's ``BEATs_iter3_plus_AS2M.pt`` (the DCASE
+  2024 baseline's), ``BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt`` (its classifier ignored) and PretrainedSED's
+  ``BEATs_strong_1.pt``; one frame every 0.16 s (16 filterbank frames per patch column).
+* :class:`ATSTFrameEncoder` (:mod:`sed.models.encoders.atst`): ATST-Frame's ``atstframe_base.ckpt``, ATST-SED's
+  fine-tuned files and PretrainedSED's ``ATST-F_strong_1.pt``; one frame every 0.04 s.
+
+docs/encoders.md tells where to download each file. A missing, truncated or other-family file is a one-line error
+naming ``model.encoder.path``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from sed.models.encoders.base import AudioEncoder
+
+_DOCS = "docs/encoders.md lists the published checkpoints"
+
+
+class BEATsEncoder(AudioEncoder):
+    """BEATs from ``path`` (a published checkpoint file) or ``config`` (BEATsConfig keys of a random model);
+    ``**options``: the interface's (``sample_rate``, ``layer``, ``frozen``, ``cache_dir``, ...)."""
+
+    def __init__(self, path: Optional[str] = None, config: Optional[dict[str, Any]] = None, **options: Any) -> None:
+        super().__init__(**options)
+        from sed.models.encoders.beats import BEATs, load_beats
+
+        if path is not None:
+            model = load_beats(os.path.expanduser(str(path)))  # errors name model.encoder.path
+        elif config is not None:
+            try:
+                model = BEATs(dict(config))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.encoder.config: {err}") from None
+        else:
+            raise ValueError(f"model.encoder needs a path (a BEATs checkpoint file, e.g. BEATs_iter3_plus_AS2M.pt; "
+                             f"{_DOCS}) or a config (BEATs config keys of a random model)")
+        self._attach(model, {"beats": dict(model.config)})
+
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.model.encoder.layers) if hasattr(self, "model") else []
+
+    def front_parameters(self) -> list[nn.Parameter]:
+        # Post-norm BEATs normalises the positional convolution's output before the first layer.
+        return [] if self.model.config["layer_norm_first"] else list(self.model.encoder.layer_norm.parameters())
+
+
+class ATSTFrameEncoder(AudioEncoder):
+    """ATST-Frame from ``path`` (a published checkpoint file; ``config`` may then set its dropout rates only) or
+    ``config`` (ATST-Frame keys of a random model); ``**options``: the interface's."""
+
+    def __init__(self, path: Optional[str] = None, config: Optional[dict[str, Any]] = None, **options: Any) -> None:
+        super().__init__(**options)
+        from sed.models.encoders.atst import ATSTFrame, load_atst_frame
+
+        if path is not None:
+            model = load_atst_frame(os.path.expanduser(str(path)), config)  # errors name model.encoder.path
+        elif config is not None:
+            try:
+                model = ATSTFrame(dict(config))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.encoder.config: {err}") from None
+        else:
+            raise ValueError(f"model.encoder needs a path (an ATST-Frame checkpoint file, e.g. atstframe_base.ckpt; "
+                             f"{_DOCS}) or a config (ATST-Frame config keys of a random model)")
+        self._attach(model, {"atst_frame": dict(model.config)})
+
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.model.layers) if hasattr(self, "model") else []
