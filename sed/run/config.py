@@ -12,116 +12,24 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from sed.synth.scenes import DEFAULT_SIZES
+from sed.run.data_config import (  # noqa: F401  (part of this schema)
+    DataConfig,
+    DatasetConfig,
+    EvalSetConfig,
+    GenerateSizesConfig,
+    PathsConfig,
+    TrainSubsetConfig,
+)
+from sed.run.model_config import (  # noqa: F401
+    EncoderConfig,
+    FrameLevelConfig,
+    ModelConfig,
+    PretrainedCRNNConfig,
+)
 from sed.utils.errors import UserError
-
-
-@dataclass
-class PathsConfig:
-    data_dir: str = "data"
-    exp_dir: str = "exp"
-    # The run directory: checkpoints, TensorBoard events, scaler, test outputs, resolved config.
-    run_dir: str = "${hydra:runtime.output_dir}"
-
-
-@dataclass
-class GenerateSizesConfig:
-    """Clips per subset of the generated dataset (sed.synth's defaults)."""
-
-    strong: int = DEFAULT_SIZES["strong"]
-    weak: int = DEFAULT_SIZES["weak"]
-    unlabeled: int = DEFAULT_SIZES["unlabeled"]
-    validation: int = DEFAULT_SIZES["validation"]
-    test: int = DEFAULT_SIZES["test"]
-
-
-@dataclass
-class TrainSubsetConfig:
-    """A training subset of a dataset (``data.datasets.<name>.train.<subset>``; sed.data.sets.TrainSubset)."""
-
-    kind: str = "strong"  # strong | weak | unlabeled
-    # strong/weak labels (a strong TSV may carry a confidence column: soft labels); unlabeled: a TSV with a
-    # filename column, or null to list the audio folder
-    tsv: Optional[str] = None
-    audio: Optional[str] = None
-    batch_size: Optional[int] = None  # rows of every batch (>= 1)
-    window_hop: Optional[float] = None  # long recordings: clip-length windows every this many seconds
-    consistency: bool = True  # the mean-teacher consistency loss applies to its rows
-
-
-@dataclass
-class EvalSetConfig:
-    """A dataset's validation or test set (sed.data.sets.EvalSet)."""
-
-    tsv: Optional[str] = None
-    audio: Optional[str] = None
-    durations: Optional[str] = None  # filename/duration TSV (required)
-    metrics: str = "psds"  # psds (PSDS, F1s) | mpauc (segment-based mean partial AUROC: soft-labelled recordings)
-    classes: Optional[List[str]] = None  # the classes scored; null: those the dataset annotates
-    min_confidence: float = 0.5  # mpauc: the events above this confidence are the ground truth
-
-
-@dataclass
-class DatasetConfig:
-    """One dataset of ``data.datasets`` (sed.data.sets.Dataset): its vocabulary and its sets; paths relative to
-    ``root``."""
-
-    root: Optional[str] = None  # null: data.root
-    generate: Optional[str] = None  # clips | recordings: generated there with data.generate=true (sed.synth)
-    generate_sizes: Dict[str, int] = field(default_factory=dict)
-    classes: Optional[List[str]] = None  # the model's classes it annotates (its aliases' targets too); null: all
-    aliases: Dict[str, Any] = field(default_factory=dict)  # label in its files -> model class (or a list)
-    train: Dict[str, TrainSubsetConfig] = field(default_factory=dict)
-    validation: Optional[EvalSetConfig] = None
-    test: Optional[EvalSetConfig] = None
-
-
-@dataclass
-class DataConfig:
-    """Where the clips and DCASE annotations are, and how batches are made.
-
-    Paths are relative to ``root`` unless absolute; a subset whose TSV is null is not used. ``datasets`` (several
-    datasets, e.g. DESED and MAESTRO: docs/datasets.md) replaces the per-subset keys ``strong_tsv`` ...
-    ``test_durations`` and ``batch_sizes``, which describe one dataset.
-    """
-
-    _target_: str = "sed.data.datamodule.SEDDataModule"
-    root: str = MISSING
-    generate: bool = False  # create the embedded synthetic dataset (sed.synth) in `root` if it is absent
-    generate_seed: int = 0
-    generate_sizes: GenerateSizesConfig = field(default_factory=lambda: GenerateSizesConfig())
-    # The model's classes. null: the union of data.datasets' classes, else one class per line of <root>/classes.txt
-    classes: Optional[List[str]] = None
-    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)  # {}: one dataset, from the keys below
-    sample_rate: int = 16000
-    clip_duration: float = 10.0
-    strong_tsv: Optional[str] = "metadata/train/strong.tsv"
-    strong_audio: str = "audio/train/strong"
-    weak_tsv: Optional[str] = "metadata/train/weak.tsv"
-    weak_audio: str = "audio/train/weak"
-    unlabeled_tsv: Optional[str] = "metadata/train/unlabeled.tsv"  # a TSV with `filename`, or a folder of audio
-    unlabeled_audio: str = "audio/train/unlabeled"
-    val_tsv: str = "metadata/validation/validation.tsv"
-    val_audio: str = "audio/validation"
-    val_durations: str = "metadata/validation/durations.tsv"
-    test_tsv: str = "metadata/test/test.tsv"
-    test_audio: str = "audio/test"
-    test_durations: str = "metadata/test/durations.tsv"
-    batch_sizes: List[int] = field(default_factory=lambda: [12, 12, 24])  # strong, weak, unlabeled rows per batch
-    eval_batch_size: int = 24
-    epoch_length: Any = "min"  # "min" (DESED), "max", or a number of batches
-    num_workers: int = 2
-    channel: str = "mean"  # multichannel audio to mono: "mean" or "random"
-    cache_dir: Optional[str] = None  # decoded, resampled audio cached here once (.npy)
-    # Weak clips held out for validation (DCASE baseline: 0.1): the objective's weak F1 is computed on them.
-    weak_val_fraction: float = 0.0
-    nonfinite_audio: str = "error"  # NaN/Inf samples: "error" (names the file) or "zero" (silence, warned)
-    # Load and check the test set when training starts too, so a broken one fails before training; on when
-    # the run will test.
-    check_test: bool = "${test}"  # type: ignore[assignment]
 
 
 @dataclass
@@ -155,100 +63,6 @@ class ScalerConfig:
     # A scaler file fitted earlier (dataset statistic): loaded instead of refitting, refused if its
     # front-end configuration differs from this run's.
     path: Optional[str] = None
-
-
-@dataclass
-class ModelConfig:
-    """Schema of the CRNN (``model=crnn``, ``crnn_small``).
-
-    ``model`` may name any ``nn.Module`` instead (``model._target_``, or a ``conf/model/NAME.yaml`` of your own with
-    its own keys; only a ``sed.models.crnn.CRNN`` node is checked against this schema). The contract such a module
-    keeps: it is built as ``Module(**keys, n_classes=C, n_features=F)``; ``forward(features)`` takes
-    ``[B, F, T]`` features and returns :class:`sed.models.crnn.CRNNOutput` (``strong_logits``, ``strong``:
-    ``[B, C, T // time_pooling]``, one trailing extra frame allowed; ``weak_logits``, ``weak``: ``[B, C]``;
-    probabilities are the sigmoids of the logits); and it has an int attribute ``time_pooling``. Trained on several
-    datasets of which some annotate only some classes (``data.datasets``), it is also called with
-    ``class_mask=`` ``[B, C]`` (bool, the classes each clip's dataset annotates: the CRNN masks its attention
-    pooling with it).
-    """
-
-    _target_: str = "sed.models.crnn.CRNN"
-    n_in_channels: int = 1
-    filters: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128])
-    pooling: List[List[int]] = field(
-        default_factory=lambda: [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]]
-    )
-    kernel_size: int = 3
-    dropout: float = 0.5
-    activation: str = "glu"  # glu | cg | relu
-    rnn_hidden: int = 128
-    rnn_layers: int = 2
-    rnn_dropout: float = 0.0
-    dropout_recurrent_out: float = 0.5
-    attention: bool = True
-    bn_eps: float = 1e-3
-    # PyTorch convention (weight of the new batch). The DCASE baseline's 0.99 makes the running statistics
-    # follow the last batch almost alone; desed_crnn keeps it for fidelity.
-    bn_momentum: float = 0.1
-    # CNN activations in channels-last (NHWC) memory: the GLU's per-position Linear reads them without a copy
-    # (a 1.1x faster DESED step on CPU); the same numbers up to float rounding.
-    channels_last: bool = True
-    # Dropout masks on the CPU cut from random 64-bit words (sed/models/dropout.py): the same Bernoulli masks
-    # without torch's serial per-element draws (a third of a DESED step on an AMD CPU), but other draws than
-    # nn.Dropout's; false reproduces nn.Dropout's stream. GPUs always use torch's dropout.
-    fast_dropout: bool = True
-
-
-@dataclass
-class EncoderConfig:
-    """A pretrained audio encoder of sed.models.encoders (``model.encoder``): the family (``_target_``: AST, BEATs,
-    ATST-Frame; without it, AST as before the interface), its checkpoint (``path``) or random configuration
-    (``config``), and the interface's keys (sed/models/encoders/base.py; docs/encoders.md). A ``_target_`` of
-    your own is checked by its constructor instead."""
-
-    _target_: str = "sed.models.encoders.ast.ASTEncoder"
-    path: Optional[str] = None  # the published checkpoint (a folder for AST, a .pt file for BEATs / ATST-Frame)
-    config: Any = None  # the family's keys of a randomly initialised model (tests), when path is null
-    sample_rate: int = 16000  # of the audio given (conf/model/encoder/*.yaml: ${data.sample_rate})
-    layer: Any = "last"  # last | weighted (learned softmax weights over all layers) | a layer index
-    frozen: bool = True
-    finetune_after_epoch: Optional[int] = None  # with frozen: fine-tune from this (0-based) epoch on
-    freeze_layers: int = 0  # when fine-tuning, the lowest K layers (and the patch embedding) stay frozen
-    lr: Optional[float] = None  # learning rate of the top layer when fine-tuning (null: training.lr)
-    layer_decay: float = 1.0  # each layer below the top: this times the rate of the one above
-    gradient_checkpointing: bool = False  # fine-tuning: recompute layer activations in the backward (memory)
-    cache: bool = True  # frozen: embeddings computed once per clip and kept in memory
-    cache_max_gb: float = 4.0
-    cache_dir: Optional[str] = None  # frozen: embeddings kept on disk too, shared by runs (a new or ours folder)
-    cache_dtype: str = "float32"  # float16 halves the disk cache (every embedding is rounded to it)
-
-
-@dataclass
-class PretrainedCRNNConfig(ModelConfig):
-    """Schema of ``model=crnn_ast`` / ``crnn_beats`` (sed.models.pretrained_crnn.PretrainedCRNN): the CRNN's keys,
-    the encoder node (checked against EncoderConfig when it names a shipped family), the fusion and the width of
-    the projected embeddings appended to the CNN output."""
-
-    _target_: str = "sed.models.pretrained_crnn.PretrainedCRNN"
-    embedding_dim: int = 128
-    fusion: str = "project_then_concat"  # | concat_then_project (the DCASE 2024 baseline's)
-    encoder: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FrameLevelConfig:
-    """Schema of ``model=frame_beats`` / ``frame_atst`` (sed.models.frame_level.FrameLevelSED): an encoder and a
-    light head on the label grid of ``time_pooling`` front-end frames."""
-
-    _target_: str = "sed.models.frame_level.FrameLevelSED"
-    encoder: Dict[str, Any] = field(default_factory=dict)
-    head: str = "bigru"  # | linear
-    rnn_hidden: int = 256
-    rnn_layers: int = 2
-    dropout: float = 0.0
-    attention: bool = True
-    time_pooling: int = 4
-    fast_dropout: bool = True
 
 
 @dataclass

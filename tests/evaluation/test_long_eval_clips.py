@@ -55,7 +55,7 @@ def _test_run(module, root, out_dir):
 
 
 def test_long_test_clip_gives_the_probabilities_of_infer(data, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sed.training.module")
+    caplog.set_level(logging.INFO, logger="sed.training.evaluation_steps")
     module = _module()
     out = _test_run(module, data, tmp_path)
     assert "1 of 2 test clip(s) are longer than data.clip_duration" in caplog.text
