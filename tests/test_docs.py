@@ -290,10 +290,6 @@ def test_ci_runs_the_readme_test_command():
     assert f"```bash\n{ci}\n```" in text, f".ci/run runs {ci!r}, which is not a fenced README command"
 
 
-# Pages other open changes write (issue 23: encoders, datasets, DCASE submission); drop each name when it lands.
-PENDING_PAGES = {"docs/encoders.md"}
-
-
 def _anchors(page: Path) -> set[str]:
     """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
     headings = re.findall(r"^#+\s+(.+?)\s*$", page.read_text(), re.M)
@@ -309,10 +305,8 @@ def test_relative_links_resolve(page):
         if "://" in target:
             continue
         resolved = (path.parent / target).resolve() if target else path
-        pending = resolved.is_relative_to(REPO) and str(resolved.relative_to(REPO)) in PENDING_PAGES
         if not resolved.exists():
-            if not pending:
-                broken.append(target)
+            broken.append(target)
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{page}: links to missing files or headings: {broken}"
