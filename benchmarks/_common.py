@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,7 +97,9 @@ def interleaved(
     return times
 
 
-def run_timed(args: list[str], reap_timeout: float = 60.0, **kwargs) -> tuple["subprocess.CompletedProcess", float, float]:
+def run_timed(
+    args: list[str], reap_timeout: float = 60.0, **kwargs
+) -> tuple["subprocess.CompletedProcess", float, float]:
     """Run a command; its result, wall seconds and the CPU seconds of its whole process tree.
 
     ``RUSAGE_CHILDREN`` counts only descendants that were waited for up a chain that reaches this process. The
@@ -271,7 +274,9 @@ def generate(out_dir: Path, sizes: Mapping[str, int], sample_rate: int, seed: in
     t0 = time.perf_counter()
     layout = generate_dataset(out_dir, seed=seed, sample_rate=sample_rate, sizes=dict(sizes))
     stamp.write_text(params)
-    note(f"generated {sum(sizes.values())} clips at {sample_rate} Hz in {time.perf_counter() - t0:.1f}s under {out_dir}")
+    note(
+        f"generated {sum(sizes.values())} clips at {sample_rate} Hz in {time.perf_counter() - t0:.1f}s under {out_dir}"
+    )
     return layout
 
 

@@ -51,8 +51,13 @@ def make_files(folder: Path, n: int, sample_rate: int = 16000) -> list[str]:
     if tsv.is_file() and len(tsv.read_text().splitlines()) == n + 1 and (audio / names[-1]).is_file():
         return names
     buf = io.BytesIO()
-    sf.write(buf, (0.1 * np.sin(np.arange(sample_rate // 100))).astype(np.float32), sample_rate,
-             format="WAV", subtype="PCM_16")
+    sf.write(
+        buf,
+        (0.1 * np.sin(np.arange(sample_rate // 100))).astype(np.float32),
+        sample_rate,
+        format="WAV",
+        subtype="PCM_16",
+    )
     data = buf.getvalue()
     t0 = time.perf_counter()
     for name in names:

@@ -76,18 +76,26 @@ def check_baseline(baseline_dir: Path, python: Path) -> None:
     """Fail early, naming what is wrong, when the checkout or its interpreter cannot run the 2023 recipe."""
     if not baseline_dir.is_dir():
         sys.exit(f"--baseline-dir {baseline_dir}: no such directory (a DESED_task checkout is expected)")
-    for rel in (RECIPE / "train_sed.py", RECIPE / "confs" / "default.yaml", RECIPE / "local" / "classes_dict.py",
-                Path("desed_task") / "dataio" / "datasets.py"):
+    for rel in (
+        RECIPE / "train_sed.py",
+        RECIPE / "confs" / "default.yaml",
+        RECIPE / "local" / "classes_dict.py",
+        Path("desed_task") / "dataio" / "datasets.py",
+    ):
         if not (baseline_dir / rel).is_file():
-            sys.exit(f"--baseline-dir {baseline_dir}: {rel} is missing (is this a DESED_task checkout with the "
-                     f"dcase2023_task4_baseline recipe?)")
+            sys.exit(
+                f"--baseline-dir {baseline_dir}: {rel} is missing (is this a DESED_task checkout with the "
+                f"dcase2023_task4_baseline recipe?)"
+            )
     if not (python.is_file() and os.access(python, os.X_OK)):
         sys.exit(f"--baseline-python {python}: not an executable file")
-    probe = ("import pytorch_lightning, torch, torchaudio, yaml, pandas, numpy, sed_eval, psds_eval, "
-             "sed_scores_eval, dcase_util, codecarbon, soundfile, scipy, thop, h5py; "
-             "print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, "
-             "'pytorch_lightning', pytorch_lightning.__version__, 'numpy', numpy.__version__, "
-             "'pandas', pandas.__version__)")
+    probe = (
+        "import pytorch_lightning, torch, torchaudio, yaml, pandas, numpy, sed_eval, psds_eval, "
+        "sed_scores_eval, dcase_util, codecarbon, soundfile, scipy, thop, h5py; "
+        "print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, "
+        "'pytorch_lightning', pytorch_lightning.__version__, 'numpy', numpy.__version__, "
+        "'pandas', pandas.__version__)"
+    )
     proc = subprocess.run([str(python), "-c", probe], check=False, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         sys.exit(f"--baseline-python {python} cannot import what the 2023 recipe needs:\n{proc.stderr.strip()[-2000:]}")
@@ -112,13 +120,34 @@ def make_data(data_dir: Path, sizes: dict[str, int], seed: int) -> list[str]:
     return layout.classes()
 
 
-def ours_command(data_dir: Path, classes: list[str], batch_sizes: list[int], eval_batch_size: int, workers: int,
-                 epochs: int, exp_dir: Path, exp_name: str, extra: tuple[str, ...] = ()) -> list[str]:
+def ours_command(
+    data_dir: Path,
+    classes: list[str],
+    batch_sizes: list[int],
+    eval_batch_size: int,
+    workers: int,
+    epochs: int,
+    exp_dir: Path,
+    exp_name: str,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
     """``train.py +exp=desed_crnn`` on the generated dataset, with the TQDM bar :func:`parse` reads."""
-    return [sys.executable, "train.py", "+exp=desed_crnn", f"data.root={data_dir}", "data.generate=false",
-            f"data.classes=[{','.join(classes)}]", f"data.batch_sizes=[{','.join(map(str, batch_sizes))}]",
-            f"data.eval_batch_size={eval_batch_size}", f"data.num_workers={workers}", f"trainer.max_epochs={epochs}",
-            f"paths.exp_dir={exp_dir}", f"exp_name={exp_name}", f"+callbacks.tqdm_bar._target_={TQDM_BAR}", *extra]
+    return [
+        sys.executable,
+        "train.py",
+        "+exp=desed_crnn",
+        f"data.root={data_dir}",
+        "data.generate=false",
+        f"data.classes=[{','.join(classes)}]",
+        f"data.batch_sizes=[{','.join(map(str, batch_sizes))}]",
+        f"data.eval_batch_size={eval_batch_size}",
+        f"data.num_workers={workers}",
+        f"trainer.max_epochs={epochs}",
+        f"paths.exp_dir={exp_dir}",
+        f"exp_name={exp_name}",
+        f"+callbacks.tqdm_bar._target_={TQDM_BAR}",
+        *extra,
+    ]
 
 
 def make_baseline_copy(baseline_dir: Path, dest: Path, data_dir: Path, classes: list[str], args) -> Path:
@@ -133,12 +162,17 @@ def make_baseline_copy(baseline_dir: Path, dest: Path, data_dir: Path, classes: 
     conf = yaml.safe_load((recipe / "confs" / "default.yaml").read_text())
     d, m = str(data_dir / "audio"), str(data_dir / "metadata")
     folders = {
-        "synth_folder": f"{d}/train/strong/", "synth_tsv": f"{m}/train/strong.tsv",
-        "weak_folder": f"{d}/train/weak/", "weak_tsv": f"{m}/train/weak.tsv",
+        "synth_folder": f"{d}/train/strong/",
+        "synth_tsv": f"{m}/train/strong.tsv",
+        "weak_folder": f"{d}/train/weak/",
+        "weak_tsv": f"{m}/train/weak.tsv",
         "unlabeled_folder": f"{d}/train/unlabeled/",
-        "synth_val_folder": f"{d}/validation/", "synth_val_tsv": f"{m}/validation/validation.tsv",
+        "synth_val_folder": f"{d}/validation/",
+        "synth_val_tsv": f"{m}/validation/validation.tsv",
         "synth_val_dur": f"{m}/validation/durations.tsv",
-        "test_folder": f"{d}/test/", "test_tsv": f"{m}/test/test.tsv", "test_dur": f"{m}/test/durations.tsv",
+        "test_folder": f"{d}/test/",
+        "test_tsv": f"{m}/test/test.tsv",
+        "test_dur": f"{m}/test/durations.tsv",
     }
     for key, value in folders.items():
         conf["data"][key] = value
@@ -147,29 +181,41 @@ def make_baseline_copy(baseline_dir: Path, dest: Path, data_dir: Path, classes: 
     conf["data"]["strong_folder"] = conf["data"]["strong_folder_44k"] = f"{d}/train/strong/"
     conf["data"]["strong_tsv"] = f"{m}/train/strong.tsv"  # unused without --strong_real
     conf["data"]["eval_folder"] = conf["data"]["eval_folder_44k"] = f"{d}/test/"
-    conf["training"].update(n_epochs=args.epochs, num_workers=args.workers, backend=None,
-                            batch_size=list(args.batch_sizes), batch_size_val=args.eval_batch_size,
-                            enable_progress_bar=True)
+    conf["training"].update(
+        n_epochs=args.epochs,
+        num_workers=args.workers,
+        backend=None,
+        batch_size=list(args.batch_sizes),
+        batch_size_val=args.eval_batch_size,
+        enable_progress_bar=True,
+    )
     conf["net"]["nclass"] = len(classes)
     (recipe / "confs" / "ab.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
     (recipe / "local" / "classes_dict.py").write_text(
         '"""Classes of the generated A/B dataset (written by benchmarks/baseline_ab.py)."""\n\n'
         "from collections import OrderedDict\n\n"
-        f"classes_labels = OrderedDict({[(c, i) for i, c in enumerate(classes)]!r})\n")
+        f"classes_labels = OrderedDict({[(c, i) for i, c in enumerate(classes)]!r})\n"
+    )
 
     if not args.baseline_torchaudio_load:
         path = dest / "desed_task" / "dataio" / "datasets.py"
         src = path.read_text()
         if src.count("torchaudio.load(file)") != 1:
-            sys.exit(f"{baseline_dir}/desed_task/dataio/datasets.py: expected one `torchaudio.load(file)` to replace "
-                     f"with a soundfile read; pass --baseline-torchaudio-load to keep it")
-        shim = ('\n\ndef _ab_load_audio(file):\n'
-                '    """torchaudio.load as its soundfile backend read WAVs (float32, [channels, samples])."""\n'
-                '    import soundfile\n\n'
-                '    data, fs = soundfile.read(file, dtype="float32", always_2d=True)\n'
-                '    return torch.from_numpy(data.T.copy()), fs\n')
+            sys.exit(
+                f"{baseline_dir}/desed_task/dataio/datasets.py: expected one `torchaudio.load(file)` to replace "
+                f"with a soundfile read; pass --baseline-torchaudio-load to keep it"
+            )
+        shim = (
+            "\n\ndef _ab_load_audio(file):\n"
+            '    """torchaudio.load as its soundfile backend read WAVs (float32, [channels, samples])."""\n'
+            "    import soundfile\n\n"
+            '    data, fs = soundfile.read(file, dtype="float32", always_2d=True)\n'
+            "    return torch.from_numpy(data.T.copy()), fs\n"
+        )
         first_def = src.index("\ndef ")
-        path.write_text(src[:first_def] + shim + src[first_def:].replace("torchaudio.load(file)", "_ab_load_audio(file)"))
+        path.write_text(
+            src[:first_def] + shim + src[first_def:].replace("torchaudio.load(file)", "_ab_load_audio(file)")
+        )
     return recipe
 
 
@@ -190,8 +236,9 @@ def run_monitored(name: str, cmd: list[str], cwd: Path, env: dict[str, str], log
     memory of its process tree; kill the whole process group after ``timeout`` seconds."""
     run = Run(name, log=log)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     stop = threading.Event()
 
     def sample() -> None:
@@ -291,7 +338,7 @@ def parse(run: Run, clips_per_step: int) -> Measured:
     if not epochs:
         raise RuntimeError(f"{run.name}: no `Epoch N: ... n/total` progress-bar line in its output ({run.log})")
     intervals, seconds, vals = 0, 0.0, []
-    for epoch, e in sorted(epochs.items()):
+    for _epoch, e in sorted(epochs.items()):
         steps = sorted(e["steps"].items())
         if len(steps) >= 2:
             intervals += steps[-1][0] - steps[0][0]
@@ -307,18 +354,29 @@ def parse(run: Run, clips_per_step: int) -> Measured:
 
 # --------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--baseline-dir", required=True, type=Path, help="your DESED_task checkout (only read)")
-    parser.add_argument("--baseline-python", required=True, type=Path,
-                        help="the Python of an environment in which the baseline's 2023 recipe runs")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="dataset folder, generated there if absent and kept (default: a temp folder, removed)")
+    parser.add_argument(
+        "--baseline-python",
+        required=True,
+        type=Path,
+        help="the Python of an environment in which the baseline's 2023 recipe runs",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder, generated there if absent and kept (default: a temp folder, removed)",
+    )
     parser.add_argument("--strong", type=int, default=120, help="strongly labelled (synthetic) training clips")
     parser.add_argument("--weak", type=int, default=134, help="weak clips (10%% held out for validation by both)")
     parser.add_argument("--unlabeled", type=int, default=240)
     parser.add_argument("--validation", type=int, default=24, help="strongly labelled validation clips")
-    parser.add_argument("--test", type=int, default=12, help="test clips (the run is stopped when its test stage begins)")
+    parser.add_argument(
+        "--test", type=int, default=12, help="test clips (the run is stopped when its test stage begins)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs=3, default=[12, 12, 24], metavar=("STRONG", "WEAK", "UNLAB"))
@@ -326,16 +384,28 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both")
     parser.add_argument("--pairs", type=int, default=1, help="(baseline, ours) pairs; odd pairs run ours first")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed to one training run")
-    parser.add_argument("--baseline-omp-default", action="store_true",
-                        help="do not give the baseline OMP_WAIT_POLICY=PASSIVE (ours sets it at import)")
-    parser.add_argument("--baseline-thp", action="store_true",
-                        help="give the baseline THP_MEM_ALLOC_ENABLE=1 too (ours sets it at import)")
-    parser.add_argument("--baseline-torchaudio-load", action="store_true",
-                        help="keep the baseline's torchaudio.load (needs FFmpeg for torchcodec on torchaudio >= 2.9)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="ours with bf16 autocast (trainer.precision=bf16-mixed; pays on CPUs with AVX512-BF16 or "
-                             "AMX), the baseline in fp32: its validation fails under bf16 (local/utils.py converts "
-                             "the bf16 outputs with .numpy())")
+    parser.add_argument(
+        "--baseline-omp-default",
+        action="store_true",
+        help="do not give the baseline OMP_WAIT_POLICY=PASSIVE (ours sets it at import)",
+    )
+    parser.add_argument(
+        "--baseline-thp",
+        action="store_true",
+        help="give the baseline THP_MEM_ALLOC_ENABLE=1 too (ours sets it at import)",
+    )
+    parser.add_argument(
+        "--baseline-torchaudio-load",
+        action="store_true",
+        help="keep the baseline's torchaudio.load (needs FFmpeg for torchcodec on torchaudio >= 2.9)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="ours with bf16 autocast (trainer.precision=bf16-mixed; pays on CPUs with AVX512-BF16 or "
+        "AMX), the baseline in fp32: its validation fails under bf16 (local/utils.py converts "
+        "the bf16 outputs with .numpy())",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, copies, run dirs)")
     args = parser.parse_args()
 
@@ -347,8 +417,13 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="sed_bench_baseline_ab_"))
     try:
         data_dir = args.data_dir.expanduser().resolve() if args.data_dir else scratch / "data"
-        sizes = {"strong": args.strong, "weak": args.weak, "unlabeled": args.unlabeled,
-                 "validation": args.validation, "test": args.test}
+        sizes = {
+            "strong": args.strong,
+            "weak": args.weak,
+            "unlabeled": args.unlabeled,
+            "validation": args.validation,
+            "test": args.test,
+        }
         classes = make_data(data_dir, sizes, args.seed)
         recipe = make_baseline_copy(baseline_dir, scratch / "desed_task", data_dir, classes, args)
         weak_val = max(1, round(0.1 * args.weak))  # both: pandas sample(frac=0.9) / data.weak_val_fraction=0.1
@@ -363,15 +438,32 @@ def main() -> None:
         if args.baseline_thp:
             bl_env["THP_MEM_ALLOC_ENABLE"] = "1"
         ours_env = dict(base_env)
-        bl_cmd = lambda i: [str(baseline_python), "train_sed.py", "--conf_file", "confs/ab.yaml",
-                            "--log_dir", str(scratch / f"baseline_exp_{i}"), "--gpus", "0"]
-        ours_cmd = lambda i: ours_command(data_dir, classes, args.batch_sizes, args.eval_batch_size, args.workers,
-                                          args.epochs, scratch / f"ours_exp_{i}", "baseline_ab",
-                                          ("trainer.precision=bf16-mixed",) if args.bf16 else ())
-        note(f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
-             f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
-             f"{'THP_MEM_ALLOC_ENABLE=1 ' if args.baseline_thp else ''}"
-             + " ".join(bl_cmd(0)))
+        bl_cmd = lambda i: [
+            str(baseline_python),
+            "train_sed.py",
+            "--conf_file",
+            "confs/ab.yaml",
+            "--log_dir",
+            str(scratch / f"baseline_exp_{i}"),
+            "--gpus",
+            "0",
+        ]
+        ours_cmd = lambda i: ours_command(
+            data_dir,
+            classes,
+            args.batch_sizes,
+            args.eval_batch_size,
+            args.workers,
+            args.epochs,
+            scratch / f"ours_exp_{i}",
+            "baseline_ab",
+            ("trainer.precision=bf16-mixed",) if args.bf16 else (),
+        )
+        note(
+            f"baseline: cd {recipe} && PYTHONPATH={scratch / 'desed_task'} "
+            f"{'' if args.baseline_omp_default else 'OMP_WAIT_POLICY=' + bl_env['OMP_WAIT_POLICY'] + ' '}"
+            f"{'THP_MEM_ALLOC_ENABLE=1 ' if args.baseline_thp else ''}" + " ".join(bl_cmd(0))
+        )
         note("ours:     " + " ".join(ours_cmd(0)))
 
         measured: dict[str, list[Measured]] = {"baseline": [], "ours": []}
@@ -390,11 +482,13 @@ def main() -> None:
                 m = parse(run, clips_per_step)
                 measured[name].append(m)
                 walls[name].append(run.wall)
-                note(f"pair {i + 1} {name}: {m.train_steps * clips_per_step / m.train_seconds:.2f} train clips/s "
-                     f"({m.train_seconds / m.train_steps:.2f} s per {clips_per_step}-clip step over {m.train_steps} "
-                     f"steps), validation {', '.join(f'{v:.1f}' for v in m.val_seconds)} s, peak {m.peak_mib:,.0f} MiB, "
-                     f"test stage from {m.test_start:.0f} s, run stopped at {run.wall:.0f} s (load1 at start {load:.2f}, "
-                     f"after {os.getloadavg()[0]:.2f})")
+                note(
+                    f"pair {i + 1} {name}: {m.train_steps * clips_per_step / m.train_seconds:.2f} train clips/s "
+                    f"({m.train_seconds / m.train_steps:.2f} s per {clips_per_step}-clip step over {m.train_steps} "
+                    f"steps), validation {', '.join(f'{v:.1f}' for v in m.val_seconds)} s, peak {m.peak_mib:,.0f} MiB, "
+                    f"test stage from {m.test_start:.0f} s, run stopped at {run.wall:.0f} s (load1 at start {load:.2f}, "
+                    f"after {os.getloadavg()[0]:.2f})"
+                )
 
         def rate(ms: list[Measured]) -> float:
             return median(m.train_steps * clips_per_step / m.train_seconds for m in ms)
@@ -407,19 +501,33 @@ def main() -> None:
 
         b, o = measured["baseline"], measured["ours"]
         n = f"median of {args.pairs} run(s) each, interleaved"
-        shape = (f"DESED CRNN, batch {'/'.join(map(str, args.batch_sizes))}, {args.workers} workers, {args.epochs} "
-                 f"epoch(s), {args.strong}+{args.weak - weak_val}+{args.unlabeled} training clips"
-                 + (", ours bf16 autocast, the baseline fp32" if args.bf16 else ""))
-        result("baseline_ab", f"train: ours {rate(o):.2f} clips/s, DESED_task baseline {rate(b):.2f} clips/s; ratio "
-               f"ours/baseline {rate(o) / rate(b):.2f}x [{n}; {shape}; first step of each epoch excluded]")
-        result("baseline_ab", f"validation ({val_clips} clips: {args.validation} strong + {weak_val} weak held out, "
-               f"incl. epoch-end scoring): ours {val(o):.1f} s ({val(o) / val_clips * 1000:.0f} ms/clip), baseline "
-               f"{val(b):.1f} s ({val(b) / val_clips * 1000:.0f} ms/clip); ratio baseline/ours {val(b) / val(o):.2f}x "
-               f"faster [{n}]")
-        result("baseline_ab", f"peak memory (RSS + workers' private memory, until the test stage): ours "
-               f"{peak(o):,.0f} MiB, baseline {peak(b):,.0f} MiB; ratio ours/baseline {peak(o) / peak(b):.2f}x [{n}]")
-        result("baseline_ab", f"whole run until its test stage began (start-up, epoch, checkpoints): ours "
-               f"{median(walls['ours']):.0f} s, baseline {median(walls['baseline']):.0f} s")
+        shape = (
+            f"DESED CRNN, batch {'/'.join(map(str, args.batch_sizes))}, {args.workers} workers, {args.epochs} "
+            f"epoch(s), {args.strong}+{args.weak - weak_val}+{args.unlabeled} training clips"
+            + (", ours bf16 autocast, the baseline fp32" if args.bf16 else "")
+        )
+        result(
+            "baseline_ab",
+            f"train: ours {rate(o):.2f} clips/s, DESED_task baseline {rate(b):.2f} clips/s; ratio "
+            f"ours/baseline {rate(o) / rate(b):.2f}x [{n}; {shape}; first step of each epoch excluded]",
+        )
+        result(
+            "baseline_ab",
+            f"validation ({val_clips} clips: {args.validation} strong + {weak_val} weak held out, "
+            f"incl. epoch-end scoring): ours {val(o):.1f} s ({val(o) / val_clips * 1000:.0f} ms/clip), baseline "
+            f"{val(b):.1f} s ({val(b) / val_clips * 1000:.0f} ms/clip); ratio baseline/ours {val(b) / val(o):.2f}x "
+            f"faster [{n}]",
+        )
+        result(
+            "baseline_ab",
+            f"peak memory (RSS + workers' private memory, until the test stage): ours "
+            f"{peak(o):,.0f} MiB, baseline {peak(b):,.0f} MiB; ratio ours/baseline {peak(o) / peak(b):.2f}x [{n}]",
+        )
+        result(
+            "baseline_ab",
+            f"whole run until its test stage began (start-up, epoch, checkpoints): ours "
+            f"{median(walls['ours']):.0f} s, baseline {median(walls['baseline']):.0f} s",
+        )
     finally:
         if args.keep:
             note(f"kept {scratch}")

@@ -60,9 +60,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per configuration")
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[96, 768], help="dataset lengths for memory")
     parser.add_argument("--rss-workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--mmap-threshold", type=int, default=4 << 20,
-                        help="also run the largest memory epoch with workers calling mallopt(M_MMAP_THRESHOLD, this) "
-                             "(0: skip)")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=4 << 20,
+        help="also run the largest memory epoch with workers calling mallopt(M_MMAP_THRESHOLD, this) (0: skip)",
+    )
     parser.add_argument("--rss-child", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -81,16 +84,19 @@ def main() -> None:
 
     print(machine_line(), flush=True)
     root = workdir(args.workdir, "data")
-    layout = generate(root, {"strong": args.clips, "weak": 0, "unlabeled": 0, "validation": 1, "test": 1},
-                      args.file_rate)
+    layout = generate(
+        root, {"strong": args.clips, "weak": 0, "unlabeled": 0, "validation": 1, "test": 1}, args.file_rate
+    )
     classes = [c.strip() for c in layout.classes_file.read_text().splitlines() if c.strip()]
     encoder = LabelEncoder(classes, sample_rate=16000, hop_length=256, clip_duration=10.0, time_pooling=4)
     strong = read_strong(layout.strong_tsv, classes)
     filenames = sorted(strong["filename"].unique())
     paths = [os.fspath(layout.strong_audio / f) for f in filenames]
     info = sf.info(paths[0])
-    note(f"{len(paths)} files, {info.samplerate} Hz, {info.channels} ch, {info.duration:.1f} s; "
-         f"batch {args.batch_size}; target 16 kHz")
+    note(
+        f"{len(paths)} files, {info.samplerate} Hz, {info.channels} ch, {info.duration:.1f} s; "
+        f"batch {args.batch_size}; target 16 kHz"
+    )
 
     def raw_read_pass() -> None:
         for p in paths:
@@ -101,8 +107,9 @@ def main() -> None:
         return len(paths) / median(_time(raw_read_pass) for _ in range(repeats))
 
     def make_dataset(names, audio_dir, cache_dir=None, labels=strong) -> SEDDataset:
-        return SEDDataset(audio_dir, names, encoder, 16000, 10.0, strong=labels, random_crop=True,
-                          cache_dir=cache_dir, seed=0)
+        return SEDDataset(
+            audio_dir, names, encoder, 16000, 10.0, strong=labels, random_crop=True, cache_dir=cache_dir, seed=0
+        )
 
     def epoch(loader) -> int:
         n = 0
@@ -118,11 +125,17 @@ def main() -> None:
             if cached and cache_root.exists():
                 shutil.rmtree(cache_root)
             ds = make_dataset(filenames, layout.strong_audio, cache_root if cached else None)
-            loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                                num_workers=w, persistent_workers=w > 0)
+            loader = DataLoader(
+                ds,
+                batch_size=args.batch_size,
+                shuffle=True,
+                collate_fn=collate,
+                num_workers=w,
+                persistent_workers=w > 0,
+            )
             ref = raw_rate()
-            first = _time(lambda: epoch(loader))  # worker start-up (+ cache fill when cached)
-            times = [_time(lambda: epoch(loader)) for _ in range(args.epochs)]
+            first = _time(lambda: epoch(loader))  # noqa: B023, F821  (worker start-up, + cache fill when cached; called here, `del loader` below)
+            times = [_time(lambda: epoch(loader)) for _ in range(args.epochs)]  # noqa: B023, F821
             ref = median([ref, raw_rate()])
             rate = len(ds) / median(times)
             label = f"{w} worker{'s' if w != 1 else ''}, cache {'on' if cached else 'off'}"
@@ -130,9 +143,12 @@ def main() -> None:
             if cached:
                 extra = f"; cold first epoch {fmt_rate(len(ds) / first, 'clips/s')} (decode+resample+write .npy)"
             lines.append((label, rate, ref, extra))
-            result(BENCH, f"SEDDataset+DataLoader {label}: {fmt_rate(rate, 'clips/s')} "
-                          f"({rate * 10:.0f}x real time); reference soundfile.read {fmt_rate(ref, 'clips/s')}; "
-                          f"ratio {rate / ref:.3f}x{extra}")
+            result(
+                BENCH,
+                f"SEDDataset+DataLoader {label}: {fmt_rate(rate, 'clips/s')} "
+                f"({rate * 10:.0f}x real time); reference soundfile.read {fmt_rate(ref, 'clips/s')}; "
+                f"ratio {rate / ref:.3f}x{extra}",
+            )
             del loader
 
     # ---------------------------------------------------------------- per-clip breakdown
@@ -144,8 +160,11 @@ def main() -> None:
     mono = torch.from_numpy(np.ascontiguousarray(wav.T)).mean(0)
     resampler = torchaudio.transforms.Resample(rate, 16000)
     ev = strong[strong["filename"] == filenames[0]]
-    events = (ev["onset"].to_numpy(float), ev["offset"].to_numpy(float),
-              ev["event_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64))
+    events = (
+        ev["onset"].to_numpy(float),
+        ev["offset"].to_numpy(float),
+        ev["event_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64),
+    )
     ds0 = make_dataset(filenames, layout.strong_audio)
     from sed.utils.io import atomic_open
 
@@ -187,13 +206,20 @@ def main() -> None:
     top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:6]  # by own time
     torch.set_num_threads(threads)
     med = {k: 1e3 * median(v) for k, v in parts.items()}
-    result(BENCH, "__getitem__ profile (own time, 1 thread): " + ", ".join(
-        f"{_where(key)} {100 * v[2] / stats.total_tt:.0f}%" for key, v in top))
-    result(BENCH, "per clip (1 thread): " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
-           + f"; resample is {med['resample (functional)'] / med['__getitem__']:.0%} of __getitem__, "
-           f"kernel-once resample {med['resample (functional)'] / med['resample (kernel once)']:.2f}x faster, "
-           f"fsync makes a cache write "
-           f"{med['cache write (atomic_open, fsync)'] / med['cache write (np.save+rename)']:.1f}x slower")
+    result(
+        BENCH,
+        "__getitem__ profile (own time, 1 thread): "
+        + ", ".join(f"{_where(key)} {100 * v[2] / stats.total_tt:.0f}%" for key, v in top),
+    )
+    result(
+        BENCH,
+        "per clip (1 thread): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
+        + f"; resample is {med['resample (functional)'] / med['__getitem__']:.0%} of __getitem__, "
+        f"kernel-once resample {med['resample (functional)'] / med['resample (kernel once)']:.2f}x faster, "
+        f"fsync makes a cache write "
+        f"{med['cache write (atomic_open, fsync)'] / med['cache write (np.save+rename)']:.1f}x slower",
+    )
 
     # ---------------------------------------------------------------- memory as the dataset grows
     rss_dir = root / "rss_audio"
@@ -209,12 +235,15 @@ def main() -> None:
         quarters = big["quarters"]
         second_half = max(quarters[2:]) - max(quarters[:2])
         flat = second_half < 0.05 * big["peak"] + 16
-        result(BENCH, f"peak memory (RSS + workers' USS), {w} workers, no cache, fresh process per size: "
-                      + ", ".join(f"{n} clips {r['peak']:.0f} MiB" for n, r in runs.items())
-                      + f"; during the {big_n}-clip epoch, max per quarter "
-                      + " / ".join(f"{q:.0f}" for q in quarters)
-                      + f" MiB: second half {second_half:+.0f} MiB over the first "
-                      f"({'flat' if flat else 'NOT flat'}), {fmt_rate(big['rate'], 'clips/s')}")
+        result(
+            BENCH,
+            f"peak memory (RSS + workers' USS), {w} workers, no cache, fresh process per size: "
+            + ", ".join(f"{n} clips {r['peak']:.0f} MiB" for n, r in runs.items())
+            + f"; during the {big_n}-clip epoch, max per quarter "
+            + " / ".join(f"{q:.0f}" for q in quarters)
+            + f" MiB: second half {second_half:+.0f} MiB over the first "
+            f"({'flat' if flat else 'NOT flat'}), {fmt_rate(big['rate'], 'clips/s')}",
+        )
         if args.mmap_threshold and w > 0:
             # Before/after of the proposed fix: glibc's dynamic mmap threshold lets freed multi-MB buffers
             # (decoded audio, resampled audio, collated batches) pile up on the heap of each worker.
@@ -222,16 +251,22 @@ def main() -> None:
             fixed_runs = [_rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold)]
             default_runs = [big, _rss_child(root, big_n, w, args.batch_size)]
             fixed_runs.append(_rss_child(root, big_n, w, args.batch_size, mallopt=args.mmap_threshold))
-            fixed = {"peak": median(r["peak"] for r in fixed_runs), "rate": median(r["rate"] for r in fixed_runs),
-                     "quarters": [median(q) for q in zip(*(r["quarters"] for r in fixed_runs))]}
+            fixed = {
+                "peak": median(r["peak"] for r in fixed_runs),
+                "rate": median(r["rate"] for r in fixed_runs),
+                "quarters": [median(q) for q in zip(*(r["quarters"] for r in fixed_runs))],
+            }
             big = {"peak": median(r["peak"] for r in default_runs), "rate": median(r["rate"] for r in default_runs)}
             fq = fixed["quarters"]
-            result(BENCH, f"same {big_n}-clip epoch, {w} workers, worker_init_fn mallopt(M_MMAP_THRESHOLD, "
-                          f"{args.mmap_threshold >> 10} KiB): "
-                          f"peak {fixed['peak']:.0f} MiB (vs {big['peak']:.0f}), max per quarter "
-                          + " / ".join(f"{q:.0f}" for q in fq)
-                          + f" MiB, second half {max(fq[2:]) - max(fq[:2]):+.0f} MiB; "
-                          f"{fmt_rate(fixed['rate'], 'clips/s')} (vs {fmt_rate(big['rate'], 'clips/s')}) [medians of 2 runs each]")
+            result(
+                BENCH,
+                f"same {big_n}-clip epoch, {w} workers, worker_init_fn mallopt(M_MMAP_THRESHOLD, "
+                f"{args.mmap_threshold >> 10} KiB): "
+                f"peak {fixed['peak']:.0f} MiB (vs {big['peak']:.0f}), max per quarter "
+                + " / ".join(f"{q:.0f}" for q in fq)
+                + f" MiB, second half {max(fq[2:]) - max(fq[:2]):+.0f} MiB; "
+                f"{fmt_rate(fixed['rate'], 'clips/s')} (vs {fmt_rate(big['rate'], 'clips/s')}) [medians of 2 runs each]",
+            )
 
 
 def _rss_child(root: Path, n: int, workers: int, batch_size: int, mallopt: int = 0) -> dict:
@@ -240,8 +275,19 @@ def _rss_child(root: Path, n: int, workers: int, batch_size: int, mallopt: int =
     import subprocess
     import sys
 
-    cmd = [sys.executable, __file__, "--rss-child", str(n), str(workers), "--workdir", str(root),
-           "--batch-size", str(batch_size), "--mmap-threshold", str(mallopt)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        str(n),
+        str(workers),
+        "--workdir",
+        str(root),
+        "--batch-size",
+        str(batch_size),
+        "--mmap-threshold",
+        str(mallopt),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RSS "))[4:])
 
@@ -286,8 +332,14 @@ def rss_child_main(root: Path, n: int, workers: int, batch_size: int, mallopt: i
         rename[sources[i % len(sources)]].append(name)
     labels = strong.assign(filename=strong["filename"].map(rename)).explode("filename").dropna(subset=["filename"])
     ds = SEDDataset(root / "rss_audio", names, encoder, 16000, 10.0, strong=labels, random_crop=True)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
-                        worker_init_fn=fixed_mmap_threshold(mallopt) if mallopt and workers else None)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=workers,
+        worker_init_fn=fixed_mmap_threshold(mallopt) if mallopt and workers else None,
+    )
     n_batches = len(loader)
     quarters = [0.0] * 4
     t0 = time.perf_counter()

@@ -39,11 +39,17 @@ BEATS = {
     "base": dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12),
 }
 CRNNS = {
-    "desed": ({"filters": [16, 32, 64, 128, 128, 128, 128],
-               "pooling": [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]]},
-              {"features.n_fft": 2048, "features.win_length": 2048, "features.hop_length": 256, "features.n_mels": 128}),
-    "quick": ({"filters": [8, 16, 32, 64], "pooling": [[1, 4], [2, 4], [1, 2], [1, 2]], "rnn_hidden": 32},
-              {"features.n_fft": 1024, "features.win_length": 1024, "features.hop_length": 512, "features.n_mels": 64}),
+    "desed": (
+        {
+            "filters": [16, 32, 64, 128, 128, 128, 128],
+            "pooling": [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]],
+        },
+        {"features.n_fft": 2048, "features.win_length": 2048, "features.hop_length": 256, "features.n_mels": 128},
+    ),
+    "quick": (
+        {"filters": [8, 16, 32, 64], "pooling": [[1, 4], [2, 4], [1, 2], [1, 2]], "rnn_hidden": 32},
+        {"features.n_fft": 1024, "features.win_length": 1024, "features.hop_length": 512, "features.n_mels": 64},
+    ),
 }
 SECONDS = 10.0
 
@@ -59,10 +65,19 @@ def build_module(crnn: str, encoder: dict | None, device: str):
     cfg = OmegaConf.structured(Config)
     model = {"_target_": "sed.models.crnn.CRNN", **net}
     if encoder is not None:
-        model = {**model, "_target_": "sed.models.pretrained_crnn.PretrainedCRNN", "fusion": "concat_then_project",
-                 "encoder": {"_target_": "sed.models.encoders.published.BEATsEncoder", **encoder}}
-    for key, value in {"paths.run_dir": "unused", "data.root": "unused", **features, "model": model,
-                       "training.mixup.domain": "linear"}.items():
+        model = {
+            **model,
+            "_target_": "sed.models.pretrained_crnn.PretrainedCRNN",
+            "fusion": "concat_then_project",
+            "encoder": {"_target_": "sed.models.encoders.published.BEATsEncoder", **encoder},
+        }
+    for key, value in {
+        "paths.run_dir": "unused",
+        "data.root": "unused",
+        **features,
+        "model": model,
+        "training.mixup.domain": "linear",
+    }.items():
         OmegaConf.update(cfg, key, value, merge=False)
     torch.manual_seed(0)
     return SEDModule(OmegaConf.to_container(cfg, resolve=True), [f"c{i}" for i in range(10)]).to(device).train()
@@ -159,17 +174,26 @@ def run(args, folder: Path) -> None:
     f16 = sum(p.stat().st_size for p in (folder / "f16").rglob("*.npy"))
     per_hour = 3600 / (n * SECONDS) / 2**20
     params = sum(p.numel() for p in enc.parameters())
-    result(BENCH, f"{args.crnn} CRNN + frozen BEATs-{args.beats} ({params / 1e6:.1f}M params, random), batch {n} of "
-                  f"10-s clips, {args.device}: training clips/s: plain CRNN {rate['crnn']:.2f}; disk cache "
-                  f"{rate['disk']:.2f} ({rate['disk'] / rate['crnn']:.2f}x the CRNN); memory cache "
-                  f"{rate['memory']:.2f} ({rate['memory'] / rate['crnn']:.2f}x); on the fly {rate['fly']:.2f} "
-                  f"({rate['fly'] / rate['crnn']:.2f}x); disk cache {rate['disk'] / rate['fly']:.1f}x faster than "
-                  f"on the fly [median of {args.repeats}; on the fly: of {max(args.repeats // 2, 1)}]")
+    result(
+        BENCH,
+        f"{args.crnn} CRNN + frozen BEATs-{args.beats} ({params / 1e6:.1f}M params, random), batch {n} of "
+        f"10-s clips, {args.device}: training clips/s: plain CRNN {rate['crnn']:.2f}; disk cache "
+        f"{rate['disk']:.2f} ({rate['disk'] / rate['crnn']:.2f}x the CRNN); memory cache "
+        f"{rate['memory']:.2f} ({rate['memory'] / rate['crnn']:.2f}x); on the fly {rate['fly']:.2f} "
+        f"({rate['fly'] / rate['crnn']:.2f}x); disk cache {rate['disk'] / rate['fly']:.1f}x faster than "
+        f"on the fly [median of {args.repeats}; on the fly: of {max(args.repeats // 2, 1)}]",
+    )
     ratios = ", ".join(f"{k} {cpu_rate[k] / cpu_rate['crnn']:.2f}x" for k in ("disk", "memory", "fly"))
-    result(BENCH, f"per CPU-second of this process instead (other jobs on the machine disturb it less): {ratios} the "
-                  f"CRNN ({cpu_rate['crnn']:.2f} clips per CPU-s)")
-    result(BENCH, f"disk per hour of audio (768 dims, 0.16-s frames): {f32 * per_hour:.0f} MiB in float32, "
-                  f"{f16 * per_hour:.0f} MiB in float16 ({n} entries each)")
+    result(
+        BENCH,
+        f"per CPU-second of this process instead (other jobs on the machine disturb it less): {ratios} the "
+        f"CRNN ({cpu_rate['crnn']:.2f} clips per CPU-s)",
+    )
+    result(
+        BENCH,
+        f"disk per hour of audio (768 dims, 0.16-s frames): {f32 * per_hour:.0f} MiB in float32, "
+        f"{f16 * per_hour:.0f} MiB in float16 ({n} entries each)",
+    )
 
 
 if __name__ == "__main__":

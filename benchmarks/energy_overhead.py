@@ -38,24 +38,35 @@ def main() -> None:
         def run(enabled: bool):
             def call() -> None:
                 overrides = tiny_overrides(data, Path(work) / f"exp_{enabled}", args.epochs)
-                subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"energy.enabled={str(enabled).lower()}"],
-                               cwd=ROOT, check=True, capture_output=True)
+                subprocess.run(
+                    [sys.executable, str(ROOT / "train.py"), *overrides, f"energy.enabled={str(enabled).lower()}"],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                )
+
             return call
 
         times = interleaved({"on": run(True), "off": run(False)}, repeats=args.repeats, warmup=0)
     on, off = median(times["on"]), median(times["off"])
-    result("energy_overhead", f"tiny train.py run ({args.epochs} epochs + test), energy on {on:.1f} s vs off {off:.1f} s "
-           f"(median of {args.repeats}): +{on - off:.1f} s, ratio {on / off:.2f}x")
+    result(
+        "energy_overhead",
+        f"tiny train.py run ({args.epochs} epochs + test), energy on {on:.1f} s vs off {off:.1f} s "
+        f"(median of {args.repeats}): +{on - off:.1f} s, ratio {on / off:.2f}x",
+    )
 
     from sed.dcase.complexity import deployed_complexity
     from sed.features.frontend import FrontEnd
-    from sed.models.crnn import CRNN
     from sed.features.scaler import TorchScaler
+    from sed.models.crnn import CRNN
 
     t0 = time.perf_counter()
     block = deployed_complexity(FrontEnd(), TorchScaler("instance", "minmax", [1, 2]), CRNN(10), 160_000, 16_000)
-    result("mac_count", f"DESED CRNN + log-mel, one 10-s clip: {block['macs']:,} MACs counted in "
-           f"{time.perf_counter() - t0:.2f} s (once per run)")
+    result(
+        "mac_count",
+        f"DESED CRNN + log-mel, one 10-s clip: {block['macs']:,} MACs counted in "
+        f"{time.perf_counter() - t0:.2f} s (once per run)",
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,13 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=8, help="10 s clips per batch")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--thread-counts", type=int, nargs="*", default=[1],
-                        help="torch thread counts to measure besides the default one")
+    parser.add_argument(
+        "--thread-counts",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="torch thread counts to measure besides the default one",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when available, also), cpu or cuda")
     args = parser.parse_args()
     apply_threads(args.threads)
@@ -58,8 +63,21 @@ def main() -> None:
     frontend = FrontEnd()  # conf/features/mel.yaml defaults
     scaler = TorchScaler(statistic="instance", normtype="minmax", dims=(1, 2))
     window = scipy.signal.get_window("hamming", 2048, fftbins=False)  # symmetric, like periodic=False
-    fe_kw = dict(sr=sr, n_fft=2048, hop_length=256, win_length=2048, window=window, center=True,
-                 pad_mode="reflect", power=1.0, n_mels=128, fmin=0.0, fmax=8000.0, htk=True, norm=None)
+    fe_kw = dict(
+        sr=sr,
+        n_fft=2048,
+        hop_length=256,
+        win_length=2048,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        power=1.0,
+        n_mels=128,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=True,
+        norm=None,
+    )
     clips = [w.numpy() for w in wav]
 
     def ours_batch():
@@ -96,18 +114,25 @@ def main() -> None:
     for threads in thread_counts:  # librosa's numpy/BLAS threads are not changed; it runs in each round
         torch.set_num_threads(threads)
         times = interleaved(
-            {"ours batch": ours_batch, "ours per clip": ours_per_clip, "ours chunks of 2": ours_chunks_of_2,
-             "librosa per clip": librosa_per_clip},
+            {
+                "ours batch": ours_batch,
+                "ours per clip": ours_per_clip,
+                "ours chunks of 2": ours_chunks_of_2,
+                "librosa per clip": librosa_per_clip,
+            },
             repeats=args.repeats,
         )
         rt = {k: audio_s / median(v) for k, v in times.items()}
-        result(BENCH, f"CPU ({threads} torch thread{'s' if threads > 1 else ''}) log-mel+scaler, batch of {b}: "
-                      f"{rt['ours batch']:,.0f}x real time (per clip {rt['ours per clip']:,.0f}x, 2 clips at a time "
-                      f"{rt['ours chunks of 2']:,.0f}x); reference librosa melspectrogram+amplitude_to_db: "
-                      f"{rt['librosa per clip']:,.0f}x real time; ratio {rt['ours batch'] / rt['librosa per clip']:.2f}x"
-                      f" (2 at a time {rt['ours chunks of 2'] / rt['librosa per clip']:.2f}x, "
-                      f"{rt['ours chunks of 2'] / rt['ours batch']:.2f}x the whole-batch call); "
-                      f"max abs diff {diff:.1e} dB [median of {args.repeats}]")
+        result(
+            BENCH,
+            f"CPU ({threads} torch thread{'s' if threads > 1 else ''}) log-mel+scaler, batch of {b}: "
+            f"{rt['ours batch']:,.0f}x real time (per clip {rt['ours per clip']:,.0f}x, 2 clips at a time "
+            f"{rt['ours chunks of 2']:,.0f}x); reference librosa melspectrogram+amplitude_to_db: "
+            f"{rt['librosa per clip']:,.0f}x real time; ratio {rt['ours batch'] / rt['librosa per clip']:.2f}x"
+            f" (2 at a time {rt['ours chunks of 2'] / rt['librosa per clip']:.2f}x, "
+            f"{rt['ours chunks of 2'] / rt['ours batch']:.2f}x the whole-batch call); "
+            f"max abs diff {diff:.1e} dB [median of {args.repeats}]",
+        )
     torch.set_num_threads(default_threads)
 
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -121,16 +146,21 @@ def main() -> None:
             def run():
                 with torch.no_grad():
                     return sc_gpu(fe_gpu(x))
+
             return run
 
-        gtimes = interleaved({"gpu batch": gpu(wav_gpu), "gpu 8x batch": gpu(big)}, repeats=args.repeats,
-                             warmup=2, device="cuda")
+        gtimes = interleaved(
+            {"gpu batch": gpu(wav_gpu), "gpu 8x batch": gpu(big)}, repeats=args.repeats, warmup=2, device="cuda"
+        )
         grt = audio_s / median(gtimes["gpu batch"])
         grt8 = 8 * audio_s / median(gtimes["gpu 8x batch"])
         ref = rt["librosa per clip"]  # from the last (default-threads) CPU round
-        result(BENCH, f"GPU ({torch.cuda.get_device_name(0)}) log-mel+scaler: batch of {b} {grt:,.0f}x real time, "
-                      f"batch of {8 * b} {grt8:,.0f}x; ratio to the librosa CPU reference {grt / ref:,.0f}x / "
-                      f"{grt8 / ref:,.0f}x")
+        result(
+            BENCH,
+            f"GPU ({torch.cuda.get_device_name(0)}) log-mel+scaler: batch of {b} {grt:,.0f}x real time, "
+            f"batch of {8 * b} {grt8:,.0f}x; ratio to the librosa CPU reference {grt / ref:,.0f}x / "
+            f"{grt8 / ref:,.0f}x",
+        )
         sync("cuda")
 
 

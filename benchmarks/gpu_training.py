@@ -54,7 +54,12 @@ VARIANTS: dict[str, tuple[list[int], str, int, list[str]]] = {
     # channels-last CNN activations: BatchNorm and pooling kernels that use the whole GPU on 16-32 channels
     "b12_fp32_cl": ([12, 12, 24], "32-true", 4, ["model.channels_last=true"]),
     "b12_bf16_cl": ([12, 12, 24], "bf16-mixed", 4, ["model.channels_last=true"]),
-    "b12_bf16_cl_nobar": ([12, 12, 24], "bf16-mixed", 4, ["model.channels_last=true", "trainer.enable_progress_bar=false"]),
+    "b12_bf16_cl_nobar": (
+        [12, 12, 24],
+        "bf16-mixed",
+        4,
+        ["model.channels_last=true", "trainer.enable_progress_bar=false"],
+    ),
     "b48_bf16_cl": ([48, 48, 96], "bf16-mixed", 4, ["model.channels_last=true"]),
     "b48_bf16_cl_compile": ([48, 48, 96], "bf16-mixed", 8, ["model.channels_last=true", "training.compile=true"]),
     "b96_bf16_w12_cl": ([96, 96, 192], "bf16-mixed", 12, ["model.channels_last=true"]),
@@ -81,7 +86,9 @@ class _UtilSampler(threading.Thread):
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(
+                int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0)
+            )
             self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
         except Exception:  # no NVML (CPU run): no samples
             self._read = None
@@ -121,8 +128,11 @@ class StepTiming(_Callback):
     def _record_sync(self, message, category, filename, lineno, file=None, line=None) -> None:
         if "synchronizing CUDA operation" not in str(message):
             return
-        frames = [f for f in traceback.extract_stack()[:-1]
-                  if "site-packages/torch/" not in f.filename and "warnings" not in f.filename]
+        frames = [
+            f
+            for f in traceback.extract_stack()[:-1]
+            if "site-packages/torch/" not in f.filename and "warnings" not in f.filename
+        ]
         ours = [f for f in frames if "/sed/" in f.filename or "lightning" in f.filename]
         where = ours[-1] if ours else (frames[-1] if frames else None)
         key = f"{where.filename.split('site-packages/')[-1]}:{where.lineno} {where.line}" if where else "?"
@@ -156,7 +166,8 @@ class StepTiming(_Callback):
             import torch
 
             self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            )
             self._profiler.__enter__()
         elif step == self.skip + 5 + self.profile_steps:
             self._end_profile()
@@ -168,7 +179,9 @@ class StepTiming(_Callback):
             self._sync()
             self._profiler.__exit__(None, None, None)
             key = "self_cuda_time_total" if self._cuda() else "self_cpu_time_total"
-            self.out.with_suffix(".profile.txt").write_text(self._profiler.key_averages().table(sort_by=key, row_limit=40))
+            self.out.with_suffix(".profile.txt").write_text(
+                self._profiler.key_averages().table(sort_by=key, row_limit=40)
+            )
             self._profiler = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -203,8 +216,14 @@ class StepTiming(_Callback):
 
             memory = torch.cuda.max_memory_allocated()
         record = {
-            "batch": self.batch, "starts": self.starts, "ends": self.ends, "fit_end": end, "skip": self.skip,
-            "epochs": self.epochs, "util": self.sampler.samples, "max_memory_bytes": memory,
+            "batch": self.batch,
+            "starts": self.starts,
+            "ends": self.ends,
+            "fit_end": end,
+            "skip": self.skip,
+            "epochs": self.epochs,
+            "util": self.sampler.samples,
+            "max_memory_bytes": memory,
             "sync_sites": self.sync_sites,
         }
         self.out.write_text(json.dumps(record))
@@ -219,13 +238,18 @@ def summarise(record: dict[str, Any], timed_epoch: int | None = None) -> dict[st
         # the wall time of the timed steps: from the end of the last warm-up step to the device's end
         t0 = ends[skip - 1]
         t1 = record["epochs"][0].get("train_end", record["fit_end"])
-        waits = [s - e for s, e in zip(starts[skip:], ends[skip - 1:])]
+        waits = [s - e for s, e in zip(starts[skip:], ends[skip - 1 :])]
         wall = t1 - t0
         util = record["util"]
         return {
-            "clips_per_s": batch * n / wall, "steps": n, "wall_s": wall, "step_ms": 1e3 * wall / n,
-            "loader_wait": sum(waits) / wall, "gpu_busy": (sum(util) / len(util) / 100) if util else float("nan"),
-            "max_memory_gib": record["max_memory_bytes"] / 2**30, "sync_sites": record["sync_sites"],
+            "clips_per_s": batch * n / wall,
+            "steps": n,
+            "wall_s": wall,
+            "step_ms": 1e3 * wall / n,
+            "loader_wait": sum(waits) / wall,
+            "gpu_busy": (sum(util) / len(util) / 100) if util else float("nan"),
+            "max_memory_gib": record["max_memory_bytes"] / 2**30,
+            "sync_sites": record["sync_sites"],
         }
     epochs = record["epochs"][1:]  # the first pays worker start-up and cuDNN's autotuning
     # Lightning validates inside the training epoch (before on_train_epoch_end): training is from the epoch's start
@@ -235,31 +259,51 @@ def summarise(record: dict[str, Any], timed_epoch: int | None = None) -> dict[st
     val = [e.get("validation_s", 0.0) for e in epochs]
     whole = [ep["train_end"] - ep["start"] for ep in epochs]
     return {
-        "epochs": len(epochs), "steps_per_epoch": epochs[0]["steps"] if epochs else 0,
-        "train_s": median(train), "validation_s": median(val), "epoch_s": median(whole),
+        "epochs": len(epochs),
+        "steps_per_epoch": epochs[0]["steps"] if epochs else 0,
+        "train_s": median(train),
+        "validation_s": median(val),
+        "epoch_s": median(whole),
         "validation_fraction": median(v / w for v, w in zip(val, whole)),
         "clips_per_s": batch * epochs[0]["steps"] / median(train),
         "max_memory_gib": record["max_memory_bytes"] / 2**30,
     }
 
 
-def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace, profile: bool = False) -> dict[str, Any] | None:
+def run_variant(
+    name: str, root: Path, runs: Path, args: argparse.Namespace, profile: bool = False
+) -> dict[str, Any] | None:
     label = f"{name}_profile" if profile else name
     out = runs / f"{label}.json"
     classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
-    overrides = [f"data.root={root}", "data.generate=false", f"data.classes=[{','.join(classes)}]", f"paths.exp_dir={runs / 'exp'}",
-                 f"hydra.run.dir={runs / label}", "test=false", f"+callbacks.timing.out={out}",
-                 "+callbacks.timing._target_=gpu_training.StepTiming", "trainer.enable_progress_bar=true",
-                 f"+callbacks.timing.skip={2 if name == EPOCH_VARIANT else args.skip}"]
+    overrides = [
+        f"data.root={root}",
+        "data.generate=false",
+        f"data.classes=[{','.join(classes)}]",
+        f"paths.exp_dir={runs / 'exp'}",
+        f"hydra.run.dir={runs / label}",
+        "test=false",
+        f"+callbacks.timing.out={out}",
+        "+callbacks.timing._target_=gpu_training.StepTiming",
+        "trainer.enable_progress_bar=true",
+        f"+callbacks.timing.skip={2 if name == EPOCH_VARIANT else args.skip}",
+    ]
     overrides += ["trainer=gpu"] if args.device == "cuda" else ["trainer=default", "trainer.accelerator=cpu"]
     if name == EPOCH_VARIANT:
         overrides += [f"trainer.max_epochs={args.epochs}", "data.num_workers=4", "trainer.num_sanity_val_steps=0"]
     else:
         bs, precision, workers, extra = VARIANTS[name]
         steps = args.skip + max(args.clips // sum(bs), 10)
-        overrides += [f"data.batch_sizes=[{','.join(map(str, bs))}]", f"trainer.precision={precision}",
-                      f"data.num_workers={workers}", f"data.epoch_length={steps}", "trainer.max_epochs=1",
-                      "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", *extra]
+        overrides += [
+            f"data.batch_sizes=[{','.join(map(str, bs))}]",
+            f"trainer.precision={precision}",
+            f"data.num_workers={workers}",
+            f"data.epoch_length={steps}",
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=0",
+            "trainer.num_sanity_val_steps=0",
+            *extra,
+        ]
         if args.sync_debug:
             overrides.append(f"+callbacks.timing.sync_debug_step={args.skip // 2}")
         if profile:  # a run of its own: profiling slows the steps it records
@@ -267,14 +311,19 @@ def run_variant(name: str, root: Path, runs: Path, args: argparse.Namespace, pro
         if args.device != "cuda" and precision != "32-true":
             overrides[overrides.index(f"trainer.precision={precision}")] = "trainer.precision=bf16-mixed"
     overrides += args.overrides
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+    }
     cmd = [sys.executable, str(ROOT / "train.py"), "exp=desed_crnn", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     (runs / f"{label}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out.is_file():
-        note(f"{name}: train.py failed ({proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n"
-             + (proc.stdout + proc.stderr)[-2500:])
+        note(
+            f"{name}: train.py failed ({proc.returncode}) after {time.perf_counter() - t0:.0f} s:\n"
+            + (proc.stdout + proc.stderr)[-2500:]
+        )
         return None
     record = json.loads(out.read_text())
     summary = summarise(record, timed_epoch=1 if name == EPOCH_VARIANT else None)
@@ -291,8 +340,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the 'epoch' variant (the first is left out)")
     parser.add_argument("--only", nargs="+", default=None, help=f"variants: {', '.join([*VARIANTS, EPOCH_VARIANT])}")
     parser.add_argument("--sync-debug", action="store_true", help="list the host-device synchronisations of a step")
-    parser.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
-                        help="torch.profiler tables (GPU time by kernel over 5 steps) of these variants, beside the JSON")
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=[],
+        metavar="VARIANT",
+        help="torch.profiler tables (GPU time by kernel over 5 steps) of these variants, beside the JSON",
+    )
     parser.add_argument("--timeout", type=float, default=420, help="seconds per train.py run")
     parser.add_argument("--workdir", default=None, help="folder for generated data and runs (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write every summary to this JSON file")
@@ -313,18 +367,24 @@ def main() -> None:
             continue
         summaries[name] = s
         if name == EPOCH_VARIANT:
-            result(BENCH, f"DESED epoch ({s['steps_per_epoch']} steps of batch 12+12+24, bf16, 4 workers, validation on "
-                          f"{sizes['validation']} + {round(0.1 * sizes['weak'])} clips every epoch): train "
-                          f"{s['train_s']:.1f} s ({s['clips_per_s']:,.0f} clips/s), validation + scoring "
-                          f"{s['validation_s']:.1f} s = {100 * s['validation_fraction']:.0f}% of the epoch; peak GPU "
-                          f"memory {s['max_memory_gib']:.2f} GiB [median of {s['epochs']} epochs after the first]")
+            result(
+                BENCH,
+                f"DESED epoch ({s['steps_per_epoch']} steps of batch 12+12+24, bf16, 4 workers, validation on "
+                f"{sizes['validation']} + {round(0.1 * sizes['weak'])} clips every epoch): train "
+                f"{s['train_s']:.1f} s ({s['clips_per_s']:,.0f} clips/s), validation + scoring "
+                f"{s['validation_s']:.1f} s = {100 * s['validation_fraction']:.0f}% of the epoch; peak GPU "
+                f"memory {s['max_memory_gib']:.2f} GiB [median of {s['epochs']} epochs after the first]",
+            )
             continue
         bs, precision, workers, extra = VARIANTS[name]
-        result(BENCH, f"{name}: {s['clips_per_s']:,.0f} train clips/s ({s['step_ms']:.1f} ms per step of "
-                      f"{sum(bs)} clips), loader wait {100 * s['loader_wait']:.1f}% of wall, GPU busy "
-                      f"{100 * s['gpu_busy']:.0f}%, peak GPU memory {s['max_memory_gib']:.2f} GiB "
-                      f"[batch {'+'.join(map(str, bs))}, {precision}, {workers} workers{', ' if extra else ''}"
-                      f"{' '.join(extra)}; {s['steps']} steps after {args.skip}]")
+        result(
+            BENCH,
+            f"{name}: {s['clips_per_s']:,.0f} train clips/s ({s['step_ms']:.1f} ms per step of "
+            f"{sum(bs)} clips), loader wait {100 * s['loader_wait']:.1f}% of wall, GPU busy "
+            f"{100 * s['gpu_busy']:.0f}%, peak GPU memory {s['max_memory_gib']:.2f} GiB "
+            f"[batch {'+'.join(map(str, bs))}, {precision}, {workers} workers{', ' if extra else ''}"
+            f"{' '.join(extra)}; {s['steps']} steps after {args.skip}]",
+        )
         for site, count in sorted(s["sync_sites"].items(), key=lambda kv: -kv[1]):
             note(f"host sync x{count} in 2 steps: {site}")
     for name in args.profile:

@@ -46,8 +46,9 @@ NATIVE = 44100
 RECIPES = {"desed": ("crnn", "mel"), "quickstart": ("crnn_small", "mel_small")}  # (conf/model, conf/features)
 
 
-def build_config(root: Path, batch_sizes: list[int], workers: int, input_rate: int | None,
-                 recipe: str = "desed") -> dict[str, Any]:
+def build_config(
+    root: Path, batch_sizes: list[int], workers: int, input_rate: int | None, recipe: str = "desed"
+) -> dict[str, Any]:
     """What train.py resolves: the recipe's CRNN and log-mel (``desed``: DESED CRNN and 128-band mel;
     ``quickstart``: the small CRNN and 64-band mel), instance min-max scaler, mean teacher."""
     model, features = RECIPES[recipe]
@@ -75,23 +76,33 @@ def build_config(root: Path, batch_sizes: list[int], workers: int, input_rate: i
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--batch-sizes", type=int, nargs=3, default=None, metavar=("STRONG", "WEAK", "UNLAB"),
-                        help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("STRONG", "WEAK", "UNLAB"),
+        help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2 on CPU, 4 on CUDA)")
     parser.add_argument("--clips", type=int, default=24, help="clips timed per loader configuration")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per block (default: 4 on CPU, 20 on CUDA)")
     parser.add_argument("--blocks", type=int, default=2, help="blocks per configuration (alternating)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                        help="model and features (default: desed on CUDA, quickstart on CPU)")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="model and features (default: desed on CUDA, quickstart on CPU)",
+    )
     args = parser.parse_args()
     apply_threads(args.threads)
 
     import torch
 
     from sed.data.datamodule import SEDDataModule
-    from sed.training.module import SEDModule
     from sed.features.resample import Resample
     from sed.training.ema import ema_factor, update_teacher
+    from sed.training.module import SEDModule
 
     device, gpu = training_device(args.device)
     bs = args.batch_sizes or ([12, 12, 24] if gpu else [2, 2, 4])
@@ -111,8 +122,9 @@ def main() -> None:
     for name, rate in configs.items():
         torch.manual_seed(0)
         module = SEDModule(build_config(root, bs, workers, rate, recipe), classes).to(device).train()
-        dm = SEDDataModule(root=str(root), classes=classes, batch_sizes=bs, num_workers=workers,
-                           epoch_length=10_000, seed=0)
+        dm = SEDDataModule(
+            root=str(root), classes=classes, batch_sizes=bs, num_workers=workers, epoch_length=10_000, seed=0
+        )
         dm.set_encoder(module.encoder, module.frontend.input_sample_rate)
         dm.setup("fit")
         modules[name], dms[name] = module, dm
@@ -142,14 +154,20 @@ def main() -> None:
         resample_cpu.append(time.process_time() - c0)
     torch.set_num_threads(threads)
     ref, cand = median(cpu["loader"]), median(cpu["model"])
-    result(BENCH, f"loader CPU time per 10-s 44.1 kHz clip: resampling in the loader {1e3 * ref:.1f} ms, at the "
-                  f"native rate (model resamples) {1e3 * cand:.1f} ms; ratio {ref / cand:.2f}x less CPU in the loader "
-                  f"(wall {1e3 * median(wall['loader']):.1f} vs {1e3 * median(wall['model']):.1f} ms; median of "
-                  f"{n} interleaved clips, 1 thread)")
+    result(
+        BENCH,
+        f"loader CPU time per 10-s 44.1 kHz clip: resampling in the loader {1e3 * ref:.1f} ms, at the "
+        f"native rate (model resamples) {1e3 * cand:.1f} ms; ratio {ref / cand:.2f}x less CPU in the loader "
+        f"(wall {1e3 * median(wall['loader']):.1f} vs {1e3 * median(wall['model']):.1f} ms; median of "
+        f"{n} interleaved clips, 1 thread)",
+    )
     dev_ms = _device_resample_ms(resampler, n_native, batch, device)
     on = "GPU wall time" if gpu else f"CPU time, {torch.get_num_threads()} threads"
-    result(BENCH, f"the moved work: the same resampling in the model, 1 thread CPU {1e3 * median(resample_cpu):.1f} ms "
-                  f"per clip; on {args.device} batched ({batch} clips, {on}) {dev_ms:.2f} ms per clip")
+    result(
+        BENCH,
+        f"the moved work: the same resampling in the model, 1 thread CPU {1e3 * median(resample_cpu):.1f} ms "
+        f"per clip; on {args.device} batched ({batch} clips, {on}) {dev_ms:.2f} ms per clip",
+    )
 
     # ---------------------------------------------------------------- 2. end-to-end training clips/s
     t_cfg = modules["loader"].cfg.training
@@ -171,8 +189,12 @@ def main() -> None:
     def block(name: str) -> float:
         loader = dms[name].train_dataloader()
         loader = torch.utils.data.DataLoader(  # fresh workers: nothing prefetched by another block
-            loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn, num_workers=workers,
-            worker_init_fn=loader.worker_init_fn, pin_memory=gpu,
+            loader.dataset,
+            batch_sampler=loader.batch_sampler,
+            collate_fn=loader.collate_fn,
+            num_workers=workers,
+            worker_init_fn=loader.worker_init_fn,
+            pin_memory=gpu,
         )
         it = iter(loader)
         step(name, _to(next(it), device), 0)  # untimed: worker start-up
@@ -190,13 +212,18 @@ def main() -> None:
         for name in configs:
             rates[name].append(block(name))
     ref_rate, cand_rate = median(rates["loader"]), median(rates["model"])
-    what = (f"{recipe} CRNN {sum(p.numel() for p in modules['loader'].student.parameters()):,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 44.1 kHz -> 16 kHz, {args.device}, "
-            f"{workers} workers, {args.blocks} alternating blocks of {steps} steps")
+    what = (
+        f"{recipe} CRNN {sum(p.numel() for p in modules['loader'].student.parameters()):,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 44.1 kHz -> 16 kHz, {args.device}, "
+        f"{workers} workers, {args.blocks} alternating blocks of {steps} steps"
+    )
     note(what)
     blocks = "; ".join(f"{name}: " + ", ".join(f"{r:.3g}" for r in values) for name, values in rates.items())
-    result(BENCH, f"training through the DataLoader: resampling in the loader {fmt_rate(ref_rate, 'clips/s')}, in "
-                  f"the model {fmt_rate(cand_rate, 'clips/s')}; ratio {cand_rate / ref_rate:.2f}x [{what}; blocks in "
-                  f"clips/s: {blocks}]")
+    result(
+        BENCH,
+        f"training through the DataLoader: resampling in the loader {fmt_rate(ref_rate, 'clips/s')}, in "
+        f"the model {fmt_rate(cand_rate, 'clips/s')}; ratio {cand_rate / ref_rate:.2f}x [{what}; blocks in "
+        f"clips/s: {blocks}]",
+    )
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:

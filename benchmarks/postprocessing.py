@@ -38,8 +38,10 @@ def _sets(cfg, data_root: Path | None) -> dict:
 
     root = data_root or Path(cfg.data.root)
     out = {}
-    for name, tsv, dur in (("validation", cfg.data.val_tsv, cfg.data.val_durations),
-                           ("test", cfg.data.test_tsv, cfg.data.test_durations)):
+    for name, tsv, dur in (
+        ("validation", cfg.data.val_tsv, cfg.data.val_durations),
+        ("test", cfg.data.test_tsv, cfg.data.test_durations),
+    ):
         out[name] = (read_strong(root / tsv), read_durations(root / dur))
     return out
 
@@ -83,18 +85,32 @@ def evaluate_run(
         metrics = evaluate(None, post, test_gt, test_dur, classes, [0.5], {"per_class": True})
         per_class = [v for k, v in metrics.items() if k.startswith("psds1/") and v == v]
         # PSDS1 (alpha_st = 1) is 0 as soon as classes stay undetected; the class mean still moves.
-        row = {"psds1": metrics["psds1"], "psds1_class_mean": sum(per_class) / max(len(per_class), 1),
-               "psds2": metrics["psds2"], "event_f1": metrics["event_f1_macro@0.5"]}
+        row = {
+            "psds1": metrics["psds1"],
+            "psds1_class_mean": sum(per_class) / max(len(per_class), 1),
+            "psds2": metrics["psds2"],
+            "event_f1": metrics["event_f1_macro@0.5"],
+        }
         if settings.thresholds is not None:
             from sed.evaluation.metrics.evaluation import evaluate_full
 
-            tuned = evaluate_full(None, post, test_gt, test_dur, classes, [], {"psds": [], "per_class": False},
-                                  class_thresholds=settings.thresholds).metrics
+            tuned = evaluate_full(
+                None,
+                post,
+                test_gt,
+                test_dur,
+                classes,
+                [],
+                {"psds": [], "per_class": False},
+                class_thresholds=settings.thresholds,
+            ).metrics
             row["event_f1"] = tuned["event_f1_macro@tuned"]
         results[option] = row
     sweep = median_window_sweep(test_raw, test_gt, test_dur, list(ev.tuning.median_windows))
-    results["pipsds1"] = {"psds1": sweep.pipsds,
-                          "psds1_class_mean": sum(sweep.pipsds_per_class.values()) / max(len(sweep.pipsds_per_class), 1)}
+    results["pipsds1"] = {
+        "psds1": sweep.pipsds,
+        "psds1_class_mean": sum(sweep.pipsds_per_class.values()) / max(len(sweep.pipsds_per_class), 1),
+    }
     return results
 
 
@@ -122,18 +138,25 @@ def main(argv=None) -> int:
         for option in options:
             row = results[option]
             ratios = " ".join(f"ratio_{k}={row[k] / base[k]:.3f}" if base[k] else f"ratio_{k}=nan" for k in row)
-            print(f"RESULT postprocessing: run={run.name} model={args.model} option={option} "
-                  + " ".join(f"{k}={v:.4f}" for k, v in row.items()) + f" {ratios}")
+            print(
+                f"RESULT postprocessing: run={run.name} model={args.model} option={option} "
+                + " ".join(f"{k}={v:.4f}" for k, v in row.items())
+                + f" {ratios}"
+            )
             table.setdefault(option, []).append(row)
         pi = results["pipsds1"]
-        print(f"RESULT postprocessing: run={run.name} model={args.model} pipsds1={pi['psds1']:.4f} "
-              f"pipsds1_class_mean={pi['psds1_class_mean']:.4f} (post-processing independent PSDS1 over "
-              "evaluation.tuning.median_windows, on the test set)")
+        print(
+            f"RESULT postprocessing: run={run.name} model={args.model} pipsds1={pi['psds1']:.4f} "
+            f"pipsds1_class_mean={pi['psds1_class_mean']:.4f} (post-processing independent PSDS1 over "
+            "evaluation.tuning.median_windows, on the test set)"
+        )
     if args.mean and len(args.runs) > 1:
         for option, rows in table.items():
             mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-            print(f"RESULT postprocessing: mean_over={len(rows)} model={args.model} option={option} "
-                  + " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
+            print(
+                f"RESULT postprocessing: mean_over={len(rows)} model={args.model} option={option} "
+                + " ".join(f"{k}={v:.4f}" for k, v in mean.items())
+            )
     return 0
 
 

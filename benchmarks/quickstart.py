@@ -28,8 +28,15 @@ from _common import ROOT, machine_line, run_timed
 
 def run_once(seed: int, data_dir: Path, exp_dir: Path, extra: list[str]) -> dict:
     """One ``python train.py`` run; its wall/CPU time and the preferred model's test metrics."""
-    args = [sys.executable, str(ROOT / "train.py"), f"seed={seed}", f"paths.data_dir={data_dir}",
-            f"paths.exp_dir={exp_dir}", "trainer.enable_progress_bar=false", *extra]
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"seed={seed}",
+        f"paths.data_dir={data_dir}",
+        f"paths.exp_dir={exp_dir}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
     proc, wall, cpu = run_timed(args, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -43,8 +50,12 @@ def run_once(seed: int, data_dir: Path, exp_dir: Path, extra: list[str]) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds (default: 42, the recipe's)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="reuse the embedded data generated under this folder (default: generate afresh, timed)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="reuse the embedded data generated under this folder (default: generate afresh, timed)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the run directories under this folder")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args()
@@ -58,17 +69,23 @@ def main() -> None:
             results.append(r)
             per_class = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("psds1/")}
             weakest = min(per_class, key=per_class.get) if per_class else "-"
-            print(f"RESULT quickstart seed={seed}: test PSDS1 {r['psds1']:.3f} PSDS2 {r['psds2']:.3f} "
-                  f"event F1 {r.get('event_f1_macro@0.5', float('nan')):.3f} ({r['model']}, preferred by validation) "
-                  f"in {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU"
-                  f"{'' if args.data_dir else ' (generation included)'}; weakest class {weakest} "
-                  f"{per_class.get(weakest, float('nan')):.3f}", flush=True)
+            print(
+                f"RESULT quickstart seed={seed}: test PSDS1 {r['psds1']:.3f} PSDS2 {r['psds2']:.3f} "
+                f"event F1 {r.get('event_f1_macro@0.5', float('nan')):.3f} ({r['model']}, preferred by validation) "
+                f"in {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU"
+                f"{'' if args.data_dir else ' (generation included)'}; weakest class {weakest} "
+                f"{per_class.get(weakest, float('nan')):.3f}",
+                flush=True,
+            )
             print("  per-class PSDS1: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()), flush=True)
         if len(results) > 1:
             for key in ("psds1", "psds2", "event_f1_macro@0.5", "wall_s"):
                 values = [r[key] for r in results]
-                print(f"RESULT quickstart mean over {len(values)} seeds: {key} {statistics.mean(values):.3f} "
-                      f"± {statistics.stdev(values):.3f}", flush=True)
+                print(
+                    f"RESULT quickstart mean over {len(values)} seeds: {key} {statistics.mean(values):.3f} "
+                    f"± {statistics.stdev(values):.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

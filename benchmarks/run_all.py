@@ -32,10 +32,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None)
     parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (training and front-end benchmarks)")
-    parser.add_argument("--train-threads", type=int, default=1,
-                        help="torch threads of the CPU training benchmark (0: torch's default). 1 by default: "
-                             "with the default count a shared CPU spends most of the step in OpenMP barrier "
-                             "stalls (benchmarks/experiments/cpu_threads.py), which would drown what train measures")
+    parser.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads of the CPU training benchmark (0: torch's default). 1 by default: "
+        "with the default count a shared CPU spends most of the step in OpenMP barrier "
+        "stalls (benchmarks/experiments/cpu_threads.py), which would drown what train measures",
+    )
     parser.add_argument("--out", default=None, help="also write the summary to this file")
     args = parser.parse_args()
 

@@ -105,7 +105,9 @@ def operating_point(det, gt, classes: list[str], total_hours: float, s: dict):
     gt = gt.dropna(subset=["onset"]).reset_index(drop=True).assign(gt_id=lambda d: np.arange(len(d)))
     n_gt = gt.groupby("event_label").size().reindex(classes, fill_value=0).to_numpy()
     pairs = det.merge(gt, on="filename", suffixes=("_d", "_g"))
-    inter = (np.minimum(pairs["offset_d"], pairs["offset_g"]) - np.maximum(pairs["onset_d"], pairs["onset_g"])).clip(lower=0)
+    inter = (np.minimum(pairs["offset_d"], pairs["offset_g"]) - np.maximum(pairs["onset_d"], pairs["onset_g"])).clip(
+        lower=0
+    )
     pairs = pairs.assign(inter=inter)[inter > 0]
     same = pairs[pairs["event_label_d"] == pairs["event_label_g"]]
     det_len = (det["offset"] - det["onset"]).to_numpy()
@@ -129,8 +131,9 @@ def operating_point(det, gt, classes: list[str], total_hours: float, s: dict):
         per = per[per["inter"].to_numpy() / det_len[per["det_id"].to_numpy()] >= s["cttc"]]
         np.add.at(ct, (det_cls[per["det_id"].to_numpy()], per["event_label_g"].map(cls_idx).to_numpy()), 1)
     fp = np.bincount(det_cls[fp_mask], minlength=len(classes))  # cross-triggers are false positives too
-    gt_hours = (gt.assign(d=gt_len).groupby("event_label")["d"].sum().reindex(classes, fill_value=0.0)
-                .to_numpy() / 3600.0)
+    gt_hours = (
+        gt.assign(d=gt_len).groupby("event_label")["d"].sum().reindex(classes, fill_value=0.0).to_numpy() / 3600.0
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         tpr = tp / n_gt
         ctr = ct / np.maximum(gt_hours, 1e-12)[None, :]  # per hour of the other class's ground truth
@@ -204,9 +207,11 @@ def main() -> None:
     gt, durations, probs, weak_probs, weak_targets = synthetic(args.clips, classes, encoder)
     n_events = int(gt["onset"].notna().sum())
     evaluation = SimpleNamespace(median_window=[7], thresholds=[0.5])
-    note(f"{args.clips} clips x {len(classes)} classes x {encoder.n_frames} frames, {n_events} events; "
-         f"ours: thresholds {evaluation.thresholds}, median {evaluation.median_window[0]}; "
-         f"reference: {args.thresholds} thresholds")
+    note(
+        f"{args.clips} clips x {len(classes)} classes x {encoder.n_frames} frames, {n_events} events; "
+        f"ours: thresholds {evaluation.thresholds}, median {evaluation.median_window[0]}; "
+        f"reference: {args.thresholds} thresholds"
+    )
 
     timings = _Timings()
     mlog = logging.getLogger("sed.evaluation.metrics")
@@ -242,11 +247,13 @@ def main() -> None:
 
     def ours_objective_only():
         # Between full validations: the default objective's terms (weak_f1+intersection_f1) only.
-        return score_model(probs, weak_probs, weak_targets, encoder, gt, durations, evaluation, psds=(),
-                           f1=("intersection",))
+        return score_model(
+            probs, weak_probs, weak_targets, encoder, gt, durations, evaluation, psds=(), f1=("intersection",)
+        )
+
+    from sed_scores_eval import intersection_based as sse_intersection
 
     from sed.evaluation.metrics import intersection_f1
-    from sed_scores_eval import intersection_based as sse_intersection
 
     gt_ids = ground_truth_dict(gt)
 
@@ -257,9 +264,15 @@ def main() -> None:
         # what intersection_f1 called before: statistics at every distinct score, then read at 0.5
         return sse_intersection.fscore(scores_post, gt_ids, 0.5, dtc_threshold=0.5, gtc_threshold=0.5)
 
-    jobs = (("ours", ours_full), ("ours_psds", ours_psds), ("ours_validation", ours_validation),
-            ("ours_objective", ours_objective_only), ("ours_intersection", ours_intersection),
-            ("sse_intersection", sed_scores_eval_intersection), ("reference", reference))
+    jobs = (
+        ("ours", ours_full),
+        ("ours_psds", ours_psds),
+        ("ours_validation", ours_validation),
+        ("ours_objective", ours_objective_only),
+        ("ours_intersection", ours_intersection),
+        ("sse_intersection", sed_scores_eval_intersection),
+        ("reference", reference),
+    )
     times: dict[str, list[float]] = {name: [] for name, _ in jobs}
     out = {}
     for r in range(max(args.repeats, args.ref_repeats)):  # interleaved
@@ -284,44 +297,73 @@ def main() -> None:
     direct = {}
     for key, s in (("psds1", PSDS1), ("psds2", PSDS2)):
         direct[key] = intersection_based.psds(
-            scores=direct_scores, ground_truth=gt_ids, audio_durations=dur_direct,
-            dtc_threshold=s["dtc"], gtc_threshold=s["gtc"], cttc_threshold=s["cttc"], alpha_ct=s["alpha_ct"],
-            alpha_st=s["alpha_st"], unit_of_time="hour", max_efpr=s["max_efpr"],
+            scores=direct_scores,
+            ground_truth=gt_ids,
+            audio_durations=dur_direct,
+            dtc_threshold=s["dtc"],
+            gtc_threshold=s["gtc"],
+            cttc_threshold=s["cttc"],
+            alpha_ct=s["alpha_ct"],
+            alpha_st=s["alpha_st"],
+            unit_of_time="hour",
+            max_efpr=s["max_efpr"],
         )[0]
 
     parts = timings.parts[0] if timings.parts else {}
     if timings.parts:
         parts = {k: median(p.get(k, 0.0) for p in timings.parts) for k in timings.parts[0]}
     evaluate_s = sum(parts.values())
-    result(BENCH, f"score_model on {args.clips} clips (PSDS1+2 exact, intersection/event/segment F1 @0.5, weak F1) "
-                  f"= {med['ours']:.2f} s; reference {args.thresholds}-threshold pandas decode + psds_eval-style "
-                  f"counting (PSDS1+2 only) = {med['reference']:.2f} s; ratio {med['reference'] / med['ours']:.2f}x "
-                  f"faster [median of {args.repeats} / {args.ref_repeats}]")
-    result(BENCH, f"PSDS1+PSDS2 alone: sed.evaluation.metrics.psds {med['ours_psds']:.2f} s vs reference "
-                  f"{med['reference']:.2f} s; ratio {med['reference'] / med['ours_psds']:.2f}x faster")
+    result(
+        BENCH,
+        f"score_model on {args.clips} clips (PSDS1+2 exact, intersection/event/segment F1 @0.5, weak F1) "
+        f"= {med['ours']:.2f} s; reference {args.thresholds}-threshold pandas decode + psds_eval-style "
+        f"counting (PSDS1+2 only) = {med['reference']:.2f} s; ratio {med['reference'] / med['ours']:.2f}x "
+        f"faster [median of {args.repeats} / {args.ref_repeats}]",
+    )
+    result(
+        BENCH,
+        f"PSDS1+PSDS2 alone: sed.evaluation.metrics.psds {med['ours_psds']:.2f} s vs reference "
+        f"{med['reference']:.2f} s; ratio {med['reference'] / med['ours_psds']:.2f}x faster",
+    )
     if parts:
         other = med["ours"] - evaluate_s
-        result(BENCH, "score_model breakdown: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
-               + f", median filter + score tables + weak F1 {other:.2f}s")
-    result(BENCH, f"validation scoring of one model: every metric (PSDS1, intersection/event/segment F1, weak F1) "
-                  f"{med['ours_validation']:.2f} s; the objective's terms only (weak F1 + intersection F1, "
-                  f"evaluation.full_metrics_every_n_epochs between full validations) {med['ours_objective']:.2f} s "
-                  f"= {med['ours_objective'] / med['ours_validation']:.0%} of it")
+        result(
+            BENCH,
+            "score_model breakdown: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
+            + f", median filter + score tables + weak F1 {other:.2f}s",
+        )
+    result(
+        BENCH,
+        f"validation scoring of one model: every metric (PSDS1, intersection/event/segment F1, weak F1) "
+        f"{med['ours_validation']:.2f} s; the objective's terms only (weak F1 + intersection F1, "
+        f"evaluation.full_metrics_every_n_epochs between full validations) {med['ours_objective']:.2f} s "
+        f"= {med['ours_objective'] / med['ours_validation']:.0%} of it",
+    )
     mine, (f_ref, _, _, _) = out["ours_intersection"], out["sse_intersection"]
-    diff = max(abs(mine["f1_macro"] - f_ref["macro_average"]), abs(mine["f1_micro"] - f_ref["micro_average"]),
-               *(abs(mine["per_class"][c] - f_ref[c]) for c in mine["per_class"]))
-    result(BENCH, f"intersection F1 @0.5 (dtc = gtc = 0.5): sed.evaluation.metrics.intersection_f1 "
-                  f"{med['ours_intersection']:.3f} s vs sed_scores_eval.intersection_based.fscore "
-                  f"{med['sse_intersection']:.3f} s; ratio {med['sse_intersection'] / med['ours_intersection']:.1f}x "
-                  f"faster; macro F1 {mine['f1_macro']:.6f} vs {f_ref['macro_average']:.6f}, largest |diff| over "
-                  f"macro, micro and per class {diff:.1e} ({'match' if diff < 1e-12 else 'MISMATCH'})")
+    diff = max(
+        abs(mine["f1_macro"] - f_ref["macro_average"]),
+        abs(mine["f1_micro"] - f_ref["micro_average"]),
+        *(abs(mine["per_class"][c] - f_ref[c]) for c in mine["per_class"]),
+    )
+    result(
+        BENCH,
+        f"intersection F1 @0.5 (dtc = gtc = 0.5): sed.evaluation.metrics.intersection_f1 "
+        f"{med['ours_intersection']:.3f} s vs sed_scores_eval.intersection_based.fscore "
+        f"{med['sse_intersection']:.3f} s; ratio {med['sse_intersection'] / med['ours_intersection']:.1f}x "
+        f"faster; macro F1 {mine['f1_macro']:.6f} vs {f_ref['macro_average']:.6f}, largest |diff| over "
+        f"macro, micro and per class {diff:.1e} ({'match' if diff < 1e-12 else 'MISMATCH'})",
+    )
     for key in ("psds1", "psds2"):
         ours_v, direct_v = metrics[key], float(direct[key])
         approx = ref_p1 if key == "psds1" else ref_p2
-        result(BENCH, f"{key.upper()}: ours {ours_v:.6f}, sed_scores_eval.intersection_based.psds direct "
-                      f"{direct_v:.6f}, |diff| {abs(ours_v - direct_v):.2e} "
-                      f"({'match' if abs(ours_v - direct_v) < 1e-9 else 'MISMATCH'}); "
-                      f"{args.thresholds}-threshold approximation {approx:.6f} (|diff| {abs(approx - ours_v):.4f})")
+        result(
+            BENCH,
+            f"{key.upper()}: ours {ours_v:.6f}, sed_scores_eval.intersection_based.psds direct "
+            f"{direct_v:.6f}, |diff| {abs(ours_v - direct_v):.2e} "
+            f"({'match' if abs(ours_v - direct_v) < 1e-9 else 'MISMATCH'}); "
+            f"{args.thresholds}-threshold approximation {approx:.6f} (|diff| {abs(approx - ours_v):.4f})",
+        )
 
 
 if __name__ == "__main__":

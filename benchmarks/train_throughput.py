@@ -88,36 +88,66 @@ def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
 def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--batch-sizes", type=int, nargs=3, default=None, metavar=("STRONG", "WEAK", "UNLAB"),
-                        help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed pipeline steps after 1 warm-up step (default: 3 on CPU, 30 on CUDA)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("STRONG", "WEAK", "UNLAB"),
+        help="rows per batch (default: 2 2 4 on CPU, DESED's 12 12 24 on CUDA)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed pipeline steps after 1 warm-up step (default: 3 on CPU, 30 on CUDA)",
+    )
     parser.add_argument("--ref-steps", type=int, default=1, help="timed reference steps before and after")
-    parser.add_argument("--pairs", type=int, default=None,
-                        help="interleaved (pipeline, reference) step pairs (default: 2 on CPU, 10 on CUDA)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="interleaved (pipeline, reference) step pairs (default: 2 on CPU, 10 on CUDA)",
+    )
     parser.add_argument("--breakdown-repeats", type=int, default=1, help="manual steps timed part by part")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers (default: 2 on CPU as conf/data/embedded.yaml, 4 on CUDA as desed.yaml)")
-    parser.add_argument("--file-rate", type=int, default=16000,
-                        help="sample rate of the generated files (44100: the loader also resamples)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default: 2 on CPU as conf/data/embedded.yaml, 4 on CUDA as desed.yaml)",
+    )
+    parser.add_argument(
+        "--file-rate",
+        type=int,
+        default=16000,
+        help="sample rate of the generated files (44100: the loader also resamples)",
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the networks (CUDA)")
     parser.add_argument("--lightning", action="store_true", help="also train through pytorch_lightning.Trainer")
-    parser.add_argument("--step-repeats", type=int, default=3,
-                        help="interleaved rounds of (module step, reference, student fwd, teacher fwds) on one batch")
+    parser.add_argument(
+        "--step-repeats",
+        type=int,
+        default=3,
+        help="interleaved rounds of (module step, reference, student fwd, teacher fwds) on one batch",
+    )
     parser.add_argument("--compile", action="store_true", help="training.compile=true (torch.compile the networks)")
-    parser.add_argument("--channels-first", action="store_true",
-                        help="model.channels_last=false (the default keeps the CNN channels-last)")
-    parser.add_argument("--torch-dropout", action="store_true",
-                        help="model.fast_dropout=false (nn.Dropout's per-element CPU masks)")
+    parser.add_argument(
+        "--channels-first",
+        action="store_true",
+        help="model.channels_last=false (the default keeps the CNN channels-last)",
+    )
+    parser.add_argument(
+        "--torch-dropout", action="store_true", help="model.fast_dropout=false (nn.Dropout's per-element CPU masks)"
+    )
     args = parser.parse_args()
     apply_threads(args.threads)
 
     import torch
 
     from sed.data.datamodule import SEDDataModule
-    from sed.training.module import SEDModule
     from sed.training.ema import ema_factor, update_teacher
     from sed.training.losses import consistency_losses, supervised_losses
+    from sed.training.module import SEDModule
 
     device, gpu = training_device(args.device)
     bs = args.batch_sizes or ([12, 12, 24] if gpu else [2, 2, 4])
@@ -163,13 +193,22 @@ def main() -> None:
         step_no[0] += 1
 
     # ---------------------------------------------------------------- reference: student alone on tensors
-    dm = SEDDataModule(root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers,
-                       epoch_length=10_000, seed=0)
+    dm = SEDDataModule(
+        root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers, epoch_length=10_000, seed=0
+    )
     dm.set_encoder(module.encoder)
     dm.setup("fit")
     mixed = dm.train_dataloader()  # a mixed strong/weak/unlabeled batch, loaded once in this process
-    fixed = to_device(next(iter(torch.utils.data.DataLoader(
-        mixed.dataset, batch_sampler=mixed.batch_sampler, collate_fn=mixed.collate_fn))), device)
+    fixed = to_device(
+        next(
+            iter(
+                torch.utils.data.DataLoader(
+                    mixed.dataset, batch_sampler=mixed.batch_sampler, collate_fn=mixed.collate_fn
+                )
+            )
+        ),
+        device,
+    )
     with torch.no_grad():
         fixed_feats = module.features(fixed["audio"])
     ref_student = copy.deepcopy(module.student)
@@ -200,8 +239,12 @@ def main() -> None:
     loader = dm.train_dataloader()
     if device.type == "cuda":
         loader = torch.utils.data.DataLoader(
-            loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn,
-            num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=True,
+            loader.dataset,
+            batch_sampler=loader.batch_sampler,
+            collate_fn=loader.collate_fn,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            pin_memory=True,
         )
     it = iter(loader)
     waits: list[float] = []
@@ -209,7 +252,7 @@ def main() -> None:
 
     def pipeline_step(i: int) -> tuple[float, float]:
         t0 = time.perf_counter()
-        b = to_device(next(it), device)
+        b = to_device(next(it), device)  # noqa: F821  (`del it` below)
         sync(device)
         t1 = time.perf_counter()
         with torch.autocast(**autocast):
@@ -235,8 +278,9 @@ def main() -> None:
     del it
 
     # ---------------------------------------------------------------- breakdown of one step
-    parts: dict[str, list[float]] = {k: [] for k in ("frontend+scaler", "student fwd", "teacher fwd",
-                                                      "losses+backward", "clip+adam", "ema")}
+    parts: dict[str, list[float]] = {
+        k: [] for k in ("frontend+scaler", "student fwd", "teacher fwd", "losses+backward", "clip+adam", "ema")
+    }
 
     def timed(name: str, fn):
         sync(device)
@@ -249,13 +293,13 @@ def main() -> None:
     for _ in range(args.breakdown_repeats):
         feats = timed("frontend+scaler", lambda: module.features(fixed["audio"]))
         with torch.autocast(**autocast):
-            s_out = timed("student fwd", lambda: module.student(feats))
+            s_out = timed("student fwd", lambda: module.student(feats))  # noqa: B023
             with torch.no_grad():
-                t_out = timed("teacher fwd", lambda: module.teacher(feats))
+                t_out = timed("teacher fwd", lambda: module.teacher(feats))  # noqa: B023
 
         def backward():
-            losses = supervised_losses(s_out, fixed["strong"], fixed["weak"], fixed["has_strong"], fixed["has_weak"])
-            losses.update(consistency_losses(s_out, t_out))
+            losses = supervised_losses(s_out, fixed["strong"], fixed["weak"], fixed["has_strong"], fixed["has_weak"])  # noqa: B023
+            losses.update(consistency_losses(s_out, t_out))  # noqa: B023
             sum(losses.values()).backward()
 
         timed("losses+backward", backward)
@@ -296,10 +340,15 @@ def main() -> None:
         with torch.autocast(**autocast), torch.no_grad():
             nets["teacher"](fixed_feats)
 
-    rounds = {"step": module_step, "reference": reference_step, "student fwd": student_fwd,
-              "teacher fwd": teacher_module, "teacher fwd no_grad": teacher_no_grad}
+    rounds = {
+        "step": module_step,
+        "reference": reference_step,
+        "student fwd": student_fwd,
+        "teacher fwd": teacher_module,
+        "teacher fwd no_grad": teacher_no_grad,
+    }
     cost: dict[str, list[float]] = {k: [] for k in rounds}
-    for name, fn in rounds.items():  # warm-up (compiles the inference graph when --compile)
+    for _name, fn in rounds.items():  # warm-up (compiles the inference graph when --compile)
         fn()
     for _ in range(args.step_repeats):
         for name, fn in rounds.items():
@@ -316,40 +365,69 @@ def main() -> None:
     ref_rate = batch / median(ref_times)
     wait_frac = sum(waits) / total
     prec = "bf16" if args.bf16 else "fp32"
-    what = (f"CRNN {n_params:,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 16 kHz "
-            f"(files {args.file_rate} Hz), {args.device} {prec}, {args.workers} workers")
+    what = (
+        f"CRNN {n_params:,} params, batch {bs[0]}+{bs[1]}+{bs[2]}, 10 s clips at 16 kHz "
+        f"(files {args.file_rate} Hz), {args.device} {prec}, {args.workers} workers"
+    )
     note(what)
-    opts = "".join(f", {o}" for o, on in (("compile", args.compile), ("channels-first", args.channels_first), ("torch dropout", args.torch_dropout)) if on)
+    opts = "".join(
+        f", {o}"
+        for o, on in (
+            ("compile", args.compile),
+            ("channels-first", args.channels_first),
+            ("torch dropout", args.torch_dropout),
+        )
+        if on
+    )
     what = what + opts
     c = {k: median(v) for k, v in cost.items()}
-    result(BENCH, f"mean-teacher step on one batch (training_step + backward + clip + Adam + EMA) = "
-                  f"{1e3 * c['step']:.0f} ms = {c['step'] / c['reference']:.2f}x the student's own fwd+bwd+Adam "
-                  f"({1e3 * c['reference']:.0f} ms, eager) [{what}; median of {args.step_repeats} interleaved rounds]")
-    result(BENCH, f"teacher forward as the module runs it (train mode, "
-                  f"{'no_grad' if teacher_forward is None else 'inference_mode'}) = {1e3 * c['teacher fwd']:.0f} ms = "
-                  f"{c['teacher fwd'] / c['student fwd']:.2f}x the student's forward with autograd "
-                  f"({1e3 * c['student fwd']:.0f} ms); under no_grad {1e3 * c['teacher fwd no_grad']:.0f} ms = "
-                  f"{c['teacher fwd no_grad'] / c['student fwd']:.2f}x")
+    result(
+        BENCH,
+        f"mean-teacher step on one batch (training_step + backward + clip + Adam + EMA) = "
+        f"{1e3 * c['step']:.0f} ms = {c['step'] / c['reference']:.2f}x the student's own fwd+bwd+Adam "
+        f"({1e3 * c['reference']:.0f} ms, eager) [{what}; median of {args.step_repeats} interleaved rounds]",
+    )
+    result(
+        BENCH,
+        f"teacher forward as the module runs it (train mode, "
+        f"{'no_grad' if teacher_forward is None else 'inference_mode'}) = {1e3 * c['teacher fwd']:.0f} ms = "
+        f"{c['teacher fwd'] / c['student fwd']:.2f}x the student's forward with autograd "
+        f"({1e3 * c['student fwd']:.0f} ms); under no_grad {1e3 * c['teacher fwd no_grad']:.0f} ms = "
+        f"{c['teacher fwd no_grad'] / c['student fwd']:.2f}x",
+    )
     if not steps:  # --steps 0: only the step cost
         return
-    result(BENCH, f"mean-teacher step through DataLoader = {fmt_rate(pipe_rate, 'clips/s')} "
-                  f"(compute only {fmt_rate(compute_rate, 'clips/s')}); reference student fwd+bwd+adam on tensors "
-                  f"= {fmt_rate(ref_rate, 'clips/s')}; ratio {median(pair_ratios):.2f}x (median of "
-                  f"{len(pair_ratios)} interleaved pairs) [{what}; {len(steps)} contiguous steps, "
-                  f"{len(ref_times)} ref steps]")
-    result(BENCH, f"data wait = {100 * wait_frac:.1f}% of wall time (median wait {1e3 * median(waits):.0f} ms vs "
-                  f"step {1e3 * median(steps):.0f} ms per batch, {args.workers} workers)")
+    result(
+        BENCH,
+        f"mean-teacher step through DataLoader = {fmt_rate(pipe_rate, 'clips/s')} "
+        f"(compute only {fmt_rate(compute_rate, 'clips/s')}); reference student fwd+bwd+adam on tensors "
+        f"= {fmt_rate(ref_rate, 'clips/s')}; ratio {median(pair_ratios):.2f}x (median of "
+        f"{len(pair_ratios)} interleaved pairs) [{what}; {len(steps)} contiguous steps, "
+        f"{len(ref_times)} ref steps]",
+    )
+    result(
+        BENCH,
+        f"data wait = {100 * wait_frac:.1f}% of wall time (median wait {1e3 * median(waits):.0f} ms vs "
+        f"step {1e3 * median(steps):.0f} ms per batch, {args.workers} workers)",
+    )
     med = {k: median(v) for k, v in parts.items()}
     whole = sum(med.values())
     ref_part = med["student fwd"] + med["losses+backward"] + med["clip+adam"]
-    result(BENCH, "step breakdown: " + ", ".join(f"{k} {100 * v / whole:.1f}%" for k, v in med.items())
-           + f" (sum {1e3 * whole:.0f} ms = {whole / ref_part:.2f}x student fwd+bwd+adam)")
+    result(
+        BENCH,
+        "step breakdown: "
+        + ", ".join(f"{k} {100 * v / whole:.1f}%" for k, v in med.items())
+        + f" (sum {1e3 * whole:.0f} ms = {whole / ref_part:.2f}x student fwd+bwd+adam)",
+    )
 
     if args.lightning:
         lightning_rate, lightning_gap = run_lightning(config, classes, root, bs, args, device)
-        result(BENCH, f"same step through pytorch_lightning.Trainer = {fmt_rate(lightning_rate, 'clips/s')}; "
-                      f"ratio to the manual loop {lightning_rate / pipe_rate:.2f}x, to the reference "
-                      f"{lightning_rate / ref_rate:.2f}x (time between batches {100 * lightning_gap:.1f}%)")
+        result(
+            BENCH,
+            f"same step through pytorch_lightning.Trainer = {fmt_rate(lightning_rate, 'clips/s')}; "
+            f"ratio to the manual loop {lightning_rate / pipe_rate:.2f}x, to the reference "
+            f"{lightning_rate / ref_rate:.2f}x (time between batches {100 * lightning_gap:.1f}%)",
+        )
 
 
 def run_lightning(config, classes, root: Path, bs, args, device) -> tuple[float, float]:
@@ -375,16 +453,26 @@ def run_lightning(config, classes, root: Path, bs, args, device) -> tuple[float,
 
     torch.manual_seed(0)
     module = SEDModule(config, classes)
-    dm = SEDDataModule(root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers,
-                       epoch_length=10_000, seed=0)
+    dm = SEDDataModule(
+        root=str(root), classes=classes, batch_sizes=bs, num_workers=args.workers, epoch_length=10_000, seed=0
+    )
     dm.set_encoder(module.encoder)
     clock = Clock()
     trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision="bf16-mixed" if args.bf16 else "32-true", max_steps=1 + args.steps,
-        gradient_clip_val=config["trainer"]["gradient_clip_val"], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        use_distributed_sampler=False, default_root_dir=str(root / "lightning"), callbacks=[clock],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if args.bf16 else "32-true",
+        max_steps=1 + args.steps,
+        gradient_clip_val=config["trainer"]["gradient_clip_val"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(root / "lightning"),
+        callbacks=[clock],
     )
     trainer.fit(module, datamodule=dm)
     starts, ends = clock.starts[1:], clock.ends[1:]

@@ -61,17 +61,21 @@ def extract(cfg: Any, device: str = "cpu", batch_size: Optional[int] = None) -> 
     dm.prepare_data()
     config = OmegaConf.to_container(cfg, resolve=True)
     config["features"]["input_sample_rate"] = dm.resolve_input_sample_rate(
-        config["features"].get("input_sample_rate"), config["features"]["sample_rate"])
+        config["features"].get("input_sample_rate"), config["features"]["sample_rate"]
+    )
     module = SEDModule(config, dm.classes).eval()
     enc = audio_encoder(module.student)
     if enc is None:
-        raise ValueError(f"model._target_={cfg.model.get('_target_')}: this model has no pretrained audio encoder "
-                         "(model.encoder) whose embeddings could be extracted")
+        raise ValueError(
+            f"model._target_={cfg.model.get('_target_')}: this model has no pretrained audio encoder "
+            "(model.encoder) whose embeddings could be extracted"
+        )
     if enc.cache_dir is None:
         raise ValueError("model.encoder.cache_dir is null: give the folder to keep the embeddings in")
     if not enc.frozen:
-        raise ValueError("model.encoder.frozen=false: a fine-tuned encoder's embeddings change at every step and are "
-                         "never cached")
+        raise ValueError(
+            "model.encoder.frozen=false: a fine-tuned encoder's embeddings change at every step and are never cached"
+        )
     enc.to(device)
     dm.set_encoder(module.encoder, module.frontend.input_sample_rate)
     dm.setup("fit")
@@ -82,36 +86,62 @@ def extract(cfg: Any, device: str = "cpu", batch_size: Optional[int] = None) -> 
     sets = {**{f"train/{k}": v for k, v in dm.train_sets.items()}, **dm.eval_datasets}
     with torch.inference_mode():
         for name, dataset in sets.items():
-            loader = torch.utils.data.DataLoader(dataset, batch_size=size, collate_fn=collate,
-                                                 num_workers=dm.num_workers)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=size, collate_fn=collate, num_workers=dm.num_workers
+            )
             for batch in loader:
                 audio = batch["audio"].to(device)
                 if "length" in batch:  # an evaluation clip: the windows it is evaluated in
-                    views = [grid.windows(audio[i, : max(int(n), grid.window_samples)])
-                             for i, n in enumerate(batch["length"].tolist())]
+                    views = [
+                        grid.windows(audio[i, : max(int(n), grid.window_samples)])
+                        for i, n in enumerate(batch["length"].tolist())
+                    ]
                     audio = torch.cat(views)
                     cacheable = None
                 else:
                     cacheable = (~batch["varies"]).tolist()
                 for a in range(0, audio.shape[0], size):
-                    enc.embed(audio[a : a + size], cache=True,
-                              cacheable=None if cacheable is None else cacheable[a : a + size])
+                    enc.embed(
+                        audio[a : a + size],
+                        cache=True,
+                        cacheable=None if cacheable is None else cacheable[a : a + size],
+                    )
                 clips += len(batch["filename"])
                 seconds += audio.shape[0] * audio.shape[-1] / dm.loader_sample_rate
-            log.info("%s: %d clips (%d computed, %d already there, %d vary per epoch)", name, len(dataset),
-                     enc.counts["computed"], enc.counts["disk"], enc.counts["varying"])
+            log.info(
+                "%s: %d clips (%d computed, %d already there, %d vary per epoch)",
+                name,
+                len(dataset),
+                enc.counts["computed"],
+                enc.counts["disk"],
+                enc.counts["varying"],
+            )
     counts = {k: int(enc.counts[k]) for k in ("computed", "disk", "varying")}
     store = enc.store()
-    log.info("%d clips (%.1f h of audio, as encoded) in %.0f s: %d embeddings computed, %d already in %s; %d training "
-             "clip(s) vary per epoch and are computed by the runs; the cache holds %d entries (%.1f MiB) for "
-             "encoder %s", clips, seconds / 3600, time.perf_counter() - start, counts["computed"], counts["disk"],
-             enc.cache_dir, counts["varying"], len(store), store.size_bytes() / 2**20, enc.identity)
+    log.info(
+        "%d clips (%.1f h of audio, as encoded) in %.0f s: %d embeddings computed, %d already in %s; %d training "
+        "clip(s) vary per epoch and are computed by the runs; the cache holds %d entries (%.1f MiB) for "
+        "encoder %s",
+        clips,
+        seconds / 3600,
+        time.perf_counter() - start,
+        counts["computed"],
+        counts["disk"],
+        enc.cache_dir,
+        counts["varying"],
+        len(store),
+        store.size_bytes() / 2**20,
+        enc.identity,
+    )
     return {**counts, "clips": clips, "seconds": int(seconds)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sed.embed", description=__doc__.split("\n\n")[0],
-                                     epilog="Any other argument is a train.py override (key=value).")
+    parser = argparse.ArgumentParser(
+        prog="python -m sed.embed",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other argument is a train.py override (key=value).",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None)
     args, overrides = parser.parse_known_args(argv)

@@ -33,6 +33,7 @@ from sed.inference.exported_model import (
 
 __all__ = ["ExportResult", "build_parser", "export_detector", "load_module", "main"]
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sed.export",
@@ -41,16 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="checkpoint written by train.py (.ckpt)")
     parser.add_argument("-o", "--output", required=True, help="file to write (model.onnx, model.pt)")
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="default: from the output suffix (.pt/.ts: torchscript, else onnx)")
-    parser.add_argument("--model", choices=MODELS, default=None,
-                        help="network to export (default: the one validation preferred, recorded in the checkpoint)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="default: from the output suffix (.pt/.ts: torchscript, else onnx)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default=None,
+        help="network to export (default: the one validation preferred, recorded in the checkpoint)",
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17; default %(default)s)")
-    parser.add_argument("--check-audio", nargs="*", default=[],
-                        help="audio files whose first window is also compared with PyTorch")
+    parser.add_argument(
+        "--check-audio", nargs="*", default=[], help="audio files whose first window is also compared with PyTorch"
+    )
     parser.add_argument("--no-check", action="store_true", help="do not compare the exported model with PyTorch")
-    parser.add_argument("--tolerance", type=float, default=CHECK_TOLERANCE,
-                        help="largest allowed |exported - PyTorch| probability (default %(default)g)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=CHECK_TOLERANCE,
+        help="largest allowed |exported - PyTorch| probability (default %(default)g)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
 
@@ -66,15 +80,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         result = export_detector(
-            args.checkpoint, args.output, fmt=args.format, model=args.model, opset=args.opset,
-            check=not args.no_check, check_audio=args.check_audio, tolerance=args.tolerance,
+            args.checkpoint,
+            args.output,
+            fmt=args.format,
+            model=args.model,
+            opset=args.opset,
+            check=not args.no_check,
+            check_audio=args.check_audio,
+            tolerance=args.tolerance,
         )
     except (FileNotFoundError, CheckpointError, ExportError, AudioError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     meta = result.metadata
     check = (
-        "not checked" if math.isnan(result.max_abs_diff)
+        "not checked"
+        if math.isnan(result.max_abs_diff)
         else f"max |exported - PyTorch| = {result.max_abs_diff:.3g} on {result.n_check_windows} windows"
     )
     print(

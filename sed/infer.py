@@ -51,37 +51,69 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect sound events in audio files of any length with a trained checkpoint or a model "
         "exported by python -m sed.export.",
     )
-    parser.add_argument("paths", nargs="+", metavar="CHECKPOINT INPUT",
-                        help="checkpoint written by train.py (.ckpt), unless --onnx/--torchscript is given; then "
-                        "inputs: audio files, folders of audio files, or TSVs with a filename column")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="CHECKPOINT INPUT",
+        help="checkpoint written by train.py (.ckpt), unless --onnx/--torchscript is given; then "
+        "inputs: audio files, folders of audio files, or TSVs with a filename column",
+    )
     exported = parser.add_mutually_exclusive_group()
     exported.add_argument("--onnx", default=None, metavar="MODEL", help="use this ONNX model (python -m sed.export)")
     exported.add_argument("--torchscript", default=None, metavar="MODEL", help="use this TorchScript model")
     parser.add_argument("-o", "--output", default="detections.tsv", help="event TSV to write (default: %(default)s)")
     parser.add_argument("--scores-dir", default=None, help="also write one sed_scores_eval score TSV per file here")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="decision threshold of every class (default: the model's first evaluation threshold)")
-    parser.add_argument("--thresholds", default=None, metavar="SPEC",
-                        help="class-wise thresholds: CLASS=VALUE,CLASS=VALUE or a .json {class: value} or a TSV "
-                        "(event_label, threshold); classes not named keep --threshold")
-    parser.add_argument("--median-window", default=None, metavar="N",
-                        help="median filter length in frames: one int, or comma-separated lengths, one per class in "
-                        "class order (default: the tuned windows, else the model's evaluation.median_window)")
-    parser.add_argument("--postprocessing", default=None, metavar="JSON",
-                        help="post-processing tuned on validation (<run>/postprocessing.json); default: the file "
-                        "train.py saved beside the checkpoint, if any; 'none' for the model's evaluation settings")
-    parser.add_argument("--model", choices=MODELS, default=None,
-                        help="network of a checkpoint (default: the one validation preferred, recorded in the "
-                        "checkpoint); an exported model holds one")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N (default: cuda when available; the CPU for an exported model)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold of every class (default: the model's first evaluation threshold)",
+    )
+    parser.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="SPEC",
+        help="class-wise thresholds: CLASS=VALUE,CLASS=VALUE or a .json {class: value} or a TSV "
+        "(event_label, threshold); classes not named keep --threshold",
+    )
+    parser.add_argument(
+        "--median-window",
+        default=None,
+        metavar="N",
+        help="median filter length in frames: one int, or comma-separated lengths, one per class in "
+        "class order (default: the tuned windows, else the model's evaluation.median_window)",
+    )
+    parser.add_argument(
+        "--postprocessing",
+        default=None,
+        metavar="JSON",
+        help="post-processing tuned on validation (<run>/postprocessing.json); default: the file "
+        "train.py saved beside the checkpoint, if any; 'none' for the model's evaluation settings",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default=None,
+        help="network of a checkpoint (default: the one validation preferred, recorded in the "
+        "checkpoint); an exported model holds one",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available; the CPU for an exported model)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
-    parser.add_argument("--hop", type=float, default=None,
-                        help="seconds between window starts (default: half the training clip length)")
-    parser.add_argument("--audio-dir", default=None, help="folder of the files listed in TSV inputs (default: the TSV's folder)")
-    parser.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
-                        help="NaN/Inf audio samples: report the file as bad (error) or read them as silence "
-                        "(zero) (default: %(default)s)")
+    parser.add_argument(
+        "--hop", type=float, default=None, help="seconds between window starts (default: half the training clip length)"
+    )
+    parser.add_argument(
+        "--audio-dir", default=None, help="folder of the files listed in TSV inputs (default: the TSV's folder)"
+    )
+    parser.add_argument(
+        "--nonfinite",
+        choices=NONFINITE_POLICIES,
+        default="error",
+        help="NaN/Inf audio samples: report the file as bad (error) or read them as silence "
+        "(zero) (default: %(default)s)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
 
@@ -106,18 +138,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pp = False if (args.postprocessing or "").lower() == "none" else args.postprocessing
         if exported:
             detector = Detector.from_exported(
-                exported, fmt="onnx" if args.onnx else "torchscript", model=args.model, device=args.device,
-                hop=args.hop, batch_size=args.batch_size, postprocessing=pp,
+                exported,
+                fmt="onnx" if args.onnx else "torchscript",
+                model=args.model,
+                device=args.device,
+                hop=args.hop,
+                batch_size=args.batch_size,
+                postprocessing=pp,
             )
         else:
             detector = Detector.from_checkpoint(
-                source, model=args.model, device=args.device, hop=args.hop, batch_size=args.batch_size,
+                source,
+                model=args.model,
+                device=args.device,
+                hop=args.hop,
+                batch_size=args.batch_size,
                 postprocessing=pp,
             )
         if args.median_window is not None:
             if detector.uses_sebbs:
-                raise ValueError("--median-window: the post-processing is SEBBs (give --postprocessing none to "
-                                 "median-filter instead)")
+                raise ValueError(
+                    "--median-window: the post-processing is SEBBs (give --postprocessing none to "
+                    "median-filter instead)"
+                )
             detector.median_window = parse_median_window(args.median_window, detector.classes)
         threshold = detector.threshold
         if args.threshold is not None or args.thresholds:

@@ -37,17 +37,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Score SED predictions (a folder of score TSVs or an event TSV) against strong labels.",
     )
     p.add_argument("predictions", type=Path, help="folder of per-clip score TSVs, or an event TSV")
-    p.add_argument("-g", "--ground-truth", type=Path, required=True, help="strong-label TSV (filename onset offset event_label)")
+    p.add_argument(
+        "-g", "--ground-truth", type=Path, required=True, help="strong-label TSV (filename onset offset event_label)"
+    )
     p.add_argument("-d", "--durations", type=Path, help="durations TSV (filename duration); required for score folders")
-    p.add_argument("-t", "--threshold", type=float, action="append",
-                   help="decision threshold(s) for F1 from scores (repeatable; default 0.5)")
-    p.add_argument("--classes", help="comma-separated class list or a file with one class per line "
-                   "(default: score columns, or the labels of ground truth and events)")
+    p.add_argument(
+        "-t",
+        "--threshold",
+        type=float,
+        action="append",
+        help="decision threshold(s) for F1 from scores (repeatable; default 0.5)",
+    )
+    p.add_argument(
+        "--classes",
+        help="comma-separated class list or a file with one class per line "
+        "(default: score columns, or the labels of ground truth and events)",
+    )
     p.add_argument("--collar", type=float, default=0.2, help="event-based onset collar in seconds (default 0.2)")
-    p.add_argument("--percentage-of-length", type=float, default=0.2,
-                   help="event-based offset collar as a fraction of the event length (default 0.2)")
+    p.add_argument(
+        "--percentage-of-length",
+        type=float,
+        default=0.2,
+        help="event-based offset collar as a fraction of the event length (default 0.2)",
+    )
     p.add_argument("--segment", type=float, default=1.0, help="segment length for segment-based F1 (default 1.0 s)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="PSDS confidence interval from N bootstrap resamples")
+    p.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N", help="PSDS confidence interval from N bootstrap resamples"
+    )
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the bootstrap interval (default 0.95)")
     p.add_argument("--jobs", type=int, default=1, help="processes for PSDS computation (default 1)")
     p.add_argument("--per-class", action="store_true", help="also print per-class values")
@@ -110,9 +126,13 @@ def _score_folder(args, classes, gt, durations) -> tuple[dict, dict]:
     if no_dur:
         raise ValueError(f"{args.durations}: no duration for {len(no_dur)} scored clip(s), e.g. {no_dur[:3]}")
     cfg = {
-        "bootstrap": args.bootstrap, "confidence": args.confidence, "collar": args.collar,
-        "percentage_of_length": args.percentage_of_length, "segment_length": args.segment,
-        "num_jobs": args.jobs, "per_class": True,
+        "bootstrap": args.bootstrap,
+        "confidence": args.confidence,
+        "collar": args.collar,
+        "percentage_of_length": args.percentage_of_length,
+        "segment_length": args.segment,
+        "num_jobs": args.jobs,
+        "per_class": True,
     }
     result = evaluate_full(None, scores, gt, durations, classes, args.threshold or [0.5], cfg)
     info = {"kind": "scores", "clips": len(scores), "classes": classes}
@@ -210,7 +230,9 @@ def format_table(metrics: dict[str, float], classes: Sequence[str], per_class: b
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from sed.data.tsv import read_durations, read_strong
     from sed.evaluation.outputs import write_metrics_json
 

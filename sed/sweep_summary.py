@@ -187,11 +187,13 @@ def _seed_groups(rows: list[dict[str, Any]], others: list[str]) -> list[dict[str
                 "std": statistics.stdev(values) if len(values) > 1 else None,
                 "n": len(values),
             }
-        out.append({
-            "overrides": dict(zip(others, setting)),
-            "seeds": [m["overrides"].get(SEED_KEY) for m in members],
-            "metrics": stats,
-        })
+        out.append(
+            {
+                "overrides": dict(zip(others, setting)),
+                "seeds": [m["overrides"].get(SEED_KEY) for m in members],
+                "metrics": stats,
+            }
+        )
     return out
 
 
@@ -220,12 +222,21 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines += ["## Jobs", ""]
     lines += _table(
         ["job", *varying, "status", *labels],
-        [[j["job"], *(str(j["overrides"][k]) for k in varying), j["status"], *(_fmt(j["metrics"][m]) for m in labels)]
-         for j in jobs],
+        [
+            [
+                j["job"],
+                *(str(j["overrides"][k]) for k in varying),
+                j["status"],
+                *(_fmt(j["metrics"][m]) for m in labels),
+            ]
+            for j in jobs
+        ],
     )
     lines.append("")
-    lines.append("`best val objective`: the best checkpoint's val/obj_metric (evaluation.obj_metric), what a sweeper "
-                 "optimises; test metrics are for reporting only.")
+    lines.append(
+        "`best val objective`: the best checkpoint's val/obj_metric (evaluation.obj_metric), what a sweeper "
+        "optimises; test metrics are for reporting only."
+    )
     if "seed_groups" in summary:
         others = [k for k in varying if k != SEED_KEY]
         lines += ["", "## Mean ± std over seeds", ""]
@@ -238,9 +249,15 @@ def to_markdown(summary: dict[str, Any]) -> str:
 
         lines += _table(
             [*others, "seeds", "n", *labels],
-            [[*(str(g["overrides"][k]) for k in others), ",".join(str(s) for s in g["seeds"]),
-              str(max((s["n"] for s in g["metrics"].values()), default=0)), *(cell(g["metrics"][m]) for m in labels)]
-             for g in summary["seed_groups"]],
+            [
+                [
+                    *(str(g["overrides"][k]) for k in others),
+                    ",".join(str(s) for s in g["seeds"]),
+                    str(max((s["n"] for s in g["metrics"].values()), default=0)),
+                    *(cell(g["metrics"][m]) for m in labels),
+                ]
+                for g in summary["seed_groups"]
+            ],
         )
         lines.append("")
         lines.append("std: sample standard deviation (n − 1) over the seeds with a value; n: jobs with a value.")
@@ -271,13 +288,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sed.sweep_summary",
         description="Rebuild summary.md/summary.json of a train.py -m sweep directory (e.g. one whose sweep did "
-                    "not end) and print it.",
+        "not end) and print it.",
     )
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir() or not _job_dirs(args.sweep_dir):
-        parser.error(f"{args.sweep_dir}: not a sweep directory of train.py -m (no job directory with "
-                     ".hydra/overrides.yaml in it)")
+        parser.error(
+            f"{args.sweep_dir}: not a sweep directory of train.py -m (no job directory with "
+            ".hydra/overrides.yaml in it)"
+        )
     print(write_summary(args.sweep_dir), end="")
 
 

@@ -99,10 +99,16 @@ def run_train(args: list[str], check: bool = True, full_error: bool = True, **kw
         env.pop("HYDRA_FULL_ERROR")
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, **kwargs,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"train.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -115,6 +121,7 @@ def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """One tested epoch of the tiny configuration, with the model summary on and codecarbon's country set: the
     run the tests of sed.export, sed.submit and the energy report read (never write into it). Shared because each
     ``train.py`` process spends most of its ~10 s importing Lightning. Returns ``(run_dir, console output)``."""
+
     def make(exp: Path) -> tuple[str, str]:
         proc = run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=exp, epochs=1), *TESTED_RUN_OPTIONS])
         (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
@@ -127,9 +134,13 @@ def tested_run(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
 # Long enough epochs (20 batches) that a signal lands mid-epoch; last.ckpt also every 3 steps. Every augmentation
 # on (filter augment with its non-default per-band steps, two SpecAugment masks), so that a resume must also restore
 # the random state they draw from.
-LONG_EPOCHS = ["data.epoch_length=20", "callbacks.checkpoint.every_n_train_steps=3",
-               *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment")),
-               "training.augment.filter_augment.kind=step", "training.augment.spec_augment.n_masks=2"]
+LONG_EPOCHS = [
+    "data.epoch_length=20",
+    "callbacks.checkpoint.every_n_train_steps=3",
+    *(f"training.augment.{name}.prob=0.5" for name in ("filter_augment", "frame_shift", "spec_augment")),
+    "training.augment.filter_augment.kind=step",
+    "training.augment.spec_augment.n_masks=2",
+]
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +148,7 @@ def long_augmented_run(tiny_dataset, tmp_path_factory) -> Path:
     """An uninterrupted, tested 3-epoch run of 20 batches per epoch with every augmentation on (LONG_EPOCHS): the
     reference of tests/reliability's resume tests and the end-to-end run of tests/training/test_augment.py. Never
     write into it (new run directories beside it are fine)."""
+
     def make(exp: Path) -> str:
         run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), *LONG_EPOCHS])
         (run_dir,) = [p for p in (exp / "tiny").iterdir() if p.is_dir()]
@@ -162,7 +174,7 @@ def run_train_returning(args: list[str], capture_dir: Path) -> tuple[subprocess.
         mp.setenv("PYTHONPATH", os.pathsep.join([str(capture_dir), os.environ.get("PYTHONPATH", "")]))
         proc = run_train([*args, "+hydra.callbacks.capture._target_=capture_return.Capture"])
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RETURNED=")]
-    return proc, json.loads(line[len("RETURNED="):])
+    return proc, json.loads(line[len("RETURNED=") :])
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +182,7 @@ def trained_3_epochs(tiny_dataset, tmp_path_factory) -> tuple[Path, object]:
     """One uninterrupted, tested 3-epoch tiny run (never write into it) and the value train.py's task function
     returned for it: the run of tests/run/test_job.py (outputs, test-only, resume reference) and of the sweeper's
     return-value test in tests/run/test_sweeps.py. Returns ``(run_dir, returned value)``."""
+
     def make(exp: Path) -> tuple[str, object]:
         (exp / "capture").mkdir()
         _, value = run_train_returning(tiny_overrides(tiny_dataset, exp / "runs", epochs=3), exp / "capture")
@@ -185,6 +198,7 @@ def lr_sweep(tiny_dataset, tmp_path_factory) -> tuple[Path, str]:
     """``python train.py -m ... training.lr=1e-3,3e-4``: a tested 1-epoch multirun of two jobs with Hydra's basic
     launcher (never write into it); with tested_run, the three runs of tests/dcase/test_submit.py's system.
     Returns ``(exp_dir, stdout)``."""
+
     def make(exp: Path) -> tuple[str, str]:
         proc = run_train(["-m", *tiny_overrides(tiny_dataset, exp, epochs=1), "training.lr=1e-3,3e-4"])
         return str(exp), proc.stdout
@@ -204,10 +218,20 @@ def tiny_module(classes: list[str], sample_rate: int = 16000, clip_duration: flo
 
     cfg = OmegaConf.structured(Config)
     for key, value in {
-        "paths.run_dir": "unused", "data.root": "unused", "data.sample_rate": sample_rate,
-        "data.clip_duration": clip_duration, "features.n_fft": 512, "features.win_length": 512,
-        "features.n_mels": 16, "model.filters": [4, 8], "model.pooling": [[2, 4], [2, 4]], "model.rnn_hidden": 8,
-        "model.rnn_layers": 1, "evaluation.median_window": [3], "evaluation.thresholds": [0.5], **overrides,
+        "paths.run_dir": "unused",
+        "data.root": "unused",
+        "data.sample_rate": sample_rate,
+        "data.clip_duration": clip_duration,
+        "features.n_fft": 512,
+        "features.win_length": 512,
+        "features.n_mels": 16,
+        "model.filters": [4, 8],
+        "model.pooling": [[2, 4], [2, 4]],
+        "model.rnn_hidden": 8,
+        "model.rnn_layers": 1,
+        "evaluation.median_window": [3],
+        "evaluation.thresholds": [0.5],
+        **overrides,
     }.items():
         OmegaConf.update(cfg, key, value, merge=False)
     torch.manual_seed(0)

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-DOCS = sorted({REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/**/*.md"),
-               *REPO.glob("benchmarks/**/*.md")})
+DOCS = sorted(
+    {REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("recipes/**/*.md"), *REPO.glob("benchmarks/**/*.md")}
+)
 PYTHON = re.compile(r"(^|/)python(3(\.\d+)?)?$")
 PIP = re.compile(r"(^|/)pip3?$")
 OPERATORS = {"&&", "||", ";", "|"}
@@ -123,8 +124,9 @@ def _flag_defined(flag: str, sources: list[Path], entry: tuple[str, ...]) -> boo
 @functools.lru_cache(maxsize=None)
 def _help(entry: tuple[str, ...]) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, *entry, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *entry, "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     return proc.stdout
 
 
@@ -175,7 +177,7 @@ def check_command(argv: list[str], groups: dict[str, set[str]], extras: set[str]
     problems = []
     for i, arg in enumerate(rest):
         if arg == "--":  # benchmarks/quickstart.py passes the rest to train.py
-            return problems + check_overrides(rest[i + 1:], groups)
+            return problems + check_overrides(rest[i + 1 :], groups)
         flag = arg.split("=", 1)[0]
         entry = tuple(args[:2]) if args[0] == "-m" else (args[0],)
         if re.match(r"^--?[A-Za-z][\w-]*$", flag) and not _flag_defined(flag, sources, entry):
@@ -207,8 +209,11 @@ def compose_problem(overrides: list[str]) -> str | None:
                 value = override.get_value_element_as_str()
             single.append(key if override.is_delete() and value is None else f"{key}={value}")
         # A scratch exp_dir: the run-directory resolvers must not touch the repository's exp/.
-        compose("config", overrides=[f"paths.exp_dir={tempfile.gettempdir()}/sed-test-docs", *single],
-                return_hydra_config=True)
+        compose(
+            "config",
+            overrides=[f"paths.exp_dir={tempfile.gettempdir()}/sed-test-docs", *single],
+            return_hydra_config=True,
+        )
     except Exception as err:  # noqa: BLE001  (any composition error is the finding)
         return f"{type(err).__name__}: {str(err).splitlines()[0]}"
     return None
@@ -237,7 +242,7 @@ def _train_commands(commands: list[Command]) -> list[tuple[str, list[str]]]:
         if PYTHON.search(c.argv[0]) and len(c.argv) > 1 and c.argv[1] == "train.py":
             out.append((c.where, train_overrides(c.argv[2:])))
         elif PYTHON.search(c.argv[0]) and len(c.argv) > 1 and c.argv[1].endswith("quickstart.py") and "--" in c.argv:
-            out.append((c.where, c.argv[c.argv.index("--") + 1:]))
+            out.append((c.where, c.argv[c.argv.index("--") + 1 :]))
     return out
 
 
@@ -247,8 +252,9 @@ def test_every_documented_command_names_what_exists():
     readme = [c for c in commands if c.where.startswith("README.md")]
     assert len(readme) >= 10 and len(commands) >= 50, "the fenced commands were not found"
     groups, extras = _groups(), _extras()
-    problems = [f"{c.where}: {' '.join(c.argv)}\n    {p}"
-                for c in commands for p in check_command(c.argv, groups, extras)]
+    problems = [
+        f"{c.where}: {' '.join(c.argv)}\n    {p}" for c in commands for p in check_command(c.argv, groups, extras)
+    ]
     assert not problems, "documented commands that do not run as written:\n" + "\n".join(problems)
 
 
@@ -274,12 +280,25 @@ pip install -e ".[nosuch_extra]"
     commands = fenced_commands(doc, "doc.md")
     groups, extras = _groups(), _extras()
     found = "\n".join(p for c in commands for p in check_command(c.argv, groups, extras))
-    for name in ("nosuch_recipe", "nosuch_model", "nosuch_callback", "sed.nosuch_command", "--nosuch-flag",
-                 "nosuch_bench.py", "nosuch_features", "nosuch_extra"):
+    for name in (
+        "nosuch_recipe",
+        "nosuch_model",
+        "nosuch_callback",
+        "sed.nosuch_command",
+        "--nosuch-flag",
+        "nosuch_bench.py",
+        "nosuch_features",
+        "nosuch_extra",
+    ):
         assert name in found, f"{name} not reported:\n{found}"
     assert "crnn:" not in found and "rich:" not in found  # the existing ones are not
-    problems = compose_problems([("doc.md:2", ["training.nosuch_key=1"]), ("doc.md:3", ["model.encoder.path=~/x"]),
-                                 ("doc.md:4", train_overrides(["-m", "training.lr=1e-3,3e-4", "+exp=desed_crnn"]))])
+    problems = compose_problems(
+        [
+            ("doc.md:2", ["training.nosuch_key=1"]),
+            ("doc.md:3", ["model.encoder.path=~/x"]),
+            ("doc.md:4", train_overrides(["-m", "training.lr=1e-3,3e-4", "+exp=desed_crnn"])),
+        ]
+    )
     assert len(problems) == 2 and "nosuch_key" in problems[0], problems
 
 

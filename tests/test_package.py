@@ -34,13 +34,16 @@ _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 def _run(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], env={**clean, **env}, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env={**clean, **env}, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not _THP_MODE.exists() or "[madvise]" not in _THP_MODE.read_text(),
-                    reason="needs Linux with transparent huge pages on request (madvise)")
+@pytest.mark.skipif(
+    not _THP_MODE.exists() or "[madvise]" not in _THP_MODE.read_text(),
+    reason="needs Linux with transparent huge pages on request (madvise)",
+)
 def test_large_cpu_tensors_live_in_huge_pages_unless_the_user_says_otherwise():
     got = _run()
     assert got == {"omp": "PASSIVE", "thp": "1", "eligible": 1}

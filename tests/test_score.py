@@ -37,8 +37,20 @@ def files(tmp_path_factory):
 def test_score_folder_end_to_end(files, capsys):
     root = files["root"]
     out = root / "scores.json"
-    rc = main([str(root / "scores"), "-g", str(root / "gt.tsv"), "-d", str(root / "durations.tsv"),
-               "-t", "0.5", "--json", str(out), "--per-class"])
+    rc = main(
+        [
+            str(root / "scores"),
+            "-g",
+            str(root / "gt.tsv"),
+            "-d",
+            str(root / "durations.tsv"),
+            "-t",
+            "0.5",
+            "--json",
+            str(out),
+            "--per-class",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "psds1" in text and "event_f1_macro@0.5" in text and "speech" in text
@@ -53,7 +65,9 @@ def test_score_folder_end_to_end(files, capsys):
 def test_score_event_tsv_end_to_end(files, capsys):
     root = files["root"]
     out = root / "events.json"
-    rc = main([str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(root / "durations.tsv"), "--json", str(out)])
+    rc = main(
+        [str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(root / "durations.tsv"), "--json", str(out)]
+    )
     assert rc == 0
     saved = json.loads(out.read_text())
     ev = event_f1(files["events"], files["gt"], CLASSES)
@@ -115,7 +129,10 @@ def test_module_entry_point(files):
     root = files["root"]
     proc = subprocess.run(
         [sys.executable, "-m", "sed.score", str(root / "events.tsv"), "-g", str(root / "gt.tsv")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "event_f1_macro" in proc.stdout and "segment_f1_macro" in proc.stdout
@@ -136,8 +153,18 @@ def test_predictions_outside_ground_truth_are_a_visible_warning(files, tmp_path,
     durations = {**files["durations"], "stray.wav": 3.0}
     write_durations(durations, tmp_path / "durations.tsv")
     out = tmp_path / "m.json"
-    rc, err = _score([str(tmp_path / "scores"), "-g", str(root / "gt.tsv"), "-d", str(tmp_path / "durations.tsv"),
-                      "--json", str(out)], capsys)
+    rc, err = _score(
+        [
+            str(tmp_path / "scores"),
+            "-g",
+            str(root / "gt.tsv"),
+            "-d",
+            str(tmp_path / "durations.tsv"),
+            "--json",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 0
     assert "warning: 1 of 7 predicted clip(s) are not in" in err and "stray" in err, err
     expected = evaluate(None, files["scores"], files["gt"], files["durations"], CLASSES, [0.5])
@@ -152,8 +179,9 @@ def test_predictions_outside_ground_truth_are_a_visible_warning(files, tmp_path,
 def test_duration_clips_outside_ground_truth_are_a_visible_warning(files, tmp_path, capsys):
     root = files["root"]
     write_durations({**files["durations"], "lost1.wav": 3.0, "lost2.wav": 3.0}, tmp_path / "durations.tsv")
-    rc, err = _score([str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(tmp_path / "durations.tsv")],
-                     capsys)
+    rc, err = _score(
+        [str(root / "events.tsv"), "-g", str(root / "gt.tsv"), "-d", str(tmp_path / "durations.tsv")], capsys
+    )
     assert rc == 0
     assert "warning: 2 clip(s) of" in err and "lost1" in err and "not evaluated" in err, err
 

@@ -107,10 +107,18 @@ def run_variant(name: str, args) -> dict:
         env = allocator.preload_environment({**env, allocator.ENV: "mimalloc"}, allocator.mimalloc_library())
         if env is None:
             raise SystemExit("+mimalloc needs cmeel-mimalloc on Linux (pip install cmeel-mimalloc)")
-    payload = json.dumps(dict(batch=args.batch, steps=args.steps, threads=args.threads,
-                              model=str(ROOT / "conf" / "model" / "crnn.yaml"),
-                              fast_dropout=spec["fast_dropout"], channels_last=spec["channels_last"],
-                              fused=spec.get("fused", True), teacher_first=spec.get("teacher_first", False)))
+    payload = json.dumps(
+        dict(
+            batch=args.batch,
+            steps=args.steps,
+            threads=args.threads,
+            model=str(ROOT / "conf" / "model" / "crnn.yaml"),
+            fast_dropout=spec["fast_dropout"],
+            channels_last=spec["channels_last"],
+            fused=spec.get("fused", True),
+            teacher_first=spec.get("teacher_first", False),
+        )
+    )
     out = subprocess.run([sys.executable, "-c", _CHILD, payload], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"variant {name} failed:\n{out.stderr[-3000:]}")
@@ -132,15 +140,21 @@ def main() -> None:
             got = run_variant(name, args)
             times[name] += got["times"]
             peaks[name].append(got["peak_mib"])
-            note(f"round {r + 1} {name}: " + ", ".join(f"{t:.2f} s" for t in got["times"])
-                 + f", peak {got['peak_mib']:,.0f} MiB")
+            note(
+                f"round {r + 1} {name}: "
+                + ", ".join(f"{t:.2f} s" for t in got["times"])
+                + f", peak {got['peak_mib']:,.0f} MiB"
+            )
     ref = median(times[args.variants[0]])
     for name in args.variants:
         step = median(times[name])
-        result("cpu_step", f"{name}: {step:.2f} s per {args.batch}-clip mean-teacher step = {ref / step:.2f}x "
-                           f"the {args.variants[0]} step ({ref:.2f} s), peak {max(peaks[name]):,.0f} MiB "
-                           f"[DESED CRNN, model alone, median of {len(times[name])} steps over {args.rounds} "
-                           "interleaved rounds]")
+        result(
+            "cpu_step",
+            f"{name}: {step:.2f} s per {args.batch}-clip mean-teacher step = {ref / step:.2f}x "
+            f"the {args.variants[0]} step ({ref:.2f} s), peak {max(peaks[name]):,.0f} MiB "
+            f"[DESED CRNN, model alone, median of {len(times[name])} steps over {args.rounds} "
+            "interleaved rounds]",
+        )
 
 
 if __name__ == "__main__":

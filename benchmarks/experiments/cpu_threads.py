@@ -116,10 +116,13 @@ def main() -> None:
 
 
 def _report(m: dict, label: str, pairs: int) -> None:
-    result(BENCH, f"{label}: CRNN fwd+bwd+adam with {m['threads']} threads = {m['step_n']:.2f} s/step vs reference "
-                  f"1 thread {m['step_1']:.2f} s/step: {m['step_ratio']:.2f}x the 1-thread time (worst pair "
-                  f"{m['step_worst']:.1f}x); GRU forward alone {m['gru_ratio']:.2f}x ({1e3 * m['gru_n']:.0f} ms vs "
-                  f"{1e3 * m['gru_1']:.0f} ms) [median of {pairs} interleaved pairs]")
+    result(
+        BENCH,
+        f"{label}: CRNN fwd+bwd+adam with {m['threads']} threads = {m['step_n']:.2f} s/step vs reference "
+        f"1 thread {m['step_1']:.2f} s/step: {m['step_ratio']:.2f}x the 1-thread time (worst pair "
+        f"{m['step_worst']:.1f}x); GRU forward alone {m['gru_ratio']:.2f}x ({1e3 * m['gru_n']:.0f} ms vs "
+        f"{1e3 * m['gru_1']:.0f} ms) [median of {pairs} interleaved pairs]",
+    )
 
 
 def argparse_hidden() -> str:

@@ -48,7 +48,9 @@ def _desed_prepare():
     """recipes/desed/prepare.py, whose DESED layout and conversion this recipe reuses."""
     name = "prepare_desed"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "desed" / "prepare.py")
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().parents[1] / "desed" / "prepare.py"
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # worker processes find the conversion function by this name
         spec.loader.exec_module(module)
@@ -58,10 +60,25 @@ def _desed_prepare():
 desed = _desed_prepare()
 PrepareError = desed.PrepareError
 
-MAESTRO_CLASSES = ["cutlery and dishes", "furniture dragging", "people talking", "children voices", "coffee machine",
-                   "footsteps", "large_vehicle", "car", "brakes_squeaking", "cash register beeping", "announcement",
-                   "shopping cart", "metro leaving", "metro approaching", "door opens/closes", "wind_blowing",
-                   "birds_singing"]
+MAESTRO_CLASSES = [
+    "cutlery and dishes",
+    "furniture dragging",
+    "people talking",
+    "children voices",
+    "coffee machine",
+    "footsteps",
+    "large_vehicle",
+    "car",
+    "brakes_squeaking",
+    "cash register beeping",
+    "announcement",
+    "shopping cart",
+    "metro leaving",
+    "metro approaching",
+    "door opens/closes",
+    "wind_blowing",
+    "birds_singing",
+]
 REAL_STRONG_AUDIO = "audio/train/strong_label_real"
 REAL_STRONG_TSV = "metadata/train/audioset_strong.tsv"
 
@@ -78,13 +95,17 @@ def prepare_desed(desed_root: Path, out: Path, sample_rate: int, workers: int, s
     """recipes/desed/prepare.py into ``out``, then the real strong clips and the baseline's strong subset."""
     counts = desed.prepare(desed_root, out, sample_rate, workers, synth_root)
     missing_file = out / "missing_files.tsv"
-    missing = [tuple(line.split("\t")) for line in missing_file.read_text(encoding="utf-8").splitlines()[1:]] \
-        if missing_file.is_file() else []
+    missing = (
+        [tuple(line.split("\t")) for line in missing_file.read_text(encoding="utf-8").splitlines()[1:]]
+        if missing_file.is_file()
+        else []
+    )
     audio, tsv = desed_root / REAL_STRONG_AUDIO, desed_root / REAL_STRONG_TSV
     real = pd.DataFrame(columns=["filename", "onset", "offset", "event_label"])
     if not tsv.is_file() or not audio.is_dir():
-        logger.warning("%s or %s not found: no real strong clips (the baseline trains on them with the synthetic ones)",
-                       tsv, audio)
+        logger.warning(
+            "%s or %s not found: no real strong clips (the baseline trains on them with the synthetic ones)", tsv, audio
+        )
     else:
         events = read_strong(tsv, desed.DESED_CLASSES, merge_overlaps=False)
         names = list(dict.fromkeys(events["filename"]))
@@ -104,8 +125,10 @@ def prepare_desed(desed_root: Path, out: Path, sample_rate: int, workers: int, s
         write_strong(real, out / "metadata/train/strong_real.tsv")
         counts["strong_real"] = len(kept)
     synth = read_strong(out / "metadata/train/strong.tsv", desed.DESED_CLASSES, merge_overlaps=False)
-    full = pd.concat([synth.assign(filename="strong/" + synth["filename"]),
-                      real.assign(filename="strong_real/" + real["filename"])], ignore_index=True)
+    full = pd.concat(
+        [synth.assign(filename="strong/" + synth["filename"]), real.assign(filename="strong_real/" + real["filename"])],
+        ignore_index=True,
+    )
     write_strong(full, out / "metadata/train/strong_full.tsv")
     _missing_report(missing_file, missing)
     return counts
@@ -171,8 +194,10 @@ def read_maestro(maestro_dev: Path, test_list: Path, val_fraction: float, seed: 
     audio_root, ann_root = maestro_dev / "development_audio", maestro_dev / "development_annotation"
     for folder in (audio_root, ann_root):
         if not folder.is_dir():
-            raise PrepareError(f"{folder}: folder not found (MAESTRO Real development: development_audio/ and "
-                               "development_annotation/; see recipes/dcase2024/README.md)")
+            raise PrepareError(
+                f"{folder}: folder not found (MAESTRO Real development: development_audio/ and "
+                "development_annotation/; see recipes/dcase2024/README.md)"
+            )
     audio = {p.stem: p for p in audio_root.rglob("*.wav")}
     annotations = {p.stem: p for p in ann_root.rglob("*.txt")}
     missing = [("maestro", f"{n}.wav", f"no audio in {audio_root}") for n in sorted(set(annotations) - set(audio))]
@@ -181,16 +206,25 @@ def read_maestro(maestro_dev: Path, test_list: Path, val_fraction: float, seed: 
     test = read_test_list(test_list)
     unknown = sorted(test - set(names))
     if unknown:
-        logger.warning("%s: %d listed recording(s) not in %s, e.g. %s", test_list, len(unknown), maestro_dev, unknown[:3])
-    return {"audio": audio, "splits": split_maestro(names, test, val_fraction, seed), "missing": missing,
-            "events": {n: read_maestro_annotation(annotations[n]) for n in names}}
+        logger.warning(
+            "%s: %d listed recording(s) not in %s, e.g. %s", test_list, len(unknown), maestro_dev, unknown[:3]
+        )
+    return {
+        "audio": audio,
+        "splits": split_maestro(names, test, val_fraction, seed),
+        "missing": missing,
+        "events": {n: read_maestro_annotation(annotations[n]) for n in names},
+    }
 
 
 def prepare_maestro(maestro: dict, out: Path, sample_rate: int, workers: int) -> dict[str, int]:
     """MAESTRO Real's development recordings (:func:`read_maestro`) into ``out`` (module docstring)."""
     audio, splits, missing, events = maestro["audio"], maestro["splits"], maestro["missing"], maestro["events"]
-    jobs = [(str(audio[n]), str(out / "audio" / split / f"{n}.wav"), sample_rate)
-            for split, members in splits.items() for n in members]
+    jobs = [
+        (str(audio[n]), str(out / "audio" / split / f"{n}.wav"), sample_rate)
+        for split, members in splits.items()
+        for n in members
+    ]
     for split in splits:
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
     results = desed.convert_all(jobs, workers)
@@ -210,8 +244,15 @@ def prepare_maestro(maestro: dict, out: Path, sample_rate: int, workers: int) ->
         frame = pd.concat([events[n] for n in kept], ignore_index=True)
         empty = [f"{n}.wav" for n in kept if events[n].empty]
         if empty:
-            frame = pd.concat([frame, pd.DataFrame({"filename": empty, "onset": np.nan, "offset": np.nan,
-                                                    "event_label": "", "confidence": np.nan})], ignore_index=True)
+            frame = pd.concat(
+                [
+                    frame,
+                    pd.DataFrame(
+                        {"filename": empty, "onset": np.nan, "offset": np.nan, "event_label": "", "confidence": np.nan}
+                    ),
+                ],
+                ignore_index=True,
+            )
         write_strong(frame, out / "metadata" / split / f"{split}.tsv")
         write_durations(durations, out / "metadata" / split / "durations.tsv")
         counts[split] = len(kept)
@@ -222,19 +263,33 @@ def prepare_maestro(maestro: dict, out: Path, sample_rate: int, workers: int) ->
     return counts
 
 
-def prepare(desed_root: str | os.PathLike, maestro_dev: str | os.PathLike, out_dir: str | os.PathLike,
-            test_list: str | os.PathLike, sample_rate: int = 16000, workers: int = 1,
-            synth_root: str | os.PathLike | None = None, val_fraction: float = 0.1, seed: int = 42) -> dict:
+def prepare(
+    desed_root: str | os.PathLike,
+    maestro_dev: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    test_list: str | os.PathLike,
+    sample_rate: int = 16000,
+    workers: int = 1,
+    synth_root: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+) -> dict:
     """Prepare both datasets under ``out_dir`` (``desed/``, ``maestro/``); returns the clips kept per subset."""
     out = Path(out_dir)
     if not Path(maestro_dev).is_dir():
         raise PrepareError(f"{maestro_dev}: MAESTRO Real development folder not found")
     maestro = read_maestro(Path(maestro_dev), Path(test_list), val_fraction, seed)  # its errors before any work
-    counts = {"desed": prepare_desed(Path(desed_root), out / "desed", sample_rate, workers,
-                                     Path(synth_root) if synth_root else None)}
+    counts = {
+        "desed": prepare_desed(
+            Path(desed_root), out / "desed", sample_rate, workers, Path(synth_root) if synth_root else None
+        )
+    }
     counts["maestro"] = prepare_maestro(maestro, out / "maestro", sample_rate, workers)
-    atomic_write_text(out / "README.txt", "DESED and MAESTRO Real prepared by recipes/dcase2024/prepare.py for "
-                      "exp=dcase2024_crnn (see recipes/dcase2024/README.md).\n" + json.dumps(counts, indent=1) + "\n")
+    atomic_write_text(
+        out / "README.txt",
+        "DESED and MAESTRO Real prepared by recipes/dcase2024/prepare.py for "
+        "exp=dcase2024_crnn (see recipes/dcase2024/README.md).\n" + json.dumps(counts, indent=1) + "\n",
+    )
     return counts
 
 
@@ -242,32 +297,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python recipes/dcase2024/prepare.py",
         description="Resample DESED and MAESTRO Real once and lay them out for exp=dcase2024_crnn "
-        "(then: python train.py exp=dcase2024_crnn data.root=OUT_DIR).")
+        "(then: python train.py exp=dcase2024_crnn data.root=OUT_DIR).",
+    )
     parser.add_argument("desed_root", help="DESED folder holding audio/ and metadata/ (see recipes/desed/README.md)")
-    parser.add_argument("maestro_dev", help="MAESTRO Real development folder (development_audio/, development_annotation/)")
+    parser.add_argument(
+        "maestro_dev", help="MAESTRO Real development folder (development_audio/, development_annotation/)"
+    )
     parser.add_argument("out_dir", help="output folder (data.root of the training run)")
-    parser.add_argument("--maestro-test-list", required=True,
-                        help="recordings of the MAESTRO test set, one per line (DESED_task's recipes/"
-                        "dcase2024_task4_baseline/dprep/validation_split.csv gives the DCASE 2024 split)")
-    parser.add_argument("--maestro-val-fraction", type=float, default=0.1,
-                        help="share of each scene's other recordings held out for validation (default: %(default)s)")
+    parser.add_argument(
+        "--maestro-test-list",
+        required=True,
+        help="recordings of the MAESTRO test set, one per line (DESED_task's recipes/"
+        "dcase2024_task4_baseline/dprep/validation_split.csv gives the DCASE 2024 split)",
+    )
+    parser.add_argument(
+        "--maestro-val-fraction",
+        type=float,
+        default=0.1,
+        help="share of each scene's other recordings held out for validation (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="draws the MAESTRO validation recordings")
-    parser.add_argument("--synth-root", default=None, help="folder of DESED's synthetic soundscapes when they are "
-                        "not under DESED_ROOT (e.g. DESED_task's dcase_synth/)")
+    parser.add_argument(
+        "--synth-root",
+        default=None,
+        help="folder of DESED's synthetic soundscapes when they are "
+        "not under DESED_ROOT (e.g. DESED_task's dcase_synth/)",
+    )
     parser.add_argument("--sample-rate", type=int, default=16000, help="target rate in Hz (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="parallel conversion processes (default: %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="parallel conversion processes (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        counts = prepare(args.desed_root, args.maestro_dev, args.out_dir, args.maestro_test_list, args.sample_rate,
-                         args.workers, args.synth_root, args.maestro_val_fraction, args.seed)
+        counts = prepare(
+            args.desed_root,
+            args.maestro_dev,
+            args.out_dir,
+            args.maestro_test_list,
+            args.sample_rate,
+            args.workers,
+            args.synth_root,
+            args.maestro_val_fraction,
+            args.seed,
+        )
     except (PrepareError, AnnotationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, subsets in counts.items():
-        print(f"prepared {Path(args.out_dir) / name}: " + ", ".join(f"{k} {v}" for k, v in subsets.items()),
-              file=sys.stderr)
+        print(
+            f"prepared {Path(args.out_dir) / name}: " + ", ".join(f"{k} {v}" for k, v in subsets.items()),
+            file=sys.stderr,
+        )
     print(f"next: python train.py exp=dcase2024_crnn data.root={args.out_dir}", file=sys.stderr)
     return 0
 

@@ -82,16 +82,36 @@ class Subset:
 
 
 SUBSETS: tuple[Subset, ...] = (
-    Subset("strong", "strong", "audio/train/synthetic21_train/soundscapes",
-           "metadata/train/synthetic21_train/soundscapes.tsv", synthetic=True),
+    Subset(
+        "strong",
+        "strong",
+        "audio/train/synthetic21_train/soundscapes",
+        "metadata/train/synthetic21_train/soundscapes.tsv",
+        synthetic=True,
+    ),
     Subset("weak", "weak", "audio/train/weak", "metadata/train/weak.tsv"),
-    Subset("unlabeled", "unlabeled", "audio/train/unlabel_in_domain", "metadata/train/unlabel_in_domain.tsv",
-           tsv_required=False),
-    Subset("validation", "strong", "audio/validation/synthetic21_validation/soundscapes",
-           "metadata/validation/synthetic21_validation/soundscapes.tsv",
-           durations="metadata/validation/synthetic21_validation/durations.tsv", synthetic=True),
-    Subset("test", "strong", "audio/validation/validation", "metadata/validation/validation.tsv",
-           durations="metadata/validation/validation_durations.tsv"),
+    Subset(
+        "unlabeled",
+        "unlabeled",
+        "audio/train/unlabel_in_domain",
+        "metadata/train/unlabel_in_domain.tsv",
+        tsv_required=False,
+    ),
+    Subset(
+        "validation",
+        "strong",
+        "audio/validation/synthetic21_validation/soundscapes",
+        "metadata/validation/synthetic21_validation/soundscapes.tsv",
+        durations="metadata/validation/synthetic21_validation/durations.tsv",
+        synthetic=True,
+    ),
+    Subset(
+        "test",
+        "strong",
+        "audio/validation/validation",
+        "metadata/validation/validation.tsv",
+        durations="metadata/validation/validation_durations.tsv",
+    ),
 )
 
 
@@ -143,9 +163,7 @@ def _convert_star(job: tuple[str, str, int]) -> tuple[str, str, Optional[float],
     return convert(*job)
 
 
-def convert_all(
-    jobs: Sequence[tuple[str, str, int]], workers: int
-) -> dict[str, tuple[str, Optional[float], str]]:
+def convert_all(jobs: Sequence[tuple[str, str, int]], workers: int) -> dict[str, tuple[str, Optional[float], str]]:
     """Run :func:`convert` on every ``(src, dst, rate)``; returns ``{src: (status, duration, message)}``."""
     results: dict[str, tuple[str, Optional[float], str]] = {}
     start = time.monotonic()
@@ -179,7 +197,9 @@ def _check_inputs(desed_root: Path, synth_root: Path) -> None:
         hint = " (synthetic subsets are read from --synth-root)" if synth_root != desed_root else ""
         raise PrepareError(
             "the DESED copy is incomplete; see recipes/desed/README.md for the expected layout"
-            + hint + ":\n  " + "\n  ".join(problems)
+            + hint
+            + ":\n  "
+            + "\n  ".join(problems)
         )
 
 
@@ -235,7 +255,11 @@ def prepare(
         if len(present) < len(names):
             logger.warning(
                 "%s: %d of %d clips listed in %s are missing from %s; they are left out",
-                s.name, len(names) - len(present), len(names), root / (s.tsv or s.audio), root / s.audio,
+                s.name,
+                len(names) - len(present),
+                len(names),
+                root / (s.tsv or s.audio),
+                root / s.audio,
             )
         listings[s.name] = (s, root, annotations, present)
 
@@ -257,8 +281,9 @@ def prepare(
             kept.append(filename)
             durations[filename] = float(duration)
         if not kept:
-            raise PrepareError(f"{root / s.audio}: none of the {name} clips listed in {root / (s.tsv or s.audio)} "
-                               "is available")
+            raise PrepareError(
+                f"{root / s.audio}: none of the {name} clips listed in {root / (s.tsv or s.audio)} is available"
+            )
         counts[name] = len(kept)
         keep = set(kept)
         if s.kind == "strong":
@@ -298,7 +323,8 @@ def prepare(
     atomic_write_text(
         out.readme,
         "DESED prepared by recipes/desed/prepare.py for the sed pipeline (see recipes/desed/README.md).\n"
-        + json.dumps(info, indent=1) + "\n",
+        + json.dumps(info, indent=1)
+        + "\n",
     )
     atomic_write_text(out.marker, json.dumps(info, indent=1, sort_keys=True) + "\n")
     return counts
@@ -328,11 +354,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("desed_root", help="DESED folder holding audio/ and metadata/ (see recipes/desed/README.md)")
     parser.add_argument("out_dir", help="output folder (data.root of the training run)")
     parser.add_argument("--sample-rate", type=int, default=16000, help="target rate in Hz (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="parallel conversion processes (default: %(default)s)")
-    parser.add_argument("--synth-root", default=None,
-                        help="folder of the synthetic soundscapes (audio/ and metadata/) when they are not under "
-                        "DESED_ROOT (e.g. DESED_task's dcase_synth/)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="parallel conversion processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--synth-root",
+        default=None,
+        help="folder of the synthetic soundscapes (audio/ and metadata/) when they are not under "
+        "DESED_ROOT (e.g. DESED_task's dcase_synth/)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -73,7 +73,9 @@ def summarise(run_dir: str | Path, out: str | Path, force: bool = False) -> Path
     energy = read_energy(run_dir)
     fit, test = energy.get("fit"), energy.get("test")
     if not fit or not test:
-        raise ValueError(f"{run_dir}/energy.json: no training and test energy (is codecarbon installed? energy.enabled?)")
+        raise ValueError(
+            f"{run_dir}/energy.json: no training and test energy (is codecarbon installed? energy.enabled?)"
+        )
     record: dict[str, Any] = {
         "recipe": " ".join(RECIPE),
         "faithful": problem is None,
@@ -132,9 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     record = json.loads(path.read_text())
-    print(f"Baseline reference: training {record['training_kwh']:.4g} kWh, dev-test inference "
-          f"{record['devtest_inference_kwh']:.4g} kWh -> {path} (give it to sed.submit with --baseline-energy {out})",
-          file=sys.stderr)
+    print(
+        f"Baseline reference: training {record['training_kwh']:.4g} kWh, dev-test inference "
+        f"{record['devtest_inference_kwh']:.4g} kWh -> {path} (give it to sed.submit with --baseline-energy {out})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -59,8 +59,14 @@ def _check_meta(text: str, where: str, label: str, year: int) -> list[Finding]:
     except yaml.YAMLError:
         same = False
     if not same:
-        found.append(Finding("error", where, "DCASE's validator drops everything after '#' on a line: a value "
-                                             "holding '#' (quote it out or remove it) would be read otherwise"))
+        found.append(
+            Finding(
+                "error",
+                where,
+                "DCASE's validator drops everything after '#' on a line: a value "
+                "holding '#' (quote it out or remove it) would be read otherwise",
+            )
+        )
     return found
 
 
@@ -95,9 +101,15 @@ def _check_system(root: Path, label: str, names: list[str], year: int, eval_clip
     for name in names:
         kind = classify(label, name)
         if kind is None:
-            found.append(Finding("error", f"{where}/{name}", f"not a file of the package: names start with {label}"
-                                 " (<label>.meta.yaml, <label>_run<i>[_unprocessed].output/<clip>.tsv, "
-                                 "<label>_run<i>.codecarbon/*.csv)"))
+            found.append(
+                Finding(
+                    "error",
+                    f"{where}/{name}",
+                    f"not a file of the package: names start with {label}"
+                    " (<label>.meta.yaml, <label>_run<i>[_unprocessed].output/<clip>.tsv, "
+                    "<label>_run<i>.codecarbon/*.csv)",
+                )
+            )
         elif kind.kind == "meta":
             has_meta = True
         elif kind.kind == "output":
@@ -117,8 +129,14 @@ def _check_system(root: Path, label: str, names: list[str], year: int, eval_clip
             if (run, unprocessed) not in runs:
                 level = "warning" if unprocessed else "error"
                 what = "unprocessed scores" if unprocessed else "post-processed scores"
-                found.append(Finding(level, where, f"no {folder}/ ({what} of run {run}; DCASE asks for three "
-                                                   "independent trainings, post-processed and unprocessed)"))
+                found.append(
+                    Finding(
+                        level,
+                        where,
+                        f"no {folder}/ ({what} of run {run}; DCASE asks for three "
+                        "independent trainings, post-processed and unprocessed)",
+                    )
+                )
                 continue
             problems, summary = _check_scores(root / where / folder, f"{where}/{folder}")
             found += problems
@@ -131,24 +149,44 @@ def _check_system(root: Path, label: str, names: list[str], year: int, eval_clip
         (first, (clips, classes)), *others = seen.items()
         for folder, (other_clips, other_classes) in others:
             if other_clips != clips:
-                found.append(Finding("error", f"{where}/{folder}", f"holds {len(other_clips)} clips, {first} "
-                                     f"{len(clips)}; {len(other_clips ^ clips)} differ: every run covers the same clips"))
+                found.append(
+                    Finding(
+                        "error",
+                        f"{where}/{folder}",
+                        f"holds {len(other_clips)} clips, {first} "
+                        f"{len(clips)}; {len(other_clips ^ clips)} differ: every run covers the same clips",
+                    )
+                )
             if other_classes != classes:
-                found.append(Finding("error", f"{where}/{folder}", f"classes {list(other_classes)} differ from {first}'s"))
+                found.append(
+                    Finding("error", f"{where}/{folder}", f"classes {list(other_classes)} differ from {first}'s")
+                )
         if eval_clips is not None and len(clips) != eval_clips:
-            found.append(Finding("error", f"{where}/{first}", f"{len(clips)} score files, the evaluation set has {eval_clips}"))
+            found.append(
+                Finding("error", f"{where}/{first}", f"{len(clips)} score files, the evaluation set has {eval_clips}")
+            )
     missing_cc = [r for r in range(1, RUNS + 1) if (r, False) in runs and r not in codecarbon]
     if missing_cc:
-        found.append(Finding("error" if year >= 2024 else "warning", where,
-                             f"no codecarbon CSV for run(s) {missing_cc} (<label>_run<i>.codecarbon/*.csv; "
-                             "2024 asks for the whole codecarbon files)"))
+        found.append(
+            Finding(
+                "error" if year >= 2024 else "warning",
+                where,
+                f"no codecarbon CSV for run(s) {missing_cc} (<label>_run<i>.codecarbon/*.csv; "
+                "2024 asks for the whole codecarbon files)",
+            )
+        )
     for run in sorted(codecarbon, key=lambda r: -1 if r is None else r):
         folder = f"{label}" + (".baseline_codecarbon" if run is None else f"_run{run}.codecarbon")
         for path in sorted((root / where / folder).glob("*.csv")):
             header = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
             if "energy_consumed" not in header.split(","):
-                found.append(Finding("error", f"{where}/{folder}/{path.name}", "not a codecarbon emissions CSV "
-                                     "(no energy_consumed column)"))
+                found.append(
+                    Finding(
+                        "error",
+                        f"{where}/{folder}/{path.name}",
+                        "not a codecarbon emissions CSV (no energy_consumed column)",
+                    )
+                )
     return found
 
 
@@ -171,18 +209,31 @@ def check_package(path: str | Path, year: int = DEFAULT_YEAR, eval_clips: Option
         for info in members:
             parts = PurePosixPath(info.filename).parts
             if info.filename.startswith("/") or ".." in parts or parts[0] != TASK_DIR:
-                found.append(Finding("error", info.filename, f"outside {TASK_DIR}/ (every file goes under {TASK_DIR}/)"))
+                found.append(
+                    Finding("error", info.filename, f"outside {TASK_DIR}/ (every file goes under {TASK_DIR}/)")
+                )
                 continue
             if len(parts) == 2:
                 if parts[1].lower().endswith(".pdf"):
                     reports.append(info)
                 else:
-                    found.append(Finding("error", info.filename, f"unexpected file in {TASK_DIR}/ (only the "
-                                                                 "report PDF and the system folders)"))
+                    found.append(
+                        Finding(
+                            "error",
+                            info.filename,
+                            f"unexpected file in {TASK_DIR}/ (only the report PDF and the system folders)",
+                        )
+                    )
                 continue
             systems[parts[1]].append("/".join(parts[2:]))
-        archive.extractall(tmp, members=[m for m in members if PurePosixPath(m.filename).parts[:1] == (TASK_DIR,)
-                                         and ".." not in PurePosixPath(m.filename).parts])
+        archive.extractall(
+            tmp,
+            members=[
+                m
+                for m in members
+                if PurePosixPath(m.filename).parts[:1] == (TASK_DIR,) and ".." not in PurePosixPath(m.filename).parts
+            ],
+        )
         root = Path(tmp)
         if not reports:
             found.append(Finding("error", f"{TASK_DIR}/", "no technical report (a .pdf beside the system folders)"))
@@ -202,8 +253,14 @@ def check_package(path: str | Path, year: int = DEFAULT_YEAR, eval_clips: Option
             participants.add(parse_label(label).participant)
             found += _check_system(root, label, sorted(names), year, eval_clips)
         if len(participants) > 1:
-            found.append(Finding("error", f"{TASK_DIR}/", f"systems of several participants {sorted(participants)}: "
-                                                          "one package holds one participant's systems"))
+            found.append(
+                Finding(
+                    "error",
+                    f"{TASK_DIR}/",
+                    f"systems of several participants {sorted(participants)}: "
+                    "one package holds one participant's systems",
+                )
+            )
     return found
 
 
@@ -212,6 +269,6 @@ def report(findings: list[Finding], path: str | Path) -> str:
     errors = sum(f.level == "error" for f in findings)
     warnings = len(findings) - errors
     lines = [str(f) for f in sorted(findings, key=lambda f: (f.level != "error", f.where))]
-    verdict = (f"{path}: ready to submit" if not errors else f"{path}: NOT ready to submit")
+    verdict = f"{path}: ready to submit" if not errors else f"{path}: NOT ready to submit"
     lines.append(f"{verdict} ({errors} error(s), {warnings} warning(s))")
     return "\n".join(lines)

@@ -49,8 +49,10 @@ from sed.models.encoders import audio_encoder
 
 log = logging.getLogger(__name__)
 
-NOT_COUNTED = ("FFT of the STFT, bias additions, element-wise operations (BatchNorm, activations, pooling, "
-               "dB conversion, scaler, softmax)")
+NOT_COUNTED = (
+    "FFT of the STFT, bias additions, element-wise operations (BatchNorm, activations, pooling, "
+    "dB conversion, scaler, softmax)"
+)
 
 
 class MacCount(NamedTuple):
@@ -142,7 +144,7 @@ def per_10s(block: dict[str, Any], grid: Any, input_rate: int) -> dict[str, Any]
         "macs_thop": windows * block["macs_thop"],
         "macs": windows * block["macs"],
         "note": "macs_thop: THOP's rules on the network (the organisers' count); macs: FlopCounterMode, front-end "
-                "and scaler included",
+        "and scaler included",
     }
 
 
@@ -221,8 +223,11 @@ class ComplexityReport(pl.Callback):
         if self._logged or self.block is None:
             return
         self._logged = True
-        scalars = {"complexity/parameters": float(self.block["parameters"]), "complexity/macs": float(self.block["macs"]),
-                   "complexity/macs_frontend": float(self.block["macs_frontend"])}
+        scalars = {
+            "complexity/parameters": float(self.block["parameters"]),
+            "complexity/macs": float(self.block["macs"]),
+            "complexity/macs_frontend": float(self.block["macs_frontend"]),
+        }
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
 

@@ -54,7 +54,11 @@ def _describe_hardware(tracker: Any) -> tuple[dict[str, str], bool]:
             if mode in ("intel_rapl", "intel_power_gadget", "windows_emi"):
                 methods["cpu"] = f"measured ({mode})"
             else:
-                generic = " (generic TDP: CPU model not in codecarbon's table)" if getattr(hw, "_is_generic_tdp", False) else ""
+                generic = (
+                    " (generic TDP: CPU model not in codecarbon's table)"
+                    if getattr(hw, "_is_generic_tdp", False)
+                    else ""
+                )
                 what = "TDP x CPU load" if mode == "cpu_load" else "constant TDP" if mode == "constant" else mode
                 methods["cpu"] = f"estimated from {what}{generic}"
                 measured = False
@@ -85,8 +89,10 @@ def _segment(data: Any, tracker: Any, interrupted: bool) -> dict[str, Any]:
         "method": methods,
         "measured": measured,
         "hardware": {
-            "cpu_model": data.cpu_model, "cpu_count": data.cpu_count,
-            "gpu_model": data.gpu_model or None, "gpu_count": data.gpu_count,
+            "cpu_model": data.cpu_model,
+            "cpu_count": data.cpu_count,
+            "gpu_model": data.gpu_model or None,
+            "gpu_count": data.gpu_count,
             "ram_total_gb": round(float(data.ram_total_size), 3),
         },
         "tracking_mode": data.tracking_mode,
@@ -129,9 +135,15 @@ def gpu_ids(device: Any) -> Optional[list[int]]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def start_tracker(output_dir: Path, project_name: str, ids: Optional[list[int]], country_iso_code: str = "FRA",
-                  measure_power_secs: float = 15.0, tracking_mode: str = "machine",
-                  output_file: str = "emissions.csv") -> Any:
+def start_tracker(
+    output_dir: Path,
+    project_name: str,
+    ids: Optional[list[int]],
+    country_iso_code: str = "FRA",
+    measure_power_secs: float = 15.0,
+    tracking_mode: str = "machine",
+    output_file: str = "emissions.csv",
+) -> Any:
     """A started ``codecarbon.OfflineEmissionsTracker`` writing its rows to ``output_dir/output_file`` and measuring
     the CUDA devices ``ids`` only (``None``: no GPU is used). Raises ImportError without codecarbon."""
     from codecarbon import OfflineEmissionsTracker
@@ -205,18 +217,22 @@ class EnergyTracker(pl.Callback):
         if trainer.num_nodes > 1:
             _warn_once("nodes", "Energy is measured on the first node only (%d nodes)", trainer.num_nodes)
         try:
-            from codecarbon import OfflineEmissionsTracker
+            from codecarbon import OfflineEmissionsTracker  # noqa: F401  (is codecarbon installed?)
         except ImportError:
-            _warn_once("missing", "Energy not measured: codecarbon is not installed (pip install codecarbon; "
-                       "energy.enabled=false silences this)")
+            _warn_once(
+                "missing",
+                "Energy not measured: codecarbon is not installed (pip install codecarbon; "
+                "energy.enabled=false silences this)",
+            )
             return
         logging.getLogger("codecarbon").setLevel(logging.ERROR)  # its import resets the level to INFO
         output_dir = self._run_dir / CODECARBON_DIR
         try:
             output_dir.mkdir(parents=True, exist_ok=True)
             self._ids = self._gpu_ids(trainer)
-            tracker = start_tracker(output_dir, stage, self._ids, self.country_iso_code,
-                                    self.measure_power_secs, self.tracking_mode)
+            tracker = start_tracker(
+                output_dir, stage, self._ids, self.country_iso_code, self.measure_power_secs, self.tracking_mode
+            )
         except Exception as err:  # energy is a report, never a reason for a run to fail
             _warn_once("failed", "Energy not measured: codecarbon failed to start: %s: %s", type(err).__name__, err)
             return
@@ -224,8 +240,11 @@ class EnergyTracker(pl.Callback):
         methods, measured = _describe_hardware(tracker)
         if not measured:
             _warn_once(
-                "estimated", "Energy: codecarbon cannot read every power counter on this machine, so part of the "
-                "figure is estimated (%s)", "; ".join(f"{k}: {v}" for k, v in methods.items()), level=logging.INFO,
+                "estimated",
+                "Energy: codecarbon cannot read every power counter on this machine, so part of the "
+                "figure is estimated (%s)",
+                "; ".join(f"{k}: {v}" for k, v in methods.items()),
+                level=logging.INFO,
             )
 
     def _stop(self, interrupted: bool = False) -> Optional[dict[str, Any]]:
@@ -312,8 +331,13 @@ class EnergyTracker(pl.Callback):
             return []
         if not self.results:
             return ["Energy: not measured (see the warning above)"]
-        parts = [f"{stage} {t['energy_kwh']:.3g} kWh in {t['duration_s']:.0f} s" + (" (interrupted)" if t["interrupted"] else "")
-                 for stage, t in self.results.items()]
+        parts = [
+            f"{stage} {t['energy_kwh']:.3g} kWh in {t['duration_s']:.0f} s"
+            + (" (interrupted)" if t["interrupted"] else "")
+            for stage, t in self.results.items()
+        ]
         last = next(reversed(self.results.values()))
-        how = "measured" if last["measured"] else "estimated: " + "; ".join(f"{k} {v}" for k, v in last["method"].items())
+        how = (
+            "measured" if last["measured"] else "estimated: " + "; ".join(f"{k} {v}" for k, v in last["method"].items())
+        )
         return [f"Energy: {', '.join(parts)} ({how}; {last['country_iso_code']}); details in {ENERGY_FILE}"]

@@ -61,8 +61,10 @@ def label_problem(label: str) -> str | None:
     """Why ``label`` is not a Task 4 submission label (``None`` when it is one)."""
     parts = str(label).split("_")
     if len(parts) != 4:
-        return (f"{label!r} has {len(parts)} '_'-separated part(s); a label is [Lastname]_[INST]_task4_[1-4], "
-                "four parts (no '_' inside the name or the institute), e.g. Doe_UNI_task4_1")
+        return (
+            f"{label!r} has {len(parts)} '_'-separated part(s); a label is [Lastname]_[INST]_task4_[1-4], "
+            "four parts (no '_' inside the name or the institute), e.g. Doe_UNI_task4_1"
+        )
     lastname, institute, task, index = parts
     for what, part in (("last name", lastname), ("institute abbreviation", institute)):
         if not _PART.match(part):

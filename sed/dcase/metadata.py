@@ -115,7 +115,11 @@ def _augmentations(cfg: Any) -> Optional[str]:
     if cfg.training.mixup.enabled:
         names.append("mixup")
     augment = cfg.training.get("augment") or {}  # absent from runs made before training.augment existed
-    for key, name in (("filter_augment", "FilterAugment"), ("frame_shift", "frame shift"), ("spec_augment", "SpecAugment")):
+    for key, name in (
+        ("filter_augment", "FilterAugment"),
+        ("frame_shift", "frame shift"),
+        ("spec_augment", "SpecAugment"),
+    ):
         if (augment.get(key) or {}).get("prob", 0.0) > 0:
             names.append(name)
     return ", ".join(names) or None
@@ -132,10 +136,13 @@ def _postprocessing(run: RunInfo) -> str:
     cfg, pp = run.cfg, run.metrics.get("postprocessing") or {}
     tag = run.threshold if isinstance(run.threshold, str) else f"{run.threshold:g}"
     if pp.get("tuned_on"):  # sed.evaluation.tuning: chosen on the validation set
-        return ("sound event bounding boxes (SEBBs)" if pp.get("method") == "sebbs" else
-                "class-wise median filtering") + " tuned on validation"
+        return (
+            "sound event bounding boxes (SEBBs)" if pp.get("method") == "sebbs" else "class-wise median filtering"
+        ) + " tuned on validation"
     frame_s = cfg.features.hop_length * _time_pooling(cfg) / cfg.data.sample_rate
-    windows = ", ".join(f"{int(w) * frame_s * 1000:.0f}" for w in sorted({int(w) for w in cfg.evaluation.median_window}))
+    windows = ", ".join(
+        f"{int(w) * frame_s * 1000:.0f}" for w in sorted({int(w) for w in cfg.evaluation.median_window})
+    )
     return f"median filtering ({windows} ms); events at threshold {tag}"
 
 
@@ -146,14 +153,18 @@ def _mpauc(metrics: dict[str, Any]) -> Optional[float]:
     return None
 
 
-def _energy(runs: list[RunInfo], baseline: Optional[dict[str, Any]], year: int) -> tuple[dict[str, Any], dict[str, str]]:
+def _energy(
+    runs: list[RunInfo], baseline: Optional[dict[str, Any]], year: int
+) -> tuple[dict[str, Any], dict[str, str]]:
     fit = [(r.energy.get("fit") or {}).get("energy_kwh") for r in runs]
     test = [(r.energy.get("test") or {}).get("energy_kwh") for r in runs]
     evaluation = [r.eval_kwh for r in runs]
     values = {"training": _mean(fit), "devtest_inference": _mean(test), "evaluation_inference": _mean(evaluation)}
-    comments = {"training": f"kWh, one training: {_spread(fit)}",
-                "devtest_inference": f"kWh, student and teacher in one pass: {_spread(test)}",
-                "evaluation_inference": f"kWh, measured by sed.submit: {_spread(evaluation)}"}
+    comments = {
+        "training": f"kWh, one training: {_spread(fit)}",
+        "devtest_inference": f"kWh, student and teacher in one pass: {_spread(test)}",
+        "evaluation_inference": f"kWh, measured by sed.submit: {_spread(evaluation)}",
+    }
     base = baseline or {}
     if year == 2023:
         values["baseline_devtest_inference"] = base.get("devtest_inference_kwh")
@@ -161,15 +172,21 @@ def _energy(runs: list[RunInfo], baseline: Optional[dict[str, Any]], year: int) 
     else:
         values["baseline_training"] = base.get("training_kwh")
         values["baseline_devtest_inference"] = base.get("devtest_inference_kwh")
-    measured = ("the DCASE baseline recipe on the same hardware (python -m sed.dcase.baseline_energy)"
-                if base.get("faithful", True) else "NOT the baseline recipe: " + str(base.get("not_faithful_because")))
+    measured = (
+        "the DCASE baseline recipe on the same hardware (python -m sed.dcase.baseline_energy)"
+        if base.get("faithful", True)
+        else "NOT the baseline recipe: " + str(base.get("not_faithful_because"))
+    )
     for key in [k for k in values if k.startswith("baseline_")]:
         comments[key] = measured if values[key] is not None else "not measured: python -m sed.dcase.baseline_energy"
     return values, comments
 
 
 def system_metadata(
-    label: str, runs: list[RunInfo], year: int, baseline: Optional[dict[str, Any]] = None,
+    label: str,
+    runs: list[RunInfo],
+    year: int,
+    baseline: Optional[dict[str, Any]] = None,
     not_submittable: Optional[str] = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The metadata values of system ``label`` from its runs and the comments that go beside them."""
@@ -185,16 +202,29 @@ def system_metadata(
         "label": label,
         "name": TODO,
         "abbreviation": TODO,
-        "authors": [{
-            "lastname": parsed.lastname, "firstname": TODO, "email": TODO, "corresponding": True,
-            "affiliation": {"abbreviation": parsed.institute, "institute": TODO, "department": None,
-                            "location": TODO},
-        }],
+        "authors": [
+            {
+                "lastname": parsed.lastname,
+                "firstname": TODO,
+                "email": TODO,
+                "corresponding": True,
+                "affiliation": {
+                    "abbreviation": parsed.institute,
+                    "institute": TODO,
+                    "department": None,
+                    "location": TODO,
+                },
+            }
+        ],
     }
-    c.update({"submission.name": "system name for the results tables",
-              "submission.abbreviation": "at most 10 characters",
-              "submission.authors": "every author, in order; exactly one corresponding: true",
-              "submission.authors[0].affiliation.location": "city, country"})
+    c.update(
+        {
+            "submission.name": "system name for the results tables",
+            "submission.abbreviation": "at most 10 characters",
+            "submission.authors": "every author, in order; exactly one corresponding: true",
+            "submission.authors[0].affiliation.location": "city, country",
+        }
+    )
 
     rates = {input_rate(r.cfg, r.complexity) for r in runs}
     method = "CRNN" if str(cfg.model.get("_target_", "")).endswith("CRNN") else TODO
@@ -212,16 +242,23 @@ def system_metadata(
         "post-processing": _postprocessing(first),
         "pretrained_models": None,
     }
-    c.update({"system.description.input_sampling_rate": "kHz",
-              "system.description.embeddings": "name them if you use pre-trained embeddings",
-              "system.description.ensemble_method_subsystem_count": "null: no ensemble",
-              "system.description.pretrained_models": "name every pre-trained model, or null"})
+    c.update(
+        {
+            "system.description.input_sampling_rate": "kHz",
+            "system.description.embeddings": "name them if you use pre-trained embeddings",
+            "system.description.ensemble_method_subsystem_count": "null: no ensemble",
+            "system.description.pretrained_models": "name every pre-trained model, or null",
+        }
+    )
 
     per_10s = cx.get("per_10s") or {}
     energy, energy_comments = _energy(runs, baseline, year)
     hardware = ((first.energy.get("test") or first.energy.get("fit") or {}).get("hardware")) or {}
-    device = (f"{hardware.get('gpu_count')} x {hardware['gpu_model']}" if hardware.get("gpu_model")
-              else hardware.get("cpu_model"))
+    device = (
+        f"{hardware.get('gpu_count')} x {hardware['gpu_model']}"
+        if hardware.get("gpu_model")
+        else hardware.get("cpu_model")
+    )
     meta["system"] = {
         "description": description,
         "complexity": {
@@ -233,15 +270,20 @@ def system_metadata(
         "source_code": TODO,
     }
     windows = per_10s.get("windows")
-    c.update({
-        "system.complexity.total_parameters": "one network (student and teacher have the same)",
-        "system.complexity.macs": (f"10 s of audio ({windows} window(s)), THOP's rules on the network as DCASE counts; "
-                                   f"full count (front-end + scaler + network, FlopCounterMode): {per_10s.get('macs')}"
-                                   if per_10s else "not counted: the run has no per_10s complexity"),
-        "system.complexity.energy_consumption": f"kWh, codecarbon, hardware: {device or 'unknown'}",
-        "system.external_datasets": "every external data set: name, url, total_audio_length",
-        "system.source_code": "URL of your code, or null",
-    })
+    c.update(
+        {
+            "system.complexity.total_parameters": "one network (student and teacher have the same)",
+            "system.complexity.macs": (
+                f"10 s of audio ({windows} window(s)), THOP's rules on the network as DCASE counts; "
+                f"full count (front-end + scaler + network, FlopCounterMode): {per_10s.get('macs')}"
+                if per_10s
+                else "not counted: the run has no per_10s complexity"
+            ),
+            "system.complexity.energy_consumption": f"kWh, codecarbon, hardware: {device or 'unknown'}",
+            "system.external_datasets": "every external data set: name, url, total_audio_length",
+            "system.source_code": "URL of your code, or null",
+        }
+    )
     c.update({f"system.complexity.energy_consumption.{k}": v for k, v in energy_comments.items()})
 
     def metric(key: str) -> list[Optional[float]]:
@@ -254,26 +296,38 @@ def system_metadata(
     psds1, psds2 = metric("psds1"), metric("psds2")
     where = f"{first.model}, development test set (test/{first.model}/metrics.json)"
     if year == 2023:
-        dev = {"psds1": _mean(psds1), "psds2": _mean(psds2),
-               "event_f1_macro": _mean(metric("event_f1_macro@")),
-               "intersection_f1_macro": _mean(metric("intersection_f1_macro@")),
-               "segment_f1_macro": _mean(metric("segment_f1_macro@")),
-               "weak_f1": _mean(metric("weak_f1"))}
+        dev = {
+            "psds1": _mean(psds1),
+            "psds2": _mean(psds2),
+            "event_f1_macro": _mean(metric("event_f1_macro@")),
+            "intersection_f1_macro": _mean(metric("intersection_f1_macro@")),
+            "segment_f1_macro": _mean(metric("segment_f1_macro@")),
+            "weak_f1": _mean(metric("weak_f1")),
+        }
         meta["results"] = {"development_dataset": dev}
         c["results.development_dataset"] = where
-        c.update({f"results.development_dataset.{k}": _spread(metric(k if k in ("psds1", "psds2", "weak_f1") else f"{k}@"))
-                  for k in dev})
+        c.update(
+            {
+                f"results.development_dataset.{k}": _spread(
+                    metric(k if k in ("psds1", "psds2", "weak_f1") else f"{k}@")
+                )
+                for k in dev
+            }
+        )
     else:
-        desed = {"PSDS1": _mean(psds1), "PSDS2": _mean(psds2),
-                 "intersection_f1_macro": _mean(metric("intersection_f1_macro@")),
-                 "event_f1_macro": _mean(metric("event_f1_macro@"))}
+        desed = {
+            "PSDS1": _mean(psds1),
+            "PSDS2": _mean(psds2),
+            "intersection_f1_macro": _mean(metric("intersection_f1_macro@")),
+            "event_f1_macro": _mean(metric("event_f1_macro@")),
+        }
         mpauc = _mean([_mpauc(r.metrics) for r in runs])
         meta["results"] = {"devtest": {"desed": desed, "maestro": {"mPAUC": mpauc if mpauc is not None else TODO}}}
         c["results.devtest.desed"] = where
         c["results.devtest.desed.PSDS1"] = _spread(psds1)
-        c["results.devtest.maestro.mPAUC"] = ("MAESTRO dev-test mean partial AUC: " +
-                                             (_spread([_mpauc(r.metrics) for r in runs]) if mpauc is not None
-                                              else "the runs have none, fill it in"))
+        c["results.devtest.maestro.mPAUC"] = "MAESTRO dev-test mean partial AUC: " + (
+            _spread([_mpauc(r.metrics) for r in runs]) if mpauc is not None else "the runs have none, fill it in"
+        )
     return meta, c
 
 
@@ -283,8 +337,14 @@ def _leaf_paths(value: Any, path: str = "") -> list[str]:
     return [path]
 
 
-def metadata_text(label: str, runs: list[RunInfo], year: int, baseline: Optional[dict[str, Any]] = None,
-                  info: Optional[dict[str, Any]] = None, not_submittable: Optional[str] = None) -> str:
+def metadata_text(
+    label: str,
+    runs: list[RunInfo],
+    year: int,
+    baseline: Optional[dict[str, Any]] = None,
+    info: Optional[dict[str, Any]] = None,
+    not_submittable: Optional[str] = None,
+) -> str:
     """The ``<label>.meta.yaml`` text: :func:`system_metadata` with ``info``'s values put in."""
     meta, comments = system_metadata(label, runs, year, baseline, not_submittable)
     if info:
@@ -293,8 +353,10 @@ def metadata_text(label: str, runs: list[RunInfo], year: int, baseline: Optional
             if path in comments:
                 comments[path] = "given with --info"
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"DCASE {year} Task 4 system metadata, written by `python -m sed.submit` on {now}\n"
-              f"from {len(runs)} run(s): " + ", ".join(str(r.run_dir) for r in runs) + "\n"
-              "Values TODO cannot come from a run: fill them in (or give them with --info FILE.yaml), then\n"
-              "check the package: python -m sed.submit --check PACKAGE.zip\n")
+    header = (
+        f"DCASE {year} Task 4 system metadata, written by `python -m sed.submit` on {now}\n"
+        f"from {len(runs)} run(s): " + ", ".join(str(r.run_dir) for r in runs) + "\n"
+        "Values TODO cannot come from a run: fill them in (or give them with --info FILE.yaml), then\n"
+        "check the package: python -m sed.submit --check PACKAGE.zip\n"
+    )
     return render(meta, comments, header)

@@ -59,8 +59,7 @@ from sed.utils.io import swap_in_dir
 log = logging.getLogger(__name__)
 
 MARKER = ".sed-submission.json"
-DEV_TEST_NOTE = ("outputs of the development test set (--dev-test), not of the evaluation set: "
-                 "not for submission")
+DEV_TEST_NOTE = "outputs of the development test set (--dev-test), not of the evaluation set: not for submission"
 
 
 class SubmissionError(ValueError):
@@ -119,8 +118,11 @@ def _threshold(run_dir: Path, model: str, cfg: Any) -> float | str:
     """The threshold of the run's test F1 scores: ``tuned`` when it tuned class-wise thresholds on validation."""
     from sed.evaluation.outputs import events_file_name
 
-    return "tuned" if (run_dir / "test" / model / events_file_name("tuned")).is_file() else float(
-        list(cfg.evaluation.thresholds)[0])
+    return (
+        "tuned"
+        if (run_dir / "test" / model / events_file_name("tuned")).is_file()
+        else float(list(cfg.evaluation.thresholds)[0])
+    )
 
 
 def _complexity(metrics: dict[str, Any], checkpoint: Optional[Path], model: str) -> dict[str, Any]:
@@ -148,7 +150,12 @@ def _test_scores(run_dir: Path, model: str) -> tuple[dict[str, pd.DataFrame], di
 
 
 def _eval_scores(
-    eval_audio: Path, checkpoint: Path, model: str, device: Optional[str], run_dir: Path, codecarbon: Path,
+    eval_audio: Path,
+    checkpoint: Path,
+    model: str,
+    device: Optional[str],
+    run_dir: Path,
+    codecarbon: Path,
     country: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], Optional[float]]:
     """Post-processed and raw scores of every audio file in ``eval_audio`` through ``checkpoint``, one forward
@@ -161,13 +168,21 @@ def _eval_scores(
 
     files = collect_inputs([eval_audio])
     tuned = run_dir / "postprocessing.json"
-    detector = Detector.from_checkpoint(checkpoint, model=model, device=device,
-                                        postprocessing=tuned if tuned.is_file() else None)
+    detector = Detector.from_checkpoint(
+        checkpoint, model=model, device=device, postprocessing=tuned if tuned.is_file() else None
+    )
     tracker = None
     try:
         codecarbon.mkdir(parents=True, exist_ok=True)
-        tracker = start_tracker(codecarbon, "evaluation", gpu_ids(detector.device), country, 15.0, "machine",
-                                output_file="emissions_evaluation.csv")
+        tracker = start_tracker(
+            codecarbon,
+            "evaluation",
+            gpu_ids(detector.device),
+            country,
+            15.0,
+            "machine",
+            output_file="emissions_evaluation.csv",
+        )
     except Exception as err:  # energy is reported, never a reason to fail the package
         log.warning("Evaluation inference energy not measured: %s: %s", type(err).__name__, err)
     processed: dict[str, pd.DataFrame] = {}
@@ -185,7 +200,9 @@ def _eval_scores(
             if detector.uses_sebbs:
                 post = Prediction(prediction.probabilities, prediction.timestamps, boxes=True)
             else:
-                post = Prediction(median_filter(prediction.probabilities, detector.median_window), prediction.timestamps)
+                post = Prediction(
+                    median_filter(prediction.probabilities, detector.median_window), prediction.timestamps
+                )
             processed[key] = detector.scores(post)
             if i % 100 == 0 or i == len(files):
                 log.info("[%d/%d] evaluation files processed (%s)", i, len(files), run_dir.name)
@@ -287,10 +304,13 @@ def build_package(
         raise SubmissionError(f"labels of several participants {sorted(participants)}: one package, one participant")
     participant = participants.pop()
     if (eval_audio is None) == (not dev_test):
-        raise SubmissionError("give --eval-audio DIR (the evaluation set: what DCASE scores) or --dev-test (the runs' "
-                              "development test outputs, a package not for submission), not both" if eval_audio
-                              else "give --eval-audio DIR (the evaluation set: what DCASE scores), or --dev-test to "
-                              "package the runs' development test outputs (not for submission)")
+        raise SubmissionError(
+            "give --eval-audio DIR (the evaluation set: what DCASE scores) or --dev-test (the runs' "
+            "development test outputs, a package not for submission), not both"
+            if eval_audio
+            else "give --eval-audio DIR (the evaluation set: what DCASE scores), or --dev-test to "
+            "package the runs' development test outputs (not for submission)"
+        )
     if eval_audio is not None and not Path(eval_audio).exists():
         raise SubmissionError(f"{eval_audio}: no such evaluation audio folder or file")
     if report_pdf is not None:
@@ -321,8 +341,10 @@ def build_package(
                 network = _model(run_dir, model)
                 metrics_path = run_dir / "test" / network / "metrics.json"
                 if not metrics_path.is_file():
-                    raise SubmissionError(f"{metrics_path}: not found; the run has no test results for the {network} "
-                                          "(run with test=true, or evaluate a checkpoint with train=false ckpt_path=...)")
+                    raise SubmissionError(
+                        f"{metrics_path}: not found; the run has no test results for the {network} "
+                        "(run with test=true, or evaluate a checkpoint with train=false ckpt_path=...)"
+                    )
                 metrics = _read_json(metrics_path)
                 cfg = _run_config(run_dir)
                 checkpoint = _tested_checkpoint(run_dir, metrics, cfg) if eval_audio is not None else None
@@ -330,8 +352,9 @@ def build_package(
                 eval_kwh = None
                 if eval_audio is not None:
                     country = str((cfg.get("energy") or {}).get("country_iso_code", "FRA"))
-                    processed, raw, eval_kwh = _eval_scores(Path(eval_audio), checkpoint, network, device, run_dir,
-                                                            cc, country)
+                    processed, raw, eval_kwh = _eval_scores(
+                        Path(eval_audio), checkpoint, network, device, run_dir, cc, country
+                    )
                 else:
                     processed, raw = _test_scores(run_dir, network)
                 write_scores_dir(processed, tmp / output_dir(label, i), owned=True)
@@ -339,23 +362,37 @@ def build_package(
                 for csv in sorted((run_dir / "codecarbon").glob("*.csv")):
                     cc.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(csv, cc / csv.name)
-                infos.append(RunInfo(run_dir.resolve(), network, cfg, metrics, read_energy(run_dir),
-                                     _complexity(metrics, checkpoint or _recorded(metrics), network), eval_kwh,
-                                     _threshold(run_dir, network, cfg)))
+                infos.append(
+                    RunInfo(
+                        run_dir.resolve(),
+                        network,
+                        cfg,
+                        metrics,
+                        read_energy(run_dir),
+                        _complexity(metrics, checkpoint or _recorded(metrics), network),
+                        eval_kwh,
+                        _threshold(run_dir, network, cfg),
+                    )
+                )
             for csv in baseline_csvs:
                 (tmp / codecarbon_dir(label, None)).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(csv, tmp / codecarbon_dir(label, None) / csv.name)
-            text = metadata_text(label, infos, year, baseline, _info_for(given, label, labels),
-                                 DEV_TEST_NOTE if dev_test else None)
+            text = metadata_text(
+                label, infos, year, baseline, _info_for(given, label, labels), DEV_TEST_NOTE if dev_test else None
+            )
             (tmp / meta_path(label)).write_text(text, encoding="utf-8")
             record_systems[label] = [str(r.run_dir) for r in infos]
         if report_pdf is not None:
             shutil.copyfile(report_pdf, tmp / report_path(participant))
         _zip(tmp, tmp / zip_name(participant))
-        record = {"systems": record_systems, "year": year,
-                  "outputs": "development test set (not submittable)" if dev_test else str(Path(eval_audio).resolve()),
-                  "report": str(report_pdf) if report_pdf else None, "archive": zip_name(participant),
-                  "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "systems": record_systems,
+            "year": year,
+            "outputs": "development test set (not submittable)" if dev_test else str(Path(eval_audio).resolve()),
+            "report": str(report_pdf) if report_pdf else None,
+            "archive": zip_name(participant),
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         (tmp / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _check_out(out)  # again: it may have changed meanwhile
         swap_in_dir(tmp, out)
@@ -366,8 +403,11 @@ def build_package(
     findings = check_package(path, year)
     log.info("Package of %d system(s) written to %s", len(systems), path)
     if dev_test:
-        log.warning("NOT SUBMITTABLE: %s holds the development test outputs (--dev-test); build it with "
-                    "--eval-audio DIR to submit", path)
+        log.warning(
+            "NOT SUBMITTABLE: %s holds the development test outputs (--dev-test); build it with "
+            "--eval-audio DIR to submit",
+            path,
+        )
     return Built(path, findings)
 
 
@@ -393,21 +433,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sed.submit", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", help="run directories of one system (with --label)")
     parser.add_argument("--label", default=None, help="label of the system of RUNS: [Lastname]_[INST]_task4_[1-4]")
-    parser.add_argument("--system", nargs="+", action="append", default=[], metavar=("LABEL", "RUN"),
-                        help="a system: its label and its run directories (repeat for up to 4 systems)")
+    parser.add_argument(
+        "--system",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("LABEL", "RUN"),
+        help="a system: its label and its run directories (repeat for up to 4 systems)",
+    )
     parser.add_argument("-o", "--output", help="folder to write (new, empty, or written by sed.submit)")
-    parser.add_argument("--eval-audio", default=None, help="folder of the evaluation set's audio (the outputs DCASE scores)")
-    parser.add_argument("--dev-test", action="store_true",
-                        help="package the runs' development test outputs instead (a dry run: not submittable)")
+    parser.add_argument(
+        "--eval-audio", default=None, help="folder of the evaluation set's audio (the outputs DCASE scores)"
+    )
+    parser.add_argument(
+        "--dev-test",
+        action="store_true",
+        help="package the runs' development test outputs instead (a dry run: not submittable)",
+    )
     parser.add_argument("--report", default=None, help="the technical report (PDF)")
-    parser.add_argument("--info", default=None,
-                        help="YAML in the metadata layout with what runs cannot know (names, authors, source code); "
-                             "or {LABEL: {...}} per system")
-    parser.add_argument("--baseline-energy", default=None,
-                        help="baseline_energy.json (or its folder) written by python -m sed.dcase.baseline_energy")
-    parser.add_argument("--year", type=int, default=DEFAULT_YEAR, choices=YEARS, help="template year (default: %(default)s)")
-    parser.add_argument("--model", choices=("teacher", "student"), default=None,
-                        help="network to package (default: the one validation preferred, from each run's status.json)")
+    parser.add_argument(
+        "--info",
+        default=None,
+        help="YAML in the metadata layout with what runs cannot know (names, authors, source code); "
+        "or {LABEL: {...}} per system",
+    )
+    parser.add_argument(
+        "--baseline-energy",
+        default=None,
+        help="baseline_energy.json (or its folder) written by python -m sed.dcase.baseline_energy",
+    )
+    parser.add_argument(
+        "--year", type=int, default=DEFAULT_YEAR, choices=YEARS, help="template year (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--model",
+        choices=("teacher", "student"),
+        default=None,
+        help="network to package (default: the one validation preferred, from each run's status.json)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N for the evaluation inference")
     parser.add_argument("--check", metavar="PACKAGE.zip", default=None, help="check a package and exit")
     parser.add_argument("--eval-clips", type=int, default=None, help="with --check: clips every run must cover")
@@ -436,13 +499,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sed.data.tsv import AnnotationError
 
     try:
-        built = build_package(systems, args.output, args.eval_audio, args.dev_test, args.report, args.info,
-                              args.baseline_energy, args.year, args.model, args.device)
+        built = build_package(
+            systems,
+            args.output,
+            args.eval_audio,
+            args.dev_test,
+            args.report,
+            args.info,
+            args.baseline_energy,
+            args.year,
+            args.model,
+            args.device,
+        )
     except (SubmissionError, FileNotFoundError, AudioError, AnnotationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report(built.findings, built.path), file=sys.stderr)
     if built.findings:
-        print("Fix the errors above (fields TODO: edit the meta.yaml in the zip, or rebuild with --info FILE.yaml), "
-              f"then check again: python -m sed.submit --check {built.path}", file=sys.stderr)
+        print(
+            "Fix the errors above (fields TODO: edit the meta.yaml in the zip, or rebuild with --info FILE.yaml), "
+            f"then check again: python -m sed.submit --check {built.path}",
+            file=sys.stderr,
+        )
     return 0

@@ -46,8 +46,9 @@ class Field(NamedTuple):
     values: Optional["Field"] = None  # a map with free keys (class names): the spec of each value
 
 
-def _f(kinds: str, required: bool, source: str, keys: Optional[dict[str, Field]] = None,
-       values: Optional[Field] = None) -> Field:
+def _f(
+    kinds: str, required: bool, source: str, keys: Optional[dict[str, Field]] = None, values: Optional[Field] = None
+) -> Field:
     return Field(tuple(kinds.split("|")), required, source, keys, values)
 
 
@@ -56,41 +57,61 @@ _AUTHOR = {
     "firstname": _f("str", True, "T1, T4"),
     "email": _f("str", True, "T1"),
     "corresponding": _f("bool", False, "T1, T4"),
-    "affiliation": _f("map", True, "T1", {
-        "abbreviation": _f("str", True, "T1 (label's institute)"),
-        "institute": _f("str", True, "T1"),
-        "department": _f("str|null", False, "T1"),
-        "location": _f("str", True, "T1"),
-    }),
+    "affiliation": _f(
+        "map",
+        True,
+        "T1",
+        {
+            "abbreviation": _f("str", True, "T1 (label's institute)"),
+            "institute": _f("str", True, "T1"),
+            "department": _f("str|null", False, "T1"),
+            "location": _f("str", True, "T1"),
+        },
+    ),
 }
 
-_SUBMISSION = _f("map", True, "T1", {
-    "label": _f("str", True, "T1, T4"),
-    "name": _f("str", True, "T1, T4"),
-    "abbreviation": _f("str", True, "T1 (at most 10 characters), T4"),
-    "authors": _f("list", True, "T1, T4", _AUTHOR),
-})
+_SUBMISSION = _f(
+    "map",
+    True,
+    "T1",
+    {
+        "label": _f("str", True, "T1, T4"),
+        "name": _f("str", True, "T1, T4"),
+        "abbreviation": _f("str", True, "T1 (at most 10 characters), T4"),
+        "authors": _f("list", True, "T1, T4", _AUTHOR),
+    },
+)
 
-_DESCRIPTION = _f("map", True, "T1, issue", {
-    "input_channels": _f("str", False, "sed"),
-    "input_sampling_rate": _f("number", True, "T4, issue (kHz)"),
-    "acoustic_features": _f("str|list", True, "T4, issue"),
-    "data_augmentation": _f("str|list|null", True, "issue"),
-    "embeddings": _f("str|list|null", False, "T1"),
-    "machine_learning_method": _f("str|list", True, "T1, issue"),
-    "ensemble_method_subsystem_count": _f("int|null", True, "T4-2020, issue"),
-    "decision_making": _f("str|null", False, "T1"),
-    "machine_learning_semi_supervised": _f("str|null", False, "sed"),
-    "segmentation_method": _f("str|null", False, "sed"),
-    "post-processing": _f("str|null", False, "sed"),
-    "pretrained_models": _f("str|list|null", True, "issue"),
-})
+_DESCRIPTION = _f(
+    "map",
+    True,
+    "T1, issue",
+    {
+        "input_channels": _f("str", False, "sed"),
+        "input_sampling_rate": _f("number", True, "T4, issue (kHz)"),
+        "acoustic_features": _f("str|list", True, "T4, issue"),
+        "data_augmentation": _f("str|list|null", True, "issue"),
+        "embeddings": _f("str|list|null", False, "T1"),
+        "machine_learning_method": _f("str|list", True, "T1, issue"),
+        "ensemble_method_subsystem_count": _f("int|null", True, "T4-2020, issue"),
+        "decision_making": _f("str|null", False, "T1"),
+        "machine_learning_semi_supervised": _f("str|null", False, "sed"),
+        "segmentation_method": _f("str|null", False, "sed"),
+        "post-processing": _f("str|null", False, "sed"),
+        "pretrained_models": _f("str|list|null", True, "issue"),
+    },
+)
 
-_EXTERNAL = _f("list|null", False, "T1, issue", {
-    "name": _f("str", True, "T1"),
-    "url": _f("str", True, "T1"),
-    "total_audio_length": _f("number|str|null", False, "T1"),
-})
+_EXTERNAL = _f(
+    "list|null",
+    False,
+    "T1, issue",
+    {
+        "name": _f("str", True, "T1"),
+        "url": _f("str", True, "T1"),
+        "total_audio_length": _f("number|str|null", False, "T1"),
+    },
+)
 
 _NUM = "number"
 _ENERGY = {
@@ -111,28 +132,53 @@ _ENERGY = {
 }
 
 _RESULTS = {
-    2023: _f("map", True, "T1, issue", {
-        "development_dataset": _f("map", True, "T1, issue", {
-            "psds1": _f(_NUM, True, "R23 (PSDS scenario 1)"),
-            "psds2": _f(_NUM, True, "R23 (PSDS scenario 2)"),
-            "event_f1_macro": _f("number|null", False, "R23 (collar-based F1)"),
-            "intersection_f1_macro": _f("number|null", False, "R23 (intersection-based F1)"),
-            "segment_f1_macro": _f("number|null", False, "sed"),
-            "weak_f1": _f("number|null", False, "sed"),
-            "class_wise_event_f1": _f("map|null", False, "sed", values=_f("number|null", False, "sed")),
-        }),
-    }),
-    2024: _f("map", True, "T4", {
-        "devtest": _f("map", True, "T4", {
-            "desed": _f("map", True, "T4", {
-                "PSDS1": _f("float", True, "T4 (float)"),
-                "PSDS2": _f("float|null", False, "sed"),
-                "intersection_f1_macro": _f("float|null", False, "sed"),
-                "event_f1_macro": _f("float|null", False, "sed"),
-            }),
-            "maestro": _f("map", True, "T4", {"mPAUC": _f("float", True, "T4 (float)")}),
-        }),
-    }),
+    2023: _f(
+        "map",
+        True,
+        "T1, issue",
+        {
+            "development_dataset": _f(
+                "map",
+                True,
+                "T1, issue",
+                {
+                    "psds1": _f(_NUM, True, "R23 (PSDS scenario 1)"),
+                    "psds2": _f(_NUM, True, "R23 (PSDS scenario 2)"),
+                    "event_f1_macro": _f("number|null", False, "R23 (collar-based F1)"),
+                    "intersection_f1_macro": _f("number|null", False, "R23 (intersection-based F1)"),
+                    "segment_f1_macro": _f("number|null", False, "sed"),
+                    "weak_f1": _f("number|null", False, "sed"),
+                    "class_wise_event_f1": _f("map|null", False, "sed", values=_f("number|null", False, "sed")),
+                },
+            ),
+        },
+    ),
+    2024: _f(
+        "map",
+        True,
+        "T4",
+        {
+            "devtest": _f(
+                "map",
+                True,
+                "T4",
+                {
+                    "desed": _f(
+                        "map",
+                        True,
+                        "T4",
+                        {
+                            "PSDS1": _f("float", True, "T4 (float)"),
+                            "PSDS2": _f("float|null", False, "sed"),
+                            "intersection_f1_macro": _f("float|null", False, "sed"),
+                            "event_f1_macro": _f("float|null", False, "sed"),
+                        },
+                    ),
+                    "maestro": _f("map", True, "T4", {"mPAUC": _f("float", True, "T4 (float)")}),
+                },
+            ),
+        },
+    ),
 }
 
 
@@ -140,22 +186,37 @@ def template(year: int) -> Field:
     """The metadata template of ``year`` (2023 or 2024) as a :class:`Field` tree."""
     if year not in YEARS:
         raise ValueError(f"--year must be one of {YEARS}, got {year}")
-    return _f("map", True, "T1", {
-        "submission": _SUBMISSION,
-        "system": _f("map", True, "T1", {
-            "description": _DESCRIPTION,
-            "complexity": _f("map", True, "issue", {
-                "total_parameters": _f("int", True, "T4, issue"),
-                "macs": _f("int", True, "R23, R24 (MACs for 10 s of audio, THOP), issue"),
-                "energy_consumption": _f("map", True, "issue, R23, R24", dict(_ENERGY[year])),
-            }),
-            "external_datasets": _EXTERNAL,
-            "source_code": _f("str|null", True, "T1, T4, issue"),
-        }),
-        "results": _RESULTS[year],
-        # This project's mark on a package that must not be submitted (dev-test outputs).
-        "not_submittable": _f("str", False, "sed"),
-    })
+    return _f(
+        "map",
+        True,
+        "T1",
+        {
+            "submission": _SUBMISSION,
+            "system": _f(
+                "map",
+                True,
+                "T1",
+                {
+                    "description": _DESCRIPTION,
+                    "complexity": _f(
+                        "map",
+                        True,
+                        "issue",
+                        {
+                            "total_parameters": _f("int", True, "T4, issue"),
+                            "macs": _f("int", True, "R23, R24 (MACs for 10 s of audio, THOP), issue"),
+                            "energy_consumption": _f("map", True, "issue, R23, R24", dict(_ENERGY[year])),
+                        },
+                    ),
+                    "external_datasets": _EXTERNAL,
+                    "source_code": _f("str|null", True, "T1, T4, issue"),
+                },
+            ),
+            "results": _RESULTS[year],
+            # This project's mark on a package that must not be submitted (dev-test outputs).
+            "not_submittable": _f("str", False, "sed"),
+        },
+    )
 
 
 def _kind_ok(value: Any, kinds: tuple[str, ...]) -> bool:
@@ -223,7 +284,9 @@ def check_metadata(meta: Any, year: int, label: Optional[str] = None) -> list[st
         if problem:
             problems.append(f"submission.label: {problem}")
         elif got in EXAMPLE_LABELS:
-            problems.append(f"submission.label: {got!r} is the template's example; use your own last name and institute")
+            problems.append(
+                f"submission.label: {got!r} is the template's example; use your own last name and institute"
+            )
         if label is not None and got != label:
             problems.append(f"submission.label: {got!r} differs from the label of its folder and files ({label!r})")
     for key in ("label", "name", "abbreviation"):
@@ -237,5 +300,7 @@ def check_metadata(meta: Any, year: int, label: Optional[str] = None) -> list[st
     if isinstance(authors, list):
         corresponding = sum(1 for a in authors if isinstance(a, dict) and a.get("corresponding") is True)
         if corresponding != 1:
-            problems.append(f"submission.authors: {corresponding} authors marked corresponding: true, exactly one must be")
+            problems.append(
+                f"submission.authors: {corresponding} authors marked corresponding: true, exactly one must be"
+            )
     return problems

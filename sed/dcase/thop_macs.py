@@ -108,12 +108,21 @@ _RULES: tuple[tuple[type, Callable[..., int]], ...] = (
     (nn.LayerNorm, _norm),
     (nn.Linear, _linear),
     (nn.RNNBase, _rnn),
-    (nn.AvgPool1d, _avgpool), (nn.AvgPool2d, _avgpool), (nn.AvgPool3d, _avgpool),
-    (nn.AdaptiveAvgPool1d, _adaptive_avgpool), (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
+    (nn.AvgPool1d, _avgpool),
+    (nn.AvgPool2d, _avgpool),
+    (nn.AvgPool3d, _avgpool),
+    (nn.AdaptiveAvgPool1d, _adaptive_avgpool),
+    (nn.AdaptiveAvgPool2d, _adaptive_avgpool),
     (nn.AdaptiveAvgPool3d, _adaptive_avgpool),
 )
-_SOFTMAX = {torch.softmax, torch.log_softmax, torch.nn.functional.softmax, torch.nn.functional.log_softmax,
-            torch.Tensor.softmax, torch.Tensor.log_softmax}
+_SOFTMAX = {
+    torch.softmax,
+    torch.log_softmax,
+    torch.nn.functional.softmax,
+    torch.nn.functional.log_softmax,
+    torch.Tensor.softmax,
+    torch.Tensor.log_softmax,
+}
 
 
 def _softmax_macs(args: tuple, kwargs: dict) -> int:
@@ -153,6 +162,7 @@ def thop_macs(module: nn.Module, *args: Any) -> ThopCount:
     def hook_for(name: str, rule: Callable[..., int]):
         def hook(m: nn.Module, x: Any, y: Any) -> None:
             counts[name] = counts.get(name, 0) + int(rule(m, x, y))
+
         return hook
 
     counted: list[str] = []

@@ -32,7 +32,7 @@ def _csebbs():
         from sebbs import csebbs
     except ImportError as err:
         raise ImportError(
-            "evaluation.postprocessing=sebbs needs the sebbs package: pip install -e \".[sebbs]\" (or pip install sebbs)"
+            'evaluation.postprocessing=sebbs needs the sebbs package: pip install -e ".[sebbs]" (or pip install sebbs)'
         ) from err
     return csebbs
 
@@ -54,8 +54,9 @@ def predictor(params: Mapping[str, Mapping[str, float]], classes: Sequence[str])
     missing = [(p, c) for p in PARAMETERS for c in classes if c not in params.get(p, {})]
     if missing:
         raise ValueError(f"SEBB parameters lack {missing[:3]} (need {list(PARAMETERS)} for every class)")
-    return csebbs.CSEBBsPredictor(**{p: {c: float(params[p][c]) for c in classes} for p in PARAMETERS},
-                                  sound_classes=list(classes))
+    return csebbs.CSEBBsPredictor(
+        **{p: {c: float(params[p][c]) for c in classes} for p in PARAMETERS}, sound_classes=list(classes)
+    )
 
 
 def predict_sebbs(
@@ -77,8 +78,10 @@ def sebb_scores(
 
     classes = list(next(iter(scores.values())).columns[2:])
     boxes = predict_sebbs(params, scores)
-    ends = {k: float(durations[k]) if durations is not None and k in durations else float(df["offset"].iloc[-1])
-            for k, df in scores.items()}
+    ends = {
+        k: float(durations[k]) if durations is not None and k in durations else float(df["offset"].iloc[-1])
+        for k, df in scores.items()
+    }
     return {k: sed_scores_from_sebbs(boxes[k], classes, audio_duration=ends[k]) for k in scores}
 
 
@@ -146,7 +149,9 @@ def tune_sebbs(
 
 def params_to_json(params: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Any]]:
     """JSON-safe copy: an unlimited merge threshold (inf) is written as null."""
-    return {p: {c: (None if not np.isfinite(v) else float(v)) for c, v in values.items()} for p, values in params.items()}
+    return {
+        p: {c: (None if not np.isfinite(v) else float(v)) for c, v in values.items()} for p, values in params.items()
+    }
 
 
 def params_from_json(data: Mapping[str, Any], where: str) -> dict[str, dict[str, float]]:

@@ -47,8 +47,14 @@ def _write_score_table(df: pd.DataFrame, path: Path) -> None:
 
     validate_score_dataframe(df)
     buf = io.StringIO()
-    np.savetxt(buf, df.to_numpy(dtype=np.float64), fmt=SCORE_FORMAT, delimiter="\t",
-               header="\t".join(map(str, df.columns)), comments="")
+    np.savetxt(
+        buf,
+        df.to_numpy(dtype=np.float64),
+        fmt=SCORE_FORMAT,
+        delimiter="\t",
+        header="\t".join(map(str, df.columns)),
+        comments="",
+    )
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
@@ -131,9 +137,7 @@ class ScoresDirWriter:
             self.abort()
 
 
-def write_scores_dir(
-    scores: Mapping[str, pd.DataFrame], directory: str | os.PathLike, owned: bool = False
-) -> Path:
+def write_scores_dir(scores: Mapping[str, pd.DataFrame], directory: str | os.PathLike, owned: bool = False) -> Path:
     """Write ``{audio_id: score DataFrame}`` as one TSV per clip, replacing ``directory`` at once.
 
     Readable by ``sed_scores_eval.io.read_sed_scores`` and :func:`read_scores_dir`. Which existing

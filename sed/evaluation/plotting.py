@@ -28,8 +28,16 @@ def activity_figure(
     axes[0].set_title(title)
     extent = [0, clip_duration, -0.5, len(classes) - 0.5]
     for ax, activity, label in ((axes[1], reference, "reference"), (axes[2], predicted, "predicted")):
-        ax.imshow(activity, origin="lower", aspect="auto", extent=extent, vmin=0, vmax=1, cmap="Greens",
-                  interpolation="nearest")
+        ax.imshow(
+            activity,
+            origin="lower",
+            aspect="auto",
+            extent=extent,
+            vmin=0,
+            vmax=1,
+            cmap="Greens",
+            interpolation="nearest",
+        )
         ax.set_yticks(range(len(classes)))
         ax.set_yticklabels(classes, fontsize=7)
         ax.set_ylabel(label)

@@ -281,6 +281,4 @@ def detections_at_thresholds(
 ) -> dict[float, pd.DataFrame]:
     """``detections_from_scores`` at several thresholds, reading the score tables only once."""
     keys, classes, arrays = _score_arrays(scores)
-    return {
-        float(t): _detections(keys, classes, arrays, float(t), filenames, default_extension) for t in thresholds
-    }
+    return {float(t): _detections(keys, classes, arrays, float(t), filenames, default_extension) for t in thresholds}

@@ -94,8 +94,13 @@ def score_model(
         durations,
         classes,
         list(evaluation.thresholds),
-        {"bootstrap": bootstrap, "per_class": per_class, "psds": list(psds),
-         **{f"{kind}_f1": kind in f1 for kind in F1_KINDS}, "detections": bool({"event", "segment"} & set(f1))},
+        {
+            "bootstrap": bootstrap,
+            "per_class": per_class,
+            "psds": list(psds),
+            **{f"{kind}_f1": kind in f1 for kind in F1_KINDS},
+            "detections": bool({"event", "segment"} & set(f1)),
+        },
         class_thresholds=None if settings is None else settings.thresholds,
     )
     metrics = {"weak_f1": weak_f1(weak_probs, weak_targets, len(classes))}
@@ -151,8 +156,10 @@ def objective_terms(spec: str) -> list[str]:
     terms = [term.strip() for term in spec.split("+")]
     for term in terms:
         if term.rsplit(".", 1)[-1] not in OBJECTIVE_TERMS:
-            raise ValueError(f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}, "
-                             "each preceded by 'DATASET.' with several datasets")
+            raise ValueError(
+                f"evaluation.obj_metric: unknown term {term!r}; use '+'-joined terms of {OBJECTIVE_TERMS}, "
+                "each preceded by 'DATASET.' with several datasets"
+            )
     return terms
 
 
@@ -166,8 +173,10 @@ def assign_objective(spec: str, val_sets: Mapping[str, str]) -> dict[str, list[s
         if not dataset and len(val_sets) == 1:
             dataset = next(iter(val_sets))
         if dataset not in val_sets:
-            raise ValueError(f"evaluation.obj_metric: term {term!r} must name one of the datasets with a validation set "
-                             f"({', '.join(sorted(val_sets))}), e.g. {next(iter(sorted(val_sets)))}.{metric}")
+            raise ValueError(
+                f"evaluation.obj_metric: term {term!r} must name one of the datasets with a validation set "
+                f"({', '.join(sorted(val_sets))}), e.g. {next(iter(sorted(val_sets)))}.{metric}"
+            )
         out[val_sets[dataset]].append(metric)
     return out
 
@@ -181,9 +190,11 @@ def term_value(metrics: Mapping[str, float], term: str) -> float:
             raise ValueError(f"evaluation.obj_metric uses {term} but no threshold produced it")
         value = metrics[key]
     elif term not in metrics:
-        raise ValueError(f"evaluation.obj_metric uses {term}, which this validation set's metrics do not have "
-                         f"(psds sets: weak_f1, psds1, psds2, intersection_f1, event_f1; mpauc sets: mpauc, mauc, "
-                         "segment_f1_best)")
+        raise ValueError(
+            f"evaluation.obj_metric uses {term}, which this validation set's metrics do not have "
+            f"(psds sets: weak_f1, psds1, psds2, intersection_f1, event_f1; mpauc sets: mpauc, mauc, "
+            "segment_f1_best)"
+        )
     else:
         value = metrics[term]
     return 0.0 if np.isnan(value) else float(value)

@@ -35,8 +35,10 @@ def set_evaluation(evaluation: Any, index: Optional[np.ndarray], n_classes: int)
     """The ``evaluation`` config with class-wise median windows (one per model class) cut to the set's classes."""
     windows = list(evaluation.median_window)
     if len(windows) not in (1, n_classes):
-        raise ValueError(f"evaluation.median_window has {len(windows)} lengths for the model's {n_classes} classes; "
-                         "give one length, or one per class in the model's class order")
+        raise ValueError(
+            f"evaluation.median_window has {len(windows)} lengths for the model's {n_classes} classes; "
+            "give one length, or one per class in the model's class order"
+        )
     if index is None or len(windows) == 1:
         return evaluation
     out = copy.deepcopy(evaluation)
@@ -68,9 +70,17 @@ def scoring_jobs(
     outputs, encoder = restrict(outputs, index), set_encoder(encoder, classes)
     if metrics == "mpauc":
         return score_segment_model, {
-            name: dict(strong_probs=outputs[name], encoder=encoder, ground_truth=ground_truth, durations=durations,
-                       evaluation=evaluation, min_confidence=min_confidence, per_class=test)
-            for name in models}
+            name: dict(
+                strong_probs=outputs[name],
+                encoder=encoder,
+                ground_truth=ground_truth,
+                durations=durations,
+                evaluation=evaluation,
+                min_confidence=min_confidence,
+                per_class=test,
+            )
+            for name in models
+        }
     if full:
         psds = ("psds1", "psds2") if test or "psds2" in terms else ("psds1",)
         f1 = F1_KINDS
@@ -79,29 +89,41 @@ def scoring_jobs(
         f1 = tuple(kind for kind in F1_KINDS if f"{kind}_f1" in terms)
     return score_model, {
         name: dict(
-            strong_probs=outputs[name], weak_probs=outputs[f"{name}_weak"], weak_targets=outputs["weak_targets"],
-            encoder=encoder, ground_truth=ground_truth, durations=durations, evaluation=evaluation,
-            bootstrap=bootstrap, per_class=test, psds=psds, f1=f1, settings=(settings or {}).get(name),
+            strong_probs=outputs[name],
+            weak_probs=outputs[f"{name}_weak"],
+            weak_targets=outputs["weak_targets"],
+            encoder=encoder,
+            ground_truth=ground_truth,
+            durations=durations,
+            evaluation=evaluation,
+            bootstrap=bootstrap,
+            per_class=test,
+            psds=psds,
+            f1=f1,
+            settings=(settings or {}).get(name),
             pipsds_windows=evaluation.tuning.median_windows if test and evaluation.pipsds else (),
         )
         for name in models
     }
 
 
-def held_out_weak_f1(results: Mapping[str, ModelScores], held_out: Mapping[str, Mapping[str, np.ndarray]],
-                     index: Sequence[int]) -> None:
+def held_out_weak_f1(
+    results: Mapping[str, ModelScores], held_out: Mapping[str, Mapping[str, np.ndarray]], index: Sequence[int]
+) -> None:
     """Each model's ``weak_f1`` of a validation set replaced by its macro F1 on the weak clips held out for validation
     (``data.weak_val_fraction``; the DCASE baseline's), on the classes ``index`` of their dataset; the set's own is kept
     as ``weak_f1_synthetic``."""
     targets = {f: t[index] for f, t in held_out["weak_targets"].items()}
     for name, result in results.items():
         result.metrics["weak_f1_synthetic"] = result.metrics["weak_f1"]
-        result.metrics["weak_f1"] = weak_f1({f: p[index] for f, p in held_out[f"{name}_weak"].items()}, targets,
-                                            len(index))
+        result.metrics["weak_f1"] = weak_f1(
+            {f: p[index] for f, p in held_out[f"{name}_weak"].items()}, targets, len(index)
+        )
 
 
-def objective_scores(per_set: Mapping[str, Mapping[str, ModelScores]], terms: Mapping[str, Sequence[str]],
-                     models: Sequence[str]) -> dict[str, float]:
+def objective_scores(
+    per_set: Mapping[str, Mapping[str, ModelScores]], terms: Mapping[str, Sequence[str]], models: Sequence[str]
+) -> dict[str, float]:
     """Each model's checkpoint objective: the sum over the validation sets of their terms' values
     (:func:`sed.evaluation.scoring.assign_objective`)."""
     scores = {name: 0.0 for name in models}

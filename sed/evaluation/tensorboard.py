@@ -22,8 +22,14 @@ def tensorboard_writers(loggers: Sequence[Logger]) -> list[Any]:
 
 
 def log_validation_figures(
-    writers: Sequence[Any], plot_batch: Mapping[str, Any], probabilities: Mapping[str, np.ndarray], classes: list[str],
-    clip_duration: float, model: str, epoch: int, step: int,
+    writers: Sequence[Any],
+    plot_batch: Mapping[str, Any],
+    probabilities: Mapping[str, np.ndarray],
+    classes: list[str],
+    clip_duration: float,
+    model: str,
+    epoch: int,
+    step: int,
 ) -> None:
     """One activity figure per plotted validation clip (features, reference, ``model``'s frame probabilities of
     the clip's first ``clip_duration`` seconds) as ``val_clips/<i>``."""
@@ -45,15 +51,19 @@ def log_validation_figures(
         plt.close(fig)
 
 
-def log_test_details(loggers: Sequence[Logger], results: Mapping[str, ModelScores], step: int,
-                     set_name: str = "test") -> None:
+def log_test_details(
+    loggers: Sequence[Logger], results: Mapping[str, ModelScores], step: int, set_name: str = "test"
+) -> None:
     """Per-class test metrics to every logger, as ``<set>/<model>/per_class/<metric>/<class>`` (``test/student/
     per_class/psds1/Dog``; ``test/<dataset>/...`` with several datasets; not ``test/<model>/psds1/<class>``: a name
     that is also the folder of other names breaks MLflow's file store), out of the console table; the PSD-ROC
     figure of each model to TensorBoard."""
     for name, result in results.items():
-        per_class = {f"{set_name}/{name}/per_class/{key}": float(value) for key, value in result.metrics.items()
-                     if "/" in key and np.isfinite(value)}  # NaN: a class without ground-truth events
+        per_class = {
+            f"{set_name}/{name}/per_class/{key}": float(value)
+            for key, value in result.metrics.items()
+            if "/" in key and np.isfinite(value)
+        }  # NaN: a class without ground-truth events
         for logger in loggers:
             logger.log_metrics(per_class, step=step)
     writers = tensorboard_writers(loggers)

@@ -96,11 +96,19 @@ def save_outputs(
     path = save_settings(run_dir / RUN_FILE, settings, checkpoint=relative, preferred_model=preferred_model)
     if beside is not None:
         save_settings(beside, settings, checkpoint=relative, preferred_model=preferred_model)
-        logger.info("Tuned post-processing saved to %s and %s (sed.infer, sed.export and sed.submit use it with "
-                    "that checkpoint)", path, beside)
+        logger.info(
+            "Tuned post-processing saved to %s and %s (sed.infer, sed.export and sed.submit use it with "
+            "that checkpoint)",
+            path,
+            beside,
+        )
     else:
-        logger.info("Tuned post-processing saved to %s (use it with: python -m sed.infer %s ... --postprocessing %s)",
-                    path, checkpoint or "CHECKPOINT", path)
+        logger.info(
+            "Tuned post-processing saved to %s (use it with: python -m sed.infer %s ... --postprocessing %s)",
+            path,
+            checkpoint or "CHECKPOINT",
+            path,
+        )
 
 
 def report(settings: Optional[PostprocessingSettings], evaluation: Any) -> dict[str, Any]:
@@ -116,6 +124,8 @@ def report(settings: Optional[PostprocessingSettings], evaluation: Any) -> dict[
     out = settings.to_json()
     out["tuned_on"] = "validation"
     out["settings_file"] = RUN_FILE
-    out["note"] = (f"tuned on the {settings.tuning.get('clips', '?')} validation clips with the tested checkpoint; "
-                   "the test set was not used. Events at the tuned thresholds: events_tuned.tsv, metrics '@tuned'")
+    out["note"] = (
+        f"tuned on the {settings.tuning.get('clips', '?')} validation clips with the tested checkpoint; "
+        "the test set was not used. Events at the tuned thresholds: events_tuned.tsv, metrics '@tuned'"
+    )
     return out

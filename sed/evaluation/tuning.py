@@ -257,7 +257,11 @@ def best_per_class(
     best: dict[str, tuple[Any, float]] = {}
     for candidate, per_class in zip(candidates, values):
         for c, v in per_class.items():
-            if c not in best or v > best[c][1] or (v == best[c][1] and prefer is not None and prefer.get(c) == candidate):
+            if (
+                c not in best
+                or v > best[c][1]
+                or (v == best[c][1] and prefer is not None and prefer.get(c) == candidate)
+            ):
                 best[c] = (candidate, float(v))
     return best
 
@@ -349,29 +353,42 @@ def tune_on_scores(
         best = best_per_class(sweep.per_class, grid, dict(zip(classes, default_windows)))
         windows = [int(best[c][0]) if c in best else default_windows[i] for i, c in enumerate(classes)]
         record["median_window"] = {
-            "criterion": f"per-class {tuning.window_metric} on validation", "grid": grid,
-            "values": {c: best[c][1] for c in best}, "untuned": [c for c in classes if c not in best],
+            "criterion": f"per-class {tuning.window_metric} on validation",
+            "grid": grid,
+            "values": {c: best[c][1] for c in best},
+            "untuned": [c for c in classes if c not in best],
             f"pi{tuning.window_metric}": sweep.pipsds,
         }
         settings = PostprocessingSettings(classes, "median", windows, tuning=record)
     else:
         from sed.evaluation.bounding_boxes import tune_sebbs
 
-        grid = {"step_filter_lengths": list(tuning.sebbs_step_filter_lengths),
-                "merge_thresholds_abs": list(tuning.sebbs_merge_thresholds_abs),
-                "merge_thresholds_rel": list(tuning.sebbs_merge_thresholds_rel)}
+        grid = {
+            "step_filter_lengths": list(tuning.sebbs_step_filter_lengths),
+            "merge_thresholds_abs": list(tuning.sebbs_merge_thresholds_abs),
+            "merge_thresholds_rel": list(tuning.sebbs_merge_thresholds_rel),
+        }
         params, values = tune_sebbs(scores, gt, dur, grid, tuning.window_metric)
-        record["sebbs"] = {"criterion": f"per-class {tuning.window_metric} on validation (sebbs select_best_psds)",
-                           "grid": grid, "values": values, "untuned": [c for c in classes if c not in values]}
+        record["sebbs"] = {
+            "criterion": f"per-class {tuning.window_metric} on validation (sebbs select_best_psds)",
+            "grid": grid,
+            "values": values,
+            "untuned": [c for c in classes if c not in values],
+        }
         settings = PostprocessingSettings(classes, "sebbs", sebbs=params, tuning=record)
     if tuning.thresholds:
-        thresholds, f1 = tune_thresholds(settings.apply(scores, dur), gt, tuning.threshold_metric,
-                                         float(evaluation.thresholds[0]))
+        thresholds, f1 = tune_thresholds(
+            settings.apply(scores, dur), gt, tuning.threshold_metric, float(evaluation.thresholds[0])
+        )
         settings.thresholds = thresholds
-        record["thresholds"] = {"criterion": f"per-class best {tuning.threshold_metric} on validation",
-                                "values": f1, "untuned": [c for c in classes if c not in f1]}
-    logger.info("%s post-processing tuned on %d validation clips: %s", model or "model", len(scores),
-                describe(settings))
+        record["thresholds"] = {
+            "criterion": f"per-class best {tuning.threshold_metric} on validation",
+            "values": f1,
+            "untuned": [c for c in classes if c not in f1],
+        }
+    logger.info(
+        "%s post-processing tuned on %d validation clips: %s", model or "model", len(scores), describe(settings)
+    )
     return settings
 
 

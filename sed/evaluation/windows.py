@@ -53,7 +53,9 @@ class WindowGrid:
         if input_rate is None or int(input_rate) == int(encoder.sample_rate):
             return cls(int(encoder.n_samples), frames, int(encoder.frame_hop_samples), hop)
         n_in = input_clip_samples(encoder.clip_duration, int(input_rate), int(encoder.sample_rate))
-        return cls(n_in, frames, Fraction(int(encoder.frame_hop_samples) * int(input_rate), int(encoder.sample_rate)), hop)
+        return cls(
+            n_in, frames, Fraction(int(encoder.frame_hop_samples) * int(input_rate), int(encoder.sample_rate)), hop
+        )
 
     @property
     def hop_samples(self) -> int | Fraction:

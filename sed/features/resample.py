@@ -83,8 +83,13 @@ class Resample(nn.Module):
             # same samples); torchaudio.transforms.Resample keeps it as a persistent buffer, which would add a key
             # to every checkpoint's state dict: this one is not saved.
             sinc = torchaudio.transforms.Resample(
-                self.orig_freq, self.new_freq, resampling_method=resampling_method,
-                lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff, beta=beta, dtype=torch.float32,
+                self.orig_freq,
+                self.new_freq,
+                resampling_method=resampling_method,
+                lowpass_filter_width=self.lowpass_filter_width,
+                rolloff=self.rolloff,
+                beta=beta,
+                dtype=torch.float32,
             )
             self.width = int(sinc.width)
             self.register_buffer("kernel", sinc.kernel.detach().clone(), persistent=False)
@@ -118,8 +123,12 @@ class Resample(nn.Module):
         """What changes the output, as plain values (part of the front-end signature)."""
         sig: dict[str, object] = {"orig_freq": self.orig_freq, "new_freq": self.new_freq, "method": self.method}
         if self.method == "sinc":
-            sig.update(lowpass_filter_width=self.lowpass_filter_width, rolloff=self.rolloff,
-                       window=self.resampling_method, beta=self.beta)
+            sig.update(
+                lowpass_filter_width=self.lowpass_filter_width,
+                rolloff=self.rolloff,
+                window=self.resampling_method,
+                beta=self.beta,
+            )
         return sig
 
     def extra_repr(self) -> str:

@@ -127,7 +127,8 @@ class Detector:
             model = metadata.model
             if postprocessing is None and metadata.extra.get("postprocessing"):  # embedded by sed.export
                 postprocessing = PostprocessingSettings.from_json(
-                    metadata.extra["postprocessing"], f"{module.path}: metadata extra.postprocessing")
+                    metadata.extra["postprocessing"], f"{module.path}: metadata extra.postprocessing"
+                )
         else:
             model = model or getattr(module, "preferred_model", "teacher")  # the network validation preferred
             if device is None:
@@ -164,7 +165,9 @@ class Detector:
         """Post-process with ``settings`` (tuned on validation): their median windows (unless
         ``keep_median_window``) or SEBBs, and their class-wise thresholds as the default."""
         if settings.classes != self.classes:
-            raise ValueError(f"post-processing settings are for classes {settings.classes}, the model has {self.classes}")
+            raise ValueError(
+                f"post-processing settings are for classes {settings.classes}, the model has {self.classes}"
+            )
         self.postprocessing = settings
         if settings.method == "median" and not keep_median_window:
             self.median_window = list(settings.median_window)
@@ -218,8 +221,15 @@ class Detector:
                 name = model or getattr(module, "preferred_model", "teacher")
                 settings = load_settings(found, name, classes=module.classes)
                 logger.info("post-processing tuned on validation from %s (%s)", found, describe(settings))
-        return cls(module, model=model, device=device, hop=hop, batch_size=batch_size, median_window=median_window,
-                   postprocessing=settings)
+        return cls(
+            module,
+            model=model,
+            device=device,
+            hop=hop,
+            batch_size=batch_size,
+            median_window=median_window,
+            postprocessing=settings,
+        )
 
     @classmethod
     def from_exported(
@@ -243,8 +253,10 @@ class Detector:
             if median_window is None:
                 detector.median_window = exported.metadata.median_filter
         elif postprocessing not in (None, True, False):
-            detector.use_postprocessing(load_settings(postprocessing, detector.model_name, detector.classes),
-                                        keep_median_window=median_window is not None)
+            detector.use_postprocessing(
+                load_settings(postprocessing, detector.model_name, detector.classes),
+                keep_median_window=median_window is not None,
+            )
         return detector
 
     def _hop_frames(self, hop: Optional[float]) -> int:
@@ -262,7 +274,9 @@ class Detector:
             if not math.isclose(frames * self.frame_duration, hop, rel_tol=1e-6):
                 logger.info(
                     "hop %g s rounded to %d frames (%g s) to stay on the frame grid",
-                    hop, frames, frames * self.frame_duration,
+                    hop,
+                    frames,
+                    frames * self.frame_duration,
                 )
         return frames
 

@@ -47,6 +47,7 @@ from sed.models.encoders import model_inputs
 
 logger = logging.getLogger(__name__)
 
+
 # ---------------------------------------------------------------------- the graph
 class _FittedScaler(TorchScaler):
     """A :class:`TorchScaler` whose forward does not read its ``fitted`` flag (checked once, here).
@@ -172,7 +173,9 @@ def _torchscript_bytes(graph: InferenceGraph, example: Tensor, metadata: Detecto
     return buffer.getvalue()
 
 
-def serialize(graph: InferenceGraph, metadata: DetectorMetadata, fmt: str = "onnx", opset: int = DEFAULT_OPSET) -> bytes:
+def serialize(
+    graph: InferenceGraph, metadata: DetectorMetadata, fmt: str = "onnx", opset: int = DEFAULT_OPSET
+) -> bytes:
     """The bytes of ``graph`` exported as ``fmt`` (``"onnx"``: dynamo exporter, dynamic batch; ``"torchscript"``:
     traced), with ``metadata`` stored in them. Traced with a batch of 2 windows (a batch of 1 would be
     specialised as a constant)."""

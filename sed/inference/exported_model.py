@@ -136,7 +136,9 @@ class DetectorMetadata:
         version = METADATA_VERSION if self.model_sample_rate is None else METADATA_VERSION_RESAMPLING
         props = {"format": METADATA_FORMAT, "format_version": version}
         props.update(values)
-        props["frame_duration"] = self.frame_duration  # informational: frame_samples / (model_sample_rate or sample_rate)
+        props["frame_duration"] = (
+            self.frame_duration
+        )  # informational: frame_samples / (model_sample_rate or sample_rate)
         props["inputs"] = {INPUT_NAME: f"float32 [batch, {self.window_samples}] mono audio at {self.sample_rate} Hz"}
         props["outputs"] = {
             "strong": f"float32 [batch, {len(self.classes)}, {self.window_frames}] frame probabilities, "
@@ -160,8 +162,16 @@ class DetectorMetadata:
                 f"{path}: metadata format {values.get('format')!r} version {values.get('format_version')!r} is not "
                 f"{METADATA_FORMAT!r} version {' or '.join(map(str, versions))}"
             )
-        names = ("classes", "sample_rate", "window_samples", "window_frames", "frame_samples", "median_window",
-                 "thresholds", "model")
+        names = (
+            "classes",
+            "sample_rate",
+            "window_samples",
+            "window_frames",
+            "frame_samples",
+            "median_window",
+            "thresholds",
+            "model",
+        )
         missing = [n for n in names if n not in values]
         if missing:
             raise ExportError(f"{path}: metadata lacks key(s) {missing}")
@@ -229,8 +239,9 @@ class ExportedModel:
         self._runner = runner
 
     @classmethod
-    def load(cls, path: PathLike, fmt: Optional[str] = None, device: Optional[str] = None,
-             threads: Optional[int] = None) -> "ExportedModel":
+    def load(
+        cls, path: PathLike, fmt: Optional[str] = None, device: Optional[str] = None, threads: Optional[int] = None
+    ) -> "ExportedModel":
         """Open an ONNX (ONNX Runtime session) or TorchScript file written by :func:`export_detector`.
 
         ``fmt`` defaults to what the file is (a zip archive is TorchScript). ``device``: ``cpu`` (default) or
@@ -247,8 +258,9 @@ class ExportedModel:
         return cls.from_bytes(data, fmt, path, device, threads)
 
     @classmethod
-    def from_bytes(cls, data: bytes, fmt: str, path: PathLike, device: str = "cpu",
-                   threads: Optional[int] = None) -> "ExportedModel":
+    def from_bytes(
+        cls, data: bytes, fmt: str, path: PathLike, device: str = "cpu", threads: Optional[int] = None
+    ) -> "ExportedModel":
         """:meth:`load` from the file's bytes (``path`` only names it in messages)."""
         if fmt == "onnx":
             import onnxruntime as ort
@@ -273,7 +285,9 @@ class ExportedModel:
         try:
             module = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
         except Exception as err:  # noqa: BLE001
-            raise ExportError(f"{path}: not a readable TorchScript module ({' '.join(str(err).split())[:300]})") from None
+            raise ExportError(
+                f"{path}: not a readable TorchScript module ({' '.join(str(err).split())[:300]})"
+            ) from None
         if not extra[TORCHSCRIPT_METADATA]:
             raise ExportError(f"{path}: no {TORCHSCRIPT_METADATA} in this TorchScript file (not written by sed.export)")
         text = extra[TORCHSCRIPT_METADATA]
@@ -292,5 +306,3 @@ class ExportedModel:
         with torch.inference_mode():
             strong, weak = self._runner(x.to(self.device))
         return strong.float().cpu(), weak.float().cpu()
-
-

@@ -103,9 +103,7 @@ class CRNN(nn.Module):
         if len(filters) == 0:
             raise ValueError("CRNN filters must list at least one CNN block")
         if len(filters) != len(pooling):
-            raise ValueError(
-                f"CRNN filters has {len(filters)} blocks but pooling has {len(pooling)}; they must match"
-            )
+            raise ValueError(f"CRNN filters has {len(filters)} blocks but pooling has {len(pooling)}; they must match")
         if any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in pooling):
             raise ValueError(f"CRNN pooling entries must be (time, freq) pairs of positive ints, got {pooling}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -114,7 +112,7 @@ class CRNN(nn.Module):
             raise ValueError(f"CRNN activation={activation!r} is not one of {ACTIVATIONS}")
 
         freq = int(n_features)
-        for tp, fp in pooling:
+        for _tp, fp in pooling:
             freq //= fp
         if freq != 1:
             raise ValueError(

@@ -68,8 +68,11 @@ def scaled_keep_mask(like: Tensor, keep: float) -> Tensor:
     """``keep_mask(like.shape, keep) / keep`` as ``like``'s dtype, in ``like``'s memory format (channels-last when
     ``like`` is): the draws follow the logical shape, so the masks do not depend on the layout, while a product with
     a mask of another layout runs several times slower than one of the same layout."""
-    fmt = torch.channels_last if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) \
+    fmt = (
+        torch.channels_last
+        if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
         else torch.contiguous_format
+    )
     return keep_mask(like.shape, keep).to(like.dtype, memory_format=fmt).mul_(1.0 / keep)
 
 

@@ -49,9 +49,19 @@ class FrameLevelSED(nn.Module):
         time_pooling: output frames per front-end frame, as the CRNN's product of time pooling factors.
     """
 
-    def __init__(self, n_classes: int, n_features: int = 128, encoder: Optional[dict[str, Any]] = None,
-                 head: str = "bigru", rnn_hidden: int = 256, rnn_layers: int = 2, dropout: float = 0.0,
-                 attention: bool = True, time_pooling: int = 4, fast_dropout: bool = True) -> None:
+    def __init__(
+        self,
+        n_classes: int,
+        n_features: int = 128,
+        encoder: Optional[dict[str, Any]] = None,
+        head: str = "bigru",
+        rnn_hidden: int = 256,
+        rnn_layers: int = 2,
+        dropout: float = 0.0,
+        attention: bool = True,
+        time_pooling: int = 4,
+        fast_dropout: bool = True,
+    ) -> None:
         super().__init__()
         from sed.models.encoders import build_encoder
 
@@ -77,23 +87,38 @@ class FrameLevelSED(nn.Module):
     def time_pooling(self) -> int:
         return self._time_pooling
 
-    def forward(self, features: Tensor, embeddings: Optional[Tensor] = None, audio: Optional[Tensor] = None,
-                class_mask: Optional[Tensor] = None) -> CRNNOutput:
+    def forward(
+        self,
+        features: Tensor,
+        embeddings: Optional[Tensor] = None,
+        audio: Optional[Tensor] = None,
+        class_mask: Optional[Tensor] = None,
+    ) -> CRNNOutput:
         """``class_mask [B, C]`` (several datasets: the classes each clip's dataset annotates) masks the attention
         pooling as the CRNN's (:meth:`sed.models.crnn.CRNN.recurrent_heads`)."""
         n_frames = features.shape[-1] // self._time_pooling
         if n_frames < 1:
-            raise ValueError(f"FrameLevelSED: {features.shape[-1]} feature frames give no output frame at "
-                             f"time_pooling={self._time_pooling}")
+            raise ValueError(
+                f"FrameLevelSED: {features.shape[-1]} feature frames give no output frame at "
+                f"time_pooling={self._time_pooling}"
+            )
         if embeddings is None:
             if audio is None:
-                raise ValueError("FrameLevelSED needs the encoder embeddings or the audio of its features: "
-                                 "model(features, **sed.models.encoders.model_inputs(model, audio))")
+                raise ValueError(
+                    "FrameLevelSED needs the encoder embeddings or the audio of its features: "
+                    "model(features, **sed.models.encoders.model_inputs(model, audio))"
+                )
             embeddings = self.audio_encoder.compute(audio)
         embeddings = self.audio_encoder.combine(embeddings)
-        if embeddings.dim() != 3 or embeddings.shape[0] != features.shape[0] or embeddings.shape[1] != self.audio_encoder.dim:
-            raise ValueError(f"FrameLevelSED: embeddings must be [B={features.shape[0]}, D={self.audio_encoder.dim}, "
-                             f"T_e], got {tuple(embeddings.shape)}")
+        if (
+            embeddings.dim() != 3
+            or embeddings.shape[0] != features.shape[0]
+            or embeddings.shape[1] != self.audio_encoder.dim
+        ):
+            raise ValueError(
+                f"FrameLevelSED: embeddings must be [B={features.shape[0]}, D={self.audio_encoder.dim}, "
+                f"T_e], got {tuple(embeddings.shape)}"
+            )
         x = to_frames(embeddings, n_frames).transpose(1, 2)  # [B, T, D]
         x = self.dropout(x)
         if self.rnn is not None:

@@ -92,9 +92,14 @@ def glu_dropout(x: Tensor, glu: GLU, p: float, training: bool = True, fast: bool
     rows = x.movedim(1, -1)  # [B, H, W, C]: a view of the same memory when x is channels-last
     weight, bias = glu.linear.weight, glu.linear.bias
     usable = (
-        fast and x.device.type == "cpu" and x.dim() == 4 and rows.is_contiguous()
-        and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
-        and not torch.is_autocast_enabled("cpu") and not _tracing()
+        fast
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and rows.is_contiguous()
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and not torch.is_autocast_enabled("cpu")
+        and not _tracing()
     )
     masked = uses_fast_masks(x, p, training, fast)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))

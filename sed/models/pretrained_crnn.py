@@ -45,8 +45,15 @@ class PretrainedCRNN(CRNN):
         **crnn: the :class:`CRNN` keys.
     """
 
-    def __init__(self, n_classes: int, n_features: int = 128, encoder: Optional[dict[str, Any]] = None,
-                 embedding_dim: int = 128, fusion: str = "project_then_concat", **crnn: Any) -> None:
+    def __init__(
+        self,
+        n_classes: int,
+        n_features: int = 128,
+        encoder: Optional[dict[str, Any]] = None,
+        embedding_dim: int = 128,
+        fusion: str = "project_then_concat",
+        **crnn: Any,
+    ) -> None:
         super().__init__(n_classes, n_features, **crnn)
         if not encoder:
             raise ValueError("PretrainedCRNN needs model.encoder (a _target_ node of the audio encoder)")
@@ -63,24 +70,39 @@ class PretrainedCRNN(CRNN):
                 nn.Linear(self.audio_encoder.dim, self.embedding_dim), nn.LayerNorm(self.embedding_dim)
             )
             # the same GRU, reading the wider input
-            self.rnn = nn.GRU(gru.input_size + self.embedding_dim, gru.hidden_size, gru.num_layers, batch_first=True,
-                              bidirectional=True, dropout=gru.dropout)
+            self.rnn = nn.GRU(
+                gru.input_size + self.embedding_dim,
+                gru.hidden_size,
+                gru.num_layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=gru.dropout,
+            )
         else:
             self.fusion_dropout = Dropout(float(crnn.get("dropout", 0.5)), fast=bool(crnn.get("fast_dropout", True)))
             self.fusion_projection = nn.Linear(channels + self.audio_encoder.dim, channels)
 
-    def forward(self, features: Tensor, embeddings: Optional[Tensor] = None,
-                audio: Optional[Tensor] = None, class_mask: Optional[Tensor] = None) -> CRNNOutput:
+    def forward(
+        self,
+        features: Tensor,
+        embeddings: Optional[Tensor] = None,
+        audio: Optional[Tensor] = None,
+        class_mask: Optional[Tensor] = None,
+    ) -> CRNNOutput:
         x = self.cnn_frames(features)  # [B, T', ch]
         if embeddings is None:
             if audio is None:
-                raise ValueError("PretrainedCRNN needs the encoder embeddings or the audio of its features: "
-                                 "model(features, **sed.models.encoders.model_inputs(model, audio))")
+                raise ValueError(
+                    "PretrainedCRNN needs the encoder embeddings or the audio of its features: "
+                    "model(features, **sed.models.encoders.model_inputs(model, audio))"
+                )
             embeddings = self.audio_encoder.compute(audio)
         embeddings = self.audio_encoder.combine(embeddings)
         if embeddings.dim() != 3 or embeddings.shape[0] != x.shape[0] or embeddings.shape[1] != self.audio_encoder.dim:
-            raise ValueError(f"PretrainedCRNN: embeddings must be [B={x.shape[0]}, D={self.audio_encoder.dim}, T_e], "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"PretrainedCRNN: embeddings must be [B={x.shape[0]}, D={self.audio_encoder.dim}, T_e], "
+                f"got {tuple(embeddings.shape)}"
+            )
         frames = F.adaptive_avg_pool1d(embeddings.to(x.dtype), x.shape[1]).transpose(1, 2)  # [B, T', D]
         if self.fusion == "project_then_concat":
             x = torch.cat([x, self.embedding_projection(frames).to(x.dtype)], dim=-1)

@@ -80,11 +80,15 @@ def active() -> str:
 def describe() -> str:
     """One log line: the allocator in use and how to change it."""
     if active() == "mimalloc":
-        return (f"Memory allocator: mimalloc (freed memory kept for reuse, MIMALLOC_PURGE_DELAY="
-                f"{os.environ.get('MIMALLOC_PURGE_DELAY', 'default')}; {ENV}=system for glibc's)")
+        return (
+            f"Memory allocator: mimalloc (freed memory kept for reuse, MIMALLOC_PURGE_DELAY="
+            f"{os.environ.get('MIMALLOC_PURGE_DELAY', 'default')}; {ENV}=system for glibc's)"
+        )
     if not sys.platform.startswith("linux"):
         return "Memory allocator: the system's"
     if choice() == "system":
         return f"Memory allocator: glibc's ({ENV}=system)"
-    return ("Memory allocator: glibc's (cmeel-mimalloc is not installed, or this process was not started by "
-            "train.py): CPU training steps run slower (benchmarks/README.md)")
+    return (
+        "Memory allocator: glibc's (cmeel-mimalloc is not installed, or this process was not started by "
+        "train.py): CPU training steps run slower (benchmarks/README.md)"
+    )

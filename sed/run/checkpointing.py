@@ -43,7 +43,8 @@ class NonFiniteWeightsError(RuntimeError, UserError):
 
 def _non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
     return [
-        name for name, value in state_dict.items()
+        name
+        for name, value in state_dict.items()
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
     ]
 
@@ -112,10 +113,13 @@ class ResumeCheckpoint(Checkpoint):
     data module records how many batches of the epoch were trained on).
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_train_steps: Optional[int] = None,
-                 resume_hint: str = "") -> None:
+    def __init__(
+        self, dirpath: str | os.PathLike, every_n_train_steps: Optional[int] = None, resume_hint: str = ""
+    ) -> None:
         if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(f"callbacks.checkpoint.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}")
+            raise ValueError(
+                f"callbacks.checkpoint.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}"
+            )
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_train_steps = every_n_train_steps
         self.resume_hint = resume_hint
@@ -173,7 +177,9 @@ class ResumeCheckpoint(Checkpoint):
         self._signal = signum
         log.warning(
             "Received %s: stopping after the current training step and writing %s%s",
-            signal.Signals(signum).name, self.path, " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "",
+            signal.Signals(signum).name,
+            self.path,
+            " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else "",
         )
 
     def _stop_requested(self, trainer: pl.Trainer) -> bool:
@@ -188,7 +194,10 @@ class ResumeCheckpoint(Checkpoint):
         signum = self._signal if self._signal is not None else signal.SIGTERM
         log.warning(
             "Training stopped by %s at epoch %d, step %d; resumable checkpoint: %s%s",
-            signal.Signals(signum).name, trainer.current_epoch, trainer.global_step, self.path,
+            signal.Signals(signum).name,
+            trainer.current_epoch,
+            trainer.global_step,
+            self.path,
             f"\nResume with: {self.resume_hint} ckpt_path={self.path}" if self.resume_hint else "",
         )
         raise RunStopped(128 + signum, "train", checkpoint=str(self.path))
@@ -217,8 +226,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def check_resumable(path: str | os.PathLike, checkpoint: dict[str, Any], config: dict[str, Any],
-                    classes: list[str]) -> None:
+def check_resumable(
+    path: str | os.PathLike, checkpoint: dict[str, Any], config: dict[str, Any], classes: list[str]
+) -> None:
     """Refuse to resume a run whose classes, model, features or scaler differ from this configuration's (the
     output heads would silently change meaning, or loading would fail with a wall of shape mismatches)."""
     saved_classes = list(checkpoint["hyper_parameters"]["classes"])
@@ -235,9 +245,7 @@ def check_resumable(path: str | os.PathLike, checkpoint: dict[str, Any], config:
         if key != "path" and saved.get(group, {}).get(key) != config.get(group, {}).get(key)
     ]
     if differing:
-        shown = ", ".join(
-            f"{k}={_get(saved, k)!r} in the checkpoint, {_get(config, k)!r} now" for k in differing[:4]
-        )
+        shown = ", ".join(f"{k}={_get(saved, k)!r} in the checkpoint, {_get(config, k)!r} now" for k in differing[:4])
         raise CheckpointError(
             f"ckpt_path={path} was trained with another model/front-end ({shown}"
             f"{', ...' if len(differing) > 4 else ''}): resume with the run's own settings, or evaluate it with train=false"

@@ -71,7 +71,9 @@ class MixupConfig:
     prob: float = 0.5
     mode: str = "soft"  # soft: labels mixed like the inputs; hard: union of the two label sets
     alpha: float = 0.2  # Beta(alpha, alpha) mixing coefficient
-    domain: str = "features"  # features: the normalised log features; linear: magnitudes before log and scaler (DCASE baseline)
+    domain: str = (
+        "features"  # features: the normalised log features; linear: magnitudes before log and scaler (DCASE baseline)
+    )
     shared_draw: bool = False  # one coin flip decides for both labelled subsets (DCASE baseline); else one per subset
 
 
@@ -295,8 +297,10 @@ def upgrade_targets(config: Any) -> Any:
     """``config`` (a plain nested dict/list, e.g. a checkpoint's saved configuration) with every moved
     ``_target_`` renamed to its current path (:data:`MOVED_TARGETS`); other values are returned as they are."""
     if isinstance(config, dict):
-        return {k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else upgrade_targets(v))
-                for k, v in config.items()}
+        return {
+            k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else upgrade_targets(v))
+            for k, v in config.items()
+        }
     if isinstance(config, list):
         return [upgrade_targets(v) for v in config]
     return config
@@ -355,13 +359,28 @@ def default_node(group: str, cfg: Any) -> Optional[dict[str, Any]]:
         merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), node)
         return OmegaConf.to_container(merged, resolve=True)
     if group == "optimizer":
-        return {"_target_": "torch.optim.Adam", "_partial_": True, "lr": t.lr, "betas": list(t.betas),
-                "weight_decay": t.weight_decay, **node}
+        return {
+            "_target_": "torch.optim.Adam",
+            "_partial_": True,
+            "lr": t.lr,
+            "betas": list(t.betas),
+            "weight_decay": t.weight_decay,
+            **node,
+        }
     if group == "scheduler":
-        return {"_target_": "sed.training.schedules.warmup_lambda_lr", "_partial_": True, "warmup_epochs": t.warmup_epochs,
-                "warmup_fraction": t.warmup_fraction, "schedule": t.schedule, "min_lr": t.min_lr,
-                "decay_start_epoch": t.get("decay_start_epoch"), "interval": "step", "frequency": 1, "monitor": None,
-                **node}
+        return {
+            "_target_": "sed.training.schedules.warmup_lambda_lr",
+            "_partial_": True,
+            "warmup_epochs": t.warmup_epochs,
+            "warmup_fraction": t.warmup_fraction,
+            "schedule": t.schedule,
+            "min_lr": t.min_lr,
+            "decay_start_epoch": t.get("decay_start_epoch"),
+            "interval": "step",
+            "frequency": 1,
+            "monitor": None,
+            **node,
+        }
     raise KeyError(group)
 
 
@@ -384,8 +403,11 @@ def register_configs() -> None:
     command-line override is merged onto it and checked) and the run-directory resolvers (sed.run.rundir)."""
     from sed.run import rundir
 
-    for name, fn in (("sed_run_dir", rundir.choose_run_dir), ("sed_new_dir", rundir.new_dir),
-                     ("sed_config_subdir", rundir.config_subdir)):
+    for name, fn in (
+        ("sed_run_dir", rundir.choose_run_dir),
+        ("sed_new_dir", rundir.new_dir),
+        ("sed_config_subdir", rundir.config_subdir),
+    ):
         if not OmegaConf.has_resolver(name):
             # sed_new_dir is cached in the config, so that sweep jobs run in other processes (submitit) get the
             # sweep directory the launcher claimed (Hydra copies the cache into each job's config).
@@ -411,11 +433,13 @@ def check_override_syntax(argv: list[str]) -> None:
             key, value = arg.split("=", 1)
             char = next(c for c in arg if not c.isascii())
             if value.startswith("[") or value.startswith("{"):
-                fix = f"quote each item that has one, e.g. {key}=[\"item\",...]"
+                fix = f'quote each item that has one, e.g. {key}=["item",...]'
             else:
                 fix = f"quote it, e.g. '{key}=\"{value}\"' (the outer quotes for the shell)"
-            raise SystemExit(f"error: {arg}: Hydra's override grammar takes a non-ASCII character ({char!r}) only "
-                             f"in a quoted value: {fix}") from None
+            raise SystemExit(
+                f"error: {arg}: Hydra's override grammar takes a non-ASCII character ({char!r}) only "
+                f"in a quoted value: {fix}"
+            ) from None
 
 
 def accept_appended_exp(argv: list[str]) -> None:

@@ -18,8 +18,12 @@ import pytorch_lightning as pl
 from tqdm import tqdm
 
 # Lightning's rank-zero loggers, where its "💡 Tip: ..." adverts are logged.
-_ADVERT_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                   "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+_ADVERT_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
 _ADVERT_PREFIX = "💡 Tip:"
 
 # (message regex, module regex) of dependency warnings that a user can do nothing about.

@@ -59,8 +59,9 @@ def build_loggers(cfg: Optional[DictConfig]) -> list[Logger]:
     return [_build("logger", name, node) for name, node in _entries("logger", cfg).items()]
 
 
-def build_callbacks(cfg: Optional[DictConfig], run_dir: str | Path, resume_hint: str = "",
-                    has_logger: bool = True) -> list[Callback]:
+def build_callbacks(
+    cfg: Optional[DictConfig], run_dir: str | Path, resume_hint: str = "", has_logger: bool = True
+) -> list[Callback]:
     """The best-checkpoint callback (``callbacks.checkpoint``), :class:`ResumeCheckpoint`, then every other
     callback of the ``callbacks`` group in its order."""
     entries = _entries("callbacks", cfg)
@@ -119,6 +120,9 @@ def call_factory(group: str, node: Any, first: Any, **optional: Any) -> Any:
     try:
         return factory(first, **kwargs)
     except TypeError as err:
-        hint = (f" (remove a key it does not take with ~{group}.KEY, or choose another {group} config)"
-                if "unexpected keyword" in str(err) else "")
+        hint = (
+            f" (remove a key it does not take with ~{group}.KEY, or choose another {group} config)"
+            if "unexpected keyword" in str(err)
+            else ""
+        )
         raise TypeError(f"{group}._target_={node['_target_']}: {err}{hint}") from err

@@ -16,6 +16,9 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from sed.data.datamodule import SEDDataModule
+from sed.dcase.complexity import ComplexityReport, n_parameters
+from sed.evaluation.tune_at_test import validation_needed_at_test
 from sed.run import allocator
 from sed.run.checkpointing import (
     AtomicCheckpointIO,
@@ -25,15 +28,12 @@ from sed.run.checkpointing import (
     read_checkpoint,
     stop_on_signal,
 )
-from sed.dcase.complexity import ComplexityReport, n_parameters
 from sed.run.config import check_known_keys
 from sed.run.console import ShortEpochLogInterval, quiet_console
-from sed.data.datamodule import SEDDataModule
-from sed.evaluation.tune_at_test import validation_needed_at_test
 from sed.run.instantiators import build_callbacks, build_loggers
+from sed.run.rundir import is_main_process, lock_run_dir, release_run_dir, write_status
 from sed.training.module import SEDModule
 from sed.utils.errors import ConfigError
-from sed.run.rundir import is_main_process, lock_run_dir, release_run_dir, write_status
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,11 @@ def cpu_bf16_hint(trainer: pl.Trainer, n_params: int) -> Optional[str]:
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     if not any(probe is not None and probe() for probe in probes):
         return None
-    return (f"this CPU has bf16 instructions (AVX512-BF16/AMX): with a network of {n_params:,} parameters, "
-            "trainer.precision=bf16-mixed may train faster (the DESED recipe's step 1.3x on a Zen 4 CPU; "
-            "benchmarks/README.md)")
+    return (
+        f"this CPU has bf16 instructions (AVX512-BF16/AMX): with a network of {n_params:,} parameters, "
+        "trainer.precision=bf16-mixed may train faster (the DESED recipe's step 1.3x on a Zen 4 CPU; "
+        "benchmarks/README.md)"
+    )
 
 
 def _evaluation_module(cfg: DictConfig, dm: SEDDataModule) -> SEDModule:
@@ -93,7 +95,10 @@ def _evaluation_module(cfg: DictConfig, dm: SEDDataModule) -> SEDModule:
         if saved.data[key] != cfg.data[key]:
             log.warning(
                 "data.%s=%s in the current configuration, but the checkpoint was trained with %s: using %s",
-                key, cfg.data[key], saved.data[key], saved.data[key],
+                key,
+                cfg.data[key],
+                saved.data[key],
+                saved.data[key],
             )
             setattr(dm, key, saved.data[key])
     if list(module.classes) != list(dm.classes):
@@ -118,8 +123,12 @@ def run(cfg: DictConfig, run_dir: str | Path, resume_hint: str = "") -> dict[str
     if main_process:
         lock_run_dir(run_dir)
     if cfg.train and cfg.ckpt_path and Path(cfg.ckpt_path).resolve().parent.parent != run_dir.resolve():
-        log.info("Resuming from %s in a new run directory %s (the checkpoint's run is finished, or not a run "
-                 "directory; its files are left as they are)", cfg.ckpt_path, run_dir)
+        log.info(
+            "Resuming from %s in a new run directory %s (the checkpoint's run is finished, or not a run "
+            "directory; its files are left as they are)",
+            cfg.ckpt_path,
+            run_dir,
+        )
     progress = _Progress()
     try:
         with stop_on_signal(progress.stage):
@@ -170,13 +179,23 @@ def _after_stop(cfg: DictConfig, run_dir: Path, hint: str, progress: _Progress, 
         rerun = f"{hint} ckpt_path={cfg.ckpt_path}" if cfg.ckpt_path else hint
         what = "Resume with" if cfg.train and cfg.ckpt_path else "Run again with"
     name = signal.Signals(stop.code - 128).name if isinstance(stop.code, int) and stop.code > 128 else "a signal"
-    log.warning("Stopped by %s during %s; nothing of it was written.\n%s: %s", name,
-                _STAGE_NAMES.get(stop.stage, stop.stage), what, rerun)
+    log.warning(
+        "Stopped by %s during %s; nothing of it was written.\n%s: %s",
+        name,
+        _STAGE_NAMES.get(stop.stage, stop.stage),
+        what,
+        rerun,
+    )
     return {"rerun": rerun}
 
 
-_STAGE_NAMES = {"test": "the test", "validate": "validation", "sanity_check": "the validation sanity check",
-                "train": "the start of training", "setup": "the setup (data checks)"}
+_STAGE_NAMES = {
+    "test": "the test",
+    "validate": "validation",
+    "sanity_check": "the validation sanity check",
+    "train": "the start of training",
+    "setup": "the setup (data checks)",
+}
 
 
 def _run(
@@ -197,8 +216,9 @@ def _run(
     else:
         config = OmegaConf.to_container(cfg, resolve=True)
         features = config["features"]  # "auto": the files' common rate (saved resolved, so checkpoints know it)
-        features["input_sample_rate"] = dm.resolve_input_sample_rate(features.get("input_sample_rate"),
-                                                                     features["sample_rate"])
+        features["input_sample_rate"] = dm.resolve_input_sample_rate(
+            features.get("input_sample_rate"), features["sample_rate"]
+        )
         if cfg.ckpt_path:
             check_resumable(cfg.ckpt_path, read_checkpoint(cfg.ckpt_path), config, dm.classes)
         module = SEDModule(config, dm.classes)
@@ -230,7 +250,10 @@ def _run(
     if trainer.is_global_zero:
         _report(run_dir, trainer, results)
     best = getattr(_best_checkpoint(trainer), "best_model_score", None) if cfg.train else None
-    return results, {"best_val_objective": None if best is None else float(best), "preferred_model": module.preferred_model}
+    return results, {
+        "best_val_objective": None if best is None else float(best),
+        "preferred_model": module.preferred_model,
+    }
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> Optional[ModelCheckpoint]:
@@ -243,8 +266,9 @@ def log_failure(err: BaseException, console: bool = True) -> None:
     """Why the run failed, in the run's log file too (not only on stderr): one line for every handler (the file
     handlers only unless ``console``), the traceback for the file handlers."""
     line = log.makeRecord(log.name, logging.ERROR, __file__, 0, "Run failed: %s: %s", (type(err).__name__, err), None)
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "Traceback of the failure:", (),
-                            (type(err), err, err.__traceback__))
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, "Traceback of the failure:", (), (type(err), err, err.__traceback__)
+    )
     if console:
         log.handle(line)
     for handler in logging.getLogger().handlers:
@@ -265,16 +289,25 @@ def _report(run_dir: Path, trainer: pl.Trainer, results: dict[str, dict[str, flo
         for name, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if k in HEADLINE or k.startswith("event_f1_macro")}
             model = name.rsplit("/", 1)[-1]  # <dataset>/<model> with several datasets
-            preferred = " (preferred by validation: deployed by sed.infer)" if model == trainer.lightning_module.preferred_model else ""
+            preferred = (
+                " (preferred by validation: deployed by sed.infer)"
+                if model == trainer.lightning_module.preferred_model
+                else ""
+            )
             lines.append(f"  {name}{preferred}: {shown}")
             per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("psds1/") and v == v}
             if per_class:  # DCASE's PSDS1 is 0 when one class is never detected: show which class holds it back
                 weakest = min(per_class, key=per_class.get)
-                lines.append("    PSDS1 per class: " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items())
-                             + f" (weakest: {weakest})")
+                lines.append(
+                    "    PSDS1 per class: "
+                    + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items())
+                    + f" (weakest: {weakest})"
+                )
     if results and (run_dir / "postprocessing.json").is_file():
-        lines.append(f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
-                     f"{run_dir / 'postprocessing.json'}")
+        lines.append(
+            f"Post-processing tuned on validation (metrics '@tuned', events_tuned.tsv): "
+            f"{run_dir / 'postprocessing.json'}"
+        )
     for reporter in trainer.callbacks:  # energy, parameters and MACs (sed.dcase.energy, sed.dcase.complexity)
         lines.extend(getattr(reporter, "summary_lines", lambda: [])())
     for logger in trainer.loggers:

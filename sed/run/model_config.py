@@ -25,9 +25,7 @@ class ModelConfig:
     _target_: str = "sed.models.crnn.CRNN"
     n_in_channels: int = 1
     filters: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128])
-    pooling: List[List[int]] = field(
-        default_factory=lambda: [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]]
-    )
+    pooling: List[List[int]] = field(default_factory=lambda: [[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]])
     kernel_size: int = 3
     dropout: float = 0.5
     activation: str = "glu"  # glu | cg | relu

@@ -48,7 +48,9 @@ def claim_new_dir(path: str | os.PathLike, key: str = "") -> Path:
     except OSError as err:
         reason = err.strerror or str(err)
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(base) else ""
-        raise RunDirError(f"{key + ': ' if key else ''}cannot create the run directory {base}: {reason}{where}") from None
+        raise RunDirError(
+            f"{key + ': ' if key else ''}cannot create the run directory {base}: {reason}{where}"
+        ) from None
 
 
 def _claim(base: Path) -> Path:

@@ -99,7 +99,7 @@ def _fades(n: int, sample_rate: int, fade_in: float, fade_out: float) -> np.ndar
     a = min(n // 2, max(1, int(fade_in * sample_rate)))
     b = min(n // 2, max(1, int(fade_out * sample_rate)))
     env[:a] = np.sin(0.5 * np.pi * np.arange(a) / a) ** 2
-    env[n - b:] = np.cos(0.5 * np.pi * np.arange(1, b + 1) / b) ** 2
+    env[n - b :] = np.cos(0.5 * np.pi * np.arange(1, b + 1) / b) ** 2
     return env
 
 

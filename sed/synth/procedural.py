@@ -119,9 +119,9 @@ def _chirp(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
             break
         tt = np.arange(length) / length
         f0 = f_start * rng.uniform(0.9, 1.1)
-        f = _nyq(f0 * ratio ** tt, sr)
+        f = _nyq(f0 * ratio**tt, sr)
         phase = TWO_PI * np.cumsum(f) / sr
-        x[pos:pos + length] = np.sin(phase) * np.sin(np.pi * tt) ** 2 * rng.uniform(0.5, 1.0)
+        x[pos : pos + length] = np.sin(phase) * np.sin(np.pi * tt) ** 2 * rng.uniform(0.5, 1.0)
         pos += length + int(rng.uniform(0.02, 0.12) * sr)
     return x
 
@@ -159,7 +159,7 @@ def _speech_like(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
     bw = np.array([80.0, 110.0, 170.0])[:, None, None]
     gain = np.array([1.0, 0.6, 0.3])[:, None, None]
     amp = np.sum(gain / (1.0 + ((hf[None] - tracks[:, None, :]) / bw) ** 2), axis=0) + 0.01  # [K, m]
-    amp /= k ** 0.5
+    amp /= k**0.5
     pos = t * ctl
     i0 = np.minimum(pos.astype(np.int64), m - 2)
     w = pos - i0
@@ -191,7 +191,7 @@ def _water_like(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
         length = min(int(5 * tau * sr), n - s)
         tt = np.arange(length) / sr
         fr = _nyq(f0 * (1.0 + rise * tt), sr)
-        x[s:s + length] += a * np.sin(TWO_PI * np.cumsum(fr) / sr) * np.exp(-tt / tau)
+        x[s : s + length] += a * np.sin(TWO_PI * np.cumsum(fr) / sr) * np.exp(-tt / tau)
     flutter = np.clip(1.0 + 0.6 * _smooth_random(rng, n, sr, rng.uniform(10.0, 25.0)), 0.1, None)
     bed = _unit_rms(_noise(rng, n, sr, 300.0, 4000.0)) * flutter
     x = _unit_rms(x) + rng.uniform(0.4, 0.9) * bed
@@ -207,9 +207,9 @@ def _bell_ring(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
     t = np.arange(n) / sr
     f0 = rng.uniform(350.0, 1200.0)
     freqs = f0 * _BELL_RATIOS * rng.uniform(0.99, 1.01, _BELL_RATIOS.size)
-    amps = rng.uniform(0.3, 1.0, freqs.size) / _BELL_RATIOS ** 0.5
+    amps = rng.uniform(0.3, 1.0, freqs.size) / _BELL_RATIOS**0.5
     tau0 = rng.uniform(0.3, 1.0)
-    taus = tau0 / _BELL_RATIOS ** 0.7
+    taus = tau0 / _BELL_RATIOS**0.7
     n_strikes = int(rng.integers(1, 4))
     strikes = np.sort(np.concatenate([[0.0], rng.uniform(0.2, max(0.25, dur * 0.7), n_strikes - 1)]))
     x = np.zeros(n)
@@ -241,8 +241,8 @@ def _footsteps(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
         m = min(length, n - s)
         noise = rng.standard_normal(m)
         thud = (np.sin(TWO_PI * f_thud * rng.uniform(0.9, 1.1) * tt[:m]) + 0.5 * noise) * np.exp(-tt[:m] / tau)
-        thuds[s:s + m] += thud * rng.uniform(0.6, 1.0)
-        clicks[s:s + m] += rng.standard_normal(m) * np.exp(-tt[:m] / tau_click) * rng.uniform(0.5, 1.0)
+        thuds[s : s + m] += thud * rng.uniform(0.6, 1.0)
+        clicks[s : s + m] += rng.standard_normal(m) * np.exp(-tt[:m] / tau_click) * rng.uniform(0.5, 1.0)
         pos += period * rng.uniform(0.85, 1.15)
     thuds = _spectral_filter(thuds, sr, low=50.0, high=_nyq(500.0, sr), order=2)
     clicks = _spectral_filter(clicks, sr, low=800.0, high=_nyq(4000.0, sr), order=2)

@@ -72,7 +72,7 @@ def _door_knock(rng: np.random.Generator, sr: int, dur: float) -> np.ndarray:
         if m <= 0:
             break
         tone = np.sin(TWO_PI * f * rng.uniform(0.95, 1.05) * tt[:m]) + 0.4 * rng.standard_normal(m)
-        x[s:s + m] += tone * np.exp(-tt[:m] / rng.uniform(0.015, 0.03)) * rng.uniform(0.7, 1.0)
+        x[s : s + m] += tone * np.exp(-tt[:m] / rng.uniform(0.015, 0.03)) * rng.uniform(0.7, 1.0)
     return _spectral_filter(x, sr, low=80.0, high=min(3000.0, 0.45 * sr), order=2)
 
 
@@ -95,18 +95,25 @@ class RecordingClass:
     weights: tuple[float, float, float]  # street, cafe, station
 
 
-RECORDING_CLASSES: dict[str, RecordingClass] = {c.name: c for c in (
-    RecordingClass("people_talking", "speech_like", (2.0, 8.0), (1.0, 3.0, 1.5)),
-    RecordingClass("announcement", "announcement", (2.0, 6.0), (0.0, 0.2, 1.5)),
-    RecordingClass("birds_singing", "chirp", (1.0, 4.0), (1.5, 0.3, 0.2)),
-    RecordingClass("dishes", "click_train", (0.5, 3.0), (0.0, 2.5, 0.3)),
-    RecordingClass("footsteps", "footsteps", (1.5, 6.0), (1.5, 1.0, 2.0)),
-    RecordingClass("car_passing", "car_passing", (3.0, 8.0), (2.5, 0.2, 0.5)),
-    RecordingClass("door_knock", "door_knock", (0.4, 1.5), (0.3, 1.0, 0.5)),
-)}
+RECORDING_CLASSES: dict[str, RecordingClass] = {
+    c.name: c
+    for c in (
+        RecordingClass("people_talking", "speech_like", (2.0, 8.0), (1.0, 3.0, 1.5)),
+        RecordingClass("announcement", "announcement", (2.0, 6.0), (0.0, 0.2, 1.5)),
+        RecordingClass("birds_singing", "chirp", (1.0, 4.0), (1.5, 0.3, 0.2)),
+        RecordingClass("dishes", "click_train", (0.5, 3.0), (0.0, 2.5, 0.3)),
+        RecordingClass("footsteps", "footsteps", (1.5, 6.0), (1.5, 1.0, 2.0)),
+        RecordingClass("car_passing", "car_passing", (3.0, 8.0), (2.5, 0.2, 0.5)),
+        RecordingClass("door_knock", "door_knock", (0.4, 1.5), (0.3, 1.0, 0.5)),
+    )
+}
 #: Labels of the recordings that are classes of the clip dataset (sed.synth.DEFAULT_CLASSES) under another name.
-ALIASES: dict[str, str] = {"people_talking": "speech_like", "announcement": "speech_like",
-                           "birds_singing": "chirp", "dishes": "click_train"}
+ALIASES: dict[str, str] = {
+    "people_talking": "speech_like",
+    "announcement": "speech_like",
+    "birds_singing": "chirp",
+    "dishes": "click_train",
+}
 #: The classes mpAUC is computed on (the others are annotated, trained on, and not scored).
 EVALUATED_CLASSES: tuple[str, ...] = ("people_talking", "birds_singing", "dishes", "footsteps", "car_passing")
 _OWN_SOUNDS = {"car_passing": _car_passing, "door_knock": _door_knock, "announcement": _loudspeaker}
@@ -133,8 +140,9 @@ def _event(label: str, rng: np.random.Generator, sr: int) -> np.ndarray:
     return _unit_rms(trim_silence(synth(rng, sr, dur), sr))
 
 
-def _annotate(rng: np.random.Generator, onset: float, offset: float, snr: float, length: float,
-              config: RecordingConfig) -> tuple[float, float, float] | None:
+def _annotate(
+    rng: np.random.Generator, onset: float, offset: float, snr: float, length: float, config: RecordingConfig
+) -> tuple[float, float, float] | None:
     """The event as the annotators saw it: ``(onset, offset, confidence)``, None when none of them noticed it."""
     noticed = rng.random(config.annotators) < np.clip(1.0 / (1.0 + np.exp(-(snr - 5.0) / 3.0)), 0.1, 0.97)
     marks = np.clip(rng.normal([onset, offset], config.boundary_error, (config.annotators, 2)), 0.0, length)
@@ -179,8 +187,17 @@ def make_recording(rng: np.random.Generator, scene: str, config: RecordingConfig
 
 
 def _settings(seed: int, sizes: Mapping[str, int], config: RecordingConfig) -> dict:
-    return json.loads(json.dumps({"kind": "recordings", "version": RECORDINGS_VERSION, "seed": int(seed),
-                                  "sizes": dict(sizes), "config": config.__dict__}))
+    return json.loads(
+        json.dumps(
+            {
+                "kind": "recordings",
+                "version": RECORDINGS_VERSION,
+                "seed": int(seed),
+                "sizes": dict(sizes),
+                "config": config.__dict__,
+            }
+        )
+    )
 
 
 def _check_sizes(sizes: Mapping[str, int] | None) -> dict[str, int]:
@@ -209,14 +226,19 @@ def _owned(root: Path, settings: dict) -> bool:
             break
         differences = {k: (found.get(k), settings[k]) for k in settings if found.get(k) != settings[k]}
         if differences:
-            raise GenerationRefused(root, "holds recordings generated with other settings ("
-                                    + "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differences.items())
-                                    + "); they are not regenerated in place", differences)
+            raise GenerationRefused(
+                root,
+                "holds recordings generated with other settings ("
+                + "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differences.items())
+                + "); they are not regenerated in place",
+                differences,
+            )
         return (root / ".complete").is_file()
     if next(os.scandir(root), None) is None:
         return False
-    raise GenerationRefused(root, "the folder is not empty and carries no marker of the recordings generator; "
-                                  "nothing was written to it")
+    raise GenerationRefused(
+        root, "the folder is not empty and carries no marker of the recordings generator; nothing was written to it"
+    )
 
 
 def generate_recordings(
@@ -229,10 +251,10 @@ def generate_recordings(
 ) -> Path:
     """Generate the recordings dataset (module docstring) under ``out_dir``; returns it. ``sizes``: recordings per
     split (missing keys: :data:`DEFAULT_RECORDING_SIZES`)."""
+    import pandas as pd
+
     from sed.data.tsv import write_durations, write_strong
     from sed.utils.io import atomic_write_text
-
-    import pandas as pd
 
     root = Path(out_dir)
     sizes = _check_sizes(sizes)
@@ -261,8 +283,10 @@ def generate_recordings(
             rows += [(name, a, b, label, c) for a, b, label, c in events] or [(name, np.nan, np.nan, "", np.nan)]
         meta = root / "metadata" / split
         meta.mkdir(parents=True, exist_ok=True)
-        write_strong(pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label", "confidence"]),
-                     meta / f"{split}.tsv")
+        write_strong(
+            pd.DataFrame(rows, columns=["filename", "onset", "offset", "event_label", "confidence"]),
+            meta / f"{split}.tsv",
+        )
         write_durations(durations, meta / "durations.tsv")
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in RECORDING_CLASSES))
     atomic_write_text(root / "README.txt", _readme(settings))
@@ -272,16 +296,18 @@ def generate_recordings(
 
 
 def _readme(settings: dict) -> str:
-    return "\n".join([
-        "Synthetic scene recordings with soft labels (generated by `python -m sed.synth OUT_DIR --recordings`).",
-        "",
-        f"settings: {json.dumps(settings, sort_keys=True)}",
-        f"classes ({len(RECORDING_CLASSES)}): {', '.join(RECORDING_CLASSES)}",
-        f"aliases into the clip dataset: {', '.join(f'{a} -> {b}' for a, b in ALIASES.items())}",
-        f"evaluated classes (mpAUC): {', '.join(EVALUATED_CLASSES)}",
-        "",
-        "audio/<split>/*.wav: mono 16-bit PCM recordings; metadata/<split>/<split>.tsv: filename onset offset "
-        "event_label confidence (the share of the simulated annotators who noticed the event); "
-        "metadata/<split>/durations.tsv.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "Synthetic scene recordings with soft labels (generated by `python -m sed.synth OUT_DIR --recordings`).",
+            "",
+            f"settings: {json.dumps(settings, sort_keys=True)}",
+            f"classes ({len(RECORDING_CLASSES)}): {', '.join(RECORDING_CLASSES)}",
+            f"aliases into the clip dataset: {', '.join(f'{a} -> {b}' for a, b in ALIASES.items())}",
+            f"evaluated classes (mpAUC): {', '.join(EVALUATED_CLASSES)}",
+            "",
+            "audio/<split>/*.wav: mono 16-bit PCM recordings; metadata/<split>/<split>.tsv: filename onset offset "
+            "event_label confidence (the share of the simulated annotators who noticed the event); "
+            "metadata/<split>/durations.tsv.",
+            "",
+        ]
+    )

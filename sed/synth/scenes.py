@@ -156,8 +156,15 @@ class DatasetLayout:
     def complete(self) -> bool:
         """True when the ``.complete`` marker (written last) and every metadata file exist."""
         files = (
-            self.marker, self.classes_file, self.strong_tsv, self.weak_tsv, self.unlabeled_tsv,
-            self.validation_tsv, self.validation_durations, self.test_tsv, self.test_durations,
+            self.marker,
+            self.classes_file,
+            self.strong_tsv,
+            self.weak_tsv,
+            self.unlabeled_tsv,
+            self.validation_tsv,
+            self.validation_durations,
+            self.test_tsv,
+            self.test_durations,
         )
         return all(p.is_file() for p in files)
 
@@ -244,14 +251,18 @@ def _clip_rng(seed: int, subset: str, index: int) -> np.random.Generator:
 def _plan(subset: str, n: int, seed: int, config: SceneConfig, audio_dir: Path) -> list[_Job]:
     """Decide, per clip, the number of events and the duration (exact empty/short counts)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _SUBSET_ID[subset], 10**6]))
-    counts = 1 + rng.choice(len(config.n_events_probs), size=n, p=np.asarray(config.n_events_probs) / sum(config.n_events_probs))
+    counts = 1 + rng.choice(
+        len(config.n_events_probs), size=n, p=np.asarray(config.n_events_probs) / sum(config.n_events_probs)
+    )
     if subset != "weak" and config.empty_fraction > 0 and n >= 2:
         n_empty = max(1, int(round(config.empty_fraction * n)))
         counts[rng.permutation(n)[:n_empty]] = 0
     durations = np.full(n, config.clip_duration)
     if subset != "strong" and config.short_fraction > 0 and n >= 10:
         n_short = int(round(config.short_fraction * n))
-        durations[rng.permutation(n)[:n_short]] = np.round(config.clip_duration * rng.uniform(*config.short_range, n_short), 3)
+        durations[rng.permutation(n)[:n_short]] = np.round(
+            config.clip_duration * rng.uniform(*config.short_range, n_short), 3
+        )
     return [
         _Job(subset, i, str(audio_dir / f"{_PREFIX[subset]}_{i + 1:05d}.wav"), int(counts[i]), float(durations[i]))
         for i in range(n)
@@ -267,7 +278,9 @@ def _write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
     os.replace(tmp, target)
 
 
-def _run_job(bank: SoundBank, config: SceneConfig, seed: int, job: _Job) -> tuple[str, float, list[tuple[float, float, str]]]:
+def _run_job(
+    bank: SoundBank, config: SceneConfig, seed: int, job: _Job
+) -> tuple[str, float, list[tuple[float, float, str]]]:
     rng = _clip_rng(seed, job.subset, job.index)
     scene = make_scene(bank, rng, config, job.n_events, job.duration)
     _write_wav(job.path, scene.audio, config.sample_rate)
@@ -354,12 +367,15 @@ def _check_writable(layout: DatasetLayout, settings: dict) -> None:
     differences = {k: (found[k], settings[k]) for k in SETTINGS_KEYS if found[k] != settings[k]}
     if "scene" in differences:  # name only the composition settings that differ
         there, asked = differences["scene"]
-        differences["scene"] = tuple({k: d.get(k) for k in sorted(set(there) | set(asked)) if there.get(k) != asked.get(k)}
-                                     for d in (there, asked))
+        differences["scene"] = tuple(
+            {k: d.get(k) for k in sorted(set(there) | set(asked)) if there.get(k) != asked.get(k)}
+            for d in (there, asked)
+        )
     if differences:
         listed = "; ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in differences.items())
         raise GenerationRefused(
-            root, f"holds a dataset generated with other settings ({listed}); it is not regenerated in place",
+            root,
+            f"holds a dataset generated with other settings ({listed}); it is not regenerated in place",
             differences,
         )
 
@@ -401,7 +417,9 @@ def generate_dataset(
         raise ValueError(f"clip_duration and sample_rate must be positive, got {clip_duration}, {sample_rate}")
     bank = load_soundbank(soundbank)
     sizes = _check_sizes(sizes)
-    config = dataclasses.replace(config or SceneConfig(), clip_duration=float(clip_duration), sample_rate=int(sample_rate))
+    config = dataclasses.replace(
+        config or SceneConfig(), clip_duration=float(clip_duration), sample_rate=int(sample_rate)
+    )
     params = {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -437,7 +455,9 @@ def generate_dataset(
         import multiprocessing as mp
 
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(bank, config, seed)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(bank, config, seed)
+        ) as pool:
             results = list(pool.map(_run_job_in_worker, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
     logger.info("synthesised %d clips in %.1f s with %d worker(s)", len(jobs), time.perf_counter() - t0, workers)
 
@@ -476,12 +496,15 @@ def _write_metadata(layout: DatasetLayout, by_subset: dict, classes: Sequence[st
         {
             "filename": [name for name, _, _ in by_subset["weak"]],
             "event_labels": [
-                tuple(sorted({label for _, _, label in events}, key=order.__getitem__)) for _, _, events in by_subset["weak"]
+                tuple(sorted({label for _, _, label in events}, key=order.__getitem__))
+                for _, _, events in by_subset["weak"]
             ],
         }
     )
     write_weak(weak, layout.weak_tsv)
-    atomic_write_text(layout.unlabeled_tsv, "filename\n" + "".join(f"{name}\n" for name, _, _ in by_subset["unlabeled"]))
+    atomic_write_text(
+        layout.unlabeled_tsv, "filename\n" + "".join(f"{name}\n" for name, _, _ in by_subset["unlabeled"])
+    )
     for subset, tsv, dur in (
         ("validation", layout.validation_tsv, layout.validation_durations),
         ("test", layout.test_tsv, layout.test_durations),

@@ -93,11 +93,15 @@ class FolderSoundBank:
         for c in self.classes:
             files = _audio_files(fg / c)
             if not files:
-                raise SoundbankError(f"soundbank class folder {fg / c} contains no audio files ({'/'.join(AUDIO_EXTENSIONS)})")
+                raise SoundbankError(
+                    f"soundbank class folder {fg / c} contains no audio files ({'/'.join(AUDIO_EXTENSIONS)})"
+                )
             self.foreground[c] = files
         self.backgrounds = _audio_files(bg)
         if not self.backgrounds:
-            raise SoundbankError(f"soundbank background folder {bg} contains no audio files ({'/'.join(AUDIO_EXTENSIONS)})")
+            raise SoundbankError(
+                f"soundbank background folder {bg} contains no audio files ({'/'.join(AUDIO_EXTENSIONS)})"
+            )
         import soundfile as sf
 
         for path in [p for files in self.foreground.values() for p in files] + self.backgrounds:
@@ -154,7 +158,7 @@ class FolderSoundBank:
             start = int(rng.integers(0, x.size - n_samples + 1))
         else:
             start = int(rng.integers(0, x.size - n_samples + 1))
-        out = x[start:start + n_samples]
+        out = x[start : start + n_samples]
         if not np.any(out):
             return out.astype(np.float32)  # silent background: events then sit on digital silence
         return _unit_rms(out)

@@ -17,7 +17,10 @@ from sed.training.execution import host_to_device, subset_rows
 
 
 def mixup(
-    features: torch.Tensor, targets: list[torch.Tensor], alpha: float, mode: str = "soft",
+    features: torch.Tensor,
+    targets: list[torch.Tensor],
+    alpha: float,
+    mode: str = "soft",
     inputs: Sequence[torch.Tensor] = (),
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Mix each row with another row of the same batch slice.
@@ -75,7 +78,8 @@ def mixup_within_subsets(
             idx = host_to_device(torch.tensor(idx), x.device)
         if shared if shared is not None else float(torch.rand(())) < mix.prob:
             x[idx], (strong[idx], weak[idx], *mixed) = mixup(
-                x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()])
+                x[idx], [strong[idx], weak[idx]], mix.alpha, mix.mode, [v[idx] for v in inputs.values()]
+            )
             for v, m in zip(inputs.values(), mixed):
                 v[idx] = m
     return x, strong, weak
@@ -115,8 +119,13 @@ FILTER_KINDS = ("step", "linear")
 def _check_filter(db_range: Sequence[float], n_bands: Sequence[int], min_bandwidth: int, kind: str) -> None:
     if kind not in FILTER_KINDS:
         raise ValueError(f"training.augment.filter_augment.kind must be one of {FILTER_KINDS}, got {kind!r}")
-    if len(db_range) != 2 or len(n_bands) != 2 or not db_range[0] <= db_range[1] or not 1 <= n_bands[0] <= n_bands[1] \
-            or min_bandwidth < 1:
+    if (
+        len(db_range) != 2
+        or len(n_bands) != 2
+        or not db_range[0] <= db_range[1]
+        or not 1 <= n_bands[0] <= n_bands[1]
+        or min_bandwidth < 1
+    ):
         raise ValueError(
             "training.augment.filter_augment needs db_range [low, high] with low <= high, n_bands [min, max] with "
             f"1 <= min <= max and min_bandwidth >= 1; got db_range={list(db_range)}, n_bands={list(n_bands)}, "
@@ -199,7 +208,9 @@ def frame_shift(
     chosen = torch.rand(b) < prob
     shift = torch.round(torch.randn(b) * float(std_frames) / time_pooling).long() * chosen  # in output frames
     device = features.device
-    src = host_to_device(torch.remainder(torch.arange(n)[None, :] - shift[:, None], n), device)  # rolled[j] = x[(j - s) mod n]
+    src = host_to_device(
+        torch.remainder(torch.arange(n)[None, :] - shift[:, None], n), device
+    )  # rolled[j] = x[(j - s) mod n]
     strong = torch.gather(strong, 2, src[:, None, :].expand(-1, strong.shape[1], -1))
     src = host_to_device(torch.remainder(torch.arange(span)[None, :] - time_pooling * shift[:, None], span), device)
     rolled = torch.gather(features[..., :span], 2, src[:, None, :].expand(-1, features.shape[1], -1))
@@ -234,10 +245,14 @@ class Augmentations:
             if not 0.0 <= part["prob"] <= 1.0:
                 raise ValueError(f"training.augment.{name}.prob must be in [0, 1], got {part['prob']}")
         if self.cfg["frame_shift"]["std_frames"] < 0:
-            raise ValueError(f"training.augment.frame_shift.std_frames must be >= 0, got {self.cfg['frame_shift']['std_frames']}")
+            raise ValueError(
+                f"training.augment.frame_shift.std_frames must be >= 0, got {self.cfg['frame_shift']['std_frames']}"
+            )
         spec = self.cfg["spec_augment"]
         if min(spec["time_mask"], spec["freq_mask"], spec["n_masks"]) < 0:
-            raise ValueError(f"training.augment.spec_augment: time_mask, freq_mask and n_masks must be >= 0, got {spec}")
+            raise ValueError(
+                f"training.augment.spec_augment: time_mask, freq_mask and n_masks must be >= 0, got {spec}"
+            )
         filt = self.cfg["filter_augment"]
         _check_filter(filt["db_range"], filt["n_bands"], filt["min_bandwidth"], filt["kind"])  # now, not at step 1
 

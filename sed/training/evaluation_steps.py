@@ -80,10 +80,21 @@ class EvaluationSteps:
             out = student[0]._replace(strong_logits=logits, weak_logits=torch.cat([o.weak_logits for o in student]))
             targets = self._window_targets(batch["strong"], rows)
             has_strong = batch["has_strong"][[i for i, _ in rows]]
-            loss = supervised_losses(out, targets, batch["weak"][[i for i, _ in rows]], has_strong, has_strong,
-                                     class_mask=self._scored_mask(stage, len(rows)))
-            self.log(f"{stage}/loss_strong", loss["strong"], batch_size=int(has_strong.sum()), sync_dist=True,
-                     add_dataloader_idx=False)
+            loss = supervised_losses(
+                out,
+                targets,
+                batch["weak"][[i for i, _ in rows]],
+                has_strong,
+                has_strong,
+                class_mask=self._scored_mask(stage, len(rows)),
+            )
+            self.log(
+                f"{stage}/loss_strong",
+                loss["strong"],
+                batch_size=int(has_strong.sum()),
+                sync_dist=True,
+                add_dataloader_idx=False,
+            )
         targets = store.setdefault("weak_targets", {})
         for i, filename in enumerate(batch["filename"]):
             targets[filename] = batch["weak"][i].cpu().numpy()
@@ -101,7 +112,9 @@ class EvaluationSteps:
         need = max(k for _, k in rows) * grid.hop_frames + grid.window_frames
         if strong.shape[-1] < need:
             strong = torch.nn.functional.pad(strong, (0, need - strong.shape[-1]))
-        return torch.stack([strong[i, :, k * grid.hop_frames : k * grid.hop_frames + grid.window_frames] for i, k in rows])
+        return torch.stack(
+            [strong[i, :, k * grid.hop_frames : k * grid.hop_frames + grid.window_frames] for i, k in rows]
+        )
 
     def _scored_mask(self, name: str, rows: int) -> Optional[torch.Tensor]:
         """``[rows, C]`` mask of the classes evaluation set ``name`` is scored on, None when it is all of them."""
@@ -144,7 +157,9 @@ class EvaluationSteps:
     def _objective_terms(self) -> dict[str, list[str]]:
         """The checkpoint objective's terms per validation set (``evaluation.obj_metric``)."""
         dm = self.trainer.datamodule
-        return assign_objective(self.cfg.evaluation.obj_metric, {dm.eval_sets[n].dataset: n for n in dm.stage_sets("val")})
+        return assign_objective(
+            self.cfg.evaluation.obj_metric, {dm.eval_sets[n].dataset: n for n in dm.stage_sets("val")}
+        )
 
     def _score_set(self, name: str, bootstrap: int = 0, settings: Optional[dict] = None) -> dict[str, ModelScores]:
         """Every model's metrics on evaluation set ``name``, on its classes with its metrics
@@ -157,9 +172,22 @@ class EvaluationSteps:
         ev, test = self.cfg.evaluation, spec.stage == "test"
         full = test or self._on_nth_epoch(ev.get("full_metrics_every_n_epochs", 1))
         self._log_long_clips(name, outputs["student"])
-        fn, jobs = scoring_jobs(outputs, MODELS, self.encoder, dm.scored_classes(name), spec.metrics,
-                                dm.ground_truth[name], dm.durations[name], ev, self._objective_terms().get(name, []),
-                                full, test, bootstrap, settings, spec.min_confidence)
+        fn, jobs = scoring_jobs(
+            outputs,
+            MODELS,
+            self.encoder,
+            dm.scored_classes(name),
+            spec.metrics,
+            dm.ground_truth[name],
+            dm.durations[name],
+            ev,
+            self._objective_terms().get(name, []),
+            full,
+            test,
+            bootstrap,
+            settings,
+            spec.min_confidence,
+        )
         workers = resolve_workers(ev.get("scoring_workers", "auto"), len(jobs))
         if self._scoring_pool is None or self._scoring_pool.workers != workers:
             self.teardown_scoring()
@@ -185,7 +213,11 @@ class EvaluationSteps:
             log.info(
                 "%d of %d %s clip(s) are longer than data.clip_duration (%g s): evaluated over their whole length "
                 "in %g-s windows every %g s, overlapping frame probabilities averaged (as sed.infer does)",
-                n_long, len(probs), stage, self.encoder.clip_duration, self.encoder.clip_duration,
+                n_long,
+                len(probs),
+                stage,
+                self.encoder.clip_duration,
+                self.encoder.clip_duration,
                 grid.hop_frames * self.encoder.frame_duration,
             )
 
@@ -203,8 +235,11 @@ class EvaluationSteps:
         if "val_weak" in dm.eval_datasets:  # weak F1 on held-out real weak clips (DCASE baseline)
             weak = next(t for t in dm.subsets.values() if t.kind == "weak")
             target = next((n for n in per_set if dm.eval_sets[n].dataset == weak.dataset), None)
-            held_out_weak_f1(per_set.get(target, {}), self._gathered("val_weak"),
-                             [self.encoder.class_index(c) for c in dm.scored_classes("val_weak")])
+            held_out_weak_f1(
+                per_set.get(target, {}),
+                self._gathered("val_weak"),
+                [self.encoder.class_index(c) for c in dm.scored_classes("val_weak")],
+            )
         for set_name, results in per_set.items():
             for name, result in results.items():
                 for key, value in result.metrics.items():
@@ -233,29 +268,51 @@ class EvaluationSteps:
         plot = dict(self._plot_batch)
         if classes != self.classes:
             plot["reference"] = plot["reference"][:, [self.encoder.class_index(c) for c in classes]]
-        log_validation_figures(writers, plot, results["teacher"].probabilities, classes,
-                               self.cfg.data.clip_duration, "teacher", self.current_epoch, self.global_step)
+        log_validation_figures(
+            writers,
+            plot,
+            results["teacher"].probabilities,
+            classes,
+            self.cfg.data.clip_duration,
+            "teacher",
+            self.current_epoch,
+            self.global_step,
+        )
 
     def on_test_epoch_end(self) -> None:
         ev, dm = self.cfg.evaluation, self.trainer.datamodule
         validation = self._gathered(tune_at_test.STAGE)  # the tested checkpoint on the validation set (one dataset)
-        settings = tune_at_test.tune_models(validation, MODELS, self.encoder, dm.ground_truth.get("val"),
-                                            dm.durations.get("val"), ev)
+        settings = tune_at_test.tune_models(
+            validation, MODELS, self.encoder, dm.ground_truth.get("val"), dm.durations.get("val"), ev
+        )
         # One dataset: metrics test/<model>/..., outputs in <run>/test/<model>/, results keyed by model; several:
         # test/<dataset>/<model>/..., <run>/test/<dataset>/<model>/, results keyed by <dataset>/<model>.
-        per_set = {name: self._score_set(name, bootstrap=ev.psds_bootstrap, settings=settings)
-                   for name in dm.stage_sets("test")}
+        per_set = {
+            name: self._score_set(name, bootstrap=ev.psds_bootstrap, settings=settings)
+            for name in dm.stage_sets("test")
+        }
         for set_name, results in per_set.items():
             for name, result in results.items():
                 for key, value in result.metrics.items():
                     if "/" not in key:  # per-class values go to metrics.json and _log_test_details
                         self.log(f"{set_name}/{name}/{key}", value, sync_dist=True)
-                self.test_results[set_name.partition("/")[2] + "/" + name if "/" in set_name else name] = dict(result.metrics)
+                self.test_results[set_name.partition("/")[2] + "/" + name if "/" in set_name else name] = dict(
+                    result.metrics
+                )
         if self.trainer.is_global_zero:
             from sed.evaluation.outputs import write_test_outputs
 
-            tune_at_test.save_outputs(Path(self.trainer.default_root_dir), validation, settings, MODELS, self.encoder,
-                                      dm.durations.get("val"), ev, self.trainer.ckpt_path, self.preferred_model)
+            tune_at_test.save_outputs(
+                Path(self.trainer.default_root_dir),
+                validation,
+                settings,
+                MODELS,
+                self.encoder,
+                dm.durations.get("val"),
+                ev,
+                self.trainer.ckpt_path,
+                self.preferred_model,
+            )
             for set_name, results in per_set.items():
                 out_dir = Path(self.trainer.default_root_dir) / set_name
                 for name, result in results.items():

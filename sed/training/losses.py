@@ -42,7 +42,10 @@ def _element_weights(class_mask: torch.Tensor | None, like: torch.Tensor) -> tor
 
 
 def _masked_bce(
-    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, pos_weight: torch.Tensor | None = None,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    pos_weight: torch.Tensor | None = None,
     class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean BCE over the elements of the rows where ``rows`` is true; 0 (graph kept: DDP expects every parameter
@@ -84,8 +87,9 @@ def supervised_losses(
     }
 
 
-def _masked_mse(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor | None,
-                class_mask: torch.Tensor | None) -> torch.Tensor:
+def _masked_mse(
+    student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor | None, class_mask: torch.Tensor | None
+) -> torch.Tensor:
     """MSE to the detached teacher: over every element (no masks, as before they existed), or over the rows where
     ``rows`` is true with the unannotated classes' elements adding 0 (counted in the mean)."""
     student, teacher = student.float(), teacher.detach().float()
@@ -103,7 +107,9 @@ def _masked_mse(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor
 
 
 def consistency_losses(
-    student: CRNNOutput, teacher: CRNNOutput, rows: torch.Tensor | None = None,
+    student: CRNNOutput,
+    teacher: CRNNOutput,
+    rows: torch.Tensor | None = None,
     class_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """MSE between student and (detached) teacher probabilities, frame- and clip-level, on every row, or on the

@@ -57,7 +57,6 @@ from sed.utils.errors import UserError
 log = logging.getLogger(__name__)
 
 
-
 class NonFiniteLossError(FloatingPointError, UserError):
     """The training loss is NaN/Inf: the message names the step and the batch's files."""
 
@@ -87,11 +86,15 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         self.scaler = build_scaler(self.cfg, self.frontend.signature())
         self.student = build_model(default_node("model", self.cfg), len(self.classes), self.frontend.n_features)
         if self.cfg.training.mixup.domain not in ("features", "linear"):
-            raise ValueError(f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}")
+            raise ValueError(
+                f"training.mixup.domain must be 'features' or 'linear', got {self.cfg.training.mixup.domain!r}"
+            )
         self.augment = Augmentations(self.cfg.training.get("augment"), self.student.time_pooling)
         if audio_encoder(self.student) is not None and self.augment.cfg["frame_shift"]["prob"] > 0:
-            raise ValueError("training.augment.frame_shift would move the features but not the audio encoder's "
-                             "embeddings: set training.augment.frame_shift.prob=0 with model.encoder")
+            raise ValueError(
+                "training.augment.frame_shift would move the features but not the audio encoder's "
+                "embeddings: set training.augment.frame_shift.prob=0 with model.encoder"
+            )
         # One encoder for both while it is never fine-tuned; else the teacher's own copy, averaged by the EMA.
         self.teacher = copy.deepcopy(self.student, memo=shared_encoder_memo(self.student))
         self.teacher.requires_grad_(False)
@@ -191,9 +194,13 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
             return
         weights = class_balance_weights(fractions, power)
         self.strong_pos_weight = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
-        log.info("Strong loss class weights (training.class_balance=%g): %s", power,
-                 ", ".join(f"{c} {w:.2f} ({100 * f:.1f} % of frames)"
-                           for c, w, f in zip(self.encoder.classes, weights, fractions)))
+        log.info(
+            "Strong loss class weights (training.class_balance=%g): %s",
+            power,
+            ", ".join(
+                f"{c} {w:.2f} ({100 * f:.1f} % of frames)" for c, w, f in zip(self.encoder.classes, weights, fractions)
+            ),
+        )
 
     def on_train_epoch_start(self) -> None:
         if set_encoder_epoch(self.current_epoch, self.student, self.teacher):  # model.encoder.finetune_after_epoch
@@ -219,8 +226,12 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         t = self.cfg.training
         self._warmup_steps = warmup_steps(total, self._steps_per_epoch, t.warmup_epochs, t.warmup_fraction)
         self._ema_max = ema_max_factor(total, t.ema_factor, t.ema_horizon)
-        log.info("%d optimiser steps: ramp-up over %d steps, teacher EMA factor %.4g", total, self._warmup_steps,
-                 self._ema_max)
+        log.info(
+            "%d optimiser steps: ramp-up over %d steps, teacher EMA factor %.4g",
+            total,
+            self._warmup_steps,
+            self._ema_max,
+        )
         node = default_node("optimizer", self.cfg)
         # A fine-tuned encoder's parameters in their own groups (layer-wise rates, warm-up from its first epoch).
         params = optimizer_param_groups(self.student, node.get("lr", t.lr), self._steps_per_epoch)
@@ -229,9 +240,7 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         if spec is None:
             return {"optimizer": optimizer}
         lightning = {key: spec.pop(key) for key in ("interval", "frequency", "monitor") if key in spec}
-        scheduler = call_factory(
-            "scheduler", spec, optimizer, total_steps=total, steps_per_epoch=self._steps_per_epoch
-        )
+        scheduler = call_factory("scheduler", spec, optimizer, total_steps=total, steps_per_epoch=self._steps_per_epoch)
         lightning = {key: value for key, value in lightning.items() if value is not None}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning}}
 
@@ -239,7 +248,9 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         t = self.cfg.training
         return t.consistency_max * exp_rampup(self.global_step, self._warmup_steps)
 
-    def augmented_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augmented_features(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The student's and the teacher's normalised training features and their targets ``(student, teacher,
         strong, weak)``: mixup (``training.mixup``, the same draw for both models) and ``training.augment``
         (:class:`sed.training.augment.Augmentations`: frame shift for both, the rest for the student only)."""
@@ -260,8 +271,14 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         self._check_finite()  # a previous step's, if it was run outside a Trainer (no optimiser-step hook)
         # A pretrained encoder's embeddings, one tensor for both models unless the teacher's copy differs; mixed
         # up below with the features' draw.
-        batch["inputs"] = pack_inputs(models_inputs({name: getattr(self, name) for name in MODELS}, batch["audio"],
-                                                    cache=True, cacheable=batch.get("cacheable")))
+        batch["inputs"] = pack_inputs(
+            models_inputs(
+                {name: getattr(self, name) for name in MODELS},
+                batch["audio"],
+                cache=True,
+                cacheable=batch.get("cacheable"),
+            )
+        )
         feats, teacher_feats, strong, weak = self.augmented_features(batch)
         # The teacher first: its temporaries are freed before the student's graph is built, so the step's peak
         # memory is the student's alone (4.0 vs 4.6 GiB at DESED's batch of 48 on the CPU; benchmarks/README.md).
@@ -269,13 +286,19 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         # the losses, and a dataset can stay out of the consistency loss (absent when nothing is masked).
         mask = batch.get("class_mask")
         masked = {} if mask is None else {"class_mask": mask}
-        teacher = self.predict(partial(teacher_forward, self._train_nets["teacher"]), teacher_feats,
-                               **unpack_inputs(batch["inputs"], "teacher"), **masked)
-        student = self.predict(self._train_nets["student"], feats, **unpack_inputs(batch["inputs"], "student"),
-                               **masked)
+        teacher = self.predict(
+            partial(teacher_forward, self._train_nets["teacher"]),
+            teacher_feats,
+            **unpack_inputs(batch["inputs"], "teacher"),
+            **masked,
+        )
+        student = self.predict(
+            self._train_nets["student"], feats, **unpack_inputs(batch["inputs"], "student"), **masked
+        )
         t = self.cfg.training
-        losses = supervised_losses(student, strong, weak, batch["has_strong"], batch["has_weak"],
-                                   self.strong_pos_weight, class_mask=mask)
+        losses = supervised_losses(
+            student, strong, weak, batch["has_strong"], batch["has_weak"], self.strong_pos_weight, class_mask=mask
+        )
         losses.update(consistency_losses(student, teacher, rows=batch.get("consistency"), class_mask=mask))
         weight = self.consistency_weight()
         total = (
@@ -362,4 +385,3 @@ class SEDModule(EvaluationSteps, pl.LightningModule):
         random.setstate(states["python"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
-

@@ -19,8 +19,9 @@ def exp_rampup(step: int, rampup_steps: int) -> float:
 SCHEDULES = ("constant", "cosine", "quarter_cosine")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float,
-              decay_start: int | None = None) -> float:
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float, decay_start: int | None = None
+) -> float:
     """Learning-rate multiplier: exponential warm-up, then constant, or a decay from ``decay_start`` (default: the end
     of the warm-up) to the end: ``cosine`` down to ``min_ratio`` along half a cosine, ``quarter_cosine`` along a
     quarter cosine floored at ``min_ratio`` (the DCASE 2024 baseline's annealing from epoch 100)."""
@@ -93,17 +94,28 @@ def warmup_lambda_lr(
     decay = None if decay_start_epoch is None else int(decay_start_epoch) * int(steps_per_epoch)
     # A group that starts training later (a pretrained encoder fine-tuned from an epoch on: its "start_step")
     # gets its own warm-up from then; the others follow the run's schedule.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [
-        functools.partial(_group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio,
-                          decay)
-        for group in optimizer.param_groups
-    ])
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        [
+            functools.partial(
+                _group_factor, int(group.get("start_step", 0)), warmup, total_steps, schedule, min_ratio, decay
+            )
+            for group in optimizer.param_groups
+        ],
+    )
 
 
-def _group_factor(start: int, warmup: int, total: int, schedule: str, min_ratio: float, decay: int | None,
-                  step: int) -> float:
+def _group_factor(
+    start: int, warmup: int, total: int, schedule: str, min_ratio: float, decay: int | None, step: int
+) -> float:
     """:func:`lr_factor` on the clock of a group that starts at step ``start`` (0: the run's own)."""
     if start == 0:
         return lr_factor(step, warmup, total, schedule, min_ratio, decay)
-    return lr_factor(max(step - start, 0), warmup, max(total - start, 1), schedule, min_ratio,
-                     None if decay is None else max(decay - start, 0))
+    return lr_factor(
+        max(step - start, 0),
+        warmup,
+        max(total - start, 1),
+        schedule,
+        min_ratio,
+        None if decay is None else max(decay - start, 0),
+    )

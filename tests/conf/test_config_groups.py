@@ -63,7 +63,9 @@ def test_default_optimizer_and_schedule_are_the_previous_hard_coded_ones_bit_for
         old_opt = torch.optim.Adam(old_params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         warmup = t.warmup_epochs * per_epoch
         old_sched = torch.optim.lr_scheduler.LambdaLR(
-            old_opt, lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr))
+            old_opt,
+            lambda step: lr_factor(step, warmup, total, t.schedule, t.min_lr / t.lr),  # noqa: B023  (this iteration)
+        )
         new_opt = call_factory("optimizer", cfg.optimizer, new_params)
         spec = {k: v for k, v in cfg.scheduler.items() if k not in ("interval", "frequency", "monitor")}
         new_sched = call_factory("scheduler", spec, new_opt, total_steps=total, steps_per_epoch=per_epoch)
@@ -115,8 +117,14 @@ def test_lr_zero_freezes_the_student():
 def cosine_run(tiny_dataset, tmp_path_factory) -> Path:
     """3 epochs with a cosine schedule, PSDS2 in the checkpoint objective, a log line per step."""
     exp = tmp_path_factory.mktemp("exp_cosine")
-    proc = run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), "training.schedule=cosine", "training.min_lr=1e-4",
-                      "evaluation.obj_metric=weak_f1+psds2"])
+    proc = run_train(
+        [
+            *tiny_overrides(tiny_dataset, exp, epochs=3),
+            "training.schedule=cosine",
+            "training.min_lr=1e-4",
+            "evaluation.obj_metric=weak_f1+psds2",
+        ]
+    )
     run_dir = _run_dir(exp)
     (run_dir / "console.txt").write_text(proc.stdout + proc.stderr)
     return run_dir
@@ -169,8 +177,10 @@ def type_is(group: dict, name: str) -> bool:
     "overrides, check",
     [
         (["optimizer=adamw"], lambda g: type_is(g, "AdamW") and g["weight_decay"] == pytest.approx(0.01)),
-        (["optimizer._target_=torch.optim.SGD", "~optimizer.betas", "+optimizer.momentum=0.9"],
-         lambda g: "betas" not in g and g["momentum"] == 0.9),
+        (
+            ["optimizer._target_=torch.optim.SGD", "~optimizer.betas", "+optimizer.momentum=0.9"],
+            lambda g: "betas" not in g and g["momentum"] == 0.9,
+        ),
         (["scheduler=none"], lambda g: "initial_lr" not in g and g["lr"] == pytest.approx(3e-3)),
     ],
     ids=["adamw", "user_sgd", "no_scheduler"],
@@ -185,8 +195,9 @@ def test_other_optimizers_and_schedulers_train(tiny_dataset, tmp_path, overrides
 
 
 def test_optimizer_refusing_a_key_fails_naming_the_group(tiny_dataset, tmp_path):
-    proc = run_train([*tiny_overrides(tiny_dataset, tmp_path, epochs=1), "optimizer._target_=torch.optim.SGD"],
-                     check=False)
+    proc = run_train(
+        [*tiny_overrides(tiny_dataset, tmp_path, epochs=1), "optimizer._target_=torch.optim.SGD"], check=False
+    )
     assert proc.returncode != 0
     assert "optimizer._target_=torch.optim.SGD" in proc.stderr and "betas" in proc.stderr
     assert "~optimizer.KEY" in proc.stderr
@@ -238,8 +249,9 @@ def test_crnn_keys_are_still_checked_and_foreign_keys_get_a_hint(tiny_dataset, t
 # ---------------------------------------------------------------------------------------------- callbacks, loggers
 def test_every_shipped_logger_writes_its_files(tiny_dataset, tmp_path):
     """logger=many_loggers: TensorBoard, CSV, MLflow (file store in the run directory) and W&B (offline)."""
-    proc = run_train([*tiny_overrides(tiny_dataset, tmp_path, epochs=2), "logger=many_loggers",
-                      "trainer.log_every_n_steps=50"])
+    proc = run_train(
+        [*tiny_overrides(tiny_dataset, tmp_path, epochs=2), "logger=many_loggers", "trainer.log_every_n_steps=50"]
+    )
     run_dir = _run_dir(tmp_path)
     assert "smaller than the logging interval" not in proc.stdout + proc.stderr
     # TensorBoard: per-step losses at the adapted interval (one point per 4-batch epoch), figures
@@ -273,15 +285,24 @@ def test_csv_logger_alone_and_no_optional_callbacks(tiny_dataset, tmp_path):
 
 
 def test_a_logger_target_next_to_named_loggers_is_refused(tiny_dataset, tmp_path):
-    proc = run_train([*tiny_overrides(tiny_dataset, tmp_path, epochs=1),
-                      "+logger._target_=pytorch_lightning.loggers.CSVLogger"], check=False)
+    proc = run_train(
+        [*tiny_overrides(tiny_dataset, tmp_path, epochs=1), "+logger._target_=pytorch_lightning.loggers.CSVLogger"],
+        check=False,
+    )
     assert proc.returncode != 0 and "logger=csv" in proc.stderr
 
 
 def test_early_stopping_callback(tiny_dataset, tmp_path):
     """callbacks=early_stopping stops on a metric that stops improving; last.ckpt follows the last epoch."""
-    run_train([*tiny_overrides(tiny_dataset, tmp_path, epochs=6), "test=false", "callbacks=early_stopping",
-               "callbacks.early_stopping.patience=1", "callbacks.early_stopping.monitor=train/consistency_weight"])
+    run_train(
+        [
+            *tiny_overrides(tiny_dataset, tmp_path, epochs=6),
+            "test=false",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.monitor=train/consistency_weight",
+        ]
+    )
     run_dir = _run_dir(tmp_path)
     # the weight ramps up during epoch 0, is at its maximum from epoch 1 on: no improvement in epoch 2
     assert len(_events(run_dir / "tensorboard").Scalars("val/obj_metric")) == 3
@@ -305,8 +326,9 @@ def test_local_config_is_optional_and_loaded_after_the_experiment(tmp_path):
     assert "/conf/local/*.yaml" in (REPO / ".gitignore").read_text()
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "default.yaml").write_text("# @package _global_\ndata:\n  num_workers: 7\n")
-    out = run_train(["exp=desed_crnn", f"hydra.searchpath=[file://{tmp_path}]", f"paths.exp_dir={tmp_path}",
-                     "--cfg", "job"]).stdout
+    out = run_train(
+        ["exp=desed_crnn", f"hydra.searchpath=[file://{tmp_path}]", f"paths.exp_dir={tmp_path}", "--cfg", "job"]
+    ).stdout
     assert "num_workers: 7" in out and "exp_name: desed_crnn" in out
 
 
@@ -325,7 +347,9 @@ def test_debug_runs_go_to_their_own_directory(tiny_dataset, tested_run, tmp_path
     shutil.copytree(tested_run[0], real, ignore=shutil.ignore_patterns(".lock"))  # a real train.py run
     (real / "status.json").write_text('{"status": "stopped"}')  # as after a SIGTERM: a resume would continue it
     before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file() and p.name != ".lock"}
-    run_train([*tiny_overrides(tiny_dataset, exp), "debug=fast_dev_run", f"ckpt_path={real / 'checkpoints' / 'last.ckpt'}"])
+    run_train(
+        [*tiny_overrides(tiny_dataset, exp), "debug=fast_dev_run", f"ckpt_path={real / 'checkpoints' / 'last.ckpt'}"]
+    )
     assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file() and p.name != ".lock"} == before
     assert len([p for p in (exp / "debug" / "tiny").iterdir() if p.is_dir()]) == 2
 

@@ -18,8 +18,15 @@ from sed.dcase.submit import build_package
 def test_the_command_runs_the_faithful_baseline_recipe_for_10_epochs(tmp_path):
     command = train_command(tmp_path, ["data.root=/data/desed", "trainer.devices=[1]"])
     assert command[1].endswith("train.py")
-    assert command[2:] == ["exp=desed_crnn", "trainer.max_epochs=10", "test=true", f"paths.exp_dir={tmp_path}",
-                           "exp_name=baseline_energy", "data.root=/data/desed", "trainer.devices=[1]"]
+    assert command[2:] == [
+        "exp=desed_crnn",
+        "trainer.max_epochs=10",
+        "test=true",
+        f"paths.exp_dir={tmp_path}",
+        "exp_name=baseline_energy",
+        "data.root=/data/desed",
+        "trainer.devices=[1]",
+    ]
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(["-o", str(tmp_path), "--dry-run", "data.root=/data/desed"]) == 0

@@ -19,25 +19,41 @@ CSV = "timestamp,project_name,duration,emissions,energy_consumed\n2024-01-01T00:
 
 
 def _meta(label: str = LABEL) -> dict:
-    author = {"lastname": "Doe", "firstname": "Jane", "email": "j@uni.edu", "corresponding": True,
-              "affiliation": {"abbreviation": "UNI", "institute": "Uni", "location": "Paris, France"}}
+    author = {
+        "lastname": "Doe",
+        "firstname": "Jane",
+        "email": "j@uni.edu",
+        "corresponding": True,
+        "affiliation": {"abbreviation": "UNI", "institute": "Uni", "location": "Paris, France"},
+    }
     return {
         "submission": {"label": label, "name": "CRNN", "abbreviation": "CRNN", "authors": [author]},
         "system": {
-            "description": {"input_sampling_rate": 16.0, "acoustic_features": "log-mel energies",
-                            "data_augmentation": None, "machine_learning_method": "CRNN",
-                            "ensemble_method_subsystem_count": None, "pretrained_models": None},
-            "complexity": {"total_parameters": 10, "macs": 100,
-                           "energy_consumption": {"training": 1.0, "devtest_inference": 0.1}},
-            "external_datasets": [], "source_code": None,
+            "description": {
+                "input_sampling_rate": 16.0,
+                "acoustic_features": "log-mel energies",
+                "data_augmentation": None,
+                "machine_learning_method": "CRNN",
+                "ensemble_method_subsystem_count": None,
+                "pretrained_models": None,
+            },
+            "complexity": {
+                "total_parameters": 10,
+                "macs": 100,
+                "energy_consumption": {"training": 1.0, "devtest_inference": 0.1},
+            },
+            "external_datasets": [],
+            "source_code": None,
         },
         "results": {"devtest": {"desed": {"PSDS1": 0.4}, "maestro": {"mPAUC": 0.6}}},
     }
 
 
 def _files(label: str = LABEL, runs: int = 3, clips=("a", "b")) -> dict[str, str | bytes]:
-    files: dict[str, str | bytes] = {"task4/Doe_UNI_task4.technical_report.pdf": PDF,
-                                     f"task4/{label}/{label}.meta.yaml": yaml.safe_dump(_meta(label))}
+    files: dict[str, str | bytes] = {
+        "task4/Doe_UNI_task4.technical_report.pdf": PDF,
+        f"task4/{label}/{label}.meta.yaml": yaml.safe_dump(_meta(label)),
+    }
     for run in range(1, runs + 1):
         for suffix in ("", "_unprocessed"):
             for clip in clips:
@@ -67,7 +83,9 @@ def test_a_complete_package_passes(tmp_path, capsys):
 
 def test_not_a_zip(tmp_path):
     (tmp_path / "p.zip").write_text("no")
-    assert _messages(tmp_path / "p.zip") == [f"error {tmp_path / 'p.zip'}: not a zip archive (DCASE takes one zip package)"]
+    assert _messages(tmp_path / "p.zip") == [
+        f"error {tmp_path / 'p.zip'}: not a zip archive (DCASE takes one zip package)"
+    ]
 
 
 def test_everything_under_task4(tmp_path):
@@ -120,7 +138,8 @@ def test_the_metadata_is_checked(tmp_path):
     where = f"error task4/{LABEL}/{LABEL}.meta.yaml"
     assert _messages(_zip(tmp_path, files)) == [
         f"{where}: submission.name: still TODO, fill it in",
-        f"{where}: submission.label: 'Doe_UNI_task4_2' differs from the label of its folder and files ('{LABEL}')"]
+        f"{where}: submission.label: 'Doe_UNI_task4_2' differs from the label of its folder and files ('{LABEL}')",
+    ]
     del files[f"task4/{LABEL}/{LABEL}.meta.yaml"]
     assert _messages(_zip(tmp_path, files)) == [f"error task4/{LABEL}: no {LABEL}.meta.yaml"]
 
@@ -158,8 +177,9 @@ def test_every_run_covers_the_same_clips_and_classes(tmp_path):
     messages = _messages(_zip(tmp_path, files))
     assert any(f"{LABEL}_run2.output: holds 3 clips" in m for m in messages)
     assert any(f"{LABEL}_run3.output: classes ['dog', 'bird']" in m for m in messages)
-    assert any("2 score files, the evaluation set has 2200" in m
-               for m in _messages(_zip(tmp_path, _files()), eval_clips=2200))
+    assert any(
+        "2 score files, the evaluation set has 2200" in m for m in _messages(_zip(tmp_path, _files()), eval_clips=2200)
+    )
 
 
 @pytest.mark.parametrize("year, level", [(2024, "error"), (2023, "warning")])
@@ -172,10 +192,13 @@ def test_codecarbon_files(tmp_path, year, level):
         meta["system"]["complexity"]["energy_consumption"]["evaluation_inference"] = 0.2
         files[f"task4/{LABEL}/{LABEL}.meta.yaml"] = yaml.safe_dump(meta)
     messages = _messages(_zip(tmp_path, files), year)
-    assert sorted(messages) == sorted([
-        f"error task4/{LABEL}/{LABEL}_run1.codecarbon/emissions.csv: not a codecarbon emissions CSV (no energy_consumed column)",
-        f"{level} task4/{LABEL}: no codecarbon CSV for run(s) [2] (<label>_run<i>.codecarbon/*.csv; 2024 asks for "
-        "the whole codecarbon files)"])
+    assert sorted(messages) == sorted(
+        [
+            f"error task4/{LABEL}/{LABEL}_run1.codecarbon/emissions.csv: not a codecarbon emissions CSV (no energy_consumed column)",
+            f"{level} task4/{LABEL}: no codecarbon CSV for run(s) [2] (<label>_run<i>.codecarbon/*.csv; 2024 asks for "
+            "the whole codecarbon files)",
+        ]
+    )
 
 
 def test_report_lines(tmp_path):

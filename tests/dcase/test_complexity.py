@@ -7,8 +7,8 @@ import torch
 
 from sed.dcase.complexity import count_macs, deployed_complexity
 from sed.features.frontend import FrontEnd
-from sed.models.crnn import CRNN
 from sed.features.scaler import TorchScaler
+from sed.models.crnn import CRNN
 
 
 def _hand_counts(n_features: int, frames: int, filters, pooling, hidden: int, layers: int, n_classes: int) -> dict:
@@ -48,8 +48,16 @@ def test_desed_crnn_macs_match_the_layer_shapes():
 @pytest.mark.parametrize("activation", ["glu", "relu"])
 def test_small_crnn_other_shapes(activation):
     """Non-square pooling, one GRU layer, ReLU (no gate layers): still the hand count."""
-    net = CRNN(3, n_features=32, filters=[4, 8], pooling=[[2, 4], [2, 8]], rnn_hidden=6, rnn_layers=1,
-               activation=activation, attention=False).eval()
+    net = CRNN(
+        3,
+        n_features=32,
+        filters=[4, 8],
+        pooling=[[2, 4], [2, 8]],
+        rnn_hidden=6,
+        rnn_layers=1,
+        activation=activation,
+        attention=False,
+    ).eval()
     count = count_macs(net, torch.zeros(1, 32, 100))
     hand = _hand_counts(32, 100, [4, 8], [(2, 4), (2, 8)], 6, 1, 3)
     hand["Linear"] -= 2 * (100 // 4) * 2 * 6 * 3 // 2  # no attention head
@@ -62,9 +70,13 @@ def test_small_crnn_other_shapes(activation):
 def test_unfitted_dataset_scaler_is_counted_without_being_touched():
     """A dataset scaler not fitted yet (as at the start of training) does not stop the count, and stays unfitted."""
     scaler = TorchScaler("dataset", "standard", [1, 2])
-    block = deployed_complexity(FrontEnd(n_fft=512, win_length=512, n_mels=32), scaler,
-                                CRNN(2, n_features=32, filters=[4], pooling=[[1, 32]], rnn_hidden=4, rnn_layers=1),
-                                16_000, 16_000)
+    block = deployed_complexity(
+        FrontEnd(n_fft=512, win_length=512, n_mels=32),
+        scaler,
+        CRNN(2, n_features=32, filters=[4], pooling=[[1, 32]], rnn_hidden=4, rnn_layers=1),
+        16_000,
+        16_000,
+    )
     assert block["macs_scaler"] == 0 and block["macs"] > 0
     assert not bool(scaler.fitted)
 

@@ -43,13 +43,22 @@ class _Tiny(pl.LightningModule):
 
 
 def _trainer(root: Path, tracker: EnergyTracker, logger=False) -> pl.Trainer:
-    return pl.Trainer(default_root_dir=str(root), max_epochs=1, logger=logger, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[tracker])
+    return pl.Trainer(
+        default_root_dir=str(root),
+        max_epochs=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[tracker],
+    )
 
 
 def _consistent(stage: dict) -> None:
     assert stage["energy_kwh"] > 0 and stage["duration_s"] > 0
-    assert stage["energy_kwh"] == pytest.approx(stage["cpu_energy_kwh"] + stage["gpu_energy_kwh"] + stage["ram_energy_kwh"])
+    assert stage["energy_kwh"] == pytest.approx(
+        stage["cpu_energy_kwh"] + stage["gpu_energy_kwh"] + stage["ram_energy_kwh"]
+    )
     assert "cpu" in stage["method"]
     # "measured" only when every device's power was read from counters, never for an estimate
     assert stage["measured"] == all(v.startswith("measured") for v in stage["method"].values())
@@ -110,9 +119,14 @@ def test_disabled_measures_nothing(tmp_path):
     assert tracker.summary_lines() == []
 
 
-@pytest.mark.parametrize("kwargs, key", [({"country_iso_code": "France"}, "country_iso_code"),
-                                         ({"tracking_mode": "node"}, "tracking_mode"),
-                                         ({"measure_power_secs": 0}, "measure_power_secs")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"country_iso_code": "France"}, "country_iso_code"),
+        ({"tracking_mode": "node"}, "tracking_mode"),
+        ({"measure_power_secs": 0}, "measure_power_secs"),
+    ],
+)
 def test_bad_settings_are_refused_by_name(kwargs, key):
     with pytest.raises(ValueError, match=f"energy.{key}"):
         EnergyTracker(**kwargs)
@@ -133,9 +147,15 @@ def test_train_py_reports_energy_and_complexity(tested_run):
         metrics = json.loads((run_dir / "test" / model / "metrics.json").read_text())
         assert metrics["energy"]["training_kwh"] == pytest.approx(record["fit"]["energy_kwh"])
         assert metrics["energy"]["test_kwh"] == pytest.approx(record["test"]["energy_kwh"])
-        assert (run_dir / "test" / model / metrics["energy"]["details"]).resolve() == (run_dir / "energy.json").resolve()
+        assert (run_dir / "test" / model / metrics["energy"]["details"]).resolve() == (
+            run_dir / "energy.json"
+        ).resolve()
         complexity = metrics["complexity"]
-        assert complexity["macs"] == complexity["macs_frontend"] + complexity["macs_scaler"] + complexity["macs_network"] > 0
+        assert (
+            complexity["macs"]
+            == complexity["macs_frontend"] + complexity["macs_scaler"] + complexity["macs_network"]
+            > 0
+        )
         assert Path(complexity["checkpoint"]).parent == (run_dir / "checkpoints").resolve()
         assert "psds1" in metrics  # the test metrics are still there
     events = EventAccumulator(str(run_dir / "tensorboard"))

@@ -40,19 +40,30 @@ def test_participant_names_the_package():
     assert parse_label("Doe_UNI_task4a_2").participant == "Doe_UNI_task4"
 
 
-@pytest.mark.parametrize("relative, expected", [
-    ("L_I_task4_1.meta.yaml", ("meta", None, False)),
-    ("L_I_task4_1_run2.output/clip 1.tsv", ("output", 2, False)),
-    ("L_I_task4_1_run3_unprocessed.output/a.tsv", ("output", 3, True)),
-    ("L_I_task4_1_run1.codecarbon/emissions.csv", ("codecarbon", 1, False)),
-    ("L_I_task4_1.baseline_codecarbon/emissions.csv", ("codecarbon", None, False)),
-])
+@pytest.mark.parametrize(
+    "relative, expected",
+    [
+        ("L_I_task4_1.meta.yaml", ("meta", None, False)),
+        ("L_I_task4_1_run2.output/clip 1.tsv", ("output", 2, False)),
+        ("L_I_task4_1_run3_unprocessed.output/a.tsv", ("output", 3, True)),
+        ("L_I_task4_1_run1.codecarbon/emissions.csv", ("codecarbon", 1, False)),
+        ("L_I_task4_1.baseline_codecarbon/emissions.csv", ("codecarbon", None, False)),
+    ],
+)
 def test_files_named_after_the_label(relative, expected):
     kind = classify("L_I_task4_1", relative)
     assert (kind.kind, kind.run, kind.unprocessed) == expected
 
 
-@pytest.mark.parametrize("relative", ["L_I_task4_2.meta.yaml", "L_I_task4_1.output.tsv", "notes.txt",
-                                      "L_I_task4_1_run1.output/a.csv", "L_I_task4_1_run1.output/sub/a.tsv"])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "L_I_task4_2.meta.yaml",
+        "L_I_task4_1.output.tsv",
+        "notes.txt",
+        "L_I_task4_1_run1.output/a.csv",
+        "L_I_task4_1_run1.output/sub/a.tsv",
+    ],
+)
 def test_other_names_are_not_the_package_s(relative):
     assert classify("L_I_task4_1", relative) is None

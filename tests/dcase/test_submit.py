@@ -24,9 +24,17 @@ LABEL = "Doe_UNI_task4_1"
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 INFO = {
     "submission": {
-        "name": "Tiny CRNN mean teacher", "abbreviation": "TinyCRNN",
-        "authors": [{"lastname": "Doe", "firstname": "Jane", "email": "jane.doe@uni.edu", "corresponding": True,
-                     "affiliation": {"abbreviation": "UNI", "institute": "University", "location": "Paris, France"}}],
+        "name": "Tiny CRNN mean teacher",
+        "abbreviation": "TinyCRNN",
+        "authors": [
+            {
+                "lastname": "Doe",
+                "firstname": "Jane",
+                "email": "jane.doe@uni.edu",
+                "corresponding": True,
+                "affiliation": {"abbreviation": "UNI", "institute": "University", "location": "Paris, France"},
+            }
+        ],
     },
     "system": {"source_code": None},
     "results": {"devtest": {"maestro": {"mPAUC": 0.5}}},
@@ -67,9 +75,19 @@ def _metrics(run: Path) -> dict:
 
 def test_three_runs_make_a_package_that_passes_the_check(runs, eval_audio, tmp_path):
     out = tmp_path / "submission"
-    code, text = _run(*map(str, runs), "--label", LABEL, "--eval-audio", str(eval_audio), "-o", str(out),
-                      "--report", str(_files(tmp_path, "report.pdf", PDF)),
-                      "--info", str(_files(tmp_path, "info.yaml", INFO)))
+    code, text = _run(
+        *map(str, runs),
+        "--label",
+        LABEL,
+        "--eval-audio",
+        str(eval_audio),
+        "-o",
+        str(out),
+        "--report",
+        str(_files(tmp_path, "report.pdf", PDF)),
+        "--info",
+        str(_files(tmp_path, "info.yaml", INFO)),
+    )
     assert code == 0, text
     package = out / "Doe_UNI_task4.zip"
     assert f"{package}: ready to submit (0 error(s), 0 warning(s))" in text
@@ -81,16 +99,22 @@ def test_three_runs_make_a_package_that_passes_the_check(runs, eval_audio, tmp_p
         names = set(z.namelist())
         meta = yaml.safe_load(z.read(f"task4/{LABEL}/{LABEL}.meta.yaml"))
         run1 = pd.read_csv(io.BytesIO(z.read(f"task4/{LABEL}/{LABEL}_run1.output/{clips[0]}.tsv")), sep="\t")
-        raw1 = pd.read_csv(io.BytesIO(z.read(f"task4/{LABEL}/{LABEL}_run1_unprocessed.output/{clips[0]}.tsv")), sep="\t")
+        raw1 = pd.read_csv(
+            io.BytesIO(z.read(f"task4/{LABEL}/{LABEL}_run1_unprocessed.output/{clips[0]}.tsv")), sep="\t"
+        )
     expected = {"task4/Doe_UNI_task4.technical_report.pdf", f"task4/{LABEL}/{LABEL}.meta.yaml"}
     for i in (1, 2, 3):
         for folder in (f"{LABEL}_run{i}.output", f"{LABEL}_run{i}_unprocessed.output"):
             expected |= {f"task4/{LABEL}/{folder}/{clip}.tsv" for clip in clips}
-        expected |= {f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions.csv",
-                     f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions_evaluation.csv"}
+        expected |= {
+            f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions.csv",
+            f"task4/{LABEL}/{LABEL}_run{i}.codecarbon/emissions_evaluation.csv",
+        }
     assert names == expected
     # post-processed = the unprocessed scores median-filtered, on the same frames
-    assert list(run1.columns) == list(raw1.columns) and np.allclose(run1[["onset", "offset"]], raw1[["onset", "offset"]])
+    assert list(run1.columns) == list(raw1.columns) and np.allclose(
+        run1[["onset", "offset"]], raw1[["onset", "offset"]]
+    )
     assert not np.allclose(run1.iloc[:, 2:], raw1.iloc[:, 2:])
 
     metrics = [_metrics(r) for r in runs]
@@ -100,9 +124,13 @@ def test_three_runs_make_a_package_that_passes_the_check(runs, eval_audio, tmp_p
     assert complexity["macs"] == metrics[0]["complexity"]["per_10s"]["macs_thop"] > 0
     consumption = complexity["energy_consumption"]
     assert consumption["training"] == pytest.approx(np.mean([e["fit"]["energy_kwh"] for e in energy]), rel=1e-5)
-    assert consumption["devtest_inference"] == pytest.approx(np.mean([e["test"]["energy_kwh"] for e in energy]), rel=1e-5)
+    assert consumption["devtest_inference"] == pytest.approx(
+        np.mean([e["test"]["energy_kwh"] for e in energy]), rel=1e-5
+    )
     assert consumption["evaluation_inference"] > 0
-    assert meta["results"]["devtest"]["desed"]["PSDS1"] == pytest.approx(np.mean([m["psds1"] for m in metrics]), abs=1e-6)
+    assert meta["results"]["devtest"]["desed"]["PSDS1"] == pytest.approx(
+        np.mean([m["psds1"] for m in metrics]), abs=1e-6
+    )
     assert meta["submission"]["name"] == INFO["submission"]["name"] and meta["system"]["source_code"] is None
 
 
@@ -112,8 +140,10 @@ def test_dev_test_package_is_not_submittable_and_says_what_is_left(runs, tmp_pat
     built = build_package([(LABEL, runs[:1])], out, dev_test=True, year=2023)
     errors = [f"{f.where}: {f.message}" for f in built.findings if f.level == "error"]
     meta_file = f"task4/{LABEL}/{LABEL}.meta.yaml"
-    assert f"{meta_file}: not_submittable: outputs of the development test set (--dev-test), not of the evaluation " \
-           "set: not for submission" in errors
+    assert (
+        f"{meta_file}: not_submittable: outputs of the development test set (--dev-test), not of the evaluation "
+        "set: not for submission" in errors
+    )
     assert f"{meta_file}: submission.name: still TODO, fill it in" in errors
     assert f"{meta_file}: system.source_code: still TODO, fill it in" in errors
     assert "task4/: no technical report (a .pdf beside the system folders)" in errors
@@ -122,7 +152,10 @@ def test_dev_test_package_is_not_submittable_and_says_what_is_left(runs, tmp_pat
     # the runs' own dev-test scores, as the run wrote them
     from sed_scores_eval.base_modules.io import read_sed_scores
 
-    for folder, source in ((f"{LABEL}_run1.output", "scores_postprocessed"), (f"{LABEL}_run1_unprocessed.output", "scores_raw")):
+    for folder, source in (
+        (f"{LABEL}_run1.output", "scores_postprocessed"),
+        (f"{LABEL}_run1_unprocessed.output", "scores_raw"),
+    ):
         packaged = read_sed_scores(str(out / "task4" / LABEL / folder))
         reference = read_sed_scores(str(runs[0] / "test" / "teacher" / source))
         assert packaged.keys() == reference.keys() and len(packaged) == 8
@@ -130,8 +163,9 @@ def test_dev_test_package_is_not_submittable_and_says_what_is_left(runs, tmp_pat
             pd.testing.assert_frame_equal(packaged[key], reference[key])
 
 
-@pytest.mark.parametrize("label, message", [("Doe", "four parts"), ("Doe_UNI_task4_5", "1 to 4"),
-                                            ("Doe_UNI_task1_1", "third part")])
+@pytest.mark.parametrize(
+    "label, message", [("Doe", "four parts"), ("Doe_UNI_task4_5", "1 to 4"), ("Doe_UNI_task1_1", "third part")]
+)
 def test_labels_are_validated(runs, tmp_path, label, message):
     code, text = _run(str(runs[0]), "--label", label, "--dev-test", "-o", str(tmp_path / "out"))
     assert code == 2 and message in text and not (tmp_path / "out").exists()
@@ -192,8 +226,13 @@ def test_metadata_states_the_rate_auto_resolved_to(tmp_path):
     from sed.dcase.metadata import input_rate
 
     ckpt = tmp_path / "best.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {"classes": ["a"], "config": {
-        "features": {"input_sample_rate": 44100}}}}, ckpt)
+    torch.save(
+        {
+            "state_dict": {},
+            "hyper_parameters": {"classes": ["a"], "config": {"features": {"input_sample_rate": 44100}}},
+        },
+        ckpt,
+    )
     cfg = OmegaConf.create({"features": {"input_sample_rate": "auto"}, "data": {"sample_rate": 16000}})
     assert input_rate(cfg, {"checkpoint": str(ckpt)}) == 44100.0
     fixed = OmegaConf.create({"features": {"input_sample_rate": 22050}, "data": {"sample_rate": 16000}})

@@ -44,12 +44,28 @@ def _test_run(module, root, out_dir):
     from sed.data.datamodule import SEDDataModule
 
     dm = SEDDataModule(
-        str(root), classes=CLASSES, sample_rate=RATE, clip_duration=CLIP, strong_tsv=None, weak_tsv=None,
-        unlabeled_tsv=None, test_tsv="test.tsv", test_audio="audio", test_durations="durations.tsv",
-        eval_batch_size=4, num_workers=0,
+        str(root),
+        classes=CLASSES,
+        sample_rate=RATE,
+        clip_duration=CLIP,
+        strong_tsv=None,
+        weak_tsv=None,
+        unlabeled_tsv=None,
+        test_tsv="test.tsv",
+        test_audio="audio",
+        test_durations="durations.tsv",
+        eval_batch_size=4,
+        num_workers=0,
     )
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
     trainer.test(module, datamodule=dm, verbose=False)
     return out_dir / "test"
 
@@ -148,7 +164,10 @@ def test_native_rate_windows_off_the_sample_grid_follow_the_frame_grid(native_da
     """A hop of 7 frames is 19,756.8 samples at 44.1 kHz: window starts are rounded to the nearest sample and the
     merged probabilities stay within 1e-4 of the same weights run on the loader-resampled audio at 16 kHz (measured
     6.8e-6: half a sample of misalignment at most, and the window edges)."""
-    native, reference = Detector(_native_module(), device="cpu", hop=7 * 0.064), Detector(_module(), device="cpu", hop=7 * 0.064)
+    native, reference = (
+        Detector(_native_module(), device="cpu", hop=7 * 0.064),
+        Detector(_module(), device="cpu", hop=7 * 0.064),
+    )
     assert native.hop_frames == reference.hop_frames == 7
     starts = native.window_starts(4 * NATIVE)
     assert list(starts) == [round(k * 7 * 1024 * NATIVE / RATE) for k in range(len(starts))] and starts[1] == 19757

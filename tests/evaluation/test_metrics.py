@@ -53,7 +53,7 @@ def _scores(targets: dict, noise: float, seed: int = 1, false_alarms: int = 0) -
         probs = (0.6 * target + noise * rng.random(target.shape)) / (0.6 + noise)
         for _ in range(false_alarms):
             t, c = int(rng.integers(0, N_FRAMES - 3)), int(rng.integers(0, len(CLASSES)))
-            probs[t:t + 3, c] = np.maximum(probs[t:t + 3, c], rng.uniform(0.5, 1.0))
+            probs[t : t + 3, c] = np.maximum(probs[t : t + 3, c], rng.uniform(0.5, 1.0))
         out[key] = create_score_dataframe(probs, TS, CLASSES)
     return out
 
@@ -87,9 +87,15 @@ def test_psds_equals_sed_scores_eval_called_directly(data, scenario):
     durations = {k: 60.0 for k in durations}
     value, roc = metrics.psds(scores, gt, durations, scenario)
     ref = intersection_based.psds(
-        scores=scores, ground_truth=_gt_dict(gt), audio_durations=_stem_durations(durations),
-        dtc_threshold=scenario.dtc, gtc_threshold=scenario.gtc, cttc_threshold=scenario.cttc,
-        alpha_ct=scenario.alpha_ct, alpha_st=scenario.alpha_st, max_efpr=scenario.max_efpr,
+        scores=scores,
+        ground_truth=_gt_dict(gt),
+        audio_durations=_stem_durations(durations),
+        dtc_threshold=scenario.dtc,
+        gtc_threshold=scenario.gtc,
+        cttc_threshold=scenario.cttc,
+        alpha_ct=scenario.alpha_ct,
+        alpha_st=scenario.alpha_st,
+        max_efpr=scenario.max_efpr,
     )
     assert 0.05 < value < 0.999
     assert value == pytest.approx(ref[0], abs=1e-12)
@@ -100,8 +106,22 @@ def test_psds_equals_sed_scores_eval_called_directly(data, scenario):
 
 
 def test_scenario_parameters():
-    assert (PSDS1.dtc, PSDS1.gtc, PSDS1.cttc, PSDS1.alpha_ct, PSDS1.alpha_st, PSDS1.max_efpr) == (0.7, 0.7, None, 0.0, 1.0, 100.0)
-    assert (PSDS2.dtc, PSDS2.gtc, PSDS2.cttc, PSDS2.alpha_ct, PSDS2.alpha_st, PSDS2.max_efpr) == (0.1, 0.1, 0.3, 0.5, 1.0, 100.0)
+    assert (PSDS1.dtc, PSDS1.gtc, PSDS1.cttc, PSDS1.alpha_ct, PSDS1.alpha_st, PSDS1.max_efpr) == (
+        0.7,
+        0.7,
+        None,
+        0.0,
+        1.0,
+        100.0,
+    )
+    assert (PSDS2.dtc, PSDS2.gtc, PSDS2.cttc, PSDS2.alpha_ct, PSDS2.alpha_st, PSDS2.max_efpr) == (
+        0.1,
+        0.1,
+        0.3,
+        0.5,
+        1.0,
+        100.0,
+    )
 
 
 def test_psds_keeps_clips_without_events(data):
@@ -140,8 +160,12 @@ def test_psds_merges_overlapping_ground_truth_and_handles_classes_without_events
     )
     with pytest.raises(AssertionError):  # what sed_scores_eval does with it
         intersection_based.psds(
-            scores=scores, ground_truth=_gt_dict(overlapping), audio_durations=_stem_durations(durations),
-            dtc_threshold=0.7, gtc_threshold=0.7, alpha_st=1.0,
+            scores=scores,
+            ground_truth=_gt_dict(overlapping),
+            audio_durations=_stem_durations(durations),
+            dtc_threshold=0.7,
+            gtc_threshold=0.7,
+            alpha_st=1.0,
         )
     with caplog.at_level(logging.WARNING, logger="sed.evaluation.metrics"):
         value, _ = metrics.psds(scores, overlapping, durations, PSDS1)
@@ -170,8 +194,12 @@ def _sed_eval_reference(kind, detections, gt, filenames, **kw):
     """sed_eval driven directly, file by file, the way DCASE scripts do it."""
     if kind == "event":
         m = sed_eval.sound_event.EventBasedMetrics(
-            event_label_list=CLASSES, t_collar=0.2, percentage_of_length=0.2,
-            evaluate_onset=True, evaluate_offset=True, empty_system_output_handling="zero_score",
+            event_label_list=CLASSES,
+            t_collar=0.2,
+            percentage_of_length=0.2,
+            evaluate_onset=True,
+            evaluate_offset=True,
+            empty_system_output_handling="zero_score",
         )
     else:
         m = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=CLASSES, time_resolution=1.0)
@@ -233,7 +261,7 @@ def test_intersection_f1_equals_sed_scores_eval_on_off_grid_events_and_class_thr
                 on = round(float(rng.uniform(0, 4.5)), 3)
                 off = round(min(on + float(rng.uniform(0.05, 1.5)), n_frames * frame), 3)
                 gt_rows.append((f"{name}.wav", on, off, classes[c]))
-                activity[int(on / frame):int(np.ceil(off / frame)), c] = 1
+                activity[int(on / frame) : int(np.ceil(off / frame)), c] = 1
         values = np.clip(0.7 * activity + rng.normal(0.15, 0.25, activity.shape), 0, 1).round(2)  # ties
         scores[name] = create_score_dataframe(values, ts, classes)
     # a detection of exactly half a ground-truth event: dtc and gtc met with equality
@@ -281,8 +309,13 @@ def test_perfect_and_empty_predictions(data):
     silent = {k: create_score_dataframe(np.zeros((N_FRAMES, len(CLASSES))), TS, CLASSES) for k in targets}
     m = evaluate(silent, silent, gt, durations, CLASSES, [0.5])
     assert m["psds1"] == 0.0 and m["psds2"] == 0.0
-    for key in ("event_f1_macro@0.5", "event_f1_micro@0.5", "segment_f1_macro@0.5", "segment_f1_micro@0.5",
-                "intersection_f1_macro@0.5"):
+    for key in (
+        "event_f1_macro@0.5",
+        "event_f1_micro@0.5",
+        "segment_f1_macro@0.5",
+        "segment_f1_micro@0.5",
+        "intersection_f1_macro@0.5",
+    ):
         assert m[key] == 0.0, key
 
 
@@ -291,13 +324,27 @@ def test_evaluate_keys_and_consistency(data):
     raw = _scores(targets, noise=0.7, seed=9)
     res = evaluate_full(raw, scores, gt, durations, CLASSES, [0.4, 0.5], {"psds_on": "both", "bootstrap": 5})
     m = res.metrics
-    expected = {"psds1", "psds2", "psds1_raw", "psds2_raw", "psds1_ci_low", "psds1_ci_high", "psds1_boot_mean",
-                "psds1_boot_std", "psds2_raw_ci_high"}
+    expected = {
+        "psds1",
+        "psds2",
+        "psds1_raw",
+        "psds2_raw",
+        "psds1_ci_low",
+        "psds1_ci_high",
+        "psds1_boot_mean",
+        "psds1_boot_std",
+        "psds2_raw_ci_high",
+    }
     for t in ("0.4", "0.5"):
         expected |= {f"intersection_f1_macro@{t}", f"intersection_f1_micro@{t}"}
         for kind in ("event", "segment"):
-            expected |= {f"{kind}_f1_macro@{t}", f"{kind}_f1_micro@{t}", f"{kind}_precision_micro@{t}",
-                         f"{kind}_recall_micro@{t}", f"{kind}_error_rate@{t}"}
+            expected |= {
+                f"{kind}_f1_macro@{t}",
+                f"{kind}_f1_micro@{t}",
+                f"{kind}_precision_micro@{t}",
+                f"{kind}_recall_micro@{t}",
+                f"{kind}_error_rate@{t}",
+            }
             expected |= {f"{kind}_f1@{t}/{c}" for c in CLASSES}
         expected |= {f"intersection_f1@{t}/{c}" for c in CLASSES}
     expected |= {f"psds1/{c}" for c in CLASSES}
@@ -305,12 +352,21 @@ def test_evaluate_keys_and_consistency(data):
     assert all(isinstance(v, float) for v in m.values())
     assert m["psds1"] == pytest.approx(metrics.psds(scores, gt, durations, PSDS1)[0])
     assert m["psds2_raw"] == pytest.approx(metrics.psds(raw, gt, durations, PSDS2)[0])
-    assert m["event_f1_macro@0.5"] == pytest.approx(metrics.event_f1(detections_from_scores(scores, 0.5), gt, CLASSES)["f1_macro"])
+    assert m["event_f1_macro@0.5"] == pytest.approx(
+        metrics.event_f1(detections_from_scores(scores, 0.5), gt, CLASSES)["f1_macro"]
+    )
     assert set(res.detections) == {0.4, 0.5} and set(res.rocs) == {"psds1", "psds2", "psds1_raw", "psds2_raw"}
     assert set(res.detections[0.5]["filename"]) <= set(gt["filename"])  # filenames as in the ground truth
 
-    lean = evaluate(None, scores, gt, durations, CLASSES, [0.5],
-                    {"psds": ["psds1"], "per_class": False, "segment_f1": False, "event_f1": False})
+    lean = evaluate(
+        None,
+        scores,
+        gt,
+        durations,
+        CLASSES,
+        [0.5],
+        {"psds": ["psds1"], "per_class": False, "segment_f1": False, "event_f1": False},
+    )
     assert set(lean) == {"psds1", "intersection_f1_macro@0.5", "intersection_f1_micro@0.5"}
     assert lean["psds1"] == m["psds1"]
 
@@ -328,7 +384,12 @@ def test_eval_config_validation():
 
 def test_ground_truth_dict():
     df = pd.DataFrame(
-        [("a.wav", 0.0, 1.0, "dog"), ("a.wav", 1.0, 2.0, "dog"), ("a.wav", 0.5, 0.7, "cat"), ("b.wav", np.nan, np.nan, "")],
+        [
+            ("a.wav", 0.0, 1.0, "dog"),
+            ("a.wav", 1.0, 2.0, "dog"),
+            ("a.wav", 0.5, 0.7, "cat"),
+            ("b.wav", np.nan, np.nan, ""),
+        ],
         columns=["filename", "onset", "offset", "event_label"],
     )
     gt = metrics.ground_truth_dict(df, clips=["c.wav"])
@@ -343,7 +404,9 @@ def test_desed_style_names_with_dots(data):
     dur2 = {rename[k[:-4]] + ".wav": v for k, v in durations.items()}
     scores2 = {rename[k]: v for k, v in scores.items()}
     cfg = {"psds": ["psds1"], "segment_f1": False, "per_class": False}
-    assert evaluate(None, scores2, gt2, dur2, CLASSES, [0.5], cfg) == evaluate(None, scores, gt, durations, CLASSES, [0.5], cfg)
+    assert evaluate(None, scores2, gt2, dur2, CLASSES, [0.5], cfg) == evaluate(
+        None, scores, gt, durations, CLASSES, [0.5], cfg
+    )
 
 
 def test_psds2_with_a_single_event_class():

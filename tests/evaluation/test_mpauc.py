@@ -23,12 +23,15 @@ def test_hand_computed_partial_auroc():
     a = [0.9, 0.8, 0.1, 0.15, 0.2, 0.7, 0.25, 0.3, 0.35, 0.4, 0.45, 0.05]
     probs, ts = _frames(np.array([a, np.linspace(0, 1, 12)]), per_segment=2)
     scores = {"rec": scores_dataframe(probs, ts, ["a", "c"])}
-    gt = pd.DataFrame({
-        "filename": ["rec.wav"] * 4,
-        "onset": [0.0, 5.0, 8.0, 2.0], "offset": [1.0, 6.0, 9.0, 3.0],
-        "event_label": ["a", "a", "a", "c"],
-        "confidence": [0.8, 0.6, 0.5, 0.4],  # 0.5 is not above the threshold: segment 8 is a negative
-    })
+    gt = pd.DataFrame(
+        {
+            "filename": ["rec.wav"] * 4,
+            "onset": [0.0, 5.0, 8.0, 2.0],
+            "offset": [1.0, 6.0, 9.0, 3.0],
+            "event_label": ["a", "a", "a", "c"],
+            "confidence": [0.8, 0.6, 0.5, 0.4],  # 0.5 is not above the threshold: segment 8 is a negative
+        }
+    )
     got = segment_metrics(scores, gt, {"rec.wav": 12.0}, ["a", "c"])
     assert got["mpauc"] == pytest.approx(0.5) and got["mpauc/a"] == pytest.approx(0.5)
     assert got["mauc"] == pytest.approx(0.95)
@@ -45,12 +48,15 @@ def test_equals_sed_scores_eval_on_segment_means():
     durations = {"r1.wav": 7.5, "r2.wav": 9.0}
     frames = {k: rng.random((3, int(d * 4))) for k, d in durations.items()}  # 0.25-s frames
     scores = {k[:-4]: scores_dataframe(p, np.arange(p.shape[1] + 1) / 4, classes) for k, p in frames.items()}
-    gt = pd.DataFrame({
-        "filename": ["r1.wav", "r1.wav", "r2.wav", "r2.wav", "r2.wav", "r2.wav"],
-        "onset": [0.3, 4.0, 1.0, 2.5, 6.2, 0.0], "offset": [2.2, 6.9, 2.0, 4.0, 8.8, 9.0],
-        "event_label": ["a", "b", "a", "c", "b", "c"],
-        "confidence": [1.0, 0.75, 0.9, 0.6, 1.0, 0.25],
-    })
+    gt = pd.DataFrame(
+        {
+            "filename": ["r1.wav", "r1.wav", "r2.wav", "r2.wav", "r2.wav", "r2.wav"],
+            "onset": [0.3, 4.0, 1.0, 2.5, 6.2, 0.0],
+            "offset": [2.2, 6.9, 2.0, 4.0, 8.8, 9.0],
+            "event_label": ["a", "b", "a", "c", "b", "c"],
+            "confidence": [1.0, 0.75, 0.9, 0.6, 1.0, 0.25],
+        }
+    )
     got = segment_metrics(scores, gt, durations, classes)
 
     # Reference: 1-s segment means written out here (the last segment of r1 is 0.5 s long), then sed_scores_eval.
@@ -58,7 +64,7 @@ def test_equals_sed_scores_eval_on_segment_means():
     for k, p in frames.items():
         n = p.shape[1]
         starts = np.arange(0, n, 4)
-        means = np.stack([p[:, s:s + 4].mean(axis=1) for s in starts], axis=1)
+        means = np.stack([p[:, s : s + 4].mean(axis=1) for s in starts], axis=1)
         bounds = np.append(starts / 4, durations[k])
         ref_scores[k[:-4]] = scores_dataframe(means, bounds, classes)
     ref_gt = {"r1": [(0.3, 2.2, "a"), (4.0, 6.9, "b")], "r2": [(1.0, 2.0, "a"), (2.5, 4.0, "c"), (6.2, 8.8, "b")]}

@@ -37,7 +37,9 @@ def test_write_test_outputs_layout_and_readability(tmp_path, run):
             assert list(back[key].columns) == ["onset", "offset", *CLASSES]
             np.testing.assert_allclose(back[key].to_numpy(), df.to_numpy(), rtol=1e-7, atol=1e-9)
     # Scores read back give the same PSDS as in memory.
-    assert psds(read_sed_scores(out / "scores_postprocessed"), gt, durations, PSDS1)[0] == pytest.approx(result.metrics["psds1"])
+    assert psds(read_sed_scores(out / "scores_postprocessed"), gt, durations, PSDS1)[0] == pytest.approx(
+        result.metrics["psds1"]
+    )
     for t in (0.3, 0.5):
         events = read_strong(out / f"events_th{t:g}.tsv", classes=CLASSES, merge_overlaps=False)
         det = result.detections[t]

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sed.run.config import EvaluationConfig
 from sed.data.encoder import LabelEncoder
 from sed.evaluation.parallel import ScoringPool, resolve_workers
 from sed.evaluation.scoring import score_model
-
+from sed.run.config import EvaluationConfig
 
 
 def short_and_long_problem(n_clips: int, n_frames: int = 300, frame: float = 0.064, seed: int = 0):
@@ -23,7 +22,7 @@ def short_and_long_problem(n_clips: int, n_frames: int = 300, frame: float = 0.0
         target = np.zeros((2, n_frames), np.float32)
         for c, (label, length) in enumerate((("click", 6), ("hum", 120))):
             on = int(rng.integers(0, n_frames - length))
-            target[c, on:on + length] = 1
+            target[c, on : on + length] = 1
             rows.append((name, ts[on], ts[on + length], label))
         noisy = np.clip(0.7 * target + 0.3 * rng.random(target.shape), 0, 1)
         probs.append(noisy.astype(np.float32))
@@ -41,8 +40,16 @@ def _jobs() -> dict[str, dict]:
     for name, noise in (("student", 0.0), ("teacher", 0.15)):  # two models with different outputs
         p = np.clip(probs + noise * rng.standard_normal(probs.shape), 0, 1).astype(np.float32)
         weak = {n: p[i].max(-1) for i, n in enumerate(names)}
-        jobs[name] = dict(strong_probs=dict(zip(names, p)), weak_probs=weak, weak_targets=weak, encoder=encoder,
-                          ground_truth=gt, durations=durations, evaluation=ev, psds=("psds1", "psds2"))
+        jobs[name] = dict(
+            strong_probs=dict(zip(names, p)),
+            weak_probs=weak,
+            weak_targets=weak,
+            encoder=encoder,
+            ground_truth=gt,
+            durations=durations,
+            evaluation=ev,
+            psds=("psds1", "psds2"),
+        )
     return jobs
 
 

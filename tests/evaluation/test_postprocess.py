@@ -139,7 +139,9 @@ def test_detections_from_scores_matches_reference(threshold):
     assert len(det) > 10
     pd.testing.assert_frame_equal(det, ref, check_dtype=False)
     # ... and sed_scores_eval's own decoder agrees, clip by clip.
-    by_clip = scores_to_event_list(scores, thresholds=np.array([thr[c] for c in CLASSES]) if isinstance(threshold, dict) else threshold)
+    by_clip = scores_to_event_list(
+        scores, thresholds=np.array([thr[c] for c in CLASSES]) if isinstance(threshold, dict) else threshold
+    )
     for key, events in by_clip.items():
         mine = det[det["filename"] == key + ".wav"]
         assert sorted(zip(mine["onset"], mine["offset"], mine["event_label"])) == sorted(events)

@@ -33,12 +33,35 @@ def test_an_mpauc_set_is_scored_on_its_classes_only():
     encoder = LabelEncoder(CLASSES, sample_rate=16000, hop_length=400, clip_duration=1.0, time_pooling=1)  # 25-ms
     rng = np.random.default_rng(0)
     probs = {"r.wav": rng.random((3, 400)).astype(np.float32)}  # a 10-s recording
-    outputs = {"student": probs, "teacher": probs, "student_weak": {"r.wav": np.zeros(3)},
-               "teacher_weak": {"r.wav": np.zeros(3)}, "weak_targets": {"r.wav": np.zeros(3)}}
-    gt = pd.DataFrame({"filename": ["r.wav", "r.wav"], "onset": [1.0, 4.0], "offset": [3.0, 6.0],
-                       "event_label": ["c", "a"], "confidence": [0.9, 0.4]})
-    fn, jobs = scoring_jobs(outputs, ("student", "teacher"), encoder, ["a", "c"], "mpauc", gt, {"r.wav": 10.0},
-                            _evaluation([1, 1, 1]), ["mpauc"], full=True, test=True)
+    outputs = {
+        "student": probs,
+        "teacher": probs,
+        "student_weak": {"r.wav": np.zeros(3)},
+        "teacher_weak": {"r.wav": np.zeros(3)},
+        "weak_targets": {"r.wav": np.zeros(3)},
+    }
+    gt = pd.DataFrame(
+        {
+            "filename": ["r.wav", "r.wav"],
+            "onset": [1.0, 4.0],
+            "offset": [3.0, 6.0],
+            "event_label": ["c", "a"],
+            "confidence": [0.9, 0.4],
+        }
+    )
+    fn, jobs = scoring_jobs(
+        outputs,
+        ("student", "teacher"),
+        encoder,
+        ["a", "c"],
+        "mpauc",
+        gt,
+        {"r.wav": 10.0},
+        _evaluation([1, 1, 1]),
+        ["mpauc"],
+        full=True,
+        test=True,
+    )
     result = fn(**jobs["teacher"])
     assert list(result.scores_raw["r"].columns[2:]) == ["a", "c"]  # b is not scored on this set
     assert not np.isnan(result.metrics["mpauc/c"]) and np.isnan(result.metrics["mpauc/a"])  # a: confidence 0.4

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sed.run.config import EvaluationConfig
 from sed.evaluation.metrics import psds
 from sed.evaluation.metrics.psd import PSDS1
 from sed.evaluation.postprocess import (
@@ -27,6 +26,7 @@ from sed.evaluation.tuning import (
     tune_on_scores,
     tune_thresholds,
 )
+from sed.run.config import EvaluationConfig
 
 FRAME = 0.064
 GRID = [1, 3, 5, 7, 9, 13, 17, 21]
@@ -73,8 +73,12 @@ def test_tuned_window_of_each_class_is_the_brute_force_best():
     settings = tune_on_scores(scores, gt, durations, evaluation(**{"tuning.thresholds": False}))
 
     # Reference: every window of the grid applied to every class, PSDS1 of each class read off sed_scores_eval.
-    per_window = {w: psds(batch_to_scores(median_filter(probs, w), names, ts, classes, durations), gt, durations,
-                          PSDS1)[1].per_class_psds for w in GRID}
+    per_window = {
+        w: psds(batch_to_scores(median_filter(probs, w), names, ts, classes, durations), gt, durations, PSDS1)[
+            1
+        ].per_class_psds
+        for w in GRID
+    }
     for i, c in enumerate(classes):
         values = [per_window[w][c] for w in GRID]
         assert settings.median_window[i] == GRID[int(np.argmax(values))], (c, values)
@@ -105,11 +109,17 @@ def test_settings_round_trip_through_the_file(tmp_path):
     classes = ["click", "hum"]
     median = PostprocessingSettings(classes, "median", [3, 13], {"click": 0.41, "hum": 0.63}, tuning={"clips": 5})
     boxes = PostprocessingSettings(
-        classes, "sebbs", sebbs={"step_filter_length": {"click": 0.32, "hum": 0.64},
-                                 "merge_threshold_abs": {"click": 0.2, "hum": math.inf},
-                                 "merge_threshold_rel": {"click": math.inf, "hum": 2.0}})
-    path = save_settings(tmp_path / "pp.json", {"student": median, "teacher": boxes}, "checkpoints/epoch003.ckpt",
-                         "teacher")
+        classes,
+        "sebbs",
+        sebbs={
+            "step_filter_length": {"click": 0.32, "hum": 0.64},
+            "merge_threshold_abs": {"click": 0.2, "hum": math.inf},
+            "merge_threshold_rel": {"click": math.inf, "hum": 2.0},
+        },
+    )
+    path = save_settings(
+        tmp_path / "pp.json", {"student": median, "teacher": boxes}, "checkpoints/epoch003.ckpt", "teacher"
+    )
     json.loads(path.read_text())  # standard JSON (no Infinity)
     assert load_settings(path, "student", classes) == median
     assert load_settings(path, "teacher", classes) == boxes
@@ -130,8 +140,11 @@ def test_sebb_events_are_those_sebbs_gives():
     gt, durations, probs, names, ts = short_and_long_problem(n_clips=6)
     classes = ["click", "hum"]
     scores = batch_to_scores(probs, names, ts, classes, durations)
-    params = {"step_filter_length": {"click": 0.32, "hum": 0.64}, "merge_threshold_abs": {"click": 0.2, "hum": math.inf},
-              "merge_threshold_rel": {"click": math.inf, "hum": 2.0}}
+    params = {
+        "step_filter_length": {"click": 0.32, "hum": 0.64},
+        "merge_threshold_abs": {"click": 0.2, "hum": math.inf},
+        "merge_threshold_rel": {"click": math.inf, "hum": 2.0},
+    }
     direct = CSEBBsPredictor(**params, sound_classes=classes)
     boxes = direct.predict(scores)
     assert predict_sebbs(params, scores) == boxes
@@ -172,13 +185,33 @@ def test_pipsds_equals_sed_scores_eval():
     encoder = LabelEncoder(classes, sample_rate=16000, hop_length=256, clip_duration=ts[-1], time_pooling=4)
     assert encoder.n_frames == probs.shape[-1] and encoder.frame_timestamps(probs.shape[-1])[1] == pytest.approx(FRAME)
     weak = {n: np.zeros(2, np.float32) for n in names}
-    result = score_model(dict(zip(names, probs)), weak, weak, encoder, gt, durations, evaluation(), per_class=True,
-                         psds=("psds1",), pipsds_windows=[1, 5, 7, 9])
-    sets = [batch_to_scores(median_filter(probs, w), names, encoder.frame_timestamps(probs.shape[-1]), classes,
-                            durations) for w in (1, 5, 7, 9)]
+    result = score_model(
+        dict(zip(names, probs)),
+        weak,
+        weak,
+        encoder,
+        gt,
+        durations,
+        evaluation(),
+        per_class=True,
+        psds=("psds1",),
+        pipsds_windows=[1, 5, 7, 9],
+    )
+    sets = [
+        batch_to_scores(median_filter(probs, w), names, encoder.frame_timestamps(probs.shape[-1]), classes, durations)
+        for w in (1, 5, 7, 9)
+    ]
     value, per_class, *_ = postprocessing_independent_psds_from_postprocessed_scores(
-        sets, ground_truth_dict(gt), {n[:-4]: d for n, d in durations.items()}, dtc_threshold=0.7, gtc_threshold=0.7,
-        cttc_threshold=None, alpha_ct=0.0, alpha_st=1.0, unit_of_time="hour", max_efpr=100.0,
+        sets,
+        ground_truth_dict(gt),
+        {n[:-4]: d for n, d in durations.items()},
+        dtc_threshold=0.7,
+        gtc_threshold=0.7,
+        cttc_threshold=None,
+        alpha_ct=0.0,
+        alpha_st=1.0,
+        unit_of_time="hour",
+        max_efpr=100.0,
     )
     assert result.metrics["pipsds1"] == pytest.approx(value)
     for c in classes:
@@ -197,8 +230,14 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
     from sed.infer import main as infer_main
 
     exp = tmp_path / "exp"
-    proc = run_train([*tiny_overrides(tiny_dataset, exp, epochs=1), "evaluation.tune_postprocessing=true",
-                      "evaluation.save_validation_scores=true", "energy.enabled=false"])
+    proc = run_train(
+        [
+            *tiny_overrides(tiny_dataset, exp, epochs=1),
+            "evaluation.tune_postprocessing=true",
+            "evaluation.save_validation_scores=true",
+            "energy.enabled=false",
+        ]
+    )
     # The validation pass at test time (for tuning) adds no second, near-empty test table to the console.
     console = proc.stdout + proc.stderr
     assert "DataLoader 1" not in console and "val_at_test" not in console and "Test outputs:" in console
@@ -217,15 +256,28 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
         assert metrics["postprocessing"]["tuned_on"] == "validation"
         assert {"pipsds1", "psds1", "event_f1_macro@tuned", "event_f1_macro@0.5"} <= set(metrics)
         assert (run / "test" / name / "events_tuned.tsv").is_file()
-        offline = tune_on_scores(read_scores_dir(run / "validation" / name / "scores_raw"), val_gt, val_durations,
-                                 cfg.evaluation, model=name)
+        offline = tune_on_scores(
+            read_scores_dir(run / "validation" / name / "scores_raw"), val_gt, val_durations, cfg.evaluation, model=name
+        )
         tuned = load_settings(run / "postprocessing.json", name)
         assert tuned.median_window == offline.median_window
         # Score files hold 9 significant digits: a threshold halfway between two scores moves by as much.
         assert tuned.thresholds == pytest.approx(offline.thresholds, abs=1e-7)
     out = tmp_path / "events.tsv"
-    assert infer_main([str(ckpt), str(tiny_dataset / cfg.data.test_tsv), "--audio-dir",
-                       str(tiny_dataset / cfg.data.test_audio), "-o", str(out), "-q"]) == 0
+    assert (
+        infer_main(
+            [
+                str(ckpt),
+                str(tiny_dataset / cfg.data.test_tsv),
+                "--audio-dir",
+                str(tiny_dataset / cfg.data.test_audio),
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     preferred = saved["preferred_model"]
     assert out.read_text() == (run / "test" / preferred / "events_tuned.tsv").read_text()
     # sed.export embeds the settings; sed.infer on the exported file decodes the same events.
@@ -234,6 +286,19 @@ def test_train_tunes_on_validation_and_infer_uses_it(tiny_dataset, tmp_path):
     exported = export_detector(ckpt, tmp_path / "model.pt", check=False)
     assert exported.metadata.extra["postprocessing"]["method"] == "median"
     out_ts = tmp_path / "events_ts.tsv"
-    assert infer_main(["--torchscript", str(tmp_path / "model.pt"), str(tiny_dataset / cfg.data.test_tsv),
-                       "--audio-dir", str(tiny_dataset / cfg.data.test_audio), "-o", str(out_ts), "-q"]) == 0
+    assert (
+        infer_main(
+            [
+                "--torchscript",
+                str(tmp_path / "model.pt"),
+                str(tiny_dataset / cfg.data.test_tsv),
+                "--audio-dir",
+                str(tiny_dataset / cfg.data.test_audio),
+                "-o",
+                str(out_ts),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert out_ts.read_text() == out.read_text()

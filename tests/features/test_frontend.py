@@ -69,8 +69,20 @@ def test_logmel_matches_librosa_melspectrogram_other_params() -> None:
     fe = FrontEnd(n_fft=1024, win_length=1024, hop_length=320, n_mels=64, f_min=50.0, f_max=7000.0)
     ours = fe(torch.tensor(x, dtype=torch.float32))  # 1-D input -> [F, T]
     mel = librosa.feature.melspectrogram(
-        y=x, sr=SR, n_fft=1024, hop_length=320, win_length=1024, window=np.hamming(1024), center=True,
-        pad_mode="reflect", power=1.0, n_mels=64, fmin=50.0, fmax=7000.0, htk=True, norm=None,
+        y=x,
+        sr=SR,
+        n_fft=1024,
+        hop_length=320,
+        win_length=1024,
+        window=np.hamming(1024),
+        center=True,
+        pad_mode="reflect",
+        power=1.0,
+        n_mels=64,
+        fmin=50.0,
+        fmax=7000.0,
+        htk=True,
+        norm=None,
     )
     ref = _to_db(mel)
     assert ours.shape == ref.shape == (64, fe.n_frames(len(x)))
@@ -117,8 +129,19 @@ def test_double_input_is_computed_in_float32() -> None:
 
 def test_signature_contents_and_changes() -> None:
     sig = FrontEnd().signature()
-    for key in ("kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max",
-                "db_range", "amin", "n_features"):
+    for key in (
+        "kind",
+        "sample_rate",
+        "n_fft",
+        "win_length",
+        "hop_length",
+        "n_mels",
+        "f_min",
+        "f_max",
+        "db_range",
+        "amin",
+        "n_features",
+    ):
         assert key in sig
     assert sig == FrontEnd().signature()
     assert FrontEnd(hop_length=320).signature()["hop_length"] == 320
@@ -192,7 +215,9 @@ def test_logmel_resampled_in_the_model_equals_loader_resampling() -> None:
     loader_side = resample(native, NATIVE, SR)
     assert in_model.resample(native).shape == loader_side.shape == (2 * SR,)
     got, ref = in_model(native), FrontEnd()(loader_side)
-    assert got.shape == ref.shape and got.shape[-1] == in_model.n_frames(native.shape[-1]) == FrontEnd().n_frames(2 * SR)
+    assert got.shape == ref.shape and got.shape[-1] == in_model.n_frames(native.shape[-1]) == FrontEnd().n_frames(
+        2 * SR
+    )
     assert float((got - ref).abs().max()) <= TOL_DB
     assert in_model.input_rate == NATIVE and FrontEnd().input_rate == SR
 

@@ -63,8 +63,14 @@ def test_resume_with_another_input_rate_is_refused_and_auto_resumes(trained, nat
     assert refused.returncode != 0
     assert "features.input_sample_rate=44100 in the checkpoint, None now" in refused.stderr
     # auto: every file of the data set is at 44.1 kHz, so auto means 44100, the checkpoint's front-end.
-    resumed = run_train([*_common(native_dataset, tmp_path / "b", epochs=2), "features.input_sample_rate=auto",
-                         f"ckpt_path={last}", "test=false"])
+    resumed = run_train(
+        [
+            *_common(native_dataset, tmp_path / "b", epochs=2),
+            "features.input_sample_rate=auto",
+            f"ckpt_path={last}",
+            "test=false",
+        ]
+    )
     log = resumed.stdout + resumed.stderr
     assert "features.input_sample_rate=auto: all 56 audio files are at 44100 Hz" in log
     assert LOADER_RESAMPLING not in log
@@ -73,8 +79,9 @@ def test_resume_with_another_input_rate_is_refused_and_auto_resumes(trained, nat
 
 
 def test_scaler_of_another_input_rate_is_refused(trained, native_dataset, tmp_path):
-    refused = run_train([*_common(native_dataset, tmp_path), f"scaler.path={trained / 'scaler.pt'}", "test=false"],
-                        check=False)
+    refused = run_train(
+        [*_common(native_dataset, tmp_path), f"scaler.path={trained / 'scaler.pt'}", "test=false"], check=False
+    )
     assert refused.returncode != 0
     assert "ScalerMismatchError" in refused.stderr and "input_sample_rate" in refused.stderr
 
@@ -107,15 +114,17 @@ def test_infer_on_native_files_gives_the_events_of_loader_resampling(trained, na
     """sed.infer with the checkpoint passes 44.1 kHz windows to the model; the same weights fed 16 kHz audio
     (resampled by sed.infer, as before) give the same frame probabilities within 1e-4 (window edges: each window is
     resampled on its own) and so the same events, except where a probability lies within 1e-4 of the threshold."""
-    from sed.inference.detector import Detector
     from sed.infer import main as infer_main
+    from sed.inference.detector import Detector
 
     ckpt = trained / "checkpoints" / "last.ckpt"
     native = Detector.from_checkpoint(ckpt, model=None, device="cpu")
     before = Detector(_loader_resampling_twin(ckpt), device="cpu")
     assert native.sample_rate == NATIVE and before.sample_rate == 16000 and native.hop_frames == before.hop_frames
-    files = [*sorted((native_dataset / "audio" / "test").glob("*.wav"))[:3], _long_native_file(native_dataset,
-                                                                                                tmp_path / "long.wav")]
+    files = [
+        *sorted((native_dataset / "audio" / "test").glob("*.wav"))[:3],
+        _long_native_file(native_dataset, tmp_path / "long.wav"),
+    ]
     for path in files:
         got, ref = native.predict_file(path), before.predict_file(path)
         np.testing.assert_allclose(got.timestamps, ref.timestamps, atol=1e-9)
@@ -137,8 +146,8 @@ def test_infer_on_native_files_gives_the_events_of_loader_resampling(trained, na
 def test_export_takes_native_rate_audio_and_matches_pytorch(trained, native_dataset, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from sed.inference.export import export_detector
     from sed.inference.detector import Detector
+    from sed.inference.export import export_detector
 
     ckpt = trained / "checkpoints" / "last.ckpt"
     clip = min((native_dataset / "audio" / "test").glob("*.wav"))

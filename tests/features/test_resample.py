@@ -53,8 +53,9 @@ def test_fft_accuracy_on_periodic_and_aperiodic_sine(orig: int, new: int) -> Non
 def test_fft_resample_matches_scipy(n_in: int, n_out: int) -> None:
     signal = pytest.importorskip("scipy.signal")
     x = np.random.default_rng(0).standard_normal((2, n_in))
-    np.testing.assert_allclose(fft_resample(torch.tensor(x), n_out).numpy(), signal.resample(x, n_out, axis=-1),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        fft_resample(torch.tensor(x), n_out).numpy(), signal.resample(x, n_out, axis=-1), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("method", ["sinc", "fft"])

@@ -16,8 +16,10 @@ def _data(seed: int = 0, shape=(5, 7, 11)) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # Per-bin offsets and scales so that per-bin and per-clip statistics differ clearly.
     x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    return (x * torch.linspace(0.5, 4.0, shape[1], dtype=torch.float64)[None, :, None]
-            + torch.linspace(-30, 20, shape[1], dtype=torch.float64)[None, :, None])
+    return (
+        x * torch.linspace(0.5, 4.0, shape[1], dtype=torch.float64)[None, :, None]
+        + torch.linspace(-30, 20, shape[1], dtype=torch.float64)[None, :, None]
+    )
 
 
 def _np_normalise(x: np.ndarray, normtype: str, axes: tuple[int, ...], rng=(0.0, 1.0)) -> np.ndarray:

@@ -184,8 +184,24 @@ def test_cli_end_to_end(checkpoint, long_stereo, tmp_path):
     sf.write(folder / "mono_16k.flac", (0.1 * rng.standard_normal(int(4.5 * RATE))).astype(np.float32), RATE)
     out = tmp_path / "out" / "events.tsv"
     scores_dir = tmp_path / "scores"
-    rc = main([str(checkpoint), str(long_stereo), str(folder), "-o", str(out), "--scores-dir", str(scores_dir),
-               "--threshold", "0.4", "--device", "cpu", "--batch-size", "3", "-q"])
+    rc = main(
+        [
+            str(checkpoint),
+            str(long_stereo),
+            str(folder),
+            "-o",
+            str(out),
+            "--scores-dir",
+            str(scores_dir),
+            "--threshold",
+            "0.4",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "3",
+            "-q",
+        ]
+    )
     assert rc == 0
     events = read_strong(out, CLASSES)
     assert set(events["filename"]) <= {"long_stereo.wav", "short_8k.wav", "mono_16k.flac"}
@@ -196,14 +212,19 @@ def test_cli_end_to_end(checkpoint, long_stereo, tmp_path):
     assert set(scores) == {"long_stereo", "short_8k", "mono_16k"}
     for key, df in scores.items():
         assert list(df.columns) == ["onset", "offset", *CLASSES]
-        assert df["onset"].iloc[0] == 0 and df["offset"].iloc[-1] == pytest.approx(durations[
-            next(n for n in durations if n.rsplit(".", 1)[0] == key)])
+        assert df["onset"].iloc[0] == 0 and df["offset"].iloc[-1] == pytest.approx(
+            durations[next(n for n in durations if n.rsplit(".", 1)[0] == key)]
+        )
     # Detections at the CLI threshold are the score files thresholded (after the median filter).
     det = Detector.from_checkpoint(checkpoint, device="cpu")
     expected = det.detect_file(folder / "mono_16k.flac", threshold=0.4)
     got = events[events["filename"] == "mono_16k.flac"]
-    pd.testing.assert_frame_equal(got[["onset", "offset", "event_label"]].reset_index(drop=True),
-                                  expected[["onset", "offset", "event_label"]], check_exact=False, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        got[["onset", "offset", "event_label"]].reset_index(drop=True),
+        expected[["onset", "offset", "event_label"]],
+        check_exact=False,
+        atol=1e-6,
+    )
 
 
 def test_cli_tsv_input(checkpoint, tmp_path):
@@ -251,7 +272,9 @@ def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
         sf.write(clips / name, np.zeros(RATE, dtype=np.float32), RATE)
     scores = tmp_path / "scores"
     common = ["--scores-dir", str(scores), "--device", "cpu", "-q"]
-    assert main([str(checkpoint), str(clips / "a.wav"), str(clips / "b.wav"), "-o", str(tmp_path / "1.tsv"), *common]) == 0
+    assert (
+        main([str(checkpoint), str(clips / "a.wav"), str(clips / "b.wav"), "-o", str(tmp_path / "1.tsv"), *common]) == 0
+    )
     assert sorted(p.name for p in scores.iterdir()) == ["a.tsv", "b.tsv"]
     assert main([str(checkpoint), str(clips / "c.wav"), "-o", str(tmp_path / "2.tsv"), *common]) == 0
     assert sorted(p.name for p in scores.iterdir()) == ["c.tsv"]
@@ -259,7 +282,9 @@ def test_cli_scores_dir_holds_one_run_only(checkpoint, tmp_path, capsys):
     user = tmp_path / "mine"
     user.mkdir()
     (user / "a.tsv").write_text("my own table\n")
-    rc = main([str(checkpoint), str(clips), "-o", str(tmp_path / "3.tsv"), "--scores-dir", str(user), "--device", "cpu"])
+    rc = main(
+        [str(checkpoint), str(clips), "-o", str(tmp_path / "3.tsv"), "--scores-dir", str(user), "--device", "cpu"]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert str(user) in err and "not written by sed" in err, err
@@ -315,8 +340,19 @@ def test_cli_reports_every_bad_file_and_keeps_the_good_ones(checkpoint, tmp_path
     sf.write(clips / "nan.wav", nan, RATE, subtype="FLOAT")
     sf.write(clips / "empty.wav", np.zeros(0, dtype=np.float32), RATE)
     out, scores = tmp_path / "events.tsv", tmp_path / "scores"
-    args = [str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(scores), "--threshold", "0",
-            "--device", "cpu", "-q"]
+    args = [
+        str(checkpoint),
+        str(clips),
+        "-o",
+        str(out),
+        "--scores-dir",
+        str(scores),
+        "--threshold",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("  ")]
@@ -343,7 +379,9 @@ def test_cli_nothing_processed_exits_2_and_writes_nothing(checkpoint, tmp_path, 
     (clips / "b.wav").write_text("not audio either")
     out = tmp_path / "events.tsv"
     out.write_text("an earlier result\n")
-    assert main([str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    assert (
+        main([str(checkpoint), str(clips), "-o", str(out), "--scores-dir", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    )
     err = capsys.readouterr().err
     assert "a.wav" in err and "b.wav" in err
     assert out.read_text() == "an earlier result\n" and not (tmp_path / "s").exists()
@@ -357,8 +395,12 @@ def test_cli_output_without_detections_scores_zero(checkpoint, tmp_path, capsys)
 
     sf.write(tmp_path / "quiet.wav", np.zeros(RATE, dtype=np.float32), RATE)
     out = tmp_path / "events.tsv"
-    assert main([str(checkpoint), str(tmp_path / "quiet.wav"), "-o", str(out), "--threshold", "1", "--device", "cpu",
-                 "-q"]) == 0
+    assert (
+        main(
+            [str(checkpoint), str(tmp_path / "quiet.wav"), "-o", str(out), "--threshold", "1", "--device", "cpu", "-q"]
+        )
+        == 0
+    )
     assert out.read_text() == "filename\tonset\toffset\tevent_label\n"
     gt = tmp_path / "gt.tsv"
     gt.write_text("filename\tonset\toffset\tevent_label\nquiet.wav\t0.2\t0.6\tdog\n")
@@ -373,8 +415,13 @@ def clip_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "mix.wav"
     rng = np.random.default_rng(11)
     t = np.arange(int(4.5 * RATE)) / RATE
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 500 * t) * ((t % 1.2) < 0.5) + 0.02 * rng.standard_normal(t.shape))
-             .astype(np.float32), RATE)
+    sf.write(
+        path,
+        (0.3 * np.sin(2 * np.pi * 500 * t) * ((t % 1.2) < 0.5) + 0.02 * rng.standard_normal(t.shape)).astype(
+            np.float32
+        ),
+        RATE,
+    )
     return path
 
 
@@ -394,9 +441,13 @@ def _expected(detector, path, window, threshold) -> pd.DataFrame:
 
 def _same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert len(expected) > 0
-    pd.testing.assert_frame_equal(got[["onset", "offset", "event_label"]].reset_index(drop=True),
-                                  expected[["onset", "offset", "event_label"]], check_exact=False, atol=1e-9,
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        got[["onset", "offset", "event_label"]].reset_index(drop=True),
+        expected[["onset", "offset", "event_label"]],
+        check_exact=False,
+        atol=1e-9,
+        check_dtype=False,
+    )
 
 
 def test_cli_median_window_one_or_per_class(checkpoint, detector, clip_file, tmp_path, capsys):
@@ -431,10 +482,14 @@ def test_cli_classwise_thresholds_pairs_json_and_tsv(checkpoint, detector, clip_
     _same(mixed, _expected(detector, clip_file, 3, {"alarm": 0.4, "dog": 0.4, "speech": 0.62}))
 
     (tmp_path / "bad.tsv").write_text("event_label\tthreshold\nalarm\t0.3\nspeech\thigh\n")
-    for spec, why in (("cat=0.3", "unknown class(es) ['cat']"), ("alarm:0.3", "no such file (or give CLASS=VALUE pairs)"),
-                      ("alarm=0.3,dog", "expected CLASS=VALUE"),
-                      ("dog=1.5", "not a probability"), (str(tmp_path / "bad.tsv"), "bad.tsv:3: threshold 'high'"),
-                      (str(tmp_path / "missing.json"), "no such file")):
+    for spec, why in (
+        ("cat=0.3", "unknown class(es) ['cat']"),
+        ("alarm:0.3", "no such file (or give CLASS=VALUE pairs)"),
+        ("alarm=0.3,dog", "expected CLASS=VALUE"),
+        ("dog=1.5", "not a probability"),
+        (str(tmp_path / "bad.tsv"), "bad.tsv:3: threshold 'high'"),
+        (str(tmp_path / "missing.json"), "no such file"),
+    ):
         assert main([str(checkpoint), str(clip_file), "--thresholds", spec, "-o", str(tmp_path / "x.tsv")]) == 2
         err = capsys.readouterr().err
         assert why in err, err
@@ -453,6 +508,20 @@ def test_event_times_are_written_like_the_test_outputs(checkpoint, detector, cli
     frames = np.asarray(events["onset"]) / detector.frame_duration
     np.testing.assert_array_equal(np.asarray(events["onset"]), np.round(frames) * detector.frame_duration)
     write_strong(events, tmp_path / "ref.tsv")
-    assert main([str(checkpoint), str(clip_file), "--threshold", "0.45", "-o", str(tmp_path / "e.tsv"),
-                 "--device", "cpu", "-q"]) == 0
+    assert (
+        main(
+            [
+                str(checkpoint),
+                str(clip_file),
+                "--threshold",
+                "0.45",
+                "-o",
+                str(tmp_path / "e.tsv"),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "e.tsv").read_text() == (tmp_path / "ref.tsv").read_text()

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from sed.inference.export import DetectorMetadata, ExportedModel, InferenceGraph, load_module
 from sed.export import main as export_main
 from sed.infer import main as infer_main
+from sed.inference.export import DetectorMetadata, ExportedModel, InferenceGraph, load_module
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -41,7 +41,9 @@ def exported(checkpoint, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("exported")
     onnx_path, ts_path = out / "model.onnx", out / "model.pt"
     assert export_main([str(checkpoint), "-o", str(onnx_path), "-q"]) == 0
-    assert export_main([str(checkpoint), "-o", str(ts_path), "--format", "torchscript", "--model", "teacher", "-q"]) == 0
+    assert (
+        export_main([str(checkpoint), "-o", str(ts_path), "--format", "torchscript", "--model", "teacher", "-q"]) == 0
+    )
     return {"onnx": onnx_path, "torchscript": ts_path}
 
 
@@ -124,18 +126,35 @@ def test_infer_with_exported_model_equals_checkpoint(checkpoint, exported, tiny_
     inputs = [str(tiny_dataset / "audio" / "test"), str(_long_file(tmp_path))]
     common = ["--threshold", "0.3", "--device", "cpu", "--batch-size", "3", "-q"]
     ref_out, ref_scores = tmp_path / "ckpt.tsv", tmp_path / "ckpt_scores"
-    assert infer_main([str(checkpoint), *inputs, "-o", str(ref_out), "--scores-dir", str(ref_scores),
-                       "--model", meta.model, *common]) == 0
+    assert (
+        infer_main(
+            [
+                str(checkpoint),
+                *inputs,
+                "-o",
+                str(ref_out),
+                "--scores-dir",
+                str(ref_scores),
+                "--model",
+                meta.model,
+                *common,
+            ]
+        )
+        == 0
+    )
     out, scores = tmp_path / f"{fmt}.tsv", tmp_path / f"{fmt}_scores"
-    assert infer_main([f"--{fmt}", str(exported[fmt]), *inputs, "-o", str(out), "--scores-dir", str(scores),
-                       *common]) == 0
+    assert (
+        infer_main([f"--{fmt}", str(exported[fmt]), *inputs, "-o", str(out), "--scores-dir", str(scores), *common]) == 0
+    )
     assert out.read_text() == ref_out.read_text()
     assert len(pd.read_csv(out, sep="\t")) > 0  # some events to compare
     got, ref = read_scores_dir(scores), read_scores_dir(ref_scores)
     assert sorted(got) == sorted(ref) and len(got) == 9
     for key in ref:
         assert list(got[key].columns) == list(ref[key].columns)
-        np.testing.assert_array_equal(got[key][["onset", "offset"]].to_numpy(), ref[key][["onset", "offset"]].to_numpy())
+        np.testing.assert_array_equal(
+            got[key][["onset", "offset"]].to_numpy(), ref[key][["onset", "offset"]].to_numpy()
+        )
         np.testing.assert_allclose(got[key].to_numpy()[:, 2:], ref[key].to_numpy()[:, 2:], atol=1e-4, rtol=0)
 
 
@@ -145,15 +164,33 @@ def test_infer_writes_the_events_of_the_test_outputs(run_dir, checkpoint, export
     the file train.py wrote at test time (test/<model>/events_th0.5.tsv): same events, times and formatting. The
     exported model (ONNX) does too."""
     out = tmp_path / "events.tsv"
-    assert infer_main([str(checkpoint), str(tiny_dataset / "audio" / "test"), "-o", str(out), "--model", model,
-                       "--device", "cpu", "-q"]) == 0
+    assert (
+        infer_main(
+            [
+                str(checkpoint),
+                str(tiny_dataset / "audio" / "test"),
+                "-o",
+                str(out),
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     reference = run_dir / "test" / model / "events_th0.5.tsv"
     assert out.read_text() == reference.read_text()
     assert len(out.read_text().splitlines()) > 1
     if ExportedModel.load(exported["onnx"]).metadata.model == model:
         onnx_out = tmp_path / "onnx.tsv"
-        assert infer_main(["--onnx", str(exported["onnx"]), str(tiny_dataset / "audio" / "test"),
-                           "-o", str(onnx_out), "-q"]) == 0
+        assert (
+            infer_main(
+                ["--onnx", str(exported["onnx"]), str(tiny_dataset / "audio" / "test"), "-o", str(onnx_out), "-q"]
+            )
+            == 0
+        )
         assert onnx_out.read_text() == reference.read_text()
 
 
@@ -177,8 +214,14 @@ def test_dataset_scaler_and_mfcc_export_and_silence(tmp_path):
     quiet = torch.zeros(2, 16000)  # some feature bins constant over the data: std 0
     module.scaler.fit([module.frontend(torch.cat([torch.randn(4, 16000) * 0.1, quiet]))], progress=False)
     ckpt = tmp_path / "ds.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": pl.__version__}, ckpt)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        ckpt,
+    )
     assert export_main([str(ckpt), "-o", str(tmp_path / "ds.onnx"), "-q"]) == 0
     model = ExportedModel.load(tmp_path / "ds.onnx")
     graph = InferenceGraph.from_module(load_module(ckpt)[0], "student")
@@ -199,7 +242,8 @@ def test_stft_of_the_exported_graph_equals_torch_stft(exported, checkpoint):
 
     proto = onnx.load(str(exported["onnx"]))
     assert "STFT" in {node.op_type for node in proto.graph.node} | {
-        node.op_type for fn in proto.functions for node in fn.node}
+        node.op_type for fn in proto.functions for node in fn.node
+    }
     module, _ = load_module(checkpoint)
 
     class LogMel(torch.nn.Module):
@@ -212,8 +256,9 @@ def test_stft_of_the_exported_graph_equals_torch_stft(exported, checkpoint):
 
     t = torch.arange(32000) / 16000
     audio = torch.stack([torch.sin(2 * np.pi * (200 + 1500 * t) * t), 0.1 * torch.randn(32000)])
-    program = torch.onnx.export(LogMel(module.frontend).eval(), (audio,), dynamo=True, opset_version=18,
-                                input_names=["audio"], optimize=False)
+    program = torch.onnx.export(
+        LogMel(module.frontend).eval(), (audio,), dynamo=True, opset_version=18, input_names=["audio"], optimize=False
+    )
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     (feats,) = session.run(None, {"audio": audio.numpy()})
     with torch.inference_mode():
@@ -264,8 +309,20 @@ def test_infer_refuses_foreign_or_mismatched_models(exported, tmp_path, capsys):
 
     meta = ExportedModel.load(exported["torchscript"]).metadata
     assert meta.model == "teacher"
-    assert infer_main(["--torchscript", str(exported["torchscript"]), str(clip), "--model", "student",
-                       "-o", str(tmp_path / "e.tsv")]) == 2
+    assert (
+        infer_main(
+            [
+                "--torchscript",
+                str(exported["torchscript"]),
+                str(clip),
+                "--model",
+                "student",
+                "-o",
+                str(tmp_path / "e.tsv"),
+            ]
+        )
+        == 2
+    )
     assert "holds the teacher, not the student" in capsys.readouterr().err
     assert not (tmp_path / "e.tsv").exists()
 

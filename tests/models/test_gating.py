@@ -36,8 +36,9 @@ def test_training_output_and_gradients_equal_the_glu_then_dropout(p, channels_la
     for fused in (True, False):
         torch.manual_seed(3)
         out = glu_dropout(x, glu, p, True) if fused else Dropout(p)(glu(x))
-        grads.append((out.detach(), *torch.autograd.grad((out * weights).sum(), (x, glu.linear.weight,
-                                                                                 glu.linear.bias))))
+        grads.append(
+            (out.detach(), *torch.autograd.grad((out * weights).sum(), (x, glu.linear.weight, glu.linear.bias)))
+        )
     assert torch.equal(grads[0][0], grads[1][0])  # the same masks and products
     assert (grads[0][0] == 0).float().mean().item() == pytest.approx(p, abs=0.1)
     for a, b in zip(grads[0][1:], grads[1][1:]):
@@ -60,7 +61,8 @@ def test_fused_gradients_pass_gradcheck():
     x = torch.randn(2, 4, 5, 3, dtype=torch.double).contiguous(memory_format=torch.channels_last).requires_grad_()
     w, b = (t.detach().clone().requires_grad_() for t in (block.glu.linear.weight, block.glu.linear.bias))
     assert torch.autograd.gradcheck(
-        lambda x, w, b: functional_call(block, {"glu.linear.weight": w, "glu.linear.bias": b}, (x,)), (x, w, b))
+        lambda x, w, b: functional_call(block, {"glu.linear.weight": w, "glu.linear.bias": b}, (x,)), (x, w, b)
+    )
 
 
 @pytest.mark.parametrize("p", [0.5, 0.0])
@@ -92,14 +94,21 @@ def test_crnn_training_step_numbers_are_those_of_the_separate_modules(monkeypatc
     import sed.models.crnn as crnn
 
     torch.manual_seed(0)
-    model = CRNN(n_classes=3, n_features=64, filters=(4, 8, 8), pooling=((2, 4), (2, 4), (1, 4)), rnn_hidden=8,
-                 channels_last=True)
+    model = CRNN(
+        n_classes=3,
+        n_features=64,
+        filters=(4, 8, 8),
+        pooling=((2, 4), (2, 4), (1, 4)),
+        rnn_hidden=8,
+        channels_last=True,
+    )
     x = torch.randn(3, 64, 100)
     results = []
     for fused in (True, False):
         if not fused:
-            monkeypatch.setattr(crnn, "glu_dropout", lambda x, glu, p, training, fast: Dropout(p, fast).train(
-                training)(glu(x)))
+            monkeypatch.setattr(
+                crnn, "glu_dropout", lambda x, glu, p, training, fast: Dropout(p, fast).train(training)(glu(x))
+            )
         model.zero_grad()
         torch.manual_seed(2)
         out = model.train()(x)

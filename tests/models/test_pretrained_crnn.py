@@ -24,8 +24,9 @@ N_MELS = 32
 
 def _model(**encoder) -> PretrainedCRNN:
     torch.manual_seed(0)
-    return PretrainedCRNN(n_classes=3, n_features=N_MELS, encoder={"config": TINY_AST, **encoder}, embedding_dim=8,
-                          **CRNN_KEYS)
+    return PretrainedCRNN(
+        n_classes=3, n_features=N_MELS, encoder={"config": TINY_AST, **encoder}, embedding_dim=8, **CRNN_KEYS
+    )
 
 
 def _audio(n: int = 3, seconds: float = 2.0) -> torch.Tensor:
@@ -153,8 +154,15 @@ def test_missing_folder_or_config_json_is_a_clear_error(tmp_path) -> None:
 def test_mean_teacher_shares_the_frozen_encoder() -> None:
     from conftest import tiny_module
 
-    encoder = {"_target_": "sed.models.pretrained_crnn.PretrainedCRNN", "encoder": {"config": TINY_AST},
-               "embedding_dim": 8, "filters": [4, 8], "pooling": [[2, 4], [2, 4]], "rnn_hidden": 8, "rnn_layers": 1}
+    encoder = {
+        "_target_": "sed.models.pretrained_crnn.PretrainedCRNN",
+        "encoder": {"config": TINY_AST},
+        "embedding_dim": 8,
+        "filters": [4, 8],
+        "pooling": [[2, 4], [2, 4]],
+        "rnn_hidden": 8,
+        "rnn_layers": 1,
+    }
     module = tiny_module(["a", "b"], model=encoder)
     assert module.teacher.audio_encoder is module.student.audio_encoder
     assert module.teacher.rnn is not module.student.rnn
@@ -175,7 +183,10 @@ def test_train_then_infer_end_to_end(tiny_dataset, tmp_path) -> None:
 
     config = "{" + ",".join(f"{k}:{v}" for k, v in TINY_AST.items()) + "}"
     args = tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=2) + [
-        "model=crnn_ast", "model.encoder.path=null", f"model.encoder.config={config}", "model.embedding_dim=8",
+        "model=crnn_ast",
+        "model.encoder.path=null",
+        f"model.encoder.config={config}",
+        "model.embedding_dim=8",
         "test=false",
     ]
     proc = run_train(args)
@@ -201,8 +212,15 @@ def test_configurations_and_checkpoints_from_before_the_encoder_interface_still_
 
     from sed.run.config import Config, check_known_keys
 
-    old = {"path": None, "config": TINY_AST, "frozen": True, "finetune_after_epoch": None, "sample_rate": 16000,
-           "cache": True, "cache_max_gb": 4.0}
+    old = {
+        "path": None,
+        "config": TINY_AST,
+        "frozen": True,
+        "finetune_after_epoch": None,
+        "sample_rate": 16000,
+        "cache": True,
+        "cache_max_gb": 4.0,
+    }
     node = {"_target_": "sed.models.pretrained_crnn.PretrainedCRNN", "embedding_dim": 8, "encoder": old, **CRNN_KEYS}
     cfg = OmegaConf.structured(Config)
     OmegaConf.update(cfg, "model", node, merge=False)

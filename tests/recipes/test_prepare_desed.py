@@ -110,9 +110,17 @@ def test_layout_and_rates(prepared):
             assert info.samplerate == 16000 and info.subtype == "PCM_16"
     assert sf.info(out / "audio/test/Y_v1_0.000_10.000.wav").channels == 2  # channels kept; mixed at load time
     assert sf.info(out / "audio/test/Y_v2_5.000_15.000.wav").frames == 24000
-    for rel in ("metadata/train/strong.tsv", "metadata/train/weak.tsv", "metadata/train/unlabeled.tsv",
-                "metadata/validation/validation.tsv", "metadata/validation/durations.tsv",
-                "metadata/test/test.tsv", "metadata/test/durations.tsv", "classes.txt", ".complete"):
+    for rel in (
+        "metadata/train/strong.tsv",
+        "metadata/train/weak.tsv",
+        "metadata/train/unlabeled.tsv",
+        "metadata/validation/validation.tsv",
+        "metadata/validation/durations.tsv",
+        "metadata/test/test.tsv",
+        "metadata/test/durations.tsv",
+        "classes.txt",
+        ".complete",
+    ):
         assert (out / rel).is_file(), rel
     assert (out / "classes.txt").read_text().split() == prep.DESED_CLASSES
     from sed.synth import dataset_layout
@@ -144,7 +152,8 @@ def test_annotations(prepared):
     assert list(read_filenames(out / "metadata/train/unlabeled.tsv")) == [f"Y_u{i}_0.000_10.000.wav" for i in range(3)]
     assert read_durations(out / "metadata/validation/durations.tsv") == pytest.approx({"0.wav": 2.0, "1.wav": 2.0})
     assert read_durations(out / "metadata/test/durations.tsv") == {
-        "Y_v1_0.000_10.000.wav": 2.0, "Y_v2_5.000_15.000.wav": 1.5
+        "Y_v1_0.000_10.000.wav": 2.0,
+        "Y_v2_5.000_15.000.wav": 1.5,
     }
     test = read_strong(out / "metadata/test/test.tsv", prep.DESED_CLASSES)
     assert set(test["event_label"]) == {"Vacuum_cleaner", "Running_water"}
@@ -154,8 +163,8 @@ def test_annotations(prepared):
 
 
 def test_datamodule_reads_it(prepared):
-    from sed.data.encoder import LabelEncoder
     from sed.data.datamodule import SEDDataModule
+    from sed.data.encoder import LabelEncoder
 
     _, out, _ = prepared
     dm = SEDDataModule(str(out), clip_duration=2.0, batch_sizes=[1, 1, 1], eval_batch_size=2, num_workers=0)
@@ -184,8 +193,12 @@ def test_rerun_skips_converted_files(prepared, caplog):
 def test_unlabeled_folder_without_tsv_and_separate_synth_root(tmp_path):
     real = make_desed(tmp_path / "desed", with_unlabeled_tsv=False)
     synth = tmp_path / "dcase_synth"
-    for sub in ("audio/train/synthetic21_train", "audio/validation/synthetic21_validation",
-                "metadata/train/synthetic21_train", "metadata/validation/synthetic21_validation"):
+    for sub in (
+        "audio/train/synthetic21_train",
+        "audio/validation/synthetic21_validation",
+        "metadata/train/synthetic21_train",
+        "metadata/validation/synthetic21_validation",
+    ):
         (synth / sub).parent.mkdir(parents=True, exist_ok=True)
         (real / sub).rename(synth / sub)
     (synth / "audio/validation/synthetic21_validation/soundscapes/1.wav").write_bytes(b"not a wav file")
@@ -218,7 +231,9 @@ def test_errors_name_the_path(tmp_path, capsys):
     assert "nowhere: DESED root folder not found" in capsys.readouterr().err
 
     bad = make_desed(tmp_path / "bad")
-    _text(bad / "metadata/validation/validation.tsv",
-          "filename\tonset\toffset\tevent_label\nY_v1_0.000_10.000.wav\t0.2\t1.1\tVacuum\n")
+    _text(
+        bad / "metadata/validation/validation.tsv",
+        "filename\tonset\toffset\tevent_label\nY_v1_0.000_10.000.wav\t0.2\t1.1\tVacuum\n",
+    )
     assert prep.main([str(bad), str(tmp_path / "out2"), "--workers", "1"]) == 2
     assert "validation.tsv:2: unknown label 'Vacuum'" in capsys.readouterr().err

@@ -19,8 +19,12 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get
 
 def overrides(step: int, signal: str = "SIGTERM", stage: str = "train") -> list[str]:
     """The command-line overrides that add a :class:`SignalAt` fault."""
-    return ["+callbacks.fault._target_=faults.SignalAt", f"+callbacks.fault.step={step}",
-            f"+callbacks.fault.signal={signal}", f"+callbacks.fault.stage={stage}"]
+    return [
+        "+callbacks.fault._target_=faults.SignalAt",
+        f"+callbacks.fault.step={step}",
+        f"+callbacks.fault.signal={signal}",
+        f"+callbacks.fault.stage={stage}",
+    ]
 
 
 class SignalAt(Callback):

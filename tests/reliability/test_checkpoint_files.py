@@ -54,7 +54,9 @@ def test_weights_gone_nan_are_never_saved_over_a_good_checkpoint(tmp_path):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
     before = path.read_bytes()
-    with pytest.raises(NonFiniteWeightsError, match=r"not saving .*last\.ckpt: 1 weight tensor\(s\) hold NaN/Inf \(e\.g\. w\)"):
+    with pytest.raises(
+        NonFiniteWeightsError, match=r"not saving .*last\.ckpt: 1 weight tensor\(s\) hold NaN/Inf \(e\.g\. w\)"
+    ):
         io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 2.0])}}, path)
     assert path.read_bytes() == before
 
@@ -104,8 +106,12 @@ def test_broken_checkpoint_files_get_one_line_errors(tmp_path):
     empty.write_bytes(b"")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
-    for path, reason in ((truncated, "unreadable checkpoint \\(truncated or corrupt"), (empty, "empty file"),
-                         (tmp_path / "missing.ckpt", "no such file"), (foreign, "not a checkpoint of this pipeline")):
+    for path, reason in (
+        (truncated, "unreadable checkpoint \\(truncated or corrupt"),
+        (empty, "empty file"),
+        (tmp_path / "missing.ckpt", "no such file"),
+        (foreign, "not a checkpoint of this pipeline"),
+    ):
         with pytest.raises(CheckpointError, match=rf"^ckpt_path={path}: {reason}") as err:
             read_checkpoint(path)
         assert "\n" not in str(err.value)

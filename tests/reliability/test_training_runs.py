@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import faults
 from conftest import LONG_EPOCHS, REPO, run_train, tiny_overrides
 
 
@@ -29,7 +29,9 @@ def _metrics(run_dir: Path, model: str) -> dict:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
 
 
 def _assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -38,7 +40,7 @@ def _assert_refused(proc: subprocess.CompletedProcess, message: str) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr[-3000:]
     assert "\nerror: " in "\n" + proc.stderr, proc.stderr[-3000:]
-    assert message in proc.stderr[proc.stderr.rindex("error: "):], proc.stderr[-3000:]
+    assert message in proc.stderr[proc.stderr.rindex("error: ") :], proc.stderr[-3000:]
 
 
 def _progress(ckpt: Path) -> tuple[int, int]:
@@ -55,14 +57,24 @@ def finished(long_augmented_run) -> Path:
 
 def _train_until_stopped(args: list[str]) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` that a fault of tests/reliability/faults.py may stop (any exit status)."""
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", **faults.ENV), timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **faults.ENV),
+        timeout=600,
+    )
 
 
 def _printed_resume_command(output: str) -> list[str]:
     """The arguments of the ``Resume with: python train.py ...`` line a stopped run printed, less its fault."""
     (line,) = [ln for ln in output.splitlines() if ln.startswith("Resume with: python train.py ")]
-    return [a for a in shlex.split(line.removeprefix("Resume with: python train.py ")) if not a.startswith("+callbacks.fault")]
+    return [
+        a
+        for a in shlex.split(line.removeprefix("Resume with: python train.py "))
+        if not a.startswith("+callbacks.fault")
+    ]
 
 
 def _assert_equal_runs(run_dir: Path, reference: Path) -> None:
@@ -134,7 +146,9 @@ def test_sigterm_while_testing_stops_the_run_and_prints_how_to_test_again(tiny_d
     assert not (run_dir / "test").exists()
     assert (run_dir / ".lock").read_text() == ""  # no pid left: released
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Test again with: python train.py ")]
+    lines = [
+        ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Test again with: python train.py ")
+    ]
     assert len(lines) == 1 and status["rerun"] == lines[0].removeprefix("Test again with: ")
     command = shlex.split(lines[0].removeprefix("Test again with: python train.py "))
     assert command[-2:] == ["train=false", f"ckpt_path={best}"]
@@ -170,8 +184,14 @@ def test_last_ckpt_is_the_latest_epoch_when_the_metric_stops_improving(tiny_data
     """The consistency weight only rises: with mode=min only epoch 0 is a top-k checkpoint. Lightning's own
     save_last then left last.ckpt at epoch 0 and a resume re-ran the later epochs."""
     exp = tmp_path / "exp"
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=3), "test=false",
-               "callbacks.checkpoint.monitor=train/consistency_weight", "callbacks.checkpoint.mode=min"])
+    run_train(
+        [
+            *tiny_overrides(tiny_dataset, exp, epochs=3),
+            "test=false",
+            "callbacks.checkpoint.monitor=train/consistency_weight",
+            "callbacks.checkpoint.mode=min",
+        ]
+    )
     (run_dir,) = _run_dirs(exp)
     assert [p.name for p in sorted((run_dir / "checkpoints").glob("epoch*.ckpt"))] == ["epoch000.ckpt"]
     epoch, step = _progress(run_dir / "checkpoints" / "last.ckpt")
@@ -181,8 +201,14 @@ def test_last_ckpt_is_the_latest_epoch_when_the_metric_stops_improving(tiny_data
 def test_resuming_a_finished_run_keeps_its_results(finished, tiny_dataset, tmp_path):
     before = _snapshot(finished)
     exp = finished.parent.parent
-    run_train([*tiny_overrides(tiny_dataset, exp, epochs=4), *LONG_EPOCHS, "test=false",
-               f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}"])
+    run_train(
+        [
+            *tiny_overrides(tiny_dataset, exp, epochs=4),
+            *LONG_EPOCHS,
+            "test=false",
+            f"ckpt_path={finished / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
     assert _snapshot(finished) == before
     new = [d for d in _run_dirs(exp) if d != finished]
     assert len(new) == 1 and _progress(new[0] / "checkpoints" / "last.ckpt") == (3, 80)
@@ -191,8 +217,16 @@ def test_resuming_a_finished_run_keeps_its_results(finished, tiny_dataset, tmp_p
 def test_concurrent_runs_with_one_name_get_their_own_directories(tiny_dataset, tmp_path):
     exp = tmp_path / "exp"
     args = [*tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "data.epoch_length=2"]
-    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -211,9 +245,17 @@ def test_a_run_directory_in_use_is_refused(finished, tiny_dataset, tmp_path):
     run_dir = exp / "tiny" / finished.name
     shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns(".lock"))  # a run of train.py, not trained again
     (run_dir / "status.json").write_text('{"status": "stopped"}')  # resumable, and held by another process:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sed.run.rundir import lock_run_dir; "
-                               f"lock_run_dir({str(run_dir)!r}); print('held', flush=True); time.sleep(60)"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sed.run.rundir import lock_run_dir; "
+            f"lock_run_dir({str(run_dir)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _snapshot(run_dir)
@@ -234,7 +276,7 @@ def test_resume_with_other_classes_or_model_or_a_broken_file_is_refused_in_one_l
     cases = {
         f"data.classes=[{','.join(swapped)}]": f"ckpt_path={last} was trained on classes",
         "model.rnn_hidden=8": f"ckpt_path={last} was trained with another model/front-end (model.rnn_hidden=16 in "
-                              "the checkpoint, 8 now)",
+        "the checkpoint, 8 now)",
     }
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[:1000])
@@ -285,17 +327,26 @@ def test_configuration_holes(tiny_dataset, tmp_path):
     (bom / "classes.txt").write_text("\ufeff" + (tiny_dataset / "classes.txt").read_text(), encoding="utf-8")
     sizes = "{strong:4,weak:2,unlabeled:4,validation:2,test:2}"
     generated = tmp_path / "generated"
-    run_train([*tiny_overrides(generated, tmp_path / "exp2", epochs=1), "data.generate=true",
-               f"data.generate_sizes={sizes}", "data.batch_sizes=[2,1,2]", "test=false",
-               "data.epoch_length=3", "training.lr=0"])
+    run_train(
+        [
+            *tiny_overrides(generated, tmp_path / "exp2", epochs=1),
+            "data.generate=true",
+            f"data.generate_sizes={sizes}",
+            "data.batch_sizes=[2,1,2]",
+            "test=false",
+            "data.epoch_length=3",
+            "training.lr=0",
+        ]
+    )
     assert json.loads((generated / ".complete").read_text())["sizes"]["strong"] == 4
     (run_dir,) = _run_dirs(tmp_path / "exp2")
     assert _progress(run_dir / "checkpoints" / "last.ckpt") == (0, 3)  # one epoch of data.epoch_length=3 batches
     from sed.data.datamodule import SEDDataModule
 
     assert SEDDataModule(root=str(bom)).classes == (tiny_dataset / "classes.txt").read_text().split()
-    missing = run_train([*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False,
-                        full_error=False)
+    missing = run_train(
+        [*tiny_overrides(tmp_path / "nowhere", tmp_path / "exp3", epochs=1)], check=False, full_error=False
+    )
     _assert_refused(missing, f"data.root={tmp_path / 'nowhere'} does not exist")
 
 

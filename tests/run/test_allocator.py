@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TESTED_RUN_OPTIONS, run_train, tiny_overrides
+
 from sed.run import allocator
 
 LIB = Path("/somewhere/libmimalloc.so")
-needs_mimalloc = pytest.mark.skipif(allocator.mimalloc_library() is None or not sys.platform.startswith("linux"),
-                                    reason="cmeel-mimalloc (a dependency on Linux x86_64/aarch64) is not installed")
+needs_mimalloc = pytest.mark.skipif(
+    allocator.mimalloc_library() is None or not sys.platform.startswith("linux"),
+    reason="cmeel-mimalloc (a dependency on Linux x86_64/aarch64) is not installed",
+)
 
 
 def test_preload_environment_adds_mimalloc_once_and_keeps_the_users_settings(monkeypatch):
@@ -53,8 +55,13 @@ def test_reexecuted_process_runs_mimalloc_with_the_same_pid_arguments_and_option
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     assert json.loads(out) == [proc.pid, "mimalloc", 1, ["a b", "c"]]
-    out = subprocess.run([sys.executable, str(script)], env={**env, "SED_ALLOCATOR": "system"}, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env={**env, "SED_ALLOCATOR": "system"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(out)[1] == "system"
 
 
@@ -69,7 +76,9 @@ def test_training_under_mimalloc_gives_the_numbers_of_glibc_malloc(tested_run, t
         run_train([*tiny_overrides(data_root=tiny_dataset, exp_dir=tmp_path, epochs=1), *TESTED_RUN_OPTIONS])
     (glibc_dir,) = [p for p in (tmp_path / "tiny").iterdir() if p.is_dir()]
     assert "Memory allocator: glibc's (SED_ALLOCATOR=system)" in (glibc_dir / "train.log").read_text()
-    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (run_dir, glibc_dir)]
+    weights = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in (run_dir, glibc_dir)
+    ]
     tensors = [k for k, v in weights[0].items() if isinstance(v, torch.Tensor)]
     assert tensors and all(torch.equal(weights[0][k], weights[1][k]) for k in tensors)
     for model in ("student", "teacher"):

@@ -67,9 +67,16 @@ class _Crash(Exception):
 
 def _fit(tmp_path, events: list, callbacks=(), ckpt_path=None) -> None:
     data = DataLoader(TensorDataset(torch.arange(BATCHES * 2, dtype=torch.float32)), batch_size=2)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=True, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
-                         callbacks=[ResumeCheckpoint(tmp_path, every_n_train_steps=EVERY), *callbacks])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        callbacks=[ResumeCheckpoint(tmp_path, every_n_train_steps=EVERY), *callbacks],
+    )
     trainer.fit(_Recording(events), train_dataloaders=data, val_dataloaders=data, ckpt_path=ckpt_path)
 
 
@@ -123,8 +130,9 @@ class _SignalAtFirstBatch(Callback):
         self._send(batch_idx)
 
 
-@pytest.mark.parametrize(("stage", "signum"), [("test", signal.SIGTERM), ("validate", signal.SIGINT),
-                                               ("test", signal.SIGINT)])
+@pytest.mark.parametrize(
+    ("stage", "signum"), [("test", signal.SIGTERM), ("validate", signal.SIGINT), ("test", signal.SIGINT)]
+)
 def test_a_signal_outside_training_stops_with_128_plus_the_signal(tmp_path, stage, signum):
     """SIGTERM or Ctrl-C while testing or validating (outside the training steps, where ResumeCheckpoint stops after
     the step) stops at once as RunStopped(128 + signal) naming the stage. (Lightning turned SIGTERM into an exit
@@ -132,8 +140,13 @@ def test_a_signal_outside_training_stops_with_128_plus_the_signal(tmp_path, stag
     from sed.run.checkpointing import stop_on_signal
 
     data = DataLoader(TensorDataset(torch.arange(8, dtype=torch.float32)), batch_size=2)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[_SignalAtFirstBatch(signum)])
+    trainer = pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_SignalAtFirstBatch(signum)],
+    )
     module = _Recording([])
     module.test_step = module.validation_step
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

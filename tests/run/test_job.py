@@ -41,9 +41,18 @@ def test_run_writes_every_output(trained):
     events = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/loss_strong", "train/loss_weak", "train/loss_consistency_strong", "train/lr",
-                "train/consistency_weight", "train/ema_factor", "val/obj_metric", "val/teacher/psds1",
-                "val/student/event_f1_macro@0.5", "hp/teacher/psds1"):
+    for tag in (
+        "train/loss_strong",
+        "train/loss_weak",
+        "train/loss_consistency_strong",
+        "train/lr",
+        "train/consistency_weight",
+        "train/ema_factor",
+        "val/obj_metric",
+        "val/teacher/psds1",
+        "val/student/event_f1_macro@0.5",
+        "hp/teacher/psds1",
+    ):
         assert tag in scalars, tag
     assert events.Tags()["images"], "no validation-clip figure"
     assert len(events.Scalars("val/obj_metric")) == 3
@@ -88,8 +97,14 @@ def test_misspelled_key_fails_at_start_with_its_name(tiny_dataset, tmp_path):
 def test_ddp_two_cpu_processes_score_the_whole_set(tiny_dataset, tmp_path):
     """DDP over gloo with two processes: each trains on its shard, but metrics are computed on the outputs
     of all processes, so they equal a single-process evaluation of the same checkpoint."""
-    ddp = [*tiny_overrides(tiny_dataset, tmp_path / "ddp", epochs=1), "trainer=ddp_cpu", "trainer.max_epochs=1",
-           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.deterministic=true"]
+    ddp = [
+        *tiny_overrides(tiny_dataset, tmp_path / "ddp", epochs=1),
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.deterministic=true",
+    ]
     run_train(ddp)
     (ddp_dir,) = _run_dirs(tmp_path / "ddp")
     (ckpt,) = (ddp_dir / "checkpoints").glob("epoch*.ckpt")
@@ -158,12 +173,22 @@ def test_between_full_validations_only_the_objective_is_scored(tiny_dataset, tmp
     epoch."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_train([*tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=3), "evaluation.full_metrics_every_n_epochs=2",
-               "test=false"])
+    run_train(
+        [
+            *tiny_overrides(tiny_dataset, tmp_path / "exp", epochs=3),
+            "evaluation.full_metrics_every_n_epochs=2",
+            "test=false",
+        ]
+    )
     (run_dir,) = _run_dirs(tmp_path / "exp")
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     epochs = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"] if tag.startswith("val/")}
-    for tag in ("val/obj_metric", "val/teacher/obj_metric", "val/student/weak_f1", "val/student/intersection_f1_macro@0.5"):
+    for tag in (
+        "val/obj_metric",
+        "val/teacher/obj_metric",
+        "val/student/weak_f1",
+        "val/student/intersection_f1_macro@0.5",
+    ):
         assert epochs[tag] == 3, tag
     for tag in ("val/student/psds1", "val/teacher/event_f1_macro@0.5", "val/student/segment_f1_macro@0.5"):
         assert epochs[tag] == 2, tag
@@ -178,8 +203,14 @@ def test_fp32_training_on_a_cpu_with_bf16_instructions_suggests_bf16(monkeypatch
     from sed.run.job import cpu_bf16_hint
 
     def trainer(precision: str) -> pl.Trainer:
-        return pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False)
+        return pl.Trainer(
+            accelerator="cpu",
+            precision=precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
 
     desed, small = 1_112_420, 50_300
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

@@ -19,21 +19,27 @@ UNION = DEFAULT_CLASSES + [c for c in RECORDING_CLASSES if c not in DEFAULT_CLAS
 def _overrides(clips: Path, recordings: Path, exp_dir: Path, epochs: int) -> list[str]:
     """The tiny run's overrides, on the recipe's two datasets: 2-s clips and 20-s recordings already generated."""
     return [
-        "exp=multi_dataset_quick", *tiny_overrides(clips, exp_dir, epochs=epochs),
-        f"data.datasets.clips.root={clips}", f"data.datasets.recordings.root={recordings}",
-        "data.datasets.clips.train.strong.batch_size=4", "data.datasets.clips.train.weak.batch_size=2",
-        "data.datasets.clips.train.unlabeled.batch_size=4", "data.datasets.recordings.train.train.batch_size=4",
+        "exp=multi_dataset_quick",
+        *tiny_overrides(clips, exp_dir, epochs=epochs),
+        f"data.datasets.clips.root={clips}",
+        f"data.datasets.recordings.root={recordings}",
+        "data.datasets.clips.train.strong.batch_size=4",
+        "data.datasets.clips.train.weak.batch_size=2",
+        "data.datasets.clips.train.unlabeled.batch_size=4",
+        "data.datasets.recordings.train.train.batch_size=4",
     ]
 
 
 @pytest.fixture(scope="session")
 def multi_run(tiny_dataset, tmp_path_factory) -> tuple[Path, Path, str]:
     """One tested 2-epoch run on the tiny clips and three 20-s recordings (never write into it)."""
+
     def make(folder: Path) -> tuple[str, str, str]:
         from sed.synth import generate_recordings
 
-        recordings = generate_recordings(folder / "rec", seed=3, sizes={"train": 2, "validation": 1, "test": 1},
-                                         duration=20.0)
+        recordings = generate_recordings(
+            folder / "rec", seed=3, sizes={"train": 2, "validation": 1, "test": 1}, duration=20.0
+        )
         proc = run_train(_overrides(tiny_dataset, recordings, folder / "exp", epochs=2))
         (run_dir,) = [p for p in (folder / "exp" / "tiny").iterdir() if p.is_dir()]
         return str(run_dir), str(recordings), proc.stdout + proc.stderr
@@ -62,8 +68,13 @@ def test_each_set_is_scored_with_its_metrics_and_reported(multi_run):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
-    assert {"val/clips/student/psds1", "val/recordings/teacher/mpauc", "val/obj_metric",
-            "test/recordings/student/mpauc", "test/clips/teacher/psds1"} <= tags
+    assert {
+        "val/clips/student/psds1",
+        "val/recordings/teacher/mpauc",
+        "val/obj_metric",
+        "test/recordings/student/mpauc",
+        "test/clips/teacher/psds1",
+    } <= tags
 
 
 def test_infer_uses_the_union_of_the_classes_on_a_long_recording(multi_run, tmp_path):
@@ -84,8 +95,13 @@ def test_infer_uses_the_union_of_the_classes_on_a_long_recording(multi_run, tmp_
 
 def test_resume_continues_a_several_dataset_run(multi_run, tiny_dataset, tmp_path):
     run_dir, recordings, _ = multi_run
-    proc = run_train([*_overrides(tiny_dataset, recordings, tmp_path, epochs=3), "test=false",
-                      f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    proc = run_train(
+        [
+            *_overrides(tiny_dataset, recordings, tmp_path, epochs=3),
+            "test=false",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
     assert "Restored all states" in proc.stdout + proc.stderr
     (resumed,) = [p for p in (tmp_path / "tiny").iterdir() if p.is_dir()]
     assert json.loads((resumed / "status.json").read_text())["status"] == "finished"

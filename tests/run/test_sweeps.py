@@ -45,15 +45,23 @@ def test_returns_best_validation_objective_not_a_test_metric(trained_3_epochs, t
 
     # Nothing validated for checkpoint selection: nothing to optimise, None rather than a made-up number.
     exp = tmp_path / "exp_unmonitored"
-    _, value = run_train_returning([*tiny_overrides(tiny_dataset, exp, epochs=1), "callbacks.checkpoint.monitor=null",
-                                    "test=false"], tmp_path)
+    _, value = run_train_returning(
+        [*tiny_overrides(tiny_dataset, exp, epochs=1), "callbacks.checkpoint.monitor=null", "test=false"], tmp_path
+    )
     assert value is None
 
 
 def test_optuna_search_optimises_the_validation_objective(tiny_dataset, tmp_path):
     exp = tmp_path / "exp"
-    run_train(["-m", "hparams_search=optuna", *tiny_overrides(tiny_dataset, exp, epochs=1), "test=false",
-               "hydra.sweeper.n_trials=2"])
+    run_train(
+        [
+            "-m",
+            "hparams_search=optuna",
+            *tiny_overrides(tiny_dataset, exp, epochs=1),
+            "test=false",
+            "hydra.sweeper.n_trials=2",
+        ]
+    )
     sweep = _sweep_dir(exp)
     jobs = _jobs(sweep)
     assert [j.name for j in jobs] == ["0", "1"]
@@ -98,8 +106,10 @@ def test_submitit_local_seed_sweep_with_mean_and_std(tiny_dataset, tmp_path):
     """Jobs in their own processes (submitit's local executor) write into the launcher's sweep directory; the
     summary gives the mean ± std over the seeds."""
     exp = tmp_path / "exp"
-    run_train(["-m", "hydra/launcher=submitit_local", *tiny_overrides(tiny_dataset, exp, epochs=1), "test=false",
-               "seed=1,2"], timeout=600)
+    run_train(
+        ["-m", "hydra/launcher=submitit_local", *tiny_overrides(tiny_dataset, exp, epochs=1), "test=false", "seed=1,2"],
+        timeout=600,
+    )
     sweep = _sweep_dir(exp)
     jobs = _jobs(sweep)
     logs = "\n".join(p.read_text()[-2000:] for p in (sweep / ".submitit").rglob("*_log.*"))
@@ -127,25 +137,43 @@ def _fake_slurm(tmp_path: Path) -> dict[str, str]:
     bin_dir.mkdir()
     for tool in ("sbatch", "srun"):
         path = bin_dir / tool
-        path.write_text('#!/bin/sh\nfor last; do :; done\ncp "$last" "$FAKE_SBATCH_OUT"\n'
-                        'echo "not a SLURM cluster" >&2\nexit 1\n')
+        path.write_text(
+            '#!/bin/sh\nfor last; do :; done\ncp "$last" "$FAKE_SBATCH_OUT"\necho "not a SLURM cluster" >&2\nexit 1\n'
+        )
         path.chmod(0o755)
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_SBATCH_OUT": str(tmp_path / "job.sh")}
 
 
-@pytest.mark.parametrize(("launcher", "extra", "expected"), [
-    ("submitit_slurm", ["trainer=gpu"], {"--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1"}),
-    ("submitit_slurm_multinode", ["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"],
-     {"--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"}),
-])
+@pytest.mark.parametrize(
+    ("launcher", "extra", "expected"),
+    [
+        ("submitit_slurm", ["trainer=gpu"], {"--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1"}),
+        (
+            "submitit_slurm_multinode",
+            ["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"],
+            {"--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"},
+        ),
+    ],
+)
 def test_slurm_job_script_follows_the_launcher_and_trainer(tiny_dataset, tmp_path, launcher, extra, expected):
     """The sbatch script the launcher configs produce (single node; several nodes matching trainer.num_nodes and
     one task per GPU), written into the sweep directory."""
     env = dict(os.environ, **_fake_slurm(tmp_path))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "-m", f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu",
-         *tiny_overrides(tiny_dataset, tmp_path / "exp"), *extra, "seed=1,2"],
-        cwd=REPO, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "-m",
+            f"hydra/launcher={launcher}",
+            "hydra.launcher.partition=gpu",
+            *tiny_overrides(tiny_dataset, tmp_path / "exp"),
+            *extra,
+            "seed=1,2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "not a SLURM cluster" in proc.stderr
     script = (tmp_path / "job.sh").read_text()
@@ -181,15 +209,26 @@ def test_summary_groups_seeds_per_setting_and_keeps_unfinished_jobs(tmp_path):
     sweep = tmp_path / "multirun"
     values = {("1e-3", "1"): 0.1, ("1e-3", "2"): 0.3, ("3e-4", "1"): 0.2, ("3e-4", "2"): 0.6}
     for num, ((lr, seed), v) in enumerate(values.items()):
-        _fake_job(sweep, num, ["exp_name=x", f"training.lr={lr}", f"seed={seed}"],
-                  {"status": "finished", "best_val_objective": v}, psds1=v / 2)
+        _fake_job(
+            sweep,
+            num,
+            ["exp_name=x", f"training.lr={lr}", f"seed={seed}"],
+            {"status": "finished", "best_val_objective": v},
+            psds1=v / 2,
+        )
     _fake_job(sweep, 4, ["exp_name=x", "training.lr=3e-4", "seed=3"], {"status": "failed", "error": "boom"})
     _fake_job(sweep, 5, ["exp_name=x", "training.lr=3e-4", "seed=4"], None)  # never started
 
     summary = summarize(sweep)
     assert summary["varying"] == ["training.lr", "seed"]
     assert [(r["job"], r["status"]) for r in summary["jobs"]] == [
-        ("0", "finished"), ("1", "finished"), ("2", "finished"), ("3", "finished"), ("4", "failed"), ("5", "unknown")]
+        ("0", "finished"),
+        ("1", "finished"),
+        ("2", "finished"),
+        ("3", "finished"),
+        ("4", "failed"),
+        ("5", "unknown"),
+    ]
     assert summary["jobs"][4]["error"] == "boom"
     groups = {g["overrides"]["training.lr"]: g for g in summary["seed_groups"]}
     assert groups["1e-3"]["seeds"] == ["1", "2"]
@@ -219,9 +258,18 @@ def test_requeued_submitit_job_resumes_from_its_last_checkpoint(tiny_dataset, tm
 
     exp = tmp_path / "exp"
     sweep = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
-         *tiny_overrides(tiny_dataset, exp, epochs=5), "test=false", "seed=1"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "-m",
+            "hydra/launcher=submitit_local",
+            *tiny_overrides(tiny_dataset, exp, epochs=5),
+            "test=false",
+            "seed=1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 300
@@ -251,15 +299,21 @@ def test_summary_of_runs_on_several_datasets_shows_each_sets_headline(tmp_path):
 
     sweep = tmp_path / "multirun"
     for num, (lr, psds1, mpauc) in enumerate([("1e-3", 0.3, 0.6), ("3e-4", 0.2, 0.7)]):
-        _fake_job(sweep, num, ["exp=multi_dataset_quick", f"training.lr={lr}"],
-                  {"status": "finished", "best_val_objective": psds1 + mpauc})
+        _fake_job(
+            sweep,
+            num,
+            ["exp=multi_dataset_quick", f"training.lr={lr}"],
+            {"status": "finished", "best_val_objective": psds1 + mpauc},
+        )
         for model in ("student", "teacher"):
             (sweep / str(num) / "test" / "clips" / model).mkdir(parents=True)
             (sweep / str(num) / "test" / "clips" / model / "metrics.json").write_text(
-                json.dumps({"psds1": psds1, "psds2": 0.5, "event_f1_macro@0.5": 0.4}))
+                json.dumps({"psds1": psds1, "psds2": 0.5, "event_f1_macro@0.5": 0.4})
+            )
             (sweep / str(num) / "test" / "recordings" / model).mkdir(parents=True)
             (sweep / str(num) / "test" / "recordings" / model / "metrics.json").write_text(
-                json.dumps({"mpauc": mpauc, "mauc": 0.9}))
+                json.dumps({"mpauc": mpauc, "mauc": 0.9})
+            )
     summary = summarize(sweep)
     metrics = summary["jobs"][1]["metrics"]
     assert metrics["clips/student psds1"] == 0.2 and metrics["recordings/teacher mpauc"] == 0.7

@@ -9,7 +9,14 @@ import pytest
 import soundfile as sf
 
 from sed.data.tsv import read_durations, read_strong
-from sed.synth import ALIASES, DEFAULT_CLASSES, EVALUATED_CLASSES, RECORDING_CLASSES, GenerationRefused, generate_recordings
+from sed.synth import (
+    ALIASES,
+    DEFAULT_CLASSES,
+    EVALUATED_CLASSES,
+    RECORDING_CLASSES,
+    GenerationRefused,
+    generate_recordings,
+)
 from sed.synth.__main__ import main as cli_main
 from sed.synth.recordings import RecordingConfig
 
@@ -47,21 +54,24 @@ def test_vocabulary_partly_shared_with_the_clips():
 
 def test_confidence_is_the_share_of_annotators_who_noticed_the_event(tmp_path):
     loud = RecordingConfig(snr_range=(40.0, 40.0), boundary_error=0.0, annotators=3)
-    root = generate_recordings(tmp_path / "loud", sizes={"train": 1, "validation": 1, "test": 1}, duration=20.0,
-                               config=loud)
+    root = generate_recordings(
+        tmp_path / "loud", sizes={"train": 1, "validation": 1, "test": 1}, duration=20.0, config=loud
+    )
     events = read_strong(root / "metadata/train/train.tsv", list(RECORDING_CLASSES), merge_overlaps=False)
     assert (events["confidence"] == 1.0).all()  # loud events: every annotator noticed them
     quiet = RecordingConfig(snr_range=(0.0, 0.0), annotators=20)
-    root = generate_recordings(tmp_path / "quiet", sizes={"train": 1, "validation": 1, "test": 1}, duration=60.0,
-                               config=quiet)
+    root = generate_recordings(
+        tmp_path / "quiet", sizes={"train": 1, "validation": 1, "test": 1}, duration=60.0, config=quiet
+    )
     conf = read_strong(root / "metadata/train/train.tsv", list(RECORDING_CLASSES), merge_overlaps=False)["confidence"]
     assert 0.05 < conf.mean() < 0.4  # at 0 dB an annotator notices about one event in six
 
 
 def test_deterministic_and_never_overwrites(recordings, tmp_path):
     again = generate_recordings(tmp_path / "again", seed=1, sizes=SIZES, duration=30.0)
-    match, mismatch, errors = filecmp.cmpfiles(recordings, again, ["audio/train/street_train_001.wav",
-                                                                    "metadata/train/train.tsv"], shallow=False)
+    match, mismatch, errors = filecmp.cmpfiles(
+        recordings, again, ["audio/train/street_train_001.wav", "metadata/train/train.tsv"], shallow=False
+    )
     assert not mismatch and not errors
     assert generate_recordings(recordings, seed=1, sizes=SIZES, duration=30.0) == recordings  # complete: kept
     with pytest.raises(GenerationRefused, match="other settings.*seed: 1 there, 2 asked"):
@@ -75,8 +85,23 @@ def test_deterministic_and_never_overwrites(recordings, tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    assert cli_main([str(tmp_path / "r"), "--recordings", "--n-train", "1", "--n-validation", "1", "--n-test", "1",
-                     "--duration", "12"]) == 0
+    assert (
+        cli_main(
+            [
+                str(tmp_path / "r"),
+                "--recordings",
+                "--n-train",
+                "1",
+                "--n-validation",
+                "1",
+                "--n-test",
+                "1",
+                "--duration",
+                "12",
+            ]
+        )
+        == 0
+    )
     assert "wrote 3 recordings of 12 s" in capsys.readouterr().out
     assert cli_main([str(tmp_path / "r"), "--recordings", "--n-train", "2", "--duration", "12"]) == 2
     assert "other settings" in capsys.readouterr().err

@@ -53,8 +53,10 @@ def test_layout_tsvs_and_audio_agree(dataset):
     assert val.filename.nunique() == TINY["validation"] and test.filename.nunique() == TINY["test"]
     # every listed file exists, is mono 16 kHz, and nothing else lies in the audio folders
     for names, folder in (
-        (set(strong.filename), layout.strong_audio), (set(weak.filename), layout.weak_audio),
-        (set(unlabeled), layout.unlabeled_audio), (set(val.filename), layout.validation_audio),
+        (set(strong.filename), layout.strong_audio),
+        (set(weak.filename), layout.weak_audio),
+        (set(unlabeled), layout.unlabeled_audio),
+        (set(val.filename), layout.validation_audio),
         (set(test.filename), layout.test_audio),
     ):
         assert {p.name for p in folder.iterdir()} == names
@@ -93,7 +95,7 @@ def test_same_seed_gives_identical_files_regardless_of_workers(tmp_path, dataset
 def _spans(events, n, sr):
     active = np.zeros(n, dtype=bool)
     for on, off, _ in events:
-        active[int(on * sr):int(off * sr)] = True
+        active[int(on * sr) : int(off * sr)] = True
     return active
 
 
@@ -115,12 +117,12 @@ def test_annotations_match_audio():
             continue
         bg_rms = np.sqrt(np.mean(x[~active] ** 2))
         for on, off, label in scene.events:
-            seg = x[int(on * SR):int(off * SR)]
-            ratios.append(np.sqrt(np.mean(seg ** 2)) / bg_rms)
+            seg = x[int(on * SR) : int(off * SR)]
+            ratios.append(np.sqrt(np.mean(seg**2)) / bg_rms)
             checked.add(label)
             # the event starts where annotated: the first 20 ms after the onset are louder than background
-            head = x[int(on * SR):int(on * SR) + int(0.02 * SR)]
-            assert np.sqrt(np.mean(head ** 2)) > bg_rms, (seed, label, on)
+            head = x[int(on * SR) : int(on * SR) + int(0.02 * SR)]
+            assert np.sqrt(np.mean(head**2)) > bg_rms, (seed, label, on)
     assert len(checked) >= 6, checked
     assert min(ratios) > 10 ** (3 / 20), min(ratios)  # SNR >= 6 dB -> span at least ~3 dB above background
     assert clipped >= 1  # some events run into the clip end, annotated up to it
@@ -137,14 +139,14 @@ def test_snr_definition_is_exact():
     bank = Recorder(["bell_ring"])
     config = SceneConfig(clip_duration=3.0, sample_rate=SR, snr_range=(12.0, 12.0), p_inside=1.0, peak=1e9)
     scene = make_scene(bank, np.random.default_rng(3), config, n_events=1)
-    (on, off, _), = scene.events
+    ((on, off, _),) = scene.events
     a, b = round(on * SR), round(off * SR)
     x, bg = scene.audio.astype(np.float64), bank.bg.astype(np.float64)
     outside = ~_spans(scene.events, x.size, SR)
     assert outside.sum() > 0.2 * SR
     level = np.sum(x[outside] * bg[outside]) / np.sum(bg[outside] ** 2)  # background gain
     event = x[a:b] - level * bg[a:b]
-    snr = 10 * np.log10(np.mean(event ** 2) / np.mean((level * bg) ** 2))
+    snr = 10 * np.log10(np.mean(event**2) / np.mean((level * bg) ** 2))
     assert snr == pytest.approx(12.0, abs=0.05)
 
 
@@ -159,8 +161,10 @@ def test_classes_are_distinguishable():
         f = np.fft.rfftfreq(x.size, 1 / SR)
         band = np.array([spec[(f >= lo) & (f < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
         frames = x[: x.size // 256 * 256].reshape(-1, 256)
-        level = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
-        return np.concatenate([np.log10(band / band.sum() + 1e-10), [np.std(level) / 10]]), (spec * f).sum() / spec.sum()
+        level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-10)
+        return np.concatenate([np.log10(band / band.sum() + 1e-10), [np.std(level) / 10]]), (
+            spec * f
+        ).sum() / spec.sum()
 
     feats, centroids, labels = [], {}, []
     for c in bank.classes:
@@ -186,7 +190,12 @@ def test_same_class_overlaps_keep_both_rows(tmp_path):
     bank = ProceduralSoundBank(["harmonic_hum"])
     config = SceneConfig(n_events_probs=(0, 0, 1.0), empty_fraction=0.0)
     layout = generate_dataset(
-        tmp_path / "hum", soundbank=bank, clip_duration=CLIP, sample_rate=SR, workers=1, config=config,
+        tmp_path / "hum",
+        soundbank=bank,
+        clip_duration=CLIP,
+        sample_rate=SR,
+        workers=1,
+        config=config,
         sizes={"strong": 2, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1},
     )
     raw = read_strong(layout.strong_tsv, merge_overlaps=False)
@@ -220,7 +229,12 @@ def test_interrupted_generation_is_finished_and_deletes_no_file_it_did_not_plan(
     layout = generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1)
     assert layout.complete() and not layout.progress_marker.exists()
     assert sorted(p.name for p in layout.strong_audio.iterdir()) == [
-        "mine.wav", "strong_00001.wav", "strong_00002.wav", "strong_00003.wav", "strong_00004.wav", "strong_00099.wav"
+        "mine.wav",
+        "strong_00001.wav",
+        "strong_00002.wav",
+        "strong_00003.wav",
+        "strong_00004.wav",
+        "strong_00099.wav",
     ]
     # complete with the same settings: returned as it is
     before = _snapshot(out)
@@ -245,8 +259,13 @@ def test_refuses_a_folder_the_generator_did_not_make(tmp_path):
     with pytest.raises(GenerationRefused, match="no marker of the dataset generator"):
         generate_dataset(user, clip_duration=1.0, sample_rate=SR, workers=1)
     (tmp_path / "empty").mkdir()
-    assert generate_dataset(tmp_path / "empty", clip_duration=1.0, sample_rate=SR, workers=1,
-                            sizes={"strong": 1, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1}).complete()
+    assert generate_dataset(
+        tmp_path / "empty",
+        clip_duration=1.0,
+        sample_rate=SR,
+        workers=1,
+        sizes={"strong": 1, "weak": 1, "unlabeled": 1, "validation": 1, "test": 1},
+    ).complete()
 
 
 def test_refuses_to_regenerate_its_own_dataset_with_other_settings(tmp_path):
@@ -258,8 +277,15 @@ def test_refuses_to_regenerate_its_own_dataset_with_other_settings(tmp_path):
         generate_dataset(out, clip_duration=1.0, sample_rate=SR, sizes={**sizes, "strong": 3}, workers=1)
     assert set(err.value.differences) == {"sizes"}
     with pytest.raises(GenerationRefused) as err:
-        generate_dataset(out, seed=1, clip_duration=1.0, sample_rate=SR, sizes=sizes, workers=1,
-                         config=SceneConfig(snr_range=(0.0, 6.0)))
+        generate_dataset(
+            out,
+            seed=1,
+            clip_duration=1.0,
+            sample_rate=SR,
+            sizes=sizes,
+            workers=1,
+            config=SceneConfig(snr_range=(0.0, 6.0)),
+        )
     assert set(err.value.differences) == {"seed", "scene"}
     assert _snapshot(out) == before
 
@@ -287,7 +313,9 @@ def user_bank(tmp_path):
 
 def test_user_soundbank(tmp_path, user_bank):
     sizes = {"strong": 4, "weak": 2, "unlabeled": 1, "validation": 2, "test": 1}
-    layout = generate_dataset(tmp_path / "ds", soundbank=user_bank, clip_duration=CLIP, sample_rate=SR, sizes=sizes, workers=1)
+    layout = generate_dataset(
+        tmp_path / "ds", soundbank=user_bank, clip_duration=CLIP, sample_rate=SR, sizes=sizes, workers=1
+    )
     assert layout.complete() and layout.classes() == ["cat", "dog"]
     strong = read_strong(layout.strong_tsv, classes=["cat", "dog"], merge_overlaps=False)
     ev = strong.dropna()
@@ -326,8 +354,24 @@ def test_user_soundbank_errors_name_the_folder(tmp_path, user_bank):
 
 
 def test_cli(tmp_path, capsys, user_bank):
-    args = ["--clip-duration", "1", "--n-strong", "2", "--n-weak", "1", "--n-unlabeled", "1",
-            "--n-validation", "1", "--n-test", "1", "--workers", "1", "--seed", "3"]
+    args = [
+        "--clip-duration",
+        "1",
+        "--n-strong",
+        "2",
+        "--n-weak",
+        "1",
+        "--n-unlabeled",
+        "1",
+        "--n-validation",
+        "1",
+        "--n-test",
+        "1",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+    ]
     assert cli_main([str(tmp_path / "ds"), *args]) == 0
     assert "wrote 6 clips" in capsys.readouterr().out
     layout = dataset_layout(tmp_path / "ds")

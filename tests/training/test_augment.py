@@ -62,10 +62,17 @@ def _segments(row: torch.Tensor) -> list[tuple[int, int]]:
 def test_filter_augment_step_gains_are_constant_per_band_and_within_range():
     torch.manual_seed(0)
     magnitude = torch.ones(500, 64, 3)
-    gains_db = 20 * torch.log10(filter_augment(magnitude, db_range=(-4.0, 6.0), n_bands=(3, 6), min_bandwidth=5, kind="step"))
+    gains_db = 20 * torch.log10(
+        filter_augment(magnitude, db_range=(-4.0, 6.0), n_bands=(3, 6), min_bandwidth=5, kind="step")
+    )
     assert torch.equal(gains_db[..., 0], gains_db[..., 2])  # one filter per clip, the same for every frame
     gains_db = gains_db[..., 0]
-    assert gains_db.min() >= -4.0 - 1e-4 and gains_db.max() <= 6.0 + 1e-4 and gains_db.min() < -3.5 and gains_db.max() > 5.5
+    assert (
+        gains_db.min() >= -4.0 - 1e-4
+        and gains_db.max() <= 6.0 + 1e-4
+        and gains_db.min() < -3.5
+        and gains_db.max() > 5.5
+    )
     counts = set()
     for row in gains_db:
         bands = _segments(row)  # equal neighbours are one band: two bands never draw the same float gain
@@ -124,7 +131,11 @@ def test_frame_shift_moves_an_event_and_its_labels_by_the_same_time():
         label_frames = torch.nonzero(labels[i, 1]).squeeze(1)
         assert event_frames.numel() == 4 * pool and label_frames.numel() == 4
         assert set((event_frames // pool).tolist()) == set(label_frames.tolist())  # frame i is label frame i // pool
-        s = (int(label_frames[0]) - 5) % n if 0 not in label_frames.tolist() or 14 not in label_frames.tolist() else None
+        s = (
+            (int(label_frames[0]) - 5) % n
+            if 0 not in label_frames.tolist() or 14 not in label_frames.tolist()
+            else None
+        )
         if s is not None:
             assert torch.equal(shifted[i, :, : n * pool], torch.roll(features[i, :, : n * pool], s * pool, dims=-1))
             moves.append(s if s <= n // 2 else s - n)
@@ -183,15 +194,26 @@ def test_masks_at_prob_zero_change_nothing_and_n_masks_add_bands():
 def test_training_step_inputs_teacher_clean_and_shifted_with_the_labels_student_perturbed():
     from conftest import tiny_module
 
-    module = tiny_module(["a", "b"], **{"training.mixup.enabled": False, "training.augment.filter_augment.prob": 1.0,
-                                        "training.augment.frame_shift.prob": 1.0, "training.augment.frame_shift.std_frames": 20.0,
-                                        "training.augment.spec_augment.prob": 1.0})
+    module = tiny_module(
+        ["a", "b"],
+        **{
+            "training.mixup.enabled": False,
+            "training.augment.filter_augment.prob": 1.0,
+            "training.augment.frame_shift.prob": 1.0,
+            "training.augment.frame_shift.std_frames": 20.0,
+            "training.augment.spec_augment.prob": 1.0,
+        },
+    )
     pool, n = module.student.time_pooling, module.encoder.n_frames
     g = torch.Generator().manual_seed(0)
     rows = 6
-    batch = {"audio": 0.1 * torch.randn(rows, 16000, generator=g), "weak": torch.ones(rows, 2),
-             "strong": (torch.rand(rows, 2, n, generator=g) > 0.5).float(),
-             "has_strong": torch.ones(rows, dtype=torch.bool), "has_weak": torch.zeros(rows, dtype=torch.bool)}
+    batch = {
+        "audio": 0.1 * torch.randn(rows, 16000, generator=g),
+        "weak": torch.ones(rows, 2),
+        "strong": (torch.rand(rows, 2, n, generator=g) > 0.5).float(),
+        "has_strong": torch.ones(rows, dtype=torch.bool),
+        "has_weak": torch.zeros(rows, dtype=torch.bool),
+    }
     clean = module.features(batch["audio"])
     torch.manual_seed(3)
     student, teacher, strong, weak = module.augmented_features(batch)
@@ -199,7 +221,11 @@ def test_training_step_inputs_teacher_clean_and_shifted_with_the_labels_student_
     shifts = []
     for i in range(rows):
         # The per-clip min-max scaler does not see a circular shift: the teacher's input is the clean one, rolled.
-        (s,) = [s for s in range(n) if torch.allclose(teacher[i, :, : n * pool], torch.roll(clean[i, :, : n * pool], s * pool, -1), atol=1e-5)]
+        (s,) = [
+            s
+            for s in range(n)
+            if torch.allclose(teacher[i, :, : n * pool], torch.roll(clean[i, :, : n * pool], s * pool, -1), atol=1e-5)
+        ]
         assert torch.equal(strong[i], torch.roll(batch["strong"][i], s, -1))
         shifts.append(s)
         assert not torch.allclose(student[i], teacher[i], atol=1e-3)  # the student's input is filtered and masked

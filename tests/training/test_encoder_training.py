@@ -24,13 +24,23 @@ from omegaconf import OmegaConf
 import sed.run.config  # noqa: F401  (the schema, as train.py registers it)
 from sed.models.encoders import audio_encoder
 
-TINY_BEATS = ("{encoder_layers:2,encoder_embed_dim:16,encoder_ffn_embed_dim:32,embed_dim:16,"
-              "encoder_attention_heads:2,conv_pos:8,conv_pos_groups:4}")
+TINY_BEATS = (
+    "{encoder_layers:2,encoder_embed_dim:16,encoder_ffn_embed_dim:32,embed_dim:16,"
+    "encoder_attention_heads:2,conv_pos:8,conv_pos_groups:4}"
+)
 TINY_ATST = "{embed_dim:16,depth:2,num_heads:2}"
 BEATS_CRNN = ["model=crnn_beats", "model.encoder.path=null", f"model.encoder.config={TINY_BEATS}", "test=false"]
-FRAME_ATST = ["model=frame_atst", "model.encoder.path=null", f"model.encoder.config={TINY_ATST}", "model.rnn_hidden=8",
-              "model.rnn_layers=1", "model.encoder.finetune_after_epoch=1", "model.encoder.lr=1e-3",
-              "model.encoder.layer_decay=0.5", "training.mixup.prob=1.0"]
+FRAME_ATST = [
+    "model=frame_atst",
+    "model.encoder.path=null",
+    f"model.encoder.config={TINY_ATST}",
+    "model.rnn_hidden=8",
+    "model.rnn_layers=1",
+    "model.encoder.finetune_after_epoch=1",
+    "model.encoder.lr=1e-3",
+    "model.encoder.layer_decay=0.5",
+    "training.mixup.prob=1.0",
+]
 
 
 def _losses(run_dir) -> list[float]:
@@ -54,8 +64,10 @@ def test_frozen_beats_from_the_disk_cache_trains_as_on_the_fly(tiny_dataset, tmp
 
     run_train([*base, "exp_name=fly", "model.encoder.cache=false"])
     from_disk = run_train([*base, "exp_name=disk", f"model.encoder.cache_dir={cache}"])
-    assert re.search(r"Epoch 0, audio encoder embeddings .*: 0 computed and written to .*cache, \d+ read from disk",
-                     from_disk.stdout + from_disk.stderr), from_disk.stdout[-3000:]
+    assert re.search(
+        r"Epoch 0, audio encoder embeddings .*: 0 computed and written to .*cache, \d+ read from disk",
+        from_disk.stdout + from_disk.stderr,
+    ), from_disk.stdout[-3000:]
     assert len(list(cache.rglob("*.npy"))) == n_entries  # nothing new to write
     fly_dir, disk_dir = (next((tmp_path / "exp" / name).iterdir()) for name in ("fly", "disk"))
     assert _losses(disk_dir) == pytest.approx(_losses(fly_dir), abs=1e-6) and len(_losses(disk_dir)) >= 8
@@ -87,9 +99,19 @@ def _module(cfg):
 
 def _fit(cfg, epochs: int, root, ckpt=None):
     module, dm = _module(cfg)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, deterministic=True, limit_val_batches=1, num_sanity_val_steps=0,
-                         default_root_dir=str(root), accelerator="cpu", precision=cfg.trainer.precision)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        accelerator="cpu",
+        precision=cfg.trainer.precision,
+    )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     return trainer, module
 
@@ -114,7 +136,9 @@ def test_frame_level_finetuning_from_epoch_1_and_its_exact_resume(tiny_dataset, 
         t = teacher.model.state_dict()[name]
         assert not torch.equal(t, initial[name]) and not torch.equal(t, student.model.state_dict()[name]), name
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
-    assert groups["encoder.depth2"]["initial_lr"] == pytest.approx(1e-3) and groups["encoder.depth1"]["initial_lr"] == pytest.approx(5e-4)
+    assert groups["encoder.depth2"]["initial_lr"] == pytest.approx(1e-3) and groups["encoder.depth1"][
+        "initial_lr"
+    ] == pytest.approx(5e-4)
 
     _, resumed = _fit(cfg, 2, tmp_path / "d", ckpt=str(resume_from))
     reference = whole.state_dict()
@@ -128,8 +152,14 @@ def test_frame_level_finetuning_from_epoch_1_and_its_exact_resume(tiny_dataset, 
 
 
 def test_bf16_autocast_training_step_on_cpu(tiny_dataset, tmp_path) -> None:
-    cfg = _compose(tiny_dataset, tmp_path, "trainer.precision=bf16-mixed", "model.encoder.finetune_after_epoch=0",
-                   "model.encoder.gradient_checkpointing=true", "trainer.limit_train_batches=2")
+    cfg = _compose(
+        tiny_dataset,
+        tmp_path,
+        "trainer.precision=bf16-mixed",
+        "model.encoder.finetune_after_epoch=0",
+        "model.encoder.gradient_checkpointing=true",
+        "trainer.limit_train_batches=2",
+    )
     trainer, module = _fit(cfg, 1, tmp_path / "bf16")
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert not audio_encoder(module.student).frozen

@@ -18,7 +18,8 @@ def _batch(n_strong: int = 2, n_weak: int = 2, n_unlabeled: int = 2) -> dict:
     g = torch.Generator().manual_seed(1)
     return {
         "audio": 0.1 * torch.randn(n, 16000, generator=g),
-        "strong": (torch.rand(n, len(CLASSES), 15, generator=g) > 0.5).float() * (torch.arange(n) < n_strong)[:, None, None],
+        "strong": (torch.rand(n, len(CLASSES), 15, generator=g) > 0.5).float()
+        * (torch.arange(n) < n_strong)[:, None, None],
         "weak": (torch.rand(n, len(CLASSES), generator=g) > 0.5).float(),
         "has_strong": torch.arange(n) < n_strong,
         "has_weak": (torch.arange(n) >= n_strong) & (torch.arange(n) < n_strong + n_weak),
@@ -71,8 +72,14 @@ def test_training_step_equals_the_mean_teacher_loss_with_a_no_grad_train_mode_te
 def test_channels_last_crnn_gives_the_same_outputs_and_gradients():
     torch.manual_seed(0)
     plain = CRNN(n_classes=3, n_features=64, filters=(4, 8, 8), pooling=((2, 4), (2, 4), (1, 4)), rnn_hidden=8)
-    fast = CRNN(n_classes=3, n_features=64, filters=(4, 8, 8), pooling=((2, 4), (2, 4), (1, 4)), rnn_hidden=8,
-                channels_last=True)
+    fast = CRNN(
+        n_classes=3,
+        n_features=64,
+        filters=(4, 8, 8),
+        pooling=((2, 4), (2, 4), (1, 4)),
+        rnn_hidden=8,
+        channels_last=True,
+    )
     fast.load_state_dict(plain.state_dict())
     x = torch.randn(3, 64, 100)
     outs = []
@@ -95,8 +102,13 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
     pytest.importorskip("torch._inductor")
     # One CNN block (the smallest graph with every layer kind of the CRNN: conv, norm, gating, pooling, GRU,
     # heads): inductor builds fewer C++ kernels on a cold cache.
-    overrides = {"model.dropout": 0.0, "model.dropout_recurrent_out": 0.0, "training.mixup.prob": 1.0,
-                 "model.filters": [4], "model.pooling": [[4, 16]]}
+    overrides = {
+        "model.dropout": 0.0,
+        "model.dropout_recurrent_out": 0.0,
+        "training.mixup.prob": 1.0,
+        "model.filters": [4],
+        "model.pooling": [[4, 16]],
+    }
     eager = tiny_module(CLASSES, **overrides)
     compiled = tiny_module(CLASSES, **{**overrides, "training.compile": True})
     batch = _batch()
@@ -132,8 +144,12 @@ def test_masked_bce_equals_the_bce_of_the_selected_rows():
     ys, yw = (torch.rand(6, 3, 15, generator=g) > 0.5).float(), (torch.rand(6, 3, generator=g) > 0.5).float()
     rows_s, rows_w = torch.tensor([1, 1, 0, 0, 1, 0]).bool(), torch.tensor([0, 0, 1, 1, 0, 0]).bool()
     got = supervised_losses(out, ys, yw, rows_s, rows_w)
-    assert got["strong"].item() == pytest.approx(F.binary_cross_entropy_with_logits(strong[rows_s], ys[rows_s]).item(), rel=1e-6)
-    assert got["weak"].item() == pytest.approx(F.binary_cross_entropy_with_logits(weak[rows_w], yw[rows_w]).item(), rel=1e-6)
+    assert got["strong"].item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(strong[rows_s], ys[rows_s]).item(), rel=1e-6
+    )
+    assert got["weak"].item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(weak[rows_w], yw[rows_w]).item(), rel=1e-6
+    )
     none = supervised_losses(out, ys, yw, torch.zeros(6, dtype=torch.bool), rows_w)["strong"]
     none.backward()
     assert none.item() == 0.0 and strong.grad is not None and not strong.grad.any()

@@ -105,8 +105,9 @@ def test_class_mask_matches_the_2024_baseline_zeroing_outputs_and_targets():
     torch.testing.assert_close(got["weak"], F.binary_cross_entropy(weak_p[3:], weak_y[3:]))
     t_zeroed = torch.sigmoid(t_logits) * m3
     torch.testing.assert_close(got["consistency_strong"], F.mse_loss(zeroed_p[1:], t_zeroed[1:]))
-    torch.testing.assert_close(got["consistency_weak"],
-                               F.mse_loss(torch.sigmoid(s_weak)[1:] * mask[1:], torch.sigmoid(t_weak)[1:] * mask[1:]))
+    torch.testing.assert_close(
+        got["consistency_weak"], F.mse_loss(torch.sigmoid(s_weak)[1:] * mask[1:], torch.sigmoid(t_weak)[1:] * mask[1:])
+    )
 
 
 def test_consistency_rows_and_mask_hand_computed():

@@ -17,7 +17,8 @@ def _batch(n_strong: int = 3, n_weak: int = 3, n_unlabeled: int = 2) -> dict:
     frames = 15
     return {
         "audio": 0.1 * torch.randn(n, 16000, generator=g),
-        "strong": (torch.rand(n, len(CLASSES), frames, generator=g) > 0.5).float() * (torch.arange(n) < n_strong)[:, None, None],
+        "strong": (torch.rand(n, len(CLASSES), frames, generator=g) > 0.5).float()
+        * (torch.arange(n) < n_strong)[:, None, None],
         "weak": (torch.rand(n, len(CLASSES), generator=g) > 0.5).float(),
         "has_strong": torch.arange(n) < n_strong,
         "has_weak": (torch.arange(n) >= n_strong) & (torch.arange(n) < n_strong + n_weak),
@@ -41,8 +42,9 @@ def _expected(module, batch, domain: str):
 
 @pytest.mark.parametrize("domain", ["linear", "features"])
 def test_mixup_mixes_linear_magnitudes_before_log_and_scaler_or_the_features(domain):
-    module = tiny_module(CLASSES, **{"training.mixup.prob": 1.0, "training.mixup.domain": domain,
-                                     "training.mixup.shared_draw": True})
+    module = tiny_module(
+        CLASSES, **{"training.mixup.prob": 1.0, "training.mixup.domain": domain, "training.mixup.shared_draw": True}
+    )
     batch = _batch()
     torch.manual_seed(5)
     feats, teacher, strong, weak = module.augmented_features(batch)
@@ -68,8 +70,12 @@ def test_one_coin_flip_for_both_subsets_or_one_each(shared):
     for seed in range(40):
         torch.manual_seed(seed)
         feats, _, _, _ = module.augmented_features(batch)
-        outcomes.add(tuple(not torch.allclose(feats[rows], plain[rows]) for rows in (batch["has_strong"], batch["has_weak"])))
-    assert outcomes == ({(False, False), (True, True)} if shared else {(False, False), (True, True), (True, False), (False, True)})
+        outcomes.add(
+            tuple(not torch.allclose(feats[rows], plain[rows]) for rows in (batch["has_strong"], batch["has_weak"]))
+        )
+    assert outcomes == (
+        {(False, False), (True, True)} if shared else {(False, False), (True, True), (True, False), (False, True)}
+    )
 
 
 def test_unknown_mixup_domain_is_refused():
@@ -89,8 +95,15 @@ def test_class_balance_weights_come_from_the_strong_training_labels(tiny_dataset
     dm = SEDDataModule(str(tiny_dataset), clip_duration=TINY_CLIP, batch_sizes=[4, 2, 4], num_workers=0)
     module = tiny_module(dm.classes, clip_duration=TINY_CLIP, **{"training.class_balance": power})
     dm.set_encoder(module.encoder)
-    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     if power == 0:
         assert module.strong_pos_weight is None

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from conftest import run_train, tiny_overrides
+from torch import nn
 
 from sed.training.schedules import ema_max_factor, lr_factor, warmup_lambda_lr, warmup_steps
 
@@ -49,7 +48,9 @@ def test_module_uses_the_run_length_schedule(tiny_dataset, tmp_path):
 
     exp = tmp_path / "exp"
     args = tiny_overrides(tiny_dataset, exp, epochs=2) + [
-        "training.warmup_fraction=0.5", "training.ema_horizon=0.5", "logger=csv",
+        "training.warmup_fraction=0.5",
+        "training.ema_horizon=0.5",
+        "logger=csv",
     ]
     run_train(args)
     rows = list(csv.DictReader(open(next(exp.rglob("metrics.csv")))))
@@ -62,8 +63,15 @@ def test_quarter_cosine_from_a_later_epoch_as_the_2024_baseline():
     """Warm-up over 5 epochs, constant to epoch 10, then cos(pi/2 * progress) floored at min_lr / lr (10 steps an
     epoch, 30 epochs: DESED_task's ExponentialWarmup with start_annealing)."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = warmup_lambda_lr(opt, total_steps=300, steps_per_epoch=10, warmup_epochs=5, schedule="quarter_cosine",
-                             min_lr=1e-8, decay_start_epoch=10)
+    sched = warmup_lambda_lr(
+        opt,
+        total_steps=300,
+        steps_per_epoch=10,
+        warmup_epochs=5,
+        schedule="quarter_cosine",
+        min_lr=1e-8,
+        decay_start_epoch=10,
+    )
     rates = []
     for _ in range(300):
         rates.append(opt.param_groups[0]["lr"])
@@ -80,8 +88,7 @@ def test_a_group_that_starts_later_gets_its_own_warm_up():
     run's warm-up length, while the other groups follow the run's schedule unchanged."""
     head, encoder = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([{"params": [head]}, {"params": [encoder], "lr": 1e-4, "start_step": 20}], lr=1e-3)
-    sched = warmup_lambda_lr(opt, total_steps=100, steps_per_epoch=10, warmup_epochs=1, schedule="cosine",
-                             min_lr=1e-5)
+    sched = warmup_lambda_lr(opt, total_steps=100, steps_per_epoch=10, warmup_epochs=1, schedule="cosine", min_lr=1e-5)
     rates = []
     for _ in range(100):
         rates.append([g["lr"] for g in opt.param_groups])

@@ -180,8 +180,14 @@ def evaluate_full(
                 t0 = time.perf_counter()
                 key = name + suffix
                 value, roc, boot = _psds_impl(
-                    sc, gt, durations, scenario, n_bootstrap=cfg.bootstrap, confidence=cfg.confidence,
-                    seed=cfg.bootstrap_seed, num_jobs=cfg.num_jobs,
+                    sc,
+                    gt,
+                    durations,
+                    scenario,
+                    n_bootstrap=cfg.bootstrap,
+                    confidence=cfg.confidence,
+                    seed=cfg.bootstrap_seed,
+                    num_jobs=cfg.num_jobs,
                 )
                 metrics[key] = value
                 if boot is not None:
@@ -198,7 +204,12 @@ def evaluate_full(
     if cfg.intersection_f1 and thresholds:
         t0 = time.perf_counter()
         inter = intersection_f1(
-            scores_post, gt, thresholds, dtc=cfg.intersection_dtc, gtc=cfg.intersection_gtc, classwise=class_thresholds,
+            scores_post,
+            gt,
+            thresholds,
+            dtc=cfg.intersection_dtc,
+            gtc=cfg.intersection_gtc,
+            classwise=class_thresholds,
         )
         for t, res in inter.items():
             ts = _fmt_threshold(t)
@@ -241,7 +252,8 @@ def evaluate_full(
 
     logger.info(
         "evaluated %d clips in %.2fs (%s)",
-        len(scores_post), time.perf_counter() - started,
+        len(scores_post),
+        time.perf_counter() - started,
         ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
     )
     metrics = {k: (float(v) if v is not None else math.nan) for k, v in metrics.items()}

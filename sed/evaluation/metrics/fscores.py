@@ -84,8 +84,16 @@ def intersection_f1(
                     fps[k, c] += bounds[c + 1] - bounds[c]
                     continue
                 rows = slice(bounds[c], bounds[c + 1])
-                stats = statistics_fn(det_on[None, rows], det_off[None, rows], *targets[c], {}, {},
-                                      dtc_threshold=dtc, gtc_threshold=gtc, cttc_threshold=None)
+                stats = statistics_fn(
+                    det_on[None, rows],
+                    det_off[None, rows],
+                    *targets[c],
+                    {},
+                    {},
+                    dtc_threshold=dtc,
+                    gtc_threshold=gtc,
+                    cttc_threshold=None,
+                )
                 tps[k, c] += stats["tps"][0]
                 fps[k, c] += stats["fps"][0]
     out: dict[float | str, dict] = {}
@@ -153,7 +161,8 @@ def _clip_list(filenames, gt_events, det_events) -> list[str]:
         if extra:
             logger.warning(
                 "%d clip(s) with detections are not in the ground truth and are not evaluated, e.g. %s",
-                len(extra), sorted(extra)[:3],
+                len(extra),
+                sorted(extra)[:3],
             )
         return clips
     return sorted({audio_id(f) for f in filenames})

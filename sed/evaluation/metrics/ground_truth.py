@@ -100,7 +100,9 @@ def _prepare(
             f"(e.g. {sorted(gt)[:3]}): filenames do not match"
         )
     if unknown:
-        logger.info("%d scored clip(s) absent from the ground truth are evaluated as clips without events", len(unknown))
+        logger.info(
+            "%d scored clip(s) absent from the ground truth are evaluated as clips without events", len(unknown)
+        )
     gt = {k: gt.get(k, []) for k in sorted(ids)}
     dur = None
     if durations is not None:
@@ -124,8 +126,12 @@ def _warn_absent_once(absent: list[str], gt: GroundTruth) -> None:
     _warned_absent[key] = None
     while len(_warned_absent) > 64:
         del _warned_absent[next(iter(_warned_absent))]
-    logger.warning("no ground-truth event for class(es) %s in this set of %d clips: left out of PSDS / "
-                   "intersection F1 (said once per set)", absent, len(gt))
+    logger.warning(
+        "no ground-truth event for class(es) %s in this set of %d clips: left out of PSDS / "
+        "intersection F1 (said once per set)",
+        absent,
+        len(gt),
+    )
 
 
 def _classes_with_events(classes: Sequence[str], gt: GroundTruth) -> list[str]:

@@ -60,8 +60,14 @@ def _ground_truth(ground_truth: pd.DataFrame, classes: Sequence[str], min_confid
     if "confidence" in gt.columns:
         keep &= gt["confidence"].to_numpy(np.float64) > min_confidence
     events = gt[keep]
-    empty = pd.DataFrame({"filename": sorted(set(gt["filename"]) - set(events["filename"])),
-                          "onset": np.nan, "offset": np.nan, "event_label": ""})
+    empty = pd.DataFrame(
+        {
+            "filename": sorted(set(gt["filename"]) - set(events["filename"])),
+            "onset": np.nan,
+            "offset": np.nan,
+            "event_label": "",
+        }
+    )
     return pd.concat([events[["filename", "onset", "offset", "event_label"]], empty], ignore_index=True)
 
 
@@ -91,8 +97,11 @@ def segment_metrics(
         partial = segment_based.auroc(segments, gt_dict, dur, max_fpr=max_fpr, **kwargs)[0]
         whole = segment_based.auroc(segments, gt_dict, dur, **kwargs)[0]
         best = segment_based.best_fscore(segments, gt_dict, dur, **kwargs)[0]
-        metrics = {"mpauc": float(partial["mean"]), "mauc": float(whole["mean"]),
-                   "segment_f1_best": float(best["macro_average"])}
+        metrics = {
+            "mpauc": float(partial["mean"]),
+            "mauc": float(whole["mean"]),
+            "segment_f1_best": float(best["macro_average"]),
+        }
     if per_class:
         for c in classes:
             metrics[f"mpauc/{c}"] = float(partial[c]) if c in kept else math.nan

@@ -83,8 +83,16 @@ def _roc(result, scenario: PSDSScenario) -> PSDROC:
 
 
 def _psds_impl(
-    scores, ground_truth, durations, scenario: PSDSScenario, *, n_bootstrap: int = 0, confidence: float = 0.95,
-    seed: int = 0, num_jobs: int = 1, strict: bool = False,
+    scores,
+    ground_truth,
+    durations,
+    scenario: PSDSScenario,
+    *,
+    n_bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_jobs: int = 1,
+    strict: bool = False,
 ) -> tuple[float, PSDROC, dict | None]:
     """PSDS, its ROC and (with ``n_bootstrap > 0``) bootstrap statistics from one pass over the clips."""
     from sed_scores_eval import intersection_based
@@ -185,8 +193,15 @@ def psds_bootstrap(
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
     _, _, boot = _psds_impl(
-        scores, ground_truth, durations, scenario, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
-        num_jobs=num_jobs, strict=strict,
+        scores,
+        ground_truth,
+        durations,
+        scenario,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        num_jobs=num_jobs,
+        strict=strict,
     )
     return boot
 
@@ -244,12 +259,15 @@ def psds_sweep(
         evaluated = replace(scenario, cttc=None, alpha_ct=0.0)  # see _psds_impl
     kwargs = dict(dtc_threshold=evaluated.dtc, gtc_threshold=evaluated.gtc, cttc_threshold=evaluated.cttc)
     deltas = [intermediate_statistics_deltas(scores=s, ground_truth=gt, num_jobs=num_jobs, **kwargs) for s in prepared]
-    roc_kwargs = dict(alpha_ct=evaluated.alpha_ct, alpha_st=evaluated.alpha_st, unit_of_time="hour",
-                      max_efpr=evaluated.max_efpr)
+    roc_kwargs = dict(
+        alpha_ct=evaluated.alpha_ct, alpha_st=evaluated.alpha_st, unit_of_time="hour", max_efpr=evaluated.max_efpr
+    )
     value, pi_per_class, _, _, rocs, single_rocs = postprocessing_independent_psds_from_postprocessed_scores(
         None, gt, dur, deltas=deltas, num_jobs=1, **kwargs, **roc_kwargs
     )
     max_efpr = evaluated.max_efpr
     values = [float(psds_from_psd_roc(etpr, efpr, max_efpr)) for etpr, efpr in rocs]
-    per_class = [{c: float(psds_from_psd_roc(r[0], r[1], max_efpr)) for c, r in single.items()} for single in single_rocs]
+    per_class = [
+        {c: float(psds_from_psd_roc(r[0], r[1], max_efpr)) for c, r in single.items()} for single in single_rocs
+    ]
     return PostprocessingSweep(values, per_class, float(value), {c: float(v) for c, v in pi_per_class.items()})

@@ -31,8 +31,17 @@ DEFAULT_TARGET = "sed.models.encoders.ast.ASTEncoder"
 LEGACY_TARGETS = {"sed.models.embeddings.ASTEncoder": DEFAULT_TARGET}
 
 __all__ = [
-    "AudioEncoder", "ModuleEncoder", "INTERFACE_KEYS", "audio_fingerprint", "audio_encoder", "build_encoder",
-    "model_inputs", "models_inputs", "optimizer_param_groups", "set_encoder_epoch", "shared_encoder_memo",
+    "AudioEncoder",
+    "ModuleEncoder",
+    "INTERFACE_KEYS",
+    "audio_fingerprint",
+    "audio_encoder",
+    "build_encoder",
+    "model_inputs",
+    "models_inputs",
+    "optimizer_param_groups",
+    "set_encoder_epoch",
+    "shared_encoder_memo",
 ]
 
 

@@ -34,8 +34,10 @@ AST_SAMPLE_RATE = 16000
 #: ``ASTFeatureExtractor``'s defaults (AudioSet statistics), used when the folder has no preprocessor_config.json.
 AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 _FBANK_WINDOW, _FBANK_SHIFT = 400, 160  # 25 ms, 10 ms at 16 kHz (Kaldi defaults)
-_HINT = ("download published weights where there is internet, e.g. `huggingface-cli download "
-         "MIT/ast-finetuned-audioset-10-10-0.4593 --local-dir DIR`, and set model.encoder.path=DIR")
+_HINT = (
+    "download published weights where there is internet, e.g. `huggingface-cli download "
+    "MIT/ast-finetuned-audioset-10-10-0.4593 --local-dir DIR`, and set model.encoder.path=DIR"
+)
 
 
 class ASTEncoder(AudioEncoder):
@@ -79,18 +81,23 @@ class ASTEncoder(AudioEncoder):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"model.encoder.config: not a valid ASTConfig ({err})") from err
         else:
-            raise ValueError("model.encoder needs a path (a local folder with config.json and weights; "
-                             f"{_HINT}) or a config (ASTConfig keys of a random model)")
+            raise ValueError(
+                "model.encoder needs a path (a local folder with config.json and weights; "
+                f"{_HINT}) or a config (ASTConfig keys of a random model)"
+            )
         cfg = model.config
         self.mean, self.std = mean, std
         self.num_mel_bins, self.max_length = int(cfg.num_mel_bins), int(cfg.max_length)
         self.patch_size, self.time_stride = int(cfg.patch_size), int(cfg.time_stride)
         self.f_dim = (cfg.num_mel_bins - cfg.patch_size) // cfg.frequency_stride + 1
         self.t_dim = (cfg.max_length - cfg.patch_size) // cfg.time_stride + 1
-        self._attach(model, {"ast": {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")},
-                             "mean": mean, "std": std},
-                     dim=int(cfg.hidden_size), sample_rate=AST_SAMPLE_RATE,
-                     frame_hop=self.time_stride * _FBANK_SHIFT / AST_SAMPLE_RATE)
+        self._attach(
+            model,
+            {"ast": {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}, "mean": mean, "std": std},
+            dim=int(cfg.hidden_size),
+            sample_rate=AST_SAMPLE_RATE,
+            frame_hop=self.time_stride * _FBANK_SHIFT / AST_SAMPLE_RATE,
+        )
 
     def blocks(self) -> Sequence[nn.Module]:
         model = getattr(self, "model", None)

@@ -38,19 +38,41 @@ from torch import Tensor, nn
 from sed.models.encoders.atst_layers import HOP, SAMPLE_RATE, ATSTLayer, ATSTMelFrontEnd
 
 #: The published base model (``FrameAST_base`` with ATST-SED's 64 x 4 patches and 10-s positions), no dropout.
-DEFAULTS: dict[str, Any] = dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False, n_mels=64,
-                                patch_h=64, patch_w=4, spec_w=1001, drop_rate=0.0, attn_drop_rate=0.0,
-                                drop_path_rate=0.0)
+DEFAULTS: dict[str, Any] = dict(
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    qkv_bias=False,
+    n_mels=64,
+    patch_h=64,
+    patch_w=4,
+    spec_w=1001,
+    drop_rate=0.0,
+    attn_drop_rate=0.0,
+    drop_path_rate=0.0,
+)
 DROPOUT_KEYS = ("drop_rate", "attn_drop_rate", "drop_path_rate")
 _CONFIG_KEY = "model.encoder.config"
 _PATH_KEY = "model.encoder.path"
 
 # Our parameter names <-> the reference's (FrameAST), top level and inside a layer.
-_TOP_NAMES = {"positions": "pos_embed", "mask_token": "mask_embed",
-              "patch_proj.weight": "patch_embed.patch_embed.weight", "patch_proj.bias": "patch_embed.patch_embed.bias",
-              "out_norm.weight": "norm_frame.weight", "out_norm.bias": "norm_frame.bias"}
-_LAYER_NAMES = {"attn_norm": "norm1", "qkv": "attn.qkv", "out": "attn.proj", "ffn_norm": "norm2", "ffn_in": "mlp.fc1",
-                "ffn_out": "mlp.fc2"}
+_TOP_NAMES = {
+    "positions": "pos_embed",
+    "mask_token": "mask_embed",
+    "patch_proj.weight": "patch_embed.patch_embed.weight",
+    "patch_proj.bias": "patch_embed.patch_embed.bias",
+    "out_norm.weight": "norm_frame.weight",
+    "out_norm.bias": "norm_frame.bias",
+}
+_LAYER_NAMES = {
+    "attn_norm": "norm1",
+    "qkv": "attn.qkv",
+    "out": "attn.proj",
+    "ffn_norm": "norm2",
+    "ffn_in": "mlp.fc1",
+    "ffn_out": "mlp.fc2",
+}
 
 
 class ATSTFrame(nn.Module):
@@ -87,8 +109,17 @@ class ATSTFrame(nn.Module):
         self.pos_drop = nn.Dropout(cfg["drop_rate"])
         rates = torch.linspace(0, cfg["drop_path_rate"], self.n_layers).tolist()
         self.layers = nn.ModuleList(
-            ATSTLayer(self.dim, cfg["num_heads"], cfg["mlp_ratio"], cfg["qkv_bias"], cfg["drop_rate"],
-                      cfg["attn_drop_rate"], rate) for rate in rates)
+            ATSTLayer(
+                self.dim,
+                cfg["num_heads"],
+                cfg["mlp_ratio"],
+                cfg["qkv_bias"],
+                cfg["drop_rate"],
+                cfg["attn_drop_rate"],
+                rate,
+            )
+            for rate in rates
+        )
         self.out_norm = nn.LayerNorm(self.dim, eps=1e-6)
         self._init_weights()
 
@@ -126,9 +157,9 @@ class ATSTFrame(nn.Module):
         if mel.shape[-1] // self.patch_w <= self.max_frames:
             return self._run(mel, every_layer)
         # Whole pieces of `span` mel frames, encoded as one batch, then the shorter remainder.
-        pieces = mel[..., :n_pieces * span].unflatten(-1, (n_pieces, span)).transpose(1, 2).flatten(0, 1)
+        pieces = mel[..., : n_pieces * span].unflatten(-1, (n_pieces, span)).transpose(1, 2).flatten(0, 1)
         outs = [h.reshape(batch, n_pieces * self.max_frames, self.dim) for h in self._run(pieces, every_layer)]
-        rest = mel[..., n_pieces * span:]
+        rest = mel[..., n_pieces * span :]
         if rest.shape[-1] >= self.patch_w:
             outs = [torch.cat(pair, 1) for pair in zip(outs, self._run(rest, every_layer))]
         return outs
@@ -138,8 +169,8 @@ class ATSTFrame(nn.Module):
         are dropped, as the reference does."""
         b, n_mels, m = mel.shape
         t = m // self.patch_w
-        patches = mel[..., :t * self.patch_w].reshape(b, n_mels, t, self.patch_w).transpose(1, 2).flatten(2)
-        x = self.pos_drop(self.patch_proj(patches.to(self.patch_proj.weight.dtype)) + self.positions[:, 1:t + 1])
+        patches = mel[..., : t * self.patch_w].reshape(b, n_mels, t, self.patch_w).transpose(1, 2).flatten(2)
+        x = self.pos_drop(self.patch_proj(patches.to(self.patch_proj.weight.dtype)) + self.positions[:, 1 : t + 1])
         outs = []
         for layer in self.layers:
             x = layer(x)
@@ -160,8 +191,13 @@ class ATSTFrame(nn.Module):
         missing = sorted(_to_reference(k) for k in expected - set(ours))
         unexpected = sorted(k for k in weights if _from_reference(k) not in expected)
         if missing or unexpected:
-            raise KeyError(", ".join(f"{what} keys {_few(keys)}" for what, keys in
-                                     (("missing", missing), ("unexpected", unexpected)) if keys))
+            raise KeyError(
+                ", ".join(
+                    f"{what} keys {_few(keys)}"
+                    for what, keys in (("missing", missing), ("unexpected", unexpected))
+                    if keys
+                )
+            )
         self.load_state_dict(ours)
 
 
@@ -203,24 +239,34 @@ def _checked_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if not 0.0 <= float(cfg[key]) < 1.0:
             raise ValueError(f"{_CONFIG_KEY}.{key}: a probability in [0, 1), got {cfg[key]!r}")
     if cfg["embed_dim"] % cfg["num_heads"]:
-        raise ValueError(f"{_CONFIG_KEY}: embed_dim={cfg['embed_dim']} is not a multiple of "
-                         f"num_heads={cfg['num_heads']}")
+        raise ValueError(
+            f"{_CONFIG_KEY}: embed_dim={cfg['embed_dim']} is not a multiple of num_heads={cfg['num_heads']}"
+        )
     if cfg["patch_h"] != cfg["n_mels"]:
-        raise ValueError(f"{_CONFIG_KEY}.patch_h={cfg['patch_h']}: ATST-Frame's patches span all n_mels="
-                         f"{cfg['n_mels']} bins (one token per time step)")
+        raise ValueError(
+            f"{_CONFIG_KEY}.patch_h={cfg['patch_h']}: ATST-Frame's patches span all n_mels="
+            f"{cfg['n_mels']} bins (one token per time step)"
+        )
     if cfg["spec_w"] < cfg["patch_w"]:
         raise ValueError(f"{_CONFIG_KEY}.spec_w={cfg['spec_w']}: shorter than one patch (patch_w={cfg['patch_w']})")
     if float(cfg["mlp_ratio"]) <= 0:
         raise ValueError(f"{_CONFIG_KEY}.mlp_ratio: positive, got {cfg['mlp_ratio']!r}")
-    return {**cfg, "mlp_ratio": float(cfg["mlp_ratio"]), "qkv_bias": bool(cfg["qkv_bias"]),
-            **{k: float(cfg[k]) for k in DROPOUT_KEYS}}
+    return {
+        **cfg,
+        "mlp_ratio": float(cfg["mlp_ratio"]),
+        "qkv_bias": bool(cfg["qkv_bias"]),
+        **{k: float(cfg[k]) for k in DROPOUT_KEYS},
+    }
 
 
 # ---------------------------------------------------------------------- checkpoints
 #: Where the encoder's weights sit in each published layout: (description, container key or None, key prefix).
 LAYOUTS = (
-    ("the ATST-Frame release layout (atstframe_base.ckpt, its pretraining teacher)", "state_dict",
-     "model.teacher.encoder."),
+    (
+        "the ATST-Frame release layout (atstframe_base.ckpt, its pretraining teacher)",
+        "state_dict",
+        "model.teacher.encoder.",
+    ),
     ("the audiossl fine-tuned layout (e.g. ATST-SED's atst_as2M.ckpt)", "state_dict", "encoder.encoder."),
     ("the PretrainedSED layout (e.g. ATST-F_strong_1.pt)", None, "model.atst."),
 )
@@ -239,8 +285,10 @@ def load_atst_frame(path: str | os.PathLike, overrides: Mapping[str, Any] | None
     where = f"{_PATH_KEY}={path}"
     bad = sorted(set(overrides or {}) - set(DROPOUT_KEYS))
     if bad:
-        raise ValueError(f"{_CONFIG_KEY}: {bad} cannot be set when loading {where} (the architecture comes from the "
-                         f"checkpoint); only {list(DROPOUT_KEYS)} can")
+        raise ValueError(
+            f"{_CONFIG_KEY}: {bad} cannot be set when loading {where} (the architecture comes from the "
+            f"checkpoint); only {list(DROPOUT_KEYS)} can"
+        )
     layout, weights, hparams = _find_weights(_read(Path(os.path.expanduser(str(path))), where), where)
     try:
         model = ATSTFrame({**_config_from(weights, hparams), **(overrides or {})})
@@ -256,8 +304,9 @@ def save_atst_frame(model: ATSTFrame, path: str | os.PathLike) -> None:
     ``hyper_parameters``), atomically; :func:`load_atst_frame` and the reference's loaders read it."""
     path = Path(path)
     payload = {
-        "state_dict": {"model.teacher.encoder." + k: v.detach().cpu().clone()
-                       for k, v in model.reference_state_dict().items()},
+        "state_dict": {
+            "model.teacher.encoder." + k: v.detach().cpu().clone() for k, v in model.reference_state_dict().items()
+        },
         "hyper_parameters": {**model.config, "spec_h": model.config["n_mels"], "pos_type": "cut", "nprompt": 0},
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -270,8 +319,10 @@ def save_atst_frame(model: ATSTFrame, path: str | os.PathLike) -> None:
 
 def _read(path: Path, where: str) -> Any:
     if not path.exists():
-        raise CheckpointError(f"{where}: no such file (download a published ATST-Frame checkpoint, e.g. "
-                              "atstframe_base.ckpt or PretrainedSED's ATST-F_strong_1.pt, and give its path)")
+        raise CheckpointError(
+            f"{where}: no such file (download a published ATST-Frame checkpoint, e.g. "
+            "atstframe_base.ckpt or PretrainedSED's ATST-F_strong_1.pt, and give its path)"
+        )
     if path.is_dir():
         raise CheckpointError(f"{where}: a directory; give the checkpoint file (.ckpt or .pt) itself")
     try:
@@ -279,12 +330,15 @@ def _read(path: Path, where: str) -> Any:
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if unsafe:
-            raise CheckpointError(f"{where}: holds a Python object ({unsafe[1]}) that is not unpickled (that could "
-                                  "run code); save the checkpoint's tensors alone") from err
+            raise CheckpointError(
+                f"{where}: holds a Python object ({unsafe[1]}) that is not unpickled (that could "
+                "run code); save the checkpoint's tensors alone"
+            ) from err
         raise CheckpointError(f"{where}: unreadable: not a PyTorch checkpoint, or truncated") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{where}: unreadable: not a PyTorch checkpoint, or truncated "
-                              f"({_first_sentence(err)})") from err
+        raise CheckpointError(
+            f"{where}: unreadable: not a PyTorch checkpoint, or truncated ({_first_sentence(err)})"
+        ) from err
 
 
 def _first_sentence(err: BaseException) -> str:
@@ -300,11 +354,14 @@ def _find_weights(obj: Any, where: str) -> tuple[str, dict[str, Tensor], Mapping
         source = obj.get(container) if container else obj
         if not isinstance(source, Mapping):
             continue
-        weights = {k[len(prefix):]: v for k, v in source.items() if isinstance(k, str) and k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v for k, v in source.items() if isinstance(k, str) and k.startswith(prefix)}
         if weights:
             # Older ATST releases name the final norm `norm` and carry an unused class token (ATST-SED's loader).
-            weights = {("norm_frame" + k[4:] if k.startswith("norm.") else k): v for k, v in weights.items()
-                       if k != "cls_token"}
+            weights = {
+                ("norm_frame" + k[4:] if k.startswith("norm.") else k): v
+                for k, v in weights.items()
+                if k != "cls_token"
+            }
             hparams = obj.get("hyper_parameters")
             return layout, weights, hparams if isinstance(hparams, Mapping) else {}
     keys = sorted(str(k) for k in obj)
@@ -332,8 +389,13 @@ def _config_from(weights: Mapping[str, Tensor], hparams: Mapping[str, Any]) -> d
     arch_dim, arch_heads = _ARCHS.get(str(hparams.get("arch")), (None, None))
     heads = hparams.get("num_heads", arch_heads if arch_dim == dim else max(1, dim // 64))
     return dict(
-        embed_dim=dim, depth=1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks.")),
-        num_heads=int(heads), mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        qkv_bias="blocks.0.attn.qkv.bias" in weights, n_mels=n_mels, patch_h=int(hparams.get("patch_h", n_mels)),
-        patch_w=patch_w, spec_w=int(hparams.get("spec_w", (weights["pos_embed"].shape[1] - 1) * patch_w + 1)),
+        embed_dim=dim,
+        depth=1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks.")),
+        num_heads=int(heads),
+        mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in weights,
+        n_mels=n_mels,
+        patch_h=int(hparams.get("patch_h", n_mels)),
+        patch_w=patch_w,
+        spec_w=int(hparams.get("spec_w", (weights["pos_embed"].shape[1] - 1) * patch_w + 1)),
     )

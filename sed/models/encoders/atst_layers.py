@@ -45,8 +45,9 @@ class ATSTMelFrontEnd(nn.Module):
     def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
         import torchaudio
 
-        fb = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, self.n_mels, SAMPLE_RATE,
-                                                   norm=None, mel_scale="htk")
+        fb = torchaudio.functional.melscale_fbanks(
+            N_FFT // 2 + 1, F_MIN, F_MAX, self.n_mels, SAMPLE_RATE, norm=None, mel_scale="htk"
+        )
         return torch.hann_window(N_FFT, device=device), fb.to(device)
 
     def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 (nn.Module's signature)
@@ -60,11 +61,27 @@ class ATSTMelFrontEnd(nn.Module):
         if audio.dim() != 2:
             raise ValueError(f"ATST-Frame expects audio [B, N], got shape {tuple(audio.shape)}")
         if audio.shape[-1] <= N_FFT // 2:
-            raise ValueError(f"ATST-Frame needs more than {N_FFT // 2} samples ({N_FFT // 2 / SAMPLE_RATE:g} s) "
-                             f"of audio, got {audio.shape[-1]}")
+            raise ValueError(
+                f"ATST-Frame needs more than {N_FFT // 2} samples ({N_FFT // 2 / SAMPLE_RATE:g} s) "
+                f"of audio, got {audio.shape[-1]}"
+            )
         with torch.autocast(device_type=audio.device.type, enabled=False):
-            spec = torch.stft(audio.float(), N_FFT, HOP, N_FFT, self.window, center=True, pad_mode="reflect",
-                              normalized=False, onesided=True, return_complex=True).abs().pow(2.0)
+            spec = (
+                torch.stft(
+                    audio.float(),
+                    N_FFT,
+                    HOP,
+                    N_FFT,
+                    self.window,
+                    center=True,
+                    pad_mode="reflect",
+                    normalized=False,
+                    onesided=True,
+                    return_complex=True,
+                )
+                .abs()
+                .pow(2.0)
+            )
             mel = torch.matmul(spec.transpose(-1, -2), self.fb).transpose(-1, -2)
             db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
             db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - TOP_DB).clamp(*DB_CLAMP)
@@ -76,8 +93,16 @@ class ATSTLayer(nn.Module):
     """One pre-norm transformer layer: multi-head self-attention then a GELU MLP, each a residual branch with
     dropout and stochastic depth (``drop_path``, a whole branch dropped per sample in training)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+    ) -> None:
         super().__init__()
         self.num_heads, self.attn_drop, self.drop_path = num_heads, attn_drop, drop_path
         self.attn_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)

@@ -39,8 +39,20 @@ from torch.utils.checkpoint import checkpoint
 log = logging.getLogger(__name__)
 
 #: Keys of the interface (the constructor of :class:`AudioEncoder`), as opposed to a network's own keys.
-INTERFACE_KEYS = ("sample_rate", "layer", "frozen", "finetune_after_epoch", "freeze_layers", "lr", "layer_decay",
-                  "gradient_checkpointing", "cache", "cache_max_gb", "cache_dir", "cache_dtype")
+INTERFACE_KEYS = (
+    "sample_rate",
+    "layer",
+    "frozen",
+    "finetune_after_epoch",
+    "freeze_layers",
+    "lr",
+    "layer_decay",
+    "gradient_checkpointing",
+    "cache",
+    "cache_max_gb",
+    "cache_dir",
+    "cache_dtype",
+)
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _IDENTITY_FORMAT = 1  # bump when the cached computation changes for the same weights and options
 
@@ -126,13 +138,16 @@ class AudioEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if finetune_after_epoch is not None and not frozen:
-            raise ValueError("model.encoder.finetune_after_epoch needs model.encoder.frozen=true (it says when to "
-                             "stop freezing)")
+            raise ValueError(
+                "model.encoder.finetune_after_epoch needs model.encoder.frozen=true (it says when to stop freezing)"
+            )
         if isinstance(layer, str) and layer not in ("last", "weighted"):
             try:
                 layer = int(layer)
             except ValueError:
-                raise ValueError(f"model.encoder.layer must be 'last', 'weighted' or a layer index, got {layer!r}") from None
+                raise ValueError(
+                    f"model.encoder.layer must be 'last', 'weighted' or a layer index, got {layer!r}"
+                ) from None
         if not 0.0 < float(layer_decay) <= 1.0:
             raise ValueError(f"model.encoder.layer_decay must be in (0, 1], got {layer_decay}")
         if int(freeze_layers) < 0:
@@ -167,8 +182,10 @@ class AudioEncoder(nn.Module):
         values = {name: declared.get(name, getattr(model, name, None)) for name in ("dim", "sample_rate", "frame_hop")}
         missing = [name for name, value in values.items() if value is None]
         if missing:
-            raise TypeError(f"model.encoder: {type(model).__name__} does not declare {', '.join(missing)} (an encoder "
-                            "declares its width dim, its sample_rate and its frame_hop in seconds)")
+            raise TypeError(
+                f"model.encoder: {type(model).__name__} does not declare {', '.join(missing)} (an encoder "
+                "declares its width dim, its sample_rate and its frame_hop in seconds)"
+            )
         self.model = model
         self.description = dict(description)
         self.native_rate, self.dim = int(values["sample_rate"]), int(values["dim"])
@@ -182,7 +199,9 @@ class AudioEncoder(nn.Module):
                 raise ValueError("model.encoder.layer=weighted needs an encoder that gives its layers' outputs")
             self.layer_weights = nn.Parameter(torch.zeros(self.n_layers))
         if self.freeze_layers > self.n_layers:
-            raise ValueError(f"model.encoder.freeze_layers={self.freeze_layers}: the encoder has {self.n_layers} layers")
+            raise ValueError(
+                f"model.encoder.freeze_layers={self.freeze_layers}: the encoder has {self.n_layers} layers"
+            )
         if self.gradient_checkpointing:
             for block in self.blocks():
                 block.__class__ = _checkpointed_class(type(block))
@@ -289,8 +308,10 @@ class AudioEncoder(nn.Module):
             if id(p) in trainable:
                 by_depth.setdefault(depths[id(p)], []).append(p)
         n = len(self.blocks())
-        return [{"params": params, "lr": top * self.layer_decay ** max(n - d, 0), "name": f"encoder.depth{d}"}
-                for d, params in sorted(by_depth.items(), reverse=True)]
+        return [
+            {"params": params, "lr": top * self.layer_decay ** max(n - d, 0), "name": f"encoder.depth{d}"}
+            for d, params in sorted(by_depth.items(), reverse=True)
+        ]
 
     # ------------------------------------------------------------------ embeddings
     @property
@@ -318,8 +339,9 @@ class AudioEncoder(nn.Module):
         if self.layer != "weighted":
             return embeddings
         if embeddings.dim() != 4 or embeddings.shape[1] != self.n_layers:
-            raise ValueError(f"layer-weighted embeddings must be [B, L={self.n_layers}, D, T], got "
-                             f"{tuple(embeddings.shape)}")
+            raise ValueError(
+                f"layer-weighted embeddings must be [B, L={self.n_layers}, D, T], got {tuple(embeddings.shape)}"
+            )
         weights = torch.softmax(self.layer_weights, 0).to(embeddings.dtype)
         return torch.einsum("l,bldt->bdt", weights, embeddings)
 
@@ -367,8 +389,12 @@ class AudioEncoder(nn.Module):
         if self._cache_bytes + size > self.cache_max_bytes:
             if not self._cache_full_logged:
                 self._cache_full_logged = True
-                log.info("Embedding cache in memory full (%d clips, model.encoder.cache_max_gb=%g): further clips are "
-                         "read from disk or encoded at every use", len(self._cache), self.cache_max_bytes / 2**30)
+                log.info(
+                    "Embedding cache in memory full (%d clips, model.encoder.cache_max_gb=%g): further clips are "
+                    "read from disk or encoded at every use",
+                    len(self._cache),
+                    self.cache_max_bytes / 2**30,
+                )
             return
         self._cache[key] = emb.detach().to("cpu", copy=True)
         self._cache_bytes += size
@@ -395,11 +421,18 @@ class AudioEncoder(nn.Module):
     # ------------------------------------------------------------------ identity
     def manifest(self) -> dict[str, Any]:
         """What the identity hashes besides the weights, as plain values (written beside the cached files)."""
-        return {"format": _IDENTITY_FORMAT, "class": f"{type(self).__module__}.{type(self).__qualname__}",
-                "network": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-                "description": self.description, "layer": self.layer, "sample_rate": self.sample_rate,
-                "native_rate": self.native_rate, "dim": self.dim, "frame_hop": self.frame_hop,
-                "cache_dtype": self.cache_dtype}
+        return {
+            "format": _IDENTITY_FORMAT,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "network": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "description": self.description,
+            "layer": self.layer,
+            "sample_rate": self.sample_rate,
+            "native_rate": self.native_rate,
+            "dim": self.dim,
+            "frame_hop": self.frame_hop,
+            "cache_dtype": self.cache_dtype,
+        }
 
     @property
     def identity(self) -> str:
@@ -419,8 +452,10 @@ class AudioEncoder(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"frozen={self.frozen}, dim={self.dim}, layer={self.layer!r}, sample_rate={self.sample_rate}, "
-                f"native_rate={self.native_rate}, frame_hop={self.frame_hop:g}")
+        return (
+            f"frozen={self.frozen}, dim={self.dim}, layer={self.layer!r}, sample_rate={self.sample_rate}, "
+            f"native_rate={self.native_rate}, frame_hop={self.frame_hop:g}"
+        )
 
 
 class ModuleEncoder(AudioEncoder):

@@ -36,19 +36,42 @@ from sed.models.encoders.kaldi_fbank import fbank_frames, kaldi_fbank
 #: BEATs' configuration keys with the defaults of Microsoft's ``BEATsConfig`` (``input_patch_size``: 16, the
 #: value of every released model, instead of its placeholder -1).
 DEFAULT_CONFIG: dict = {
-    "input_patch_size": 16, "embed_dim": 512, "conv_bias": False,
-    "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
-    "activation_fn": "gelu", "layer_wise_gradient_decay_ratio": 1.0, "layer_norm_first": False, "deep_norm": False,
-    "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-    "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
-    "relative_position_embedding": False, "num_buckets": 320, "max_distance": 1280, "gru_rel_pos": False,
-    "finetuned_model": False, "predictor_dropout": 0.1, "predictor_class": 527,
+    "input_patch_size": 16,
+    "embed_dim": 512,
+    "conv_bias": False,
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "layer_wise_gradient_decay_ratio": 1.0,
+    "layer_norm_first": False,
+    "deep_norm": False,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "dropout_input": 0.0,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "relative_position_embedding": False,
+    "num_buckets": 320,
+    "max_distance": 1280,
+    "gru_rel_pos": False,
+    "finetuned_model": False,
+    "predictor_dropout": 0.1,
+    "predictor_class": 527,
 }
 #: What PretrainedSED's BEATs wrapper builds (its ``BEATsConfig`` defaults, those of BEATs iter3): its checkpoints
 #: hold no config, and these keys cannot be read from the weights' shapes.
 PRETRAINEDSED_CONFIG: dict = {
-    **DEFAULT_CONFIG, "deep_norm": True, "encoder_layerdrop": 0.05, "dropout_input": 0.1,
-    "relative_position_embedding": True, "max_distance": 800, "gru_rel_pos": True,
+    **DEFAULT_CONFIG,
+    "deep_norm": True,
+    "encoder_layerdrop": 0.05,
+    "dropout_input": 0.1,
+    "relative_position_embedding": True,
+    "max_distance": 800,
+    "gru_rel_pos": True,
 }
 SAMPLE_RATE = 16000
 FBANK_MEAN, FBANK_STD = 15.41663, 6.55582  # the released models' input statistics
@@ -56,10 +79,15 @@ _N_MELS, _WINDOW, _SHIFT = 128, 400, 160  # 25-ms windows every 10 ms at 16 kHz
 _CONFIG_KEY = "model.encoder.path"
 _PRETRAINEDSED_PREFIX = "model.model."
 _PRETRAINEDSED_HEADS = ("strong_head.", "weak_head.", "seq_model.")
-_LEGACY_POS_CONV = {"weight_g": "encoder.pos_conv.0.weight_g", "weight_v": "encoder.pos_conv.0.weight_v",
-                    "bias": "encoder.pos_conv.0.bias"}
-_PARAMETRIZED_POS_CONV = {"encoder.pos_conv.0.parametrizations.weight.original0": "encoder.pos_conv.weight_g",
-                          "encoder.pos_conv.0.parametrizations.weight.original1": "encoder.pos_conv.weight_v"}
+_LEGACY_POS_CONV = {
+    "weight_g": "encoder.pos_conv.0.weight_g",
+    "weight_v": "encoder.pos_conv.0.weight_v",
+    "bias": "encoder.pos_conv.0.bias",
+}
+_PARAMETRIZED_POS_CONV = {
+    "encoder.pos_conv.0.parametrizations.weight.original0": "encoder.pos_conv.weight_g",
+    "encoder.pos_conv.0.parametrizations.weight.original1": "encoder.pos_conv.weight_v",
+}
 _SHARED_TABLE = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight")
 
 
@@ -97,7 +125,7 @@ class BEATs(nn.Module):
         self.frame_hop = self.patch * _SHIFT / SAMPLE_RATE
         self.patch_embedding = nn.Conv2d(1, cfg["embed_dim"], self.patch, self.patch, bias=cfg["conv_bias"])
         self.layer_norm = nn.LayerNorm(cfg["embed_dim"])
-        self.post_extract_proj = (nn.Linear(cfg["embed_dim"], self.dim) if cfg["embed_dim"] != self.dim else None)
+        self.post_extract_proj = nn.Linear(cfg["embed_dim"], self.dim) if cfg["embed_dim"] != self.dim else None
         self.dropout_input = nn.Dropout(cfg["dropout_input"])
         self.encoder = Encoder(cfg)
 
@@ -131,8 +159,10 @@ class BEATs(nn.Module):
             raise ValueError(f"BEATs expects audio [batch, samples], got shape {tuple(audio.shape)}")
         if self.num_frames(audio.shape[-1]) < 1:
             minimum = _WINDOW + (self.patch - 1) * _SHIFT
-            raise ValueError(f"BEATs needs at least {minimum} samples ({minimum / SAMPLE_RATE:g} s at 16 kHz) for "
-                             f"one {self.patch}-frame patch, got {audio.shape[-1]}")
+            raise ValueError(
+                f"BEATs needs at least {minimum} samples ({minimum / SAMPLE_RATE:g} s at 16 kHz) for "
+                f"one {self.patch}-frame patch, got {audio.shape[-1]}"
+            )
         fbank = self.filterbank(audio)
         x = self.patch_embedding(fbank[:, None].to(self.patch_embedding.weight.dtype))  # [B, E, T', F']
         n_freq = x.shape[-1]
@@ -185,16 +215,20 @@ def load_beats(path: str | os.PathLike) -> BEATs:
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         if found:
-            raise BEATsCheckpointError(f"{where}: not a BEATs checkpoint: it holds a Python object "
-                                       f"({found.group(1)}), not only tensors and plain containers as published "
-                                       f"checkpoints do; it is not unpickled (arbitrary code)") from None
+            raise BEATsCheckpointError(
+                f"{where}: not a BEATs checkpoint: it holds a Python object "
+                f"({found.group(1)}), not only tensors and plain containers as published "
+                f"checkpoints do; it is not unpickled (arbitrary code)"
+            ) from None
         detail = re.search(r"WeightsUnpickler error: (.+)", str(error))
-        raise BEATsCheckpointError(f"{where}: cannot be read as a torch.save file (truncated or not a "
-                                   f"checkpoint): unpickling failed {detail.group(1) if detail else ''}".rstrip()
-                                   ) from None
+        raise BEATsCheckpointError(
+            f"{where}: cannot be read as a torch.save file (truncated or not a "
+            f"checkpoint): unpickling failed {detail.group(1) if detail else ''}".rstrip()
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise BEATsCheckpointError(f"{where}: cannot be read as a torch.save file (truncated or not a "
-                                   f"checkpoint): {_first_line(error)}") from None
+        raise BEATsCheckpointError(
+            f"{where}: cannot be read as a torch.save file (truncated or not a checkpoint): {_first_line(error)}"
+        ) from None
     cfg, state = _split_checkpoint(blob, where)
     try:
         model = BEATs(cfg)
@@ -236,12 +270,14 @@ def _split_checkpoint(blob: object, where: str) -> tuple[dict, dict]:
     if isinstance(blob, dict) and "cfg" in blob and "model" in blob:
         cfg, state = blob["cfg"], blob["model"]
         if not isinstance(cfg, dict) or not isinstance(state, dict):
-            raise BEATsCheckpointError(f"{where}: 'cfg' and 'model' must be dicts, got {type(cfg).__name__} and "
-                                       f"{type(state).__name__}")
+            raise BEATsCheckpointError(
+                f"{where}: 'cfg' and 'model' must be dicts, got {type(cfg).__name__} and {type(state).__name__}"
+            )
         return dict(cfg), dict(state)
     if isinstance(blob, dict) and any(isinstance(k, str) and k.startswith(_PRETRAINEDSED_PREFIX) for k in blob):
-        state = {k.removeprefix(_PRETRAINEDSED_PREFIX): v for k, v in blob.items()
-                 if k.startswith(_PRETRAINEDSED_PREFIX)}
+        state = {
+            k.removeprefix(_PRETRAINEDSED_PREFIX): v for k, v in blob.items() if k.startswith(_PRETRAINEDSED_PREFIX)
+        }
         others = [k for k in blob if not k.startswith((_PRETRAINEDSED_PREFIX, *_PRETRAINEDSED_HEADS))]
         if others:
             raise BEATsCheckpointError(f"{where}: PretrainedSED checkpoint with unexpected keys {others[:5]}")
@@ -249,7 +285,8 @@ def _split_checkpoint(blob: object, where: str) -> tuple[dict, dict]:
     found = sorted(map(str, blob))[:6] if isinstance(blob, dict) else type(blob).__name__
     raise BEATsCheckpointError(
         f"{where}: not a BEATs checkpoint: expected Microsoft's format (a dict with 'cfg' and 'model') or a "
-        f"PretrainedSED BEATs state dict ('model.model.*' keys); found {found}")
+        f"PretrainedSED BEATs state dict ('model.model.*' keys); found {found}"
+    )
 
 
 def _config_from_shapes(state: dict, where: str) -> dict:
@@ -260,11 +297,17 @@ def _config_from_shapes(state: dict, where: str) -> dict:
         patch = state["patch_embedding.weight"]
         direction = state["encoder.pos_conv.weight_v"]
         dim = state["encoder.layer_norm.weight"].shape[0]
-        cfg = {**PRETRAINEDSED_CONFIG, "encoder_layers": len(layers), "encoder_embed_dim": dim,
-               "embed_dim": patch.shape[0], "input_patch_size": patch.shape[-1],
-               "conv_bias": "patch_embedding.bias" in state,
-               "encoder_ffn_embed_dim": state["encoder.layers.0.fc1.weight"].shape[0],
-               "conv_pos": direction.shape[-1], "conv_pos_groups": dim // direction.shape[1]}
+        cfg = {
+            **PRETRAINEDSED_CONFIG,
+            "encoder_layers": len(layers),
+            "encoder_embed_dim": dim,
+            "embed_dim": patch.shape[0],
+            "input_patch_size": patch.shape[-1],
+            "conv_bias": "patch_embedding.bias" in state,
+            "encoder_ffn_embed_dim": state["encoder.layers.0.fc1.weight"].shape[0],
+            "conv_pos": direction.shape[-1],
+            "conv_pos_groups": dim // direction.shape[1],
+        }
     except KeyError as missing:
         raise BEATsCheckpointError(f"{where}: PretrainedSED checkpoint without BEATs weight {missing}") from None
     table = state.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
@@ -291,8 +334,11 @@ def _load_state(model: BEATs, state: dict, where: str) -> None:
     """Load ``state`` into ``model`` strictly, after dropping what is deliberately not used: the classifier
     and the other layers' references to the shared relative position table."""
     state = _rename_pos_conv(state)
-    ignored = {k for k in state if k.startswith("predictor.")
-               or ((m := _SHARED_TABLE.fullmatch(k)) is not None and m.group(1) != "0")}
+    ignored = {
+        k
+        for k in state
+        if k.startswith("predictor.") or ((m := _SHARED_TABLE.fullmatch(k)) is not None and m.group(1) != "0")
+    }
     state = {k: v for k, v in state.items() if k not in ignored}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -307,6 +353,7 @@ def _load_state(model: BEATs, state: dict, where: str) -> None:
     for key, value in state.items():
         if not isinstance(value, Tensor) or value.shape != expected[key].shape:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise BEATsCheckpointError(f"{where}: weight {key} has shape {shape}, its BEATs config needs "
-                                       f"{tuple(expected[key].shape)}")
+            raise BEATsCheckpointError(
+                f"{where}: weight {key} has shape {shape}, its BEATs config needs {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(state)

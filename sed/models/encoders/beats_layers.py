@@ -47,8 +47,9 @@ def activation(name: str):
     raise ValueError(f"activation_fn={name!r} is not supported (gelu, gelu_accurate, gelu_fast, relu, tanh, linear)")
 
 
-def relative_position_buckets(n_query: int, n_key: int, n_buckets: int, max_distance: int,
-                              device: torch.device | None = None) -> Tensor:
+def relative_position_buckets(
+    n_query: int, n_key: int, n_buckets: int, max_distance: int, device: torch.device | None = None
+) -> Tensor:
     """``[n_query, n_key]`` bucket of each offset ``key - query`` (T5-style, both directions): half the buckets
     per sign; offsets below a quarter of the buckets get one bucket each, larger ones share logarithmically wider
     buckets up to ``max_distance``, beyond which they share the last."""
@@ -118,7 +119,7 @@ class GatedRelativeAttention(nn.Module):
         """``x [B, T, D]``; ``key_padding [B, T]`` True where a token is padding; ``position_bias [H, T, T]``."""
         query = self._split(self.q_proj(x))
         key, value = self._split(self.k_proj(x)), self._split(self.v_proj(x))
-        scores = (query * (self.head_dim ** -0.5 / _SCORE_SHRINK)) @ key.transpose(-1, -2)
+        scores = (query * (self.head_dim**-0.5 / _SCORE_SHRINK)) @ key.transpose(-1, -2)
         scores = (scores - scores.amax(-1, keepdim=True)) * _SCORE_SHRINK
         if key_padding is not None:
             scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
@@ -139,8 +140,13 @@ class EncoderLayer(nn.Module):
         super().__init__()
         dim = cfg["encoder_embed_dim"]
         buckets = cfg["num_buckets"] if relative_table else None
-        self.self_attn = GatedRelativeAttention(dim, cfg["encoder_attention_heads"], cfg["attention_dropout"],
-                                                buckets, cfg["gru_rel_pos"] and cfg["relative_position_embedding"])
+        self.self_attn = GatedRelativeAttention(
+            dim,
+            cfg["encoder_attention_heads"],
+            cfg["attention_dropout"],
+            buckets,
+            cfg["gru_rel_pos"] and cfg["relative_position_embedding"],
+        )
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, cfg["encoder_ffn_embed_dim"])
         self.fc2 = nn.Linear(cfg["encoder_ffn_embed_dim"], dim)

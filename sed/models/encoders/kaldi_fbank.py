@@ -22,16 +22,23 @@ _WINDOW_POWERS = {"povey": 0.85, "hanning": 1.0}  # Kaldi's povey window is the 
 _LOW_HZ = 20.0
 
 
-def fbank_frames(num_samples: int, sample_rate: int, frame_length_ms: float = 25.0,
-                 frame_shift_ms: float = 10.0) -> int:
+def fbank_frames(
+    num_samples: int, sample_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0
+) -> int:
     """Number of frames Kaldi's framing (``snip_edges``) cuts from ``num_samples`` samples: 0 if shorter than
     one window."""
     window, shift = _window_and_shift(sample_rate, frame_length_ms, frame_shift_ms)
     return 0 if num_samples < window else 1 + (num_samples - window) // shift
 
 
-def kaldi_fbank(audio: Tensor, sample_rate: int = 16000, n_mels: int = 128, frame_length_ms: float = 25.0,
-                frame_shift_ms: float = 10.0, window_type: str = "povey") -> Tensor:
+def kaldi_fbank(
+    audio: Tensor,
+    sample_rate: int = 16000,
+    n_mels: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    window_type: str = "povey",
+) -> Tensor:
     """Log-mel filterbank ``[B, T, n_mels]`` of ``audio [B, N]`` (float32, in the waveform's own scale),
     ``T = fbank_frames(N, ...)``. ``window_type``: ``povey`` (Kaldi's default, BEATs) or ``hanning`` (AST).
     Raises ``ValueError`` when the audio is shorter than one window."""
@@ -41,14 +48,17 @@ def kaldi_fbank(audio: Tensor, sample_rate: int = 16000, n_mels: int = 128, fram
     if audio.dim() != 2:
         raise ValueError(f"kaldi_fbank expects audio [batch, samples], got shape {tuple(audio.shape)}")
     if audio.shape[-1] < window:
-        raise ValueError(f"audio of {audio.shape[-1]} samples is shorter than one {frame_length_ms:g}-ms window "
-                         f"({window} samples at {sample_rate} Hz)")
+        raise ValueError(
+            f"audio of {audio.shape[-1]} samples is shorter than one {frame_length_ms:g}-ms window "
+            f"({window} samples at {sample_rate} Hz)"
+        )
     frames = audio.float().unfold(-1, window, shift)  # [B, T, window]
     frames = frames - frames.mean(-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], -1)  # Kaldi repeats the first sample
     frames = frames - _PREEMPHASIS * previous
-    frames = frames * torch.hann_window(window, periodic=False, dtype=torch.float32,
-                                        device=audio.device).pow(_WINDOW_POWERS[window_type])
+    frames = frames * torch.hann_window(window, periodic=False, dtype=torch.float32, device=audio.device).pow(
+        _WINDOW_POWERS[window_type]
+    )
     n_fft = 1 << (window - 1).bit_length()
     power = torch.fft.rfft(F.pad(frames, (0, n_fft - window))).abs().pow(2)  # [B, T, n_fft // 2 + 1]
     filters = _mel_filters(sample_rate, n_fft, n_mels).to(audio.device)

@@ -26,16 +26,18 @@ def audio_encoder(model: nn.Module) -> Optional[AudioEncoder]:
     return enc if isinstance(enc, nn.Module) else None
 
 
-def model_inputs(model: nn.Module, audio: Tensor, cache: bool = False,
-                 cacheable: Optional[Sequence[bool]] = None) -> dict[str, Tensor]:
+def model_inputs(
+    model: nn.Module, audio: Tensor, cache: bool = False, cacheable: Optional[Sequence[bool]] = None
+) -> dict[str, Tensor]:
     """The inputs ``model`` takes besides its features: ``{"embeddings": ...}`` of ``audio`` for a model with an
     encoder, ``{}`` for any other (``model(features, **model_inputs(model, audio))``)."""
     enc = audio_encoder(model)
     return {} if enc is None else {"embeddings": enc.embed(audio, cache=cache, cacheable=cacheable)}
 
 
-def models_inputs(models: Mapping[str, nn.Module], audio: Tensor, cache: bool = False,
-                  cacheable: Optional[Sequence[bool]] = None) -> dict[str, dict[str, Tensor]]:
+def models_inputs(
+    models: Mapping[str, nn.Module], audio: Tensor, cache: bool = False, cacheable: Optional[Sequence[bool]] = None
+) -> dict[str, dict[str, Tensor]]:
     """:func:`model_inputs` of each named model, computed once for encoders that give the same embeddings (a
     shared object, or a frozen copy of a still frozen one). A model that holds no gradient for its encoder (the
     teacher) computes under ``no_grad``."""
@@ -103,7 +105,7 @@ def pack_inputs(per_model: Mapping[str, dict[str, Tensor]], first: str = "studen
 
 def unpack_inputs(flat: Mapping[str, Tensor], name: str, first: str = "student") -> dict[str, Tensor]:
     """``name``'s inputs from :func:`pack_inputs`' dict (``first``'s where it has none of its own)."""
-    own = {k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(f"{name}.")}
+    own = {k[len(name) + 1 :]: v for k, v in flat.items() if k.startswith(f"{name}.")}
     return own if name != first and own else {k: v for k, v in flat.items() if "." not in k}
 
 
@@ -113,8 +115,15 @@ def log_embedding_counts(enc: Optional[AudioEncoder], epoch: int, logger: Any) -
     if enc is None or not enc.counts:
         return
     c = enc.counts
-    logger.info("Epoch %d, audio encoder embeddings (training and validation): %d computed%s, %d read from disk, "
-                "%d from memory; %d training clip(s) vary per epoch (random crops or channels): computed on the fly, "
-                "not cached", epoch, c["computed"], f" and written to {enc.cache_dir}" if enc.cache_dir else "",
-                c["disk"], c["memory"], c["varying"])
+    logger.info(
+        "Epoch %d, audio encoder embeddings (training and validation): %d computed%s, %d read from disk, "
+        "%d from memory; %d training clip(s) vary per epoch (random crops or channels): computed on the fly, "
+        "not cached",
+        epoch,
+        c["computed"],
+        f" and written to {enc.cache_dir}" if enc.cache_dir else "",
+        c["disk"],
+        c["memory"],
+        c["varying"],
+    )
     c.clear()

@@ -39,8 +39,10 @@ class BEATsEncoder(AudioEncoder):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"model.encoder.config: {err}") from None
         else:
-            raise ValueError(f"model.encoder needs a path (a BEATs checkpoint file, e.g. BEATs_iter3_plus_AS2M.pt; "
-                             f"{_DOCS}) or a config (BEATs config keys of a random model)")
+            raise ValueError(
+                f"model.encoder needs a path (a BEATs checkpoint file, e.g. BEATs_iter3_plus_AS2M.pt; "
+                f"{_DOCS}) or a config (BEATs config keys of a random model)"
+            )
         self._attach(model, {"beats": dict(model.config)})
 
     def blocks(self) -> Sequence[nn.Module]:
@@ -67,8 +69,10 @@ class ATSTFrameEncoder(AudioEncoder):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"model.encoder.config: {err}") from None
         else:
-            raise ValueError(f"model.encoder needs a path (an ATST-Frame checkpoint file, e.g. atstframe_base.ckpt; "
-                             f"{_DOCS}) or a config (ATST-Frame config keys of a random model)")
+            raise ValueError(
+                f"model.encoder needs a path (an ATST-Frame checkpoint file, e.g. atstframe_base.ckpt; "
+                f"{_DOCS}) or a config (ATST-Frame config keys of a random model)"
+            )
         self._attach(model, {"atst_frame": dict(model.config)})
 
     def blocks(self) -> Sequence[nn.Module]:

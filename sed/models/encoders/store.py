@@ -53,19 +53,25 @@ def claim_folder(folder: str | os.PathLike) -> Path:
     try:
         if marker.is_file():
             if not os.access(root, os.W_OK | os.X_OK):
-                raise CacheFolderError(f"{KEY}={folder}: the folder is read-only; give a writable folder (or copy it "
-                                       "to one)")
+                raise CacheFolderError(
+                    f"{KEY}={folder}: the folder is read-only; give a writable folder (or copy it to one)"
+                )
             return root
         if root.exists():
             if not root.is_dir():
                 raise CacheFolderError(f"{KEY}={folder}: not a folder")
             # Our marker's temporary file is another process claiming the folder at this moment (DDP ranks).
             if any(not (p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp")) for p in root.iterdir()):
-                raise CacheFolderError(f"{KEY}={folder}: the folder holds files this project did not write (no "
-                                       f"{MARKER}); give a new or empty folder")
+                raise CacheFolderError(
+                    f"{KEY}={folder}: the folder holds files this project did not write (no "
+                    f"{MARKER}); give a new or empty folder"
+                )
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, json.dumps({"what": "embeddings of frozen audio encoders (sed.models.encoders)",
-                                              "format": 1}, indent=1) + "\n")
+        atomic_write_text(
+            marker,
+            json.dumps({"what": "embeddings of frozen audio encoders (sed.models.encoders)", "format": 1}, indent=1)
+            + "\n",
+        )
     except PermissionError as err:
         raise CacheFolderError(f"{KEY}={folder}: cannot write there ({err.strerror}); give a writable folder") from None
     except CacheFolderError:
@@ -86,8 +92,9 @@ def _reason(err: OSError) -> str:
 class EmbeddingStore:
     """The entries of one encoder identity in a cache folder: :meth:`get` and :meth:`put` by fingerprint."""
 
-    def __init__(self, folder: str | os.PathLike, identity: str, manifest: dict[str, Any],
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self, folder: str | os.PathLike, identity: str, manifest: dict[str, Any], dtype: str = "float32"
+    ) -> None:
         self.folder = str(folder)
         self.identity = identity
         self.dtype = CACHE_DTYPES[dtype]
@@ -115,8 +122,12 @@ class EmbeddingStore:
             log.warning("%s: unreadable embedding cache entry (%s); it is computed again and replaced", path, err)
             return None
         if array.dtype != np.dtype(str(self.dtype).removeprefix("torch.")) or array.ndim not in (2, 3):
-            log.warning("%s: embedding cache entry of dtype %s and shape %s, not this encoder's; computed again",
-                        path, array.dtype, array.shape)
+            log.warning(
+                "%s: embedding cache entry of dtype %s and shape %s, not this encoder's; computed again",
+                path,
+                array.dtype,
+                array.shape,
+            )
             return None
         return torch.from_numpy(array)
 
@@ -127,8 +138,9 @@ class EmbeddingStore:
             with atomic_open(self.path(key), "wb", fsync=False) as f:  # a lost entry is just computed again
                 np.save(f, array, allow_pickle=False)
         except OSError as err:
-            raise CacheFolderError(f"{KEY}={self.folder}: {_reason(err)} ({self.written} entries written by this "
-                                   "run)") from None
+            raise CacheFolderError(
+                f"{KEY}={self.folder}: {_reason(err)} ({self.written} entries written by this run)"
+            ) from None
         self.written += 1
 
     def __len__(self) -> int:

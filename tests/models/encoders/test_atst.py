@@ -90,17 +90,27 @@ def test_published_layouts_load(layout: str, tmp_path: Path) -> None:
     enc = _tiny(embed_dim=128, depth=1, spec_w=101)
     weights = enc.reference_state_dict()
     if layout == "release":  # the pretraining checkpoint: teacher and student, projector, hyper-parameters
-        state = {**{"model.teacher.encoder." + k: v for k, v in weights.items()},
-                 **{"model.student.encoder." + k: torch.zeros_like(v) for k, v in weights.items()},
-                 "model.teacher.projector.0.weight": torch.zeros(3, 128)}
+        state = {
+            **{"model.teacher.encoder." + k: v for k, v in weights.items()},
+            **{"model.student.encoder." + k: torch.zeros_like(v) for k, v in weights.items()},
+            "model.teacher.projector.0.weight": torch.zeros(3, 128),
+        }
         payload = {"state_dict": state, "epoch": 3, "hyper_parameters": {"arch": "small", "n_mels": 64, "patch_w": 4}}
     elif layout == "audiossl_finetuned":  # a downstream module, final norm under its older name `norm`
         weights = {("norm" + k[10:] if k.startswith("norm_frame") else k): v for k, v in weights.items()}
-        payload = {"state_dict": {**{"encoder.encoder." + k: v for k, v in weights.items()},
-                                  "head.weight": torch.zeros(10, 128)}}
+        payload = {
+            "state_dict": {
+                **{"encoder.encoder." + k: v for k, v in weights.items()},
+                "head.weight": torch.zeros(10, 128),
+            }
+        }
     else:  # PretrainedSED: a plain state dict of the prediction wrapper
-        payload = {**{"model.atst." + k: v for k, v in weights.items()}, "strong_head.weight": torch.zeros(447, 128),
-                   "strong_head.bias": torch.zeros(447), "weak_head.bias": torch.zeros(527)}
+        payload = {
+            **{"model.atst." + k: v for k, v in weights.items()},
+            "strong_head.weight": torch.zeros(447, 128),
+            "strong_head.bias": torch.zeros(447),
+            "weak_head.bias": torch.zeros(527),
+        }
     torch.save(payload, tmp_path / "enc.pt")
     loaded = load_atst_frame(tmp_path / "enc.pt").eval()
     assert loaded.config == enc.config
@@ -141,12 +151,20 @@ def _corrupt(kind: str, path: Path) -> None:
         torch.save({"state_dict": {"encoder.conv.weight": torch.zeros(2)}}, path)
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("absent", "no such file"), ("directory", "a directory"), ("truncated", "unreadable"),
-    ("not torch", "unreadable"), ("unsafe", "argparse.Namespace"), ("beats", "a BEATs checkpoint"),
-    ("missing keys", "missing keys [blocks.1.mlp.fc2.weight]"), ("extra key", "prompt tokens"),
-    ("other model", "no ATST-Frame weights"),
-])
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("absent", "no such file"),
+        ("directory", "a directory"),
+        ("truncated", "unreadable"),
+        ("not torch", "unreadable"),
+        ("unsafe", "argparse.Namespace"),
+        ("beats", "a BEATs checkpoint"),
+        ("missing keys", "missing keys [blocks.1.mlp.fc2.weight]"),
+        ("extra key", "prompt tokens"),
+        ("other model", "no ATST-Frame weights"),
+    ],
+)
 def test_bad_checkpoints_name_model_encoder_path(kind: str, says: str, tmp_path: Path) -> None:
     path = tmp_path / ("dir" if kind == "directory" else "enc.ckpt")
     if kind == "directory":

@@ -95,8 +95,14 @@ def test_layerwise_learning_rates() -> None:
     net = enc.model
     # Top (final norm, depth 4) and top block (3) at lr, each block below halved, the front-end below block 1.
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
-        {"encoder.depth4": 1e-4, "encoder.depth3": 1e-4, "encoder.depth2": 5e-5, "encoder.depth1": 2.5e-5,
-         "encoder.depth0": 1.25e-5})
+        {
+            "encoder.depth4": 1e-4,
+            "encoder.depth3": 1e-4,
+            "encoder.depth2": 5e-5,
+            "encoder.depth1": 2.5e-5,
+            "encoder.depth0": 1.25e-5,
+        }
+    )
     assert {id(p) for p in groups["encoder.depth0"]["params"]} == {id(p) for p in net.front.parameters()}
     assert {id(p) for p in groups["encoder.depth2"]["params"]} == {id(p) for p in net.blocks[1].parameters()}
     assert sum(len(g["params"]) for g in groups.values()) == len(list(net.parameters()))
@@ -169,8 +175,16 @@ def test_bf16_autocast_on_cpu() -> None:
 
 
 def test_build_from_a_node_splits_the_interface_keys() -> None:
-    enc = build_encoder({"_target_": "tiny_network.TinyNet", "dim": 16, "n_layers": 2, "layer": 0, "frozen": False,
-                         "sample_rate": 32000})
+    enc = build_encoder(
+        {
+            "_target_": "tiny_network.TinyNet",
+            "dim": 16,
+            "n_layers": 2,
+            "layer": 0,
+            "frozen": False,
+            "sample_rate": 32000,
+        }
+    )
     assert isinstance(enc, AudioEncoder) and enc.dim == 16 and enc.n_layers == 2 and enc.layer == 0
     assert not enc.frozen and enc.sample_rate == 32000 and enc.native_rate == 16000
     assert enc.manifest()["description"] == {"_target_": "tiny_network.TinyNet", "dim": 16, "n_layers": 2}

@@ -13,9 +13,23 @@ from sed.models.encoders.beats import BEATs, load_beats, save_beats
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CONFIGS = ("deepnorm", "prenorm", "relbias")
-TINY = dict(encoder_layers=1, encoder_embed_dim=16, embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=2,
-            conv_pos=4, conv_pos_groups=4, relative_position_embedding=True, gru_rel_pos=True, num_buckets=16,
-            max_distance=100, deep_norm=True, dropout=0.0, attention_dropout=0.0, dropout_input=0.0)
+TINY = dict(
+    encoder_layers=1,
+    encoder_embed_dim=16,
+    embed_dim=16,
+    encoder_ffn_embed_dim=32,
+    encoder_attention_heads=2,
+    conv_pos=4,
+    conv_pos_groups=4,
+    relative_position_embedding=True,
+    gru_rel_pos=True,
+    num_buckets=16,
+    max_distance=100,
+    deep_norm=True,
+    dropout=0.0,
+    attention_dropout=0.0,
+    dropout_input=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +75,17 @@ def test_todays_weight_norm_naming_loads(reference: dict, tmp_path: Path) -> Non
     # What today's torch.nn.utils.parametrizations.weight_norm calls magnitude and direction:
     conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(32, 32, 8, groups=4), dim=2)
     naming = {k: tuple(v.shape) for k, v in conv.state_dict().items()}
-    assert naming == {"bias": (32,), "parametrizations.weight.original0": (1, 1, 8),
-                      "parametrizations.weight.original1": (32, 8, 8)}
-    renamed = {k.replace("pos_conv.0.weight_g", "pos_conv.0.parametrizations.weight.original0")
-                .replace("pos_conv.0.weight_v", "pos_conv.0.parametrizations.weight.original1"): v
-               for k, v in state.items()}
+    assert naming == {
+        "bias": (32,),
+        "parametrizations.weight.original0": (1, 1, 8),
+        "parametrizations.weight.original1": (32, 8, 8),
+    }
+    renamed = {
+        k.replace("pos_conv.0.weight_g", "pos_conv.0.parametrizations.weight.original0").replace(
+            "pos_conv.0.weight_v", "pos_conv.0.parametrizations.weight.original1"
+        ): v
+        for k, v in state.items()
+    }
     assert renamed.keys() != state.keys()
     torch.save({"cfg": published["cfg"], "model": renamed}, tmp_path / "today.pt")
     _assert_reference_outputs(load_beats(tmp_path / "today.pt"), reference, "deepnorm")
@@ -85,12 +105,29 @@ def test_pretrainedsed_checkpoint_loads(reference: dict, tmp_path: Path) -> None
     """PretrainedSED saves its prediction wrapper's flat state dict: BEATs under ``model.model.``, heads beside."""
     published = _published("deepnorm")  # a config whose unreadable keys are PretrainedSED's (DeepNorm, 800, gelu)
     state = {"model.model." + k: v for k, v in published["model"].items()}
-    state.update({"strong_head.weight": torch.randn(7, 32), "strong_head.bias": torch.randn(7),
-                  "weak_head.weight": torch.randn(7, 32), "weak_head.bias": torch.randn(7)})
+    state.update(
+        {
+            "strong_head.weight": torch.randn(7, 32),
+            "strong_head.bias": torch.randn(7),
+            "weak_head.weight": torch.randn(7, 32),
+            "weak_head.bias": torch.randn(7),
+        }
+    )
     torch.save(state, tmp_path / "BEATs_strong_1.pt")
     model = load_beats(tmp_path / "BEATs_strong_1.pt")
-    for key in ("encoder_layers", "encoder_embed_dim", "embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
-                "conv_pos", "conv_pos_groups", "conv_bias", "num_buckets", "gru_rel_pos", "deep_norm"):
+    for key in (
+        "encoder_layers",
+        "encoder_embed_dim",
+        "embed_dim",
+        "encoder_ffn_embed_dim",
+        "encoder_attention_heads",
+        "conv_pos",
+        "conv_pos_groups",
+        "conv_bias",
+        "num_buckets",
+        "gru_rel_pos",
+        "deep_norm",
+    ):
         assert model.config[key] == published["cfg"][key], key
     _assert_reference_outputs(model, reference, "deepnorm")
 
@@ -128,20 +165,42 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "no cfg": (_write(tmp_path / "nocfg.pt", published["model"]), "not a BEATs checkpoint"),
         "ATST state dict": (_write(tmp_path / "atst.pt", atst), "not a BEATs checkpoint"),
         "AST state dict": (_write(tmp_path / "ast.pt", {"model": ast}), "not a BEATs checkpoint"),
-        "missing key": (_write(tmp_path / "missing.pt", {"cfg": published["cfg"], "model": missing}),
-                        r"missing 1 weight\(s\) \['encoder.layers.1.fc2.weight'\]"),
-        "wrong config": (_write(tmp_path / "deeper.pt", {"cfg": {**published["cfg"], "encoder_layers": 3},
-                                                           "model": published["model"]}), "missing"),
-        "unknown config key": (_write(tmp_path / "unknown.pt", {"cfg": {**published["cfg"], "colour": 1},
-                                                                "model": published["model"]}), "colour"),
-        "python objects": (_write(tmp_path / "objects.pt", {"cfg": published["cfg"], "model": nn.Linear(2, 2)}),
-                           r"holds a Python object \(torch.nn.modules.linear.Linear\)"),
+        "missing key": (
+            _write(tmp_path / "missing.pt", {"cfg": published["cfg"], "model": missing}),
+            r"missing 1 weight\(s\) \['encoder.layers.1.fc2.weight'\]",
+        ),
+        "wrong config": (
+            _write(
+                tmp_path / "deeper.pt", {"cfg": {**published["cfg"], "encoder_layers": 3}, "model": published["model"]}
+            ),
+            "missing",
+        ),
+        "unknown config key": (
+            _write(tmp_path / "unknown.pt", {"cfg": {**published["cfg"], "colour": 1}, "model": published["model"]}),
+            "colour",
+        ),
+        "python objects": (
+            _write(tmp_path / "objects.pt", {"cfg": published["cfg"], "model": nn.Linear(2, 2)}),
+            r"holds a Python object \(torch.nn.modules.linear.Linear\)",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "truncated", "not torch", "no cfg", "ATST state dict",
-                                  "AST state dict", "missing key", "wrong config", "unknown config key",
-                                  "python objects"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "truncated",
+        "not torch",
+        "no cfg",
+        "ATST state dict",
+        "AST state dict",
+        "missing key",
+        "wrong config",
+        "unknown config key",
+        "python objects",
+    ],
+)
 def test_bad_files_name_the_config_key(case: str, tmp_path: Path) -> None:
     path, reason = _bad_files(tmp_path)[case]
     with pytest.raises(ValueError, match=reason) as error:

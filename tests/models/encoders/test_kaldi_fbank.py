@@ -15,8 +15,7 @@ def test_equals_torchaudio_kaldi_fbank(sample_rate: int, n_mels: int, n: int) ->
     audio = 3000 * torch.randn(3, n, generator=generator)
     audio[1] *= torch.linspace(0, 1, n) ** 4  # quiet start: energies near the log floor
     audio[2, : n // 2] = 0.0  # digital silence: the epsilon floor itself
-    expected = torch.stack([kaldi.fbank(row[None], num_mel_bins=n_mels, sample_frequency=sample_rate)
-                            for row in audio])
+    expected = torch.stack([kaldi.fbank(row[None], num_mel_bins=n_mels, sample_frequency=sample_rate) for row in audio])
     ours = kaldi_fbank(audio, sample_rate, n_mels)
     assert ours.shape == expected.shape == (3, fbank_frames(n, sample_rate), n_mels)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)

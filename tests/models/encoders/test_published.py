@@ -24,7 +24,9 @@ def _audio(n: int = 2, seconds: float = 1.0, rate: int = 16000) -> torch.Tensor:
     return 0.1 * torch.randn(n, int(seconds * rate))
 
 
-@pytest.mark.parametrize("cls, path, load", [(BEATsEncoder, BEATS, load_beats), (ATSTFrameEncoder, ATST, load_atst_frame)])
+@pytest.mark.parametrize(
+    "cls, path, load", [(BEATsEncoder, BEATS, load_beats), (ATSTFrameEncoder, ATST, load_atst_frame)]
+)
 def test_published_checkpoint_behind_the_interface(cls, path, load) -> None:
     enc = cls(path=str(path)).eval()
     net = load(path).eval()
@@ -37,8 +39,9 @@ def test_published_checkpoint_behind_the_interface(cls, path, load) -> None:
         torch.testing.assert_close(weighted(audio), sum(states).transpose(1, 2) / len(states))  # equal weights
     assert enc.dim == net.dim and enc.frame_hop == net.frame_hop and enc.n_layers == net.n_layers == 2
     assert enc.identity == cls(path=str(path)).identity  # the weights, not the path, are the identity
-    built = build_encoder({"_target_": f"sed.models.encoders.published.{cls.__name__}", "path": str(path),
-                           "sample_rate": 32000})
+    built = build_encoder(
+        {"_target_": f"sed.models.encoders.published.{cls.__name__}", "path": str(path), "sample_rate": 32000}
+    )
     assert built.sample_rate == 32000 and built.native_rate == 16000 and built.identity != enc.identity
 
 
@@ -56,11 +59,25 @@ def test_layer_groups_follow_each_network() -> None:
     assert id(net.layers[0].qkv.weight) not in lr and id(net.positions) not in lr  # frozen lowest layer
 
 
-@pytest.mark.parametrize("cls, config", [
-    (BEATsEncoder, {"encoder_layers": 2, "encoder_embed_dim": 16, "encoder_ffn_embed_dim": 32, "embed_dim": 16,
-                    "encoder_attention_heads": 2, "conv_pos": 8, "conv_pos_groups": 4, "dropout": 0.1}),
-    (ATSTFrameEncoder, {"embed_dim": 16, "depth": 2, "num_heads": 2, "drop_rate": 0.1, "drop_path_rate": 0.1}),
-])
+@pytest.mark.parametrize(
+    "cls, config",
+    [
+        (
+            BEATsEncoder,
+            {
+                "encoder_layers": 2,
+                "encoder_embed_dim": 16,
+                "encoder_ffn_embed_dim": 32,
+                "embed_dim": 16,
+                "encoder_attention_heads": 2,
+                "conv_pos": 8,
+                "conv_pos_groups": 4,
+                "dropout": 0.1,
+            },
+        ),
+        (ATSTFrameEncoder, {"embed_dim": 16, "depth": 2, "num_heads": 2, "drop_rate": 0.1, "drop_path_rate": 0.1}),
+    ],
+)
 def test_gradient_checkpointing_of_each_family(cls, config) -> None:
     audio = _audio()
     grads = []

@@ -109,8 +109,11 @@ def test_float16_entries_are_half_the_size_and_rounded_alike(tmp_path) -> None:
 def test_a_folder_that_is_not_ours_is_refused(tmp_path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("x")
-    with pytest.raises(CacheFolderError, match=r"model.encoder.cache_dir=.*mine: the folder holds files this "
-                                                r"project did not write"):
+    with pytest.raises(
+        CacheFolderError,
+        match=r"model.encoder.cache_dir=.*mine: the folder holds files this "
+        r"project did not write",
+    ):
         _encoder(tmp_path / "mine").embed(_audio(1), cache=True)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
     (tmp_path / "empty").mkdir()
@@ -144,6 +147,9 @@ def test_read_only_and_full_cache_folders_are_clear_errors(tmp_path, monkeypatch
             return False
 
     monkeypatch.setattr(store_mod, "atomic_open", Full)
-    with pytest.raises(CacheFolderError, match=r"^model.encoder.cache_dir=.*full: the disk is full; free space, or "
-                                                r"set model.encoder.cache_dir=null .*\(1 entries written by this run\)"):
+    with pytest.raises(
+        CacheFolderError,
+        match=r"^model.encoder.cache_dir=.*full: the disk is full; free space, or "
+        r"set model.encoder.cache_dir=null .*\(1 entries written by this run\)",
+    ):
         enc.embed(_audio(1, seed=2), cache=True)

@@ -14,8 +14,9 @@ class TinyNet(nn.Module):
         super().__init__()
         self.dim, self.sample_rate, self.frame_hop = dim, 16000, hop / 16000
         self.front = nn.Conv1d(1, dim, 2 * hop, stride=hop, padding=hop // 2)
-        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(dim, 2, 16, dropout=dropout, batch_first=True)
-                                    for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, 2, 16, dropout=dropout, batch_first=True) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def hidden_states(self, audio: torch.Tensor) -> list[torch.Tensor]:
