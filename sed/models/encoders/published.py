@@ -14,13 +14,36 @@ naming ``model.encoder.path``.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
 from sed.models.encoders.base import AudioEncoder
 
 _DOCS = "docs/encoders.md lists the published checkpoints"
+
+
+def _network(
+    family: str,
+    example: str,
+    path: Optional[str],
+    config: Optional[dict[str, Any]],
+    load: Callable[..., nn.Module],
+    build: Callable[[dict], nn.Module],
+    *load_args: Any,
+) -> nn.Module:
+    """The network of ``path`` (``load``; its errors name ``model.encoder.path``) or of ``config`` (``build``)."""
+    if path is not None:
+        return load(os.path.expanduser(str(path)), *load_args)
+    if config is not None:
+        try:
+            return build(dict(config))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.encoder.config: {err}") from None
+    raise ValueError(
+        f"model.encoder needs a path (a {family} checkpoint file, e.g. {example}; {_DOCS}) or a config ({family} "
+        "config keys of a random model)"
+    )
 
 
 class BEATsEncoder(AudioEncoder):
@@ -31,18 +54,7 @@ class BEATsEncoder(AudioEncoder):
         super().__init__(**options)
         from sed.models.encoders.beats import BEATs, load_beats
 
-        if path is not None:
-            model = load_beats(os.path.expanduser(str(path)))  # errors name model.encoder.path
-        elif config is not None:
-            try:
-                model = BEATs(dict(config))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"model.encoder.config: {err}") from None
-        else:
-            raise ValueError(
-                f"model.encoder needs a path (a BEATs checkpoint file, e.g. BEATs_iter3_plus_AS2M.pt; "
-                f"{_DOCS}) or a config (BEATs config keys of a random model)"
-            )
+        model = _network("BEATs", "BEATs_iter3_plus_AS2M.pt", path, config, load_beats, BEATs)
         self._attach(model, {"beats": dict(model.config)})
 
     def blocks(self) -> Sequence[nn.Module]:
@@ -61,18 +73,8 @@ class ATSTFrameEncoder(AudioEncoder):
         super().__init__(**options)
         from sed.models.encoders.atst import ATSTFrame, load_atst_frame
 
-        if path is not None:
-            model = load_atst_frame(os.path.expanduser(str(path)), config)  # errors name model.encoder.path
-        elif config is not None:
-            try:
-                model = ATSTFrame(dict(config))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"model.encoder.config: {err}") from None
-        else:
-            raise ValueError(
-                f"model.encoder needs a path (an ATST-Frame checkpoint file, e.g. atstframe_base.ckpt; "
-                f"{_DOCS}) or a config (ATST-Frame config keys of a random model)"
-            )
+        # with a path, config may set the dropout rates only
+        model = _network("ATST-Frame", "atstframe_base.ckpt", path, config, load_atst_frame, ATSTFrame, config)
         self._attach(model, {"atst_frame": dict(model.config)})
 
     def blocks(self) -> Sequence[nn.Module]:
