@@ -24,6 +24,7 @@ from sed.run.data_config import (  # noqa: F401  (part of this schema)
     TrainSubsetConfig,
 )
 from sed.run.model_config import (  # noqa: F401
+    BEATsEncoderConfig,
     EncoderConfig,
     FrameLevelConfig,
     ModelConfig,
@@ -237,7 +238,7 @@ KNOWN_TARGETS: Dict[str, type] = {
     "sed.models.pretrained_crnn.PretrainedCRNN": PretrainedCRNNConfig,
     "sed.models.frame_level.FrameLevelSED": FrameLevelConfig,
     "sed.models.encoders.ast.ASTEncoder": EncoderConfig,
-    "sed.models.encoders.published.BEATsEncoder": EncoderConfig,
+    "sed.models.encoders.published.BEATsEncoder": BEATsEncoderConfig,
     "sed.models.encoders.published.ATSTFrameEncoder": EncoderConfig,
     "pytorch_lightning.callbacks.ModelCheckpoint": CheckpointConfig,
 }

@@ -72,6 +72,14 @@ class EncoderConfig:
 
 
 @dataclass
+class BEATsEncoderConfig(EncoderConfig):
+    """BEATs' node: the interface's keys and how its patch tokens become frames."""
+
+    _target_: str = "sed.models.encoders.published.BEATsEncoder"
+    frames: str = "columns"  # columns: tokens averaged per time column (0.16 s) | tokens: as the 2024 baseline
+
+
+@dataclass
 class PretrainedCRNNConfig(ModelConfig):
     """Schema of ``model=crnn_ast`` / ``crnn_beats`` (sed.models.pretrained_crnn.PretrainedCRNN): the CRNN's keys,
     the encoder node (checked against EncoderConfig when it names a shipped family), the fusion and the width of

@@ -284,6 +284,20 @@ CARDS["multi_dataset_quick"] = {
 }
 
 
+# The DCASE 2024 baseline itself: its training card with frozen BEATs frame embeddings (pool1d, concatenated before
+# the BiGRU), kept on disk.
+CARDS["dcase2024_beats_crnn"] = {
+    **CARDS["dcase2024_crnn"],
+    "model._target_": "sed.models.pretrained_crnn.PretrainedCRNN",
+    "model.fusion": "concat_then_project",
+    "model.encoder._target_": "sed.models.encoders.published.BEATsEncoder",
+    "model.encoder.frames": "tokens",  # pool1d over the flattened patch tokens
+    "model.encoder.frozen": True,
+    "model.encoder.layer": "last",
+    "model.encoder.cache_dir": "/tmp/sed-test-compose/embedding_cache".replace("/tmp", tempfile.gettempdir()),
+}
+
+
 def _compose(name: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=[f"exp={name}", "data.root=/data", SCRATCH])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from sed.models.encoders.base import AudioEncoder
 
@@ -48,14 +48,39 @@ def _network(
 
 class BEATsEncoder(AudioEncoder):
     """BEATs from ``path`` (a published checkpoint file) or ``config`` (BEATsConfig keys of a random model);
-    ``**options``: the interface's (``sample_rate``, ``layer``, ``frozen``, ``cache_dir``, ...)."""
+    ``**options``: the interface's (``sample_rate``, ``layer``, ``frozen``, ``cache_dir``, ...).
 
-    def __init__(self, path: Optional[str] = None, config: Optional[dict[str, Any]] = None, **options: Any) -> None:
+    ``frames``: ``"columns"`` averages each time column's patch tokens over frequency (one frame every 0.16 s);
+    ``"tokens"`` gives the patch tokens themselves in time-major order (8 per column), as the DCASE 2024 baseline
+    stores them: a model that average-pools them to its own frames then computes exactly the baseline's pool1d.
+    """
+
+    FRAMES = ("columns", "tokens")
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        config: Optional[dict[str, Any]] = None,
+        frames: str = "columns",
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         from sed.models.encoders.beats import BEATs, load_beats
 
+        if frames not in self.FRAMES:
+            raise ValueError(f"model.encoder.frames must be one of {self.FRAMES}, got {frames!r}")
+        self.frames = frames
         model = _network("BEATs", "BEATs_iter3_plus_AS2M.pt", path, config, load_beats, BEATs)
-        self._attach(model, {"beats": dict(model.config)})
+        per_column = 128 // model.patch if frames == "tokens" else 1  # frequency patches of one time column
+        self._attach(model, {"beats": dict(model.config), "frames": frames}, frame_hop=model.frame_hop / per_column)
+
+    def network_forward(self, audio: Tensor) -> Tensor:
+        if self.frames == "tokens":
+            return self.model.token_states(audio)[-1].transpose(1, 2)
+        return super().network_forward(audio)
+
+    def network_hidden_states(self, audio: Tensor) -> list[Tensor]:
+        return self.model.token_states(audio) if self.frames == "tokens" else super().network_hidden_states(audio)
 
     def blocks(self) -> Sequence[nn.Module]:
         return list(self.model.encoder.layers) if hasattr(self, "model") else []

@@ -105,3 +105,19 @@ def test_bad_checkpoint_paths_are_one_line_errors(cls, other, tmp_path) -> None:
         cls()
     with pytest.raises(ValueError, match="model.encoder.config"):
         cls(config={"no_such_key": 1})
+
+
+def test_beats_tokens_are_the_baselines_frames() -> None:
+    """frames=tokens: the patch tokens as the DCASE 2024 baseline stores them (the reference's extract_features,
+    [B, D, T' * 8]); frames=columns averages the 8 tokens of each time column."""
+    tokens = BEATsEncoder(path=str(BEATS), frames="tokens").eval()
+    columns = BEATsEncoder(path=str(BEATS)).eval()
+    net = load_beats(BEATS).eval()
+    audio = _audio(seconds=1.5)
+    with torch.no_grad():
+        got = tokens(audio)
+        torch.testing.assert_close(got, net.token_states(audio)[-1].transpose(1, 2))
+        torch.testing.assert_close(columns(audio), got.unflatten(-1, (-1, 8)).mean(-1))
+    assert tokens.frame_hop == pytest.approx(columns.frame_hop / 8) and tokens.identity != columns.identity
+    with pytest.raises(ValueError, match="model.encoder.frames"):
+        BEATsEncoder(path=str(BEATS), frames="patches")
