@@ -102,9 +102,7 @@ def resample(wav: torch.Tensor, orig: int, target: int, hint: str = "") -> torch
         return _resampler(int(orig), int(target), wav.dtype)(wav)
 
 
-def select_channel(
-    wav: torch.Tensor, channel: str = "mean", generator: torch.Generator | None = None
-) -> torch.Tensor:
+def select_channel(wav: torch.Tensor, channel: str = "mean", generator: torch.Generator | None = None) -> torch.Tensor:
     """``[channels, samples]`` -> ``[samples]``: channel mean, or one channel drawn at random."""
     if channel not in CHANNEL_MODES:
         raise ValueError(f"channel must be one of {CHANNEL_MODES}, got {channel!r}")

@@ -32,7 +32,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,7 +224,14 @@ def _check_durations(s: ClipSet, lengths: Mapping[str, float], tolerance: float)
     logger.warning(
         "%s: %d of %d duration(s) differ from the audio length by more than %g s, e.g. %s%s: %g s there, "
         "%.3f s of audio; events are bounded by the shorter, scoring uses durations.tsv",
-        source, len(off), len(lengths), tolerance, f"line {line}: " if line else "", f, s.durations[f], lengths[f],
+        source,
+        len(off),
+        len(lengths),
+        tolerance,
+        f"line {line}: " if line else "",
+        f,
+        s.durations[f],
+        lengths[f],
     )
 
 
@@ -255,7 +262,8 @@ def bound_events(
     starts_past = known & (onset >= end)
     problems = [
         AnnotationError(
-            source, line(i),
+            source,
+            line(i),
             f"event {describe(i)} starts at or after the end of its clip ({end[i]:.3f} s); "
             "is it annotated on the right file?",
         )
@@ -270,7 +278,12 @@ def bound_events(
         logger.warning(
             "%s: %d event(s) end more than %g s after the end of their clip and were clipped to it, "
             "e.g. line %s: %s, clip ends at %.3f s",
-            source, len(far), tolerance, line(i), describe(i), end[i],
+            source,
+            len(far),
+            tolerance,
+            line(i),
+            describe(i),
+            end[i],
         )
     out = events.copy()
     out["offset"] = np.where(past, end, offset)
@@ -333,3 +346,58 @@ def check_sets(
         names = ", ".join(s.name for s in sets)
         logger.info("Checked %d audio file(s) of %s: all readable (%s)", len(jobs), names, shown)
     return out
+
+
+def warn_unlisted_clips(durations: Path, tsv: Path, audio: Path, listed: dict[str, float], clips: list[str]) -> None:
+    """Warn about clips with a duration and audio but no ground-truth row: they are not evaluated."""
+    known = set(clips)
+    unlisted = [f for f in sorted(listed) if f not in known and (audio / f).is_file()]
+    if unlisted:
+        logger.warning(
+            "%d clip(s) of %s with audio in %s are not in %s and are not evaluated (DCASE ground truth lists a clip "
+            "without events as a row with empty onset, offset and label), e.g. %s",
+            len(unlisted),
+            durations,
+            audio,
+            tsv,
+            unlisted[:3],
+        )
+
+
+def audio_sample_rates(folders: Sequence[Path]) -> dict[int, int]:
+    """``{rate: number of files}`` over ``folders``, read from the files' headers (:func:`probe_files`); unreadable
+    or non-audio files are left to the checks of the sets."""
+    paths = []
+    for folder in dict.fromkeys(folders):
+        if folder.is_dir():
+            paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    return dict(Counter(info.sample_rate for info in probe_files(paths) if isinstance(info, AudioInfo)))
+
+
+def resolve_input_sample_rate(value: Any, model_rate: int, folders: Sequence[Path]) -> int | None:
+    """``features.input_sample_rate`` as the model is built with it: ``"auto"`` becomes the files' rate when they
+    all share one that differs from ``model_rate`` (the model then resamples; logged), else None (the loader
+    resamples, as without the key); the model's own rate becomes None too (no resampler, the same front-end and
+    checkpoints as without the key); any other value is returned as it is."""
+    if value != "auto":
+        return None if value is not None and value == int(model_rate) else value
+    rates = audio_sample_rates(folders)
+    if len(rates) == 1 and next(iter(rates)) != int(model_rate):
+        rate = next(iter(rates))
+        logger.info(
+            "features.input_sample_rate=auto: all %d audio files are at %d Hz, the model resamples them to "
+            "%d Hz on the device (the loader passes them at their own rate)",
+            rates[rate],
+            rate,
+            model_rate,
+        )
+        return rate
+    shown = ", ".join(f"{n} at {r} Hz" for r, n in sorted(rates.items())) or "no audio files found"
+    logger.info(
+        "features.input_sample_rate=auto: files %s; %s",
+        shown,
+        "already at the model's rate, nothing to resample"
+        if list(rates) == [int(model_rate)]
+        else f"the loader resamples to {model_rate} Hz",
+    )
+    return None

@@ -16,8 +16,8 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from sed.data.checks import check_sets
-from sed.data.datasets import SeededConcatDataset, SEDDataset, collate
+from sed.data.checks import audio_sample_rates, check_sets, resolve_input_sample_rate, warn_unlisted_clips
+from sed.data.datasets import SEDDataset, SeededConcatDataset, collate
 from sed.data.encoder import LabelEncoder
 from sed.data.generation import generate
 from sed.data.leakage import warn_shared_clips
@@ -37,18 +37,6 @@ from sed.data.tsv import AnnotationError, write_weak
 from sed.utils.errors import ConfigError, InputNotFoundError
 
 log = logging.getLogger(__name__)
-
-
-def _warn_unlisted_clips(durations: Path, tsv: Path, audio: Path, listed: dict[str, float], clips: list[str]) -> None:
-    """Warn about clips with a duration and audio but no ground-truth row: they are not evaluated."""
-    known = set(clips)
-    unlisted = [f for f in sorted(listed) if f not in known and (audio / f).is_file()]
-    if unlisted:
-        log.warning(
-            "%d clip(s) of %s with audio in %s are not in %s and are not evaluated (DCASE ground truth lists a clip "
-            "without events as a row with empty onset, offset and label), e.g. %s",
-            len(unlisted), durations, audio, tsv, unlisted[:3],
-        )
 
 
 def _init_worker(worker_id: int) -> None:
@@ -133,9 +121,17 @@ class SEDDataModule(pl.LightningDataModule):
         if datasets:
             self.datasets = parse_datasets(datasets, self.root)
         else:
-            self.datasets = [single_dataset(
-                self.root, (strong_tsv, strong_audio), (weak_tsv, weak_audio), (unlabeled_tsv, unlabeled_audio),
-                batch_sizes, (val_tsv, val_audio, val_durations), (test_tsv, test_audio, test_durations))]
+            self.datasets = [
+                single_dataset(
+                    self.root,
+                    (strong_tsv, strong_audio),
+                    (weak_tsv, weak_audio),
+                    (unlabeled_tsv, unlabeled_audio),
+                    batch_sizes,
+                    (val_tsv, val_audio, val_durations),
+                    (test_tsv, test_audio, test_durations),
+                )
+            ]
         self.subsets: dict[str, TrainSubset] = {t.name: t for d in self.datasets for t in d.train}
         self.eval_sets: dict[str, EvalSet] = {e.name: e for d in self.datasets for e in d.eval_sets()}
         self._dataset = {d.name: d for d in self.datasets}
@@ -144,7 +140,9 @@ class SEDDataModule(pl.LightningDataModule):
         if isinstance(epoch_length, str) and epoch_length.strip().isdigit():
             epoch_length = int(epoch_length)
         if not (epoch_length in ("min", "max") or (isinstance(epoch_length, int) and epoch_length > 0)):
-            raise ConfigError(f"data.epoch_length must be 'min', 'max' or a number of batches > 0, got {epoch_length!r}")
+            raise ConfigError(
+                f"data.epoch_length must be 'min', 'max' or a number of batches > 0, got {epoch_length!r}"
+            )
         self.epoch_length = epoch_length
         self.num_workers = num_workers
         self.channel = channel
@@ -155,8 +153,9 @@ class SEDDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.weak_val_fraction must be in [0, 1), got {weak_val_fraction}")
         weak = [t.name for t in self.subsets.values() if t.kind == "weak"]
         if weak_val_fraction > 0 and len(weak) > 1:
-            raise DatasetConfigError(f"data.weak_val_fraction holds out clips of one weak subset; there are several "
-                                     f"({weak})")
+            raise DatasetConfigError(
+                f"data.weak_val_fraction holds out clips of one weak subset; there are several ({weak})"
+            )
         self.weak_val_fraction = float(weak_val_fraction)
         self.seed = seed
         self.encoder: Optional[LabelEncoder] = None
@@ -182,7 +181,8 @@ class SEDDataModule(pl.LightningDataModule):
             raise DatasetConfigError(
                 "post-processing tuned on validation (evaluation.tune_postprocessing, evaluation.postprocessing=sebbs) "
                 "and evaluation.save_validation_scores take one dataset; with several, set them off (the fixed "
-                "evaluation.median_window, one length per class, applies)")
+                "evaluation.median_window, one length per class, applies)"
+            )
         self._validate_at_test = bool(value)
 
     # ------------------------------------------------------------------ paths and classes
@@ -251,38 +251,16 @@ class SEDDataModule(pl.LightningDataModule):
         return int(self.input_sample_rate or self.sample_rate)
 
     def audio_sample_rates(self) -> dict[int, int]:
-        """``{rate: number of files}`` over the audio folders of the training subsets and the evaluation sets in use,
-        read from the files' headers (:func:`sed.data.checks.probe_files`); unreadable or non-audio files are left
-        to the checks of :meth:`setup`."""
-        from collections import Counter
+        """``{rate: number of files}`` of the audio folders in use (:func:`sed.data.checks.audio_sample_rates`)."""
+        return audio_sample_rates(self._audio_folders())
 
-        from sed.data.checks import AudioInfo, probe_files
-
-        folders = [t.audio for t in self.subsets.values()] + [e.audio for e in self.eval_sets.values()]
-        paths = []
-        for folder in dict.fromkeys(folders):
-            if folder.is_dir():
-                paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
-        return dict(Counter(info.sample_rate for info in probe_files(paths) if isinstance(info, AudioInfo)))
+    def _audio_folders(self) -> list[Path]:
+        return [t.audio for t in self.subsets.values()] + [e.audio for e in self.eval_sets.values()]
 
     def resolve_input_sample_rate(self, value: Any, model_rate: int) -> int | None:
-        """``features.input_sample_rate`` as the model is built with it: ``"auto"`` becomes the files' rate when they
-        all share one that differs from ``model_rate`` (the model then resamples; logged), else None (the loader
-        resamples, as without the key); the model's own rate becomes None too (no resampler, the same front-end and
-        checkpoints as without the key); any other value is returned as it is."""
-        if value != "auto":
-            return None if value is not None and value == int(model_rate) else value
-        rates = self.audio_sample_rates()
-        if len(rates) == 1 and next(iter(rates)) != int(model_rate):
-            rate = next(iter(rates))
-            log.info("features.input_sample_rate=auto: all %d audio files are at %d Hz, the model resamples them to "
-                     "%d Hz on the device (the loader passes them at their own rate)", rates[rate], rate, model_rate)
-            return rate
-        shown = ", ".join(f"{n} at {r} Hz" for r, n in sorted(rates.items())) or "no audio files found"
-        log.info("features.input_sample_rate=auto: files %s; %s", shown,
-                 "already at the model's rate, nothing to resample" if list(rates) == [int(model_rate)]
-                 else f"the loader resamples to {model_rate} Hz")
-        return None
+        """``features.input_sample_rate`` as the model is built with it, from the rates of the audio folders in use
+        (:func:`sed.data.checks.resolve_input_sample_rate`)."""
+        return resolve_input_sample_rate(value, model_rate, self._audio_folders())
 
     # ------------------------------------------------------------------ datasets
     def _make(self, audio: Path, filenames: list[str], train: bool, **labels) -> SEDDataset:
@@ -312,8 +290,13 @@ class SEDDataModule(pl.LightningDataModule):
         held = {filenames[i] for i in order[:n_val]}
         train = [f for f in filenames if f not in held]
         held_out = [f for f in filenames if f in held]
-        log.info("Holding out %d of %d weak clips for validation (data.weak_val_fraction=%g, seed %d)",
-                 n_val, len(filenames), self.weak_val_fraction, self.seed)
+        log.info(
+            "Holding out %d of %d weak clips for validation (data.weak_val_fraction=%g, seed %d)",
+            n_val,
+            len(filenames),
+            self.weak_val_fraction,
+            self.seed,
+        )
         if self.trainer is not None and self.trainer.is_global_zero:
             path = Path(self.trainer.default_root_dir) / "weak_validation.tsv"
             write_weak(labels[labels["filename"].isin(held)], path)
@@ -326,13 +309,17 @@ class SEDDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and not self.train_sets:
             names = list(self.subsets)
             if not names:
-                raise ConfigError("No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off"
-                                 if len(self.datasets) == 1 and self.datasets[0].key == "data"
-                                 else "No training data: no dataset of data.datasets has a train subset")
+                raise ConfigError(
+                    "No training data: data.strong_tsv, data.weak_tsv and data.unlabeled_tsv are all off"
+                    if len(self.datasets) == 1 and self.datasets[0].key == "data"
+                    else "No training data: no dataset of data.datasets has a train subset"
+                )
         if stage in (None, "fit", "validate") or (stage == "test" and self.validate_at_test):
             names += self.stage_sets("val")
             if not self.stage_sets("val") and stage in (None, "fit", "validate"):
-                raise DatasetConfigError("data.datasets: no dataset has a validation set (checkpoints are selected on it)")
+                raise DatasetConfigError(
+                    "data.datasets: no dataset has a validation set (checkpoints are selected on it)"
+                )
         if stage in (None, "test") or (stage == "fit" and self.check_test):
             names += self.stage_sets("test")
         return [n for n in names if n not in self.eval_datasets]
@@ -344,12 +331,17 @@ class SEDDataModule(pl.LightningDataModule):
     def _extra(self, subset: TrainSubset) -> dict[str, torch.Tensor]:
         """The per-item fields of a training subset: its dataset's class mask, its mixup group, consistency."""
         groups = [(t.dataset, t.kind) for t in self.subsets.values() if t.kind != "unlabeled"]
-        groups = list(dict.fromkeys(sorted(groups, key=lambda g: (self.datasets.index(self._dataset[g[0]]),
-                                                                   ("strong", "weak").index(g[1])))))
+        groups = list(
+            dict.fromkeys(
+                sorted(groups, key=lambda g: (self.datasets.index(self._dataset[g[0]]), ("strong", "weak").index(g[1])))
+            )
+        )
         key = (subset.dataset, subset.kind)
-        return {"class_mask": torch.from_numpy(self.class_mask(subset.dataset)),
-                "mix_group": torch.tensor(groups.index(key) if key in groups else -1),
-                "consistency": torch.tensor(subset.consistency)}
+        return {
+            "class_mask": torch.from_numpy(self.class_mask(subset.dataset)),
+            "mix_group": torch.tensor(groups.index(key) if key in groups else -1),
+            "consistency": torch.tensor(subset.consistency),
+        }
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.encoder is None:
@@ -381,7 +373,7 @@ class SEDDataModule(pl.LightningDataModule):
             else:
                 spec = self.eval_sets[name]
                 self.ground_truth[name], self.durations[name] = kwargs["strong"], clips.durations
-                _warn_unlisted_clips(spec.durations, spec.tsv, spec.audio, clips.durations, clips.filenames)
+                warn_unlisted_clips(spec.durations, spec.tsv, spec.audio, clips.durations, clips.filenames)
                 # Whole clips: one longer than clip_duration is evaluated over its whole length (SEDModule._eval_step).
                 self.eval_datasets[name] = self._make(spec.audio, clips.filenames, False, whole_clip=True, **kwargs)
         if any(clips.name in self.subsets for clips, _ in read):

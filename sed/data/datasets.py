@@ -140,9 +140,7 @@ class SEDDataset(Dataset):
             filenames = list(dict.fromkeys(labels["filename"]))
         self.filenames: list[str] = [str(f) for f in filenames]
         if not self.filenames:
-            raise AnnotationError(
-                self.source or self.audio_dir, None, f"empty dataset: no {self.kind} clips listed"
-            )
+            raise AnnotationError(self.source or self.audio_dir, None, f"empty dataset: no {self.kind} clips listed")
         if len(set(self.filenames)) != len(self.filenames):
             seen: set[str] = set()
             dup = next(f for f in self.filenames if f in seen or seen.add(f))
@@ -174,20 +172,15 @@ class SEDDataset(Dataset):
 
     def _check_files(self, check_readable: bool) -> None:
         if not self.audio_dir.is_dir():
-            raise AnnotationError(
-                self.source or self.audio_dir, None, f"audio folder {self.audio_dir} does not exist"
-            )
+            raise AnnotationError(self.source or self.audio_dir, None, f"audio folder {self.audio_dir} does not exist")
         present = {e.name for e in os.scandir(self.audio_dir) if e.is_file()}
         missing = [
-            f for f in self.filenames
-            if f not in present and not (os.sep in f and (self.audio_dir / f).is_file())
+            f for f in self.filenames if f not in present and not (os.sep in f and (self.audio_dir / f).is_file())
         ]
         if missing:
             where, line = self._where(missing[0])
             more = f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""
-            raise AnnotationError(
-                where, line, f"audio file {self.audio_dir / missing[0]} listed but not found{more}"
-            )
+            raise AnnotationError(where, line, f"audio file {self.audio_dir / missing[0]} listed but not found{more}")
         if check_readable:
             for f in self.filenames:
                 try:
@@ -357,9 +350,7 @@ class SEDDataset(Dataset):
             ch = self._pick_channel(info.channels, gen)
             start = self._crop_start(info.frames, gen, window)
             try:
-                data, _ = sf.read(
-                    os.fspath(path), start=start, frames=self.n_samples, dtype="float32", always_2d=True
-                )
+                data, _ = sf.read(os.fspath(path), start=start, frames=self.n_samples, dtype="float32", always_2d=True)
             except Exception as err:  # noqa: BLE001
                 raise AudioError(f"{path}: cannot read audio file: {err}") from None
             data = check_finite(data, path, self.nonfinite)
@@ -408,8 +399,9 @@ class SEDDataset(Dataset):
             if ev is None:
                 strong = np.zeros((n_classes, n_frames), dtype=np.float32)
             else:
-                strong = self.encoder.encode_arrays(*ev, shift=start / self.sample_rate, n_frames=n_frames,
-                                                    values=self._confidences.get(name))
+                strong = self.encoder.encode_arrays(
+                    *ev, shift=start / self.sample_rate, n_frames=n_frames, values=self._confidences.get(name)
+                )
             weak = strong.max(axis=1)
         elif self.kind == "weak":
             strong = np.zeros((n_classes, n_frames), dtype=np.float32)

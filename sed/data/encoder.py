@@ -103,7 +103,7 @@ class LabelEncoder:
             offset = np.array([r[1] for r in rows], dtype=np.float64)
             labels = [r[2] for r in rows]
         valid = ~(np.isnan(onset) | np.isnan(offset))
-        idx = np.array([self.class_index(l) for l, v in zip(labels, valid) if v], dtype=np.int64)
+        idx = np.array([self.class_index(label) for label, v in zip(labels, valid) if v], dtype=np.int64)
         return onset[valid], offset[valid], idx
 
     def encode_arrays(
@@ -172,9 +172,7 @@ class LabelEncoder:
         cls_on, f_on = np.nonzero(change == 1)
         _, f_off = np.nonzero(change == -1)  # same row-major order: pairs with the onsets
         fd = self.frame_duration
-        events = [
-            (self.classes[c], float(a) * fd, float(e) * fd) for c, a, e in zip(cls_on, f_on, f_off)
-        ]
+        events = [(self.classes[c], float(a) * fd, float(e) * fd) for c, a, e in zip(cls_on, f_on, f_off)]
         events.sort(key=lambda ev: (ev[1], self._index[ev[0]]))
         return events
 

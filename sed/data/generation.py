@@ -18,8 +18,12 @@ def _advice(err: Exception, dataset: Dataset) -> str:
     """A refused generation in the configuration's terms: which keys to set."""
     single = dataset.key == "data"
     root_key = "data.root" if single else f"{dataset.key}.root"
-    keys = {"seed": "data.generate_seed", "sizes": "data.generate_sizes" if single else f"{dataset.key}.generate_sizes",
-            "clip_duration": "data.clip_duration", "sample_rate": "data.sample_rate"}
+    keys = {
+        "seed": "data.generate_seed",
+        "sizes": "data.generate_sizes" if single else f"{dataset.key}.generate_sizes",
+        "clip_duration": "data.clip_duration",
+        "sample_rate": "data.sample_rate",
+    }
     differences = getattr(err, "differences", {})
     if not differences:
         return (
@@ -28,8 +32,10 @@ def _advice(err: Exception, dataset: Dataset) -> str:
             "(and its paths, e.g. data=desed for a prepared DESED copy); to generate the embedded data, point "
             f"{root_key} at a new or empty folder."
         )
-    listed = "; ".join(f"{keys.get(k, f'generator {k}')}: {found!r} there, {wanted!r} in this run"
-                       for k, (found, wanted) in differences.items())
+    listed = "; ".join(
+        f"{keys.get(k, f'generator {k}')}: {found!r} there, {wanted!r} in this run"
+        for k, (found, wanted) in differences.items()
+    )
     return (
         f"{root_key}={err.root} holds the synthetic dataset generated with other settings ({listed}); it is not "
         f"regenerated in place. Use it with its own settings, or point {root_key} at a new folder to generate one "
@@ -37,8 +43,9 @@ def _advice(err: Exception, dataset: Dataset) -> str:
     )
 
 
-def generate(dataset: Dataset, seed: int, clip_duration: float, sample_rate: int,
-             sizes: Optional[Mapping[str, int]] = None) -> None:
+def generate(
+    dataset: Dataset, seed: int, clip_duration: float, sample_rate: int, sizes: Optional[Mapping[str, int]] = None
+) -> None:
     """Generate ``dataset`` into its root as its ``generate`` says (nothing when it says nothing); ``sizes``: the
     clips' default sizes (``data.generate_sizes``, splits strong/weak/...), a dataset's own ``generate_sizes`` come
     first. The recordings have other splits (train/validation/test): only their own sizes apply to them."""
@@ -49,8 +56,9 @@ def generate(dataset: Dataset, seed: int, clip_duration: float, sample_rate: int
     try:
         if dataset.generate == "clips":
             sizes = own or (dict(sizes) if sizes else None)
-            sed.synth.generate_dataset(dataset.root, seed=seed, clip_duration=clip_duration, sample_rate=sample_rate,
-                                       sizes=sizes)
+            sed.synth.generate_dataset(
+                dataset.root, seed=seed, clip_duration=clip_duration, sample_rate=sample_rate, sizes=sizes
+            )
         elif dataset.generate == "recordings":
             sed.synth.generate_recordings(dataset.root, seed=seed, sample_rate=sample_rate, sizes=own)
     except GenerationRefused as err:

@@ -90,13 +90,19 @@ def check_outputs(
         if out in given or out in recordings:
             raise ValueError(f"-o {output} is one of the inputs: writing the detections there would replace it")
         if out.is_file() and _is_audio(out):
-            raise ValueError(f"-o {output} is an existing audio file: give the event TSV to write (e.g. detections.tsv)")
+            raise ValueError(
+                f"-o {output} is an existing audio file: give the event TSV to write (e.g. detections.tsv)"
+            )
     if scores_dir is not None:
         folder = Path(scores_dir).resolve()
         held = next((p for p in [*given, *recordings] if p == folder or folder in p.parents), None)
         if held is not None:
-            raise ValueError(f"--scores-dir {scores_dir} holds input {held}: it is replaced as a whole when written; "
-                             "give a new folder")
+            raise ValueError(
+                f"--scores-dir {scores_dir} holds input {held}: it is replaced as a whole when written; "
+                "give a new folder"
+            )
         if output is not None and folder in Path(output).resolve().parents:
-            raise ValueError(f"-o {output} is inside --scores-dir {scores_dir}, which is replaced as a whole when "
-                             "written: write the event TSV elsewhere")
+            raise ValueError(
+                f"-o {output} is inside --scores-dir {scores_dir}, which is replaced as a whole when "
+                "written: write the event TSV elsewhere"
+            )

@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 PAIRS: tuple[tuple[str, str, str], ...] = (
     ("weak", "strong", "they are trained on twice"),
     *(("test", s, "the test scores would be optimistic") for s in ("strong", "weak", "unlabeled", "val")),
-    *(("val", s, "the checkpoint and the post-processing chosen on validation would favour them")
-      for s in ("strong", "weak", "unlabeled")),
+    *(
+        ("val", s, "the checkpoint and the post-processing chosen on validation would favour them")
+        for s in ("strong", "weak", "unlabeled")
+    ),
 )
 _BLOCK = 4096
 
@@ -60,12 +62,18 @@ def _pairs(sets: Sequence[ClipSet], roles: Optional[Mapping[str, str]]) -> list[
     """``(set, other, why)`` for every two sets whose roles (``roles[name]``, else the name) make a pair of
     :data:`PAIRS`."""
     role = {s.name: (roles or {}).get(s.name, s.name) for s in sets}
-    return [(a.name, b.name, why) for ra, rb, why in PAIRS for a in sets for b in sets
-            if a.name != b.name and role[a.name] == ra and role[b.name] == rb]
+    return [
+        (a.name, b.name, why)
+        for ra, rb, why in PAIRS
+        for a in sets
+        for b in sets
+        if a.name != b.name and role[a.name] == ra and role[b.name] == rb
+    ]
 
 
-def shared_clips(sets: Sequence[ClipSet], roles: Optional[Mapping[str, str]] = None,
-                 workers: int = 8) -> list[tuple[str, str, list[tuple[str, str]]]]:
+def shared_clips(
+    sets: Sequence[ClipSet], roles: Optional[Mapping[str, str]] = None, workers: int = 8
+) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """``(set, other, [(filename in set, filename in other), ...])`` for each pair of sets of ``sets`` whose roles
     make a pair of :data:`PAIRS` and that share clips: the same file (resolved path) or the same content.
     ``roles`` maps a set's name to its role (``strong``, ``weak``, ``unlabeled``, ``val``, ``test``); a set not in
@@ -88,7 +96,7 @@ def shared_clips(sets: Sequence[ClipSet], roles: Optional[Mapping[str, str]] = N
             continue
         hashes = {path: _content_hash(path) for _, _, path in members}  # equal fingerprints: confirm
         for i, (na, fa, pa) in enumerate(members):
-            for nb, fb, pb in members[i + 1:]:
+            for nb, fb, pb in members[i + 1 :]:
                 if na != nb and (pa == pb or (hashes[pa] is not None and hashes[pa] == hashes[pb])):
                     same[(na, nb)].add((fa, fb))
                     same[(nb, na)].add((fb, fa))
@@ -102,5 +110,11 @@ def warn_shared_clips(sets: Sequence[ClipSet], roles: Optional[Mapping[str, str]
     for a, b, found in shared_clips(sets, roles):
         clips = len({fa for fa, _ in found})
         examples = ", ".join(fa if fa == fb else f"{fa} = {fb}" for fa, fb in found[:3])
-        logger.warning("%d clip(s) of the %s set are also in the %s set (the same file or the same audio): %s; "
-                       "e.g. %s", clips, a, b, why[(a, b)], examples)
+        logger.warning(
+            "%d clip(s) of the %s set are also in the %s set (the same file or the same audio): %s; e.g. %s",
+            clips,
+            a,
+            b,
+            why[(a, b)],
+            examples,
+        )

@@ -89,7 +89,8 @@ class MixedBatchSampler(Sampler[list[int]]):
         if self.n_batches < 1:
             short = [
                 f"{self.names[i]}: {self.per_rank[i]} clips per rank < batch size {self.batch_sizes[i]}"
-                for i in active if self.per_rank[i] < self.batch_sizes[i]
+                for i in active
+                if self.per_rank[i] < self.batch_sizes[i]
             ]
             raise ValueError(f"epoch would have no batch ({'; '.join(short) or epoch_length})")
         self.epoch_length = epoch_length

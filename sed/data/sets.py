@@ -136,16 +136,25 @@ def single_dataset(
     always with these keys, a subset whose TSV is null or whose batch size is 0 is left out."""
     root = Path(root)
     if len(batch_sizes) != 3:
-        raise DatasetConfigError(
-            f"data.batch_sizes needs 3 numbers (strong, weak, unlabeled), got {list(batch_sizes)}")
+        raise DatasetConfigError(f"data.batch_sizes needs 3 numbers (strong, weak, unlabeled), got {list(batch_sizes)}")
     train = []
     for (kind, (tsv, audio)), size in zip(zip(KINDS, (strong, weak, unlabeled)), batch_sizes):
         if tsv is not None and int(size) > 0:
-            train.append(TrainSubset(kind, "data", kind, _path(root, tsv), _path(root, audio), int(size),
-                                     key=f"data.{kind}_tsv"))
-    sets = [EvalSet(stage, stage, "data", _path(root, tsv), _path(root, audio), _path(root, dur),
-                    key=f"data.{'val' if stage == 'val' else 'test'}_tsv")
-            for stage, (tsv, audio, dur) in (("val", val), ("test", test))]
+            train.append(
+                TrainSubset(kind, "data", kind, _path(root, tsv), _path(root, audio), int(size), key=f"data.{kind}_tsv")
+            )
+    sets = [
+        EvalSet(
+            stage,
+            stage,
+            "data",
+            _path(root, tsv),
+            _path(root, audio),
+            _path(root, dur),
+            key=f"data.{'val' if stage == 'val' else 'test'}_tsv",
+        )
+        for stage, (tsv, audio, dur) in (("val", val), ("test", test))
+    ]
     return Dataset("data", root, train=tuple(train), validation=sets[0], test=sets[1], generate="clips", key="data")
 
 
@@ -168,7 +177,8 @@ def _check_name(name: str, key: str) -> None:
     if not _NAME.match(name) or name in _RESERVED:
         raise DatasetConfigError(
             f"{key}: {name!r} cannot be a dataset or subset name (letters, digits, '_', '.', '-'; not one of "
-            f"{sorted(_RESERVED)}): it names metrics and folders")
+            f"{sorted(_RESERVED)}): it names metrics and folders"
+        )
 
 
 def _aliases(raw: Any, key: str) -> dict[str, tuple[str, ...]]:
@@ -203,23 +213,38 @@ def _train_subset(dataset: str, name: str, raw: Mapping[str, Any], root: Path, s
     if size is None or int(size) != size or int(size) < 1:
         raise DatasetConfigError(
             f"{key}.batch_size={size}: a listed subset needs at least 1 row per batch (remove the subset, e.g. "
-            f"~{key}, to train without it)")
+            f"~{key}, to train without it)"
+        )
     hop = raw.get("window_hop")
     if hop is not None and (kind == "weak" or float(hop) <= 0):
-        raise DatasetConfigError(f"{key}.window_hop={hop}: windows of long recordings need a hop > 0 seconds and "
-                                 "strong or unlabeled clips (a weak label says nothing about a window)")
+        raise DatasetConfigError(
+            f"{key}.window_hop={hop}: windows of long recordings need a hop > 0 seconds and "
+            "strong or unlabeled clips (a weak label says nothing about a window)"
+        )
     tsv = raw.get("tsv")
-    return TrainSubset(f"{dataset}/{name}" if several else name, dataset, kind,
-                       None if tsv is None else _path(root, tsv), _path(root, raw["audio"]), int(size),
-                       None if hop is None else float(hop), bool(raw.get("consistency", True)), key)
+    return TrainSubset(
+        f"{dataset}/{name}" if several else name,
+        dataset,
+        kind,
+        None if tsv is None else _path(root, tsv),
+        _path(root, raw["audio"]),
+        int(size),
+        None if hop is None else float(hop),
+        bool(raw.get("consistency", True)),
+        key,
+    )
 
 
-def _eval_set(dataset: str, stage: str, raw: Optional[Mapping[str, Any]], root: Path, several: bool,
-              key: str) -> Optional[EvalSet]:
+def _eval_set(
+    dataset: str, stage: str, raw: Optional[Mapping[str, Any]], root: Path, several: bool, key: str
+) -> Optional[EvalSet]:
     if raw is None:
         return None
-    for part, what in (("tsv", "its strong labels"), ("audio", "its audio folder"),
-                       ("durations", "a filename/duration TSV: scoring needs every recording's duration")):
+    for part, what in (
+        ("tsv", "its strong labels"),
+        ("audio", "its audio folder"),
+        ("durations", "a filename/duration TSV: scoring needs every recording's duration"),
+    ):
         if raw.get(part) is None:
             raise DatasetConfigError(f"{key}.{part} is not set ({what})")
     metrics = raw.get("metrics", "psds")
@@ -228,9 +253,18 @@ def _eval_set(dataset: str, stage: str, raw: Optional[Mapping[str, Any]], root: 
     confidence = float(raw.get("min_confidence", 0.5))
     if not 0.0 <= confidence < 1.0:
         raise DatasetConfigError(f"{key}.min_confidence={confidence} must lie in [0, 1)")
-    return EvalSet(f"{stage}/{dataset}" if several else stage, stage, dataset, _path(root, raw["tsv"]),
-                   _path(root, raw["audio"]), _path(root, raw["durations"]), metrics,
-                   _classes(raw.get("classes"), f"{key}.classes"), confidence, key)
+    return EvalSet(
+        f"{stage}/{dataset}" if several else stage,
+        stage,
+        dataset,
+        _path(root, raw["tsv"]),
+        _path(root, raw["audio"]),
+        _path(root, raw["durations"]),
+        metrics,
+        _classes(raw.get("classes"), f"{key}.classes"),
+        confidence,
+        key,
+    )
 
 
 def parse_datasets(datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]], root: str | Path) -> list[Dataset]:
@@ -249,13 +283,24 @@ def parse_datasets(datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]], ro
         generate = raw.get("generate")
         if generate is not None and generate not in GENERATORS:
             raise DatasetConfigError(f"{key}.generate: {generate!r} is not one of {GENERATORS} (or null)")
-        train = tuple(_train_subset(name, sub, dict(spec or {}), droot, several, f"{key}.train.{sub}")
-                      for sub, spec in dict(raw.get("train") or {}).items())
-        out.append(Dataset(
-            name, droot, _classes(raw.get("classes"), f"{key}.classes"), _aliases(raw.get("aliases"), f"{key}.aliases"),
-            train, _eval_set(name, "val", raw.get("validation"), droot, several, f"{key}.validation"),
-            _eval_set(name, "test", raw.get("test"), droot, several, f"{key}.test"),
-            generate, {str(k): int(v) for k, v in dict(raw.get("generate_sizes") or {}).items()}, key))
+        train = tuple(
+            _train_subset(name, sub, dict(spec or {}), droot, several, f"{key}.train.{sub}")
+            for sub, spec in dict(raw.get("train") or {}).items()
+        )
+        out.append(
+            Dataset(
+                name,
+                droot,
+                _classes(raw.get("classes"), f"{key}.classes"),
+                _aliases(raw.get("aliases"), f"{key}.aliases"),
+                train,
+                _eval_set(name, "val", raw.get("validation"), droot, several, f"{key}.validation"),
+                _eval_set(name, "test", raw.get("test"), droot, several, f"{key}.test"),
+                generate,
+                {str(k): int(v) for k, v in dict(raw.get("generate_sizes") or {}).items()},
+                key,
+            )
+        )
     if not out:
         raise DatasetConfigError("data.datasets is empty: describe at least one dataset")
     return out
@@ -278,13 +323,16 @@ def check_classes(datasets: Sequence[Dataset], model_classes: Sequence[str]) -> 
     for d in datasets:
         extra = [c for c in d.classes or () if c not in known]
         if extra:
-            raise DatasetConfigError(f"{d.key}.classes: {extra} are not among the model's classes {list(model_classes)}")
+            raise DatasetConfigError(
+                f"{d.key}.classes: {extra} are not among the model's classes {list(model_classes)}"
+            )
         annotated = set(d.annotated(model_classes))
         for label, targets in d.aliases.items():
             for target in targets:
                 if target not in known:
                     raise DatasetConfigError(
-                        f"{d.key}.aliases.{label!r}: {target!r} is not one of the model's classes {list(model_classes)}")
+                        f"{d.key}.aliases.{label!r}: {target!r} is not one of the model's classes {list(model_classes)}"
+                    )
         for s in d.eval_sets():
             outside = [c for c in s.classes or () if c not in annotated]
             if outside:
@@ -296,7 +344,8 @@ def check_classes(datasets: Sequence[Dataset], model_classes: Sequence[str]) -> 
         if orphans:
             raise DatasetConfigError(
                 f"data.classes: {orphans} annotated by no training dataset (its classes or aliases); the model would "
-                "never learn them: remove them or add them to a dataset's classes")
+                "never learn them: remove them or add them to a dataset's classes"
+            )
 
 
 def describe_classes(datasets: Sequence[Dataset], model_classes: Sequence[str]) -> str:
@@ -319,8 +368,11 @@ def map_strong(events: pd.DataFrame, labels: Mapping[str, Sequence[str]]) -> pd.
     class); no-event rows and ``attrs`` (row lines follow the rows) kept. Identity when every label maps to itself."""
     if all(tuple(t) == (label,) for label, t in labels.items()):
         return events
-    pairs = [(i, target) for i, label in enumerate(events["event_label"])
-             for target in (labels.get(label, (label,)) if label else (label,))]
+    pairs = [
+        (i, target)
+        for i, label in enumerate(events["event_label"])
+        for target in (labels.get(label, (label,)) if label else (label,))
+    ]
     out = events.iloc[[i for i, _ in pairs]].reset_index(drop=True)
     out["event_label"] = [target for _, target in pairs]
     out.attrs = dict(events.attrs)
@@ -332,8 +384,9 @@ def map_strong(events: pd.DataFrame, labels: Mapping[str, Sequence[str]]) -> pd.
 def map_weak(weak: pd.DataFrame, labels: Mapping[str, Sequence[str]]) -> pd.DataFrame:
     """Weak labels (tuples) with each label replaced by the model classes it marks."""
     out = weak.copy()
-    out["event_labels"] = [tuple(dict.fromkeys(t for label in ls for t in labels.get(label, (label,))))
-                           for ls in weak["event_labels"]]
+    out["event_labels"] = [
+        tuple(dict.fromkeys(t for label in ls for t in labels.get(label, (label,)))) for ls in weak["event_labels"]
+    ]
     out.attrs = dict(weak.attrs)
     return out
 
@@ -353,8 +406,9 @@ def scored_events(events: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_set(name: str, spec: TrainSubset | EvalSet, dataset: Dataset, model_classes: Sequence[str],
-             problems: list) -> Optional[tuple[Any, dict]]:
+def read_set(
+    name: str, spec: TrainSubset | EvalSet, dataset: Dataset, model_classes: Sequence[str], problems: list
+) -> Optional[tuple[Any, dict]]:
     """The clips of set ``name`` (a :class:`sed.data.checks.ClipSet` to check) and the labels its
     :class:`sed.data.datasets.SEDDataset` takes (``{"strong": …}`` or ``{"weak": …}``), in the model's classes:
     aliases applied, an evaluation set's ground truth on its scored classes. A bad annotation file goes to

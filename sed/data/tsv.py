@@ -145,19 +145,17 @@ def _rows(
     missing = [c for c in required if c not in header]
     if missing:
         hint = " (is the file tab-separated?)" if len(header) == 1 and len(required) > 1 else ""
-        raise AnnotationError(
-            path, 1, f"missing column(s) {', '.join(map(repr, missing))}; header has {header}{hint}"
-        )
+        raise AnnotationError(path, 1, f"missing column(s) {', '.join(map(repr, missing))}; header has {header}{hint}")
     n_rows = 0
     for number, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
             continue
         fields = [f.strip() for f in raw.split("\t")]
         n_rows += 1
-        if len(fields) > len(header) and any(fields[len(header):]):
-            check.errors.append(AnnotationError(
-                path, number, f"{len(fields)} fields but the header has {len(header)} columns"
-            ))
+        if len(fields) > len(header) and any(fields[len(header) :]):
+            check.errors.append(
+                AnnotationError(path, number, f"{len(fields)} fields but the header has {len(header)} columns")
+            )
             continue
         fields += [""] * (len(header) - len(fields))
         yield number, dict(zip(header, fields))
@@ -185,7 +183,9 @@ def _parse_confidence(path: Path, line: int, value: str) -> float:
     try:
         c = float(value)
     except ValueError:
-        raise AnnotationError(path, line, f"{CONFIDENCE} {value!r} is not a number (an annotator confidence in [0, 1])") from None
+        raise AnnotationError(
+            path, line, f"{CONFIDENCE} {value!r} is not a number (an annotator confidence in [0, 1])"
+        ) from None
     if not 0.0 <= c <= 1.0:  # NaN fails too
         raise AnnotationError(path, line, f"{CONFIDENCE} {value!r} is outside [0, 1]")
     return c
@@ -207,7 +207,8 @@ def _strong_row(path: Path, line: int, row: dict[str, str], known: set[str] | No
     if any(empties):
         which = [c for c, e in zip(("onset", "offset", "event_label"), empties) if e]
         raise AnnotationError(
-            path, line,
+            path,
+            line,
             f"empty {', '.join(which)}: a row must give onset, offset and event_label, "
             "or leave all three empty for a clip without events",
         )
@@ -278,7 +279,8 @@ def read_strong(
         if n_merged:
             logger.info(
                 "%s: merged %d overlapping/touching same-class event row(s) into their union",
-                path, n_merged,
+                path,
+                n_merged,
             )
     df.attrs["source"] = str(path)
     df.attrs["lines"] = first_line
@@ -371,11 +373,11 @@ def read_filenames(path_or_dir: str | os.PathLike) -> FileList:
     """
     path = Path(path_or_dir)
     if path.is_dir():
-        names = sorted(
-            e.name for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(AUDIO_EXTENSIONS)
-        )
+        names = sorted(e.name for e in os.scandir(path) if e.is_file() and e.name.lower().endswith(AUDIO_EXTENSIONS))
         if not names:
-            raise AnnotationError(path, None, f"no audio files ({'/'.join(AUDIO_EXTENSIONS)}) in folder (empty dataset)")
+            raise AnnotationError(
+                path, None, f"no audio files ({'/'.join(AUDIO_EXTENSIONS)}) in folder (empty dataset)"
+            )
         return FileList(names, source=str(path))
     first_line: dict[str, int] = {}
     check = _LineCheck()

@@ -26,25 +26,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sed.synth.layout import AUDIO_SUBDIR, SETTINGS_KEYS, SUBSETS, DatasetLayout, dataset_layout  # noqa: F401
 from sed.synth.soundbank import SoundBank, load_soundbank
 from sed.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
-SUBSETS: tuple[str, ...] = ("strong", "weak", "unlabeled", "validation", "test")
 DEFAULT_SIZES: dict[str, int] = {"strong": 400, "weak": 200, "unlabeled": 400, "validation": 100, "test": 100}
 _SUBSET_ID = {name: i for i, name in enumerate(SUBSETS)}
-_AUDIO_SUBDIR = {
-    "strong": "audio/train/strong",
-    "weak": "audio/train/weak",
-    "unlabeled": "audio/train/unlabeled",
-    "validation": "audio/validation",
-    "test": "audio/test",
-}
 _PREFIX = {"strong": "strong", "weak": "weak", "unlabeled": "unlabeled", "validation": "val", "test": "test"}
-# What identifies a generated dataset: a folder generated with the same settings is the same dataset.
-SETTINGS_KEYS = ("generator_version", "seed", "sizes", "clip_duration", "sample_rate", "soundbank", "scene")
 
 
 @dataclass(frozen=True)
@@ -120,106 +111,6 @@ def make_scene(
         mix *= config.peak / peak
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     return Scene(audio=mix.astype(np.float32), events=events, duration=round(n / sr, 3))
-
-
-# ----------------------------------------------------------------------------------------------
-# dataset layout
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Paths of a generated dataset (DESED-like). ``complete()`` tells whether generation finished."""
-
-    root: Path
-    strong_audio: Path
-    weak_audio: Path
-    unlabeled_audio: Path
-    validation_audio: Path
-    test_audio: Path
-    strong_tsv: Path
-    weak_tsv: Path
-    unlabeled_tsv: Path
-    validation_tsv: Path
-    validation_durations: Path
-    test_tsv: Path
-    test_durations: Path
-    classes_file: Path
-    readme: Path
-    marker: Path
-    progress_marker: Path
-
-    def audio_dir(self, subset: str) -> Path:
-        """Audio folder of ``subset`` (one of :data:`SUBSETS`)."""
-        return getattr(self, f"{subset}_audio")
-
-    def complete(self) -> bool:
-        """True when the ``.complete`` marker (written last) and every metadata file exist."""
-        files = (
-            self.marker,
-            self.classes_file,
-            self.strong_tsv,
-            self.weak_tsv,
-            self.unlabeled_tsv,
-            self.validation_tsv,
-            self.validation_durations,
-            self.test_tsv,
-            self.test_durations,
-        )
-        return all(p.is_file() for p in files)
-
-    def params(self) -> dict | None:
-        """Generation parameters recorded in the marker (None if incomplete/unreadable)."""
-        try:
-            return json.loads(self.marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def generated_settings(self) -> dict | None:
-        """Settings of the generator run that owns this folder, from its completion marker or, for an
-        interrupted run, its progress marker; None when no marker of the generator is there (a ``.complete``
-        written by another tool, such as recipes/desed/prepare.py, does not count)."""
-        for marker in (self.marker, self.progress_marker):
-            try:
-                found = json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(found, dict) and "generator_version" in found:
-                found.setdefault("scene", _scene_settings(SceneConfig()))  # older markers: the defaults
-                return {key: found.get(key) for key in SETTINGS_KEYS}
-        return None
-
-    def classes(self) -> list[str]:
-        """Class list from ``classes.txt``."""
-        return [c for c in self.classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
-
-    def as_dict(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def dataset_layout(out_dir: str | os.PathLike) -> DatasetLayout:
-    """Paths of the dataset under ``out_dir`` (nothing is read or created)."""
-    root = Path(out_dir)
-    meta = root / "metadata"
-    return DatasetLayout(
-        root=root,
-        strong_audio=root / _AUDIO_SUBDIR["strong"],
-        weak_audio=root / _AUDIO_SUBDIR["weak"],
-        unlabeled_audio=root / _AUDIO_SUBDIR["unlabeled"],
-        validation_audio=root / _AUDIO_SUBDIR["validation"],
-        test_audio=root / _AUDIO_SUBDIR["test"],
-        strong_tsv=meta / "train" / "strong.tsv",
-        weak_tsv=meta / "train" / "weak.tsv",
-        unlabeled_tsv=meta / "train" / "unlabeled.tsv",
-        validation_tsv=meta / "validation" / "validation.tsv",
-        validation_durations=meta / "validation" / "durations.tsv",
-        test_tsv=meta / "test" / "test.tsv",
-        test_durations=meta / "test" / "durations.tsv",
-        classes_file=root / "classes.txt",
-        readme=root / "README.txt",
-        marker=root / ".complete",
-        progress_marker=root / ".generating",
-    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,9 +99,7 @@ def test_missing_audio_folder_is_one_problem(tmp_path):
     assert "audio folder" in str(problem) and "does not exist" in str(problem)
 
 
-@pytest.mark.parametrize(
-    "subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "IMA_ADPCM"]
-)
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "IMA_ADPCM"])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_header_read_agrees_with_soundfile(tmp_path, subtype, channels):
     path = tmp_path / "x.wav"
@@ -172,8 +170,9 @@ def test_eval_set_bounded_by_durations_tsv_which_is_checked_against_the_audio(tm
     tsv, events = _strong(tmp_path, "x.wav\t0.2\t0.9\ta\ny.wav\t0.5\t1.8\ta\nz.wav\t0.1\t0.2\tb\n")
     durations = tmp_path / "durations.tsv"
     durations.write_text("filename\tduration\nx.wav\t1.0\ny.wav\t1.5\nz.wav\t1.004\n")
-    val = ClipSet("val", audio, ["x.wav", "y.wav", "z.wav"], str(tsv), events.attrs["lines"], events,
-                  read_durations(durations))
+    val = ClipSet(
+        "val", audio, ["x.wav", "y.wav", "z.wav"], str(tsv), events.attrs["lines"], events, read_durations(durations)
+    )
     with caplog.at_level(logging.WARNING, logger="sed.data.checks"):
         out = check_sets([val])["val"]
     assert out["offset"].tolist() == [0.9, 1.5, 0.2]  # y.wav: durations.tsv says 1.5 s
@@ -187,7 +186,8 @@ def test_eval_set_bounded_by_durations_tsv_which_is_checked_against_the_audio(tm
     with pytest.raises(DataCheckError) as excinfo:
         check_sets([val])
     assert [str(p) for p in excinfo.value.problems] == [
-        f"{tsv}:3: y.wav: no duration in {durations}", f"{tsv}:4: z.wav: no duration in {durations}"
+        f"{tsv}:3: y.wav: no duration in {durations}",
+        f"{tsv}:4: z.wav: no duration in {durations}",
     ]
 
 

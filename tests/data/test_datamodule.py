@@ -4,15 +4,22 @@ import pytest
 import torch
 
 from sed.data.checks import DataCheckError
-from sed.data.encoder import LabelEncoder
 from sed.data.datamodule import SEDDataModule
+from sed.data.encoder import LabelEncoder
 
 SIZES = {"strong": 6, "weak": 4, "unlabeled": 6, "validation": 3, "test": 3}
 
 
 def _dm(root, **kwargs) -> SEDDataModule:
-    args = dict(root=str(root), generate=True, generate_sizes=SIZES, clip_duration=1.0, batch_sizes=[2, 2, 2],
-                eval_batch_size=4, num_workers=0)
+    args = dict(
+        root=str(root),
+        generate=True,
+        generate_sizes=SIZES,
+        clip_duration=1.0,
+        batch_sizes=[2, 2, 2],
+        eval_batch_size=4,
+        num_workers=0,
+    )
     args.update(kwargs)
     return SEDDataModule(**args)
 
@@ -28,8 +35,11 @@ def test_generates_embedded_data_once_and_refuses_other_settings(tmp_path):
     before = _snapshot(root)
     _dm(root).prepare_data()
     assert _snapshot(root) == before  # complete and matching: left alone
-    with pytest.raises(ValueError, match=r"data.root=.*embedded holds the synthetic dataset generated with other "
-                                         r"settings \(data.clip_duration: 1.0 there, 1.5 in this run\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.root=.*embedded holds the synthetic dataset generated with other "
+        r"settings \(data.clip_duration: 1.0 there, 1.5 in this run\)",
+    ):
         _dm(root, clip_duration=1.5).prepare_data()
     with pytest.raises(ValueError, match=r"data.generate_sizes: .* there"):
         _dm(root, generate_sizes={**SIZES, "strong": 7}).prepare_data()
@@ -46,7 +56,9 @@ def test_generation_never_touches_a_users_dataset(tmp_path, tiny_dataset):
         (user / marker).unlink(missing_ok=True)
     (user / "README.txt").write_text("my own dataset")
     before = _snapshot(user)
-    with pytest.raises(ValueError, match=r"data.root=.*my_data.*files the generator did not write.*data.generate=false"):
+    with pytest.raises(
+        ValueError, match=r"data.root=.*my_data.*files the generator did not write.*data.generate=false"
+    ):
         _dm(user).prepare_data()
     assert _snapshot(user) == before
 
@@ -141,7 +153,7 @@ def test_events_past_the_audio_are_clipped_in_what_trains_and_what_is_scored(tmp
     short = sorted((dm.root / "audio" / "train" / "strong").glob("*.wav"))[0]
     sf.write(short, np.zeros(8000, dtype=np.float32), 16000)  # 0.5 s
     val_name = val_tsv.read_text().splitlines()[1].split("\t")[0]
-    strong_tsv.write_text("filename\tonset\toffset\tevent_label\n" f"{short.name}\t0.25\t0.9\t{dm.classes[0]}\n")
+    strong_tsv.write_text(f"filename\tonset\toffset\tevent_label\n{short.name}\t0.25\t0.9\t{dm.classes[0]}\n")
     with val_tsv.open("a") as f:
         f.write(f"{val_name}\t0.5\t7.5\t{dm.classes[0]}\n")
     with caplog.at_level(logging.WARNING, logger="sed.data.checks"):
@@ -167,8 +179,15 @@ def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, c
         sf.write(tmp_path / "audio" / name, np.zeros(16000, dtype=np.float32), 16000)
     (tmp_path / "test.tsv").write_text("filename\tonset\toffset\tevent_label\na.wav\t0.1\t0.5\tdog\n")
     (tmp_path / "durations.tsv").write_text("filename\tduration\na.wav\t1\nb.wav\t1\nc.wav\t1\ngone.wav\t1\n")
-    dm = SEDDataModule(root=str(tmp_path), classes=["dog"], clip_duration=1.0, test_tsv="test.tsv",
-                       test_audio="audio", test_durations="durations.tsv", num_workers=0)
+    dm = SEDDataModule(
+        root=str(tmp_path),
+        classes=["dog"],
+        clip_duration=1.0,
+        test_tsv="test.tsv",
+        test_audio="audio",
+        test_durations="durations.tsv",
+        num_workers=0,
+    )
     dm.set_encoder(LabelEncoder(["dog"], sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
     with caplog.at_level(logging.WARNING, logger="sed.data.datamodule"):
         dm.setup("test")
@@ -178,9 +197,16 @@ def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, c
 
 def test_weak_validation_split_is_deterministic_and_disjoint(tiny_dataset, tmp_path):
     """data.weak_val_fraction holds out weak clips (drawn from the seed) as a second validation loader."""
+
     def build(seed):
-        dm = SEDDataModule(root=str(tiny_dataset), clip_duration=2.0, batch_sizes=[2, 2, 2], num_workers=0,
-                           weak_val_fraction=0.25, seed=seed)
+        dm = SEDDataModule(
+            root=str(tiny_dataset),
+            clip_duration=2.0,
+            batch_sizes=[2, 2, 2],
+            num_workers=0,
+            weak_val_fraction=0.25,
+            seed=seed,
+        )
         dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
         dm.setup("fit")
         return dm
@@ -238,7 +264,7 @@ class _Recorder:
 
             def training_step(self, batch, batch_idx):
                 steps.append((self.current_epoch, list(batch["filename"]), batch["audio"].sum(-1).tolist()))
-                return (self.w * batch["audio"].mean()).sum() + self.w ** 2
+                return (self.w * batch["audio"].mean()).sum() + self.w**2
 
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -247,8 +273,9 @@ class _Recorder:
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_every_epoch_trains_its_own_order_and_a_resumed_epoch_its_remaining_batches(tiny_dataset, tmp_path,
-                                                                                     num_workers):
+def test_every_epoch_trains_its_own_order_and_a_resumed_epoch_its_remaining_batches(
+    tiny_dataset, tmp_path, num_workers
+):
     """A run resumed from a checkpoint written mid-epoch (epoch 1 here, not only epoch 0) trains exactly the batches
     the uninterrupted run trained after that point: the same clips, in the same order, with the same random crops
     (2-s files, 1-s clips), whatever the number of loader workers. Lightning's Trainer drives the loaders, as in
@@ -266,12 +293,25 @@ def test_every_epoch_trains_its_own_order_and_a_resumed_epoch_its_remaining_batc
                 trainer.save_checkpoint(tmp_path / f"step{trainer.global_step}.ckpt")
 
     def fit(steps: list, callbacks=(), ckpt_path=None):
-        dm = SEDDataModule(root=str(tiny_dataset), clip_duration=1.0, batch_sizes=[4, 2, 4], num_workers=num_workers,
-                           epoch_length=4, seed=5)
+        dm = SEDDataModule(
+            root=str(tiny_dataset),
+            clip_duration=1.0,
+            batch_sizes=[4, 2, 4],
+            num_workers=num_workers,
+            epoch_length=4,
+            seed=5,
+        )
         dm.set_encoder(LabelEncoder(dm.classes, sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
-        trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             callbacks=list(callbacks))
+        trainer = pl.Trainer(
+            max_epochs=3,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=list(callbacks),
+        )
         trainer.fit(_Recorder.module(steps), datamodule=dm, ckpt_path=ckpt_path)
 
     reference: list = []
@@ -322,32 +362,75 @@ def _recordings(root):
 
 
 def _two_datasets(clips, recordings, **change) -> dict:
-    split = lambda s: {"tsv": f"metadata/{s}/{s}.tsv", "audio": f"audio/{s}", "durations": f"metadata/{s}/durations.tsv"}  # noqa: E731
+    split = lambda s: {
+        "tsv": f"metadata/{s}/{s}.tsv",
+        "audio": f"audio/{s}",
+        "durations": f"metadata/{s}/durations.tsv",
+    }  # noqa: E731
     return {
-        "clips": {"root": str(clips), "classes": DEFAULT_CLASSES,
-                  "train": {"strong": {"kind": "strong", "tsv": "metadata/train/strong.tsv",
-                                       "audio": "audio/train/strong", "batch_size": 2},
-                            "weak": {"kind": "weak", "tsv": "metadata/train/weak.tsv", "audio": "audio/train/weak",
-                                     "batch_size": 2}},
-                  "validation": {"tsv": "metadata/validation/validation.tsv", "audio": "audio/validation",
-                                 "durations": "metadata/validation/durations.tsv"}},
-        "recordings": {"root": str(recordings), "classes": ["people_talking", "footsteps", "car_passing"],
-                       "aliases": {"people_talking": "speech_like", "birds_singing": "chirp",
-                                   "announcement": ["speech_like"], "dishes": [], "door_knock": []},
-                       "train": {"train": {"tsv": "metadata/train/train.tsv", "audio": "audio/train", "batch_size": 3,
-                                           "window_hop": 1.0, "consistency": False}},
-                       "validation": {**split("validation"), "metrics": "mpauc"}, **change},
+        "clips": {
+            "root": str(clips),
+            "classes": DEFAULT_CLASSES,
+            "train": {
+                "strong": {
+                    "kind": "strong",
+                    "tsv": "metadata/train/strong.tsv",
+                    "audio": "audio/train/strong",
+                    "batch_size": 2,
+                },
+                "weak": {
+                    "kind": "weak",
+                    "tsv": "metadata/train/weak.tsv",
+                    "audio": "audio/train/weak",
+                    "batch_size": 2,
+                },
+            },
+            "validation": {
+                "tsv": "metadata/validation/validation.tsv",
+                "audio": "audio/validation",
+                "durations": "metadata/validation/durations.tsv",
+            },
+        },
+        "recordings": {
+            "root": str(recordings),
+            "classes": ["people_talking", "footsteps", "car_passing"],
+            "aliases": {
+                "people_talking": "speech_like",
+                "birds_singing": "chirp",
+                "announcement": ["speech_like"],
+                "dishes": [],
+                "door_knock": [],
+            },
+            "train": {
+                "train": {
+                    "tsv": "metadata/train/train.tsv",
+                    "audio": "audio/train",
+                    "batch_size": 3,
+                    "window_hop": 1.0,
+                    "consistency": False,
+                }
+            },
+            "validation": {**split("validation"), "metrics": "mpauc"},
+            **change,
+        },
     }
 
 
 def test_two_datasets_batches_carry_their_dataset_mask_group_and_soft_aliased_targets(tmp_path, tiny_dataset, caplog):
     recordings = _recordings(tmp_path / "rec")
     with pytest.raises(Exception, match="an alias maps a label to a class name or a list"):
-        SEDDataModule(str(tmp_path), datasets=_two_datasets(tiny_dataset, recordings), num_workers=0).classes
-    datasets = _two_datasets(tiny_dataset, recordings,
-                             aliases={"people_talking": "speech_like", "birds_singing": "chirp",
-                                      "announcement": "speech_like", "dishes": "car_passing",
-                                      "door_knock": "car_passing"})
+        _ = SEDDataModule(str(tmp_path), datasets=_two_datasets(tiny_dataset, recordings), num_workers=0).classes
+    datasets = _two_datasets(
+        tiny_dataset,
+        recordings,
+        aliases={
+            "people_talking": "speech_like",
+            "birds_singing": "chirp",
+            "announcement": "speech_like",
+            "dishes": "car_passing",
+            "door_knock": "car_passing",
+        },
+    )
     dm = SEDDataModule(str(tmp_path), datasets=datasets, clip_duration=2.0, eval_batch_size=4, num_workers=0)
     with caplog.at_level(logging.INFO, logger="sed.data.datamodule"):
         classes = dm.classes
@@ -356,8 +439,11 @@ def test_two_datasets_batches_carry_their_dataset_mask_group_and_soft_aliased_ta
     assert "  speech_like: clips, recordings ('people_talking', 'announcement')" in caplog.text
     dm.set_encoder(LabelEncoder(classes, sample_rate=16000, hop_length=256, clip_duration=2.0, time_pooling=4))
     dm.setup("fit")
-    assert {k: len(v) for k, v in dm.train_sets.items()} == {"clips/strong": 16, "clips/weak": 8,
-                                                             "recordings/train": 11}  # 12-s recording: 11 windows
+    assert {k: len(v) for k, v in dm.train_sets.items()} == {
+        "clips/strong": 16,
+        "clips/weak": 8,
+        "recordings/train": 11,
+    }  # 12-s recording: 11 windows
     annotated = ["chirp", "speech_like", "footsteps", "people_talking", "car_passing"]  # in the model's order
     assert dm.val_loader_sets == ["val/clips", "val/recordings"] and dm.scored_classes("val/recordings") == annotated
     batch = next(iter(dm.train_dataloader()))

@@ -163,7 +163,14 @@ def test_random_crop_moves_labels_with_audio(tmp_path, enc, use_cache):
     tsv = tmp_path / "s.tsv"
     tsv.write_text(HEADER + "long.wav\t1.3\t1.7\ta\n")
     d = SEDDataset(
-        audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), random_crop=True, seed=3,
+        audio,
+        None,
+        enc,
+        SR,
+        CLIP,
+        strong=read_strong(tsv, CLASSES),
+        random_crop=True,
+        seed=3,
         cache_dir=tmp_path / "cache" if use_cache else None,
     )
     patterns = set()
@@ -322,15 +329,19 @@ def test_native_rate_items_keep_the_frames_and_targets_of_loader_resampling(tmp_
     tsv = tmp_path / "s.tsv"
     tsv.write_text(HEADER + "x.wav\t0.2\t0.55\ta\nlong.wav\t1.3\t2.2\tb\n")
     strong = read_strong(tsv, CLASSES)
-    fe, fe_native = FrontEnd(n_fft=512, win_length=512, n_mels=16), FrontEnd(n_fft=512, win_length=512, n_mels=16,
-                                                                              input_sample_rate=NATIVE)
+    fe, fe_native = (
+        FrontEnd(n_fft=512, win_length=512, n_mels=16),
+        FrontEnd(n_fft=512, win_length=512, n_mels=16, input_sample_rate=NATIVE),
+    )
     for whole_clip in (False, True):
         loader = SEDDataset(audio, None, enc, SR, CLIP, strong=strong, whole_clip=whole_clip)
         native = SEDDataset(audio, None, enc, NATIVE, CLIP, strong=strong, whole_clip=whole_clip)
         for i in range(2):
             a, b = loader[i], native[i]
             n_in = b["length"] if whole_clip else NATIVE * CLIP
-            assert b["audio"].shape[-1] >= n_in and a["audio"].shape[-1] == fe_native.resampled_length(b["audio"].shape[-1])
+            assert b["audio"].shape[-1] >= n_in and a["audio"].shape[-1] == fe_native.resampled_length(
+                b["audio"].shape[-1]
+            )
             assert fe(a["audio"]).shape == fe_native(b["audio"]).shape
             torch.testing.assert_close(fe_native(b["audio"]), fe(a["audio"]), rtol=0, atol=1e-3)
             torch.testing.assert_close(b["strong"], a["strong"], rtol=0, atol=0)
@@ -381,15 +392,26 @@ def test_windowed_long_recording_with_soft_labels(tmp_path, enc, cache):
     tsv = tmp_path / "soft.tsv"
     tsv.write_text(HEADER.strip() + "\tconfidence\nlong.wav\t1.2\t1.6\ta\t0.75\n")
     mask = torch.tensor([True, False])
-    d = SEDDataset(audio, None, enc, SR, CLIP, strong=read_strong(tsv, CLASSES), window_hop=0.5,
-                   lengths={"long.wav": 2.5}, extra={"class_mask": mask}, cache_dir=tmp_path / "c" if cache else None)
+    d = SEDDataset(
+        audio,
+        None,
+        enc,
+        SR,
+        CLIP,
+        strong=read_strong(tsv, CLASSES),
+        window_hop=0.5,
+        lengths={"long.wav": 2.5},
+        extra={"class_mask": mask},
+        cache_dir=tmp_path / "c" if cache else None,
+    )
     assert len(d) == 4 and d.filenames == ["long.wav"]
     whole, _ = sf.read(audio / "long.wav", dtype="float32")
     items = [d[i] for i in range(len(d))]
     assert [it["filename"] for it in items] == ["long.wav"] * 4
     for it, start in zip(items, (0.0, 0.5, 1.0, 1.5)):
-        expected = enc.encode_arrays(np.array([1.2]), np.array([1.6]), np.array([0]), shift=start,
-                                     values=np.array([0.75]))
+        expected = enc.encode_arrays(
+            np.array([1.2]), np.array([1.6]), np.array([0]), shift=start, values=np.array([0.75])
+        )
         np.testing.assert_array_equal(it["strong"].numpy(), expected)  # labels cut to the window, soft
         a = int(start * SR)
         np.testing.assert_array_equal(it["audio"].numpy(), whole[a : a + SR])  # the window's audio

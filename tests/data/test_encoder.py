@@ -39,10 +39,15 @@ def test_encode_strong_frames_and_inputs():
     enc = LabelEncoder(["a", "b"], clip_duration=1.0)  # 15 frames of 64 ms
     assert enc.n_frames == 15
     t = enc.encode_strong([(0.1, 0.3, "a"), (0.9, 5.0, "b")])
-    assert np.flatnonzero(t[0]).tolist() == [1, 2, 3, 4]       # floor(0.1/0.064)=1 .. ceil(0.3/0.064)=5
+    assert np.flatnonzero(t[0]).tolist() == [1, 2, 3, 4]  # floor(0.1/0.064)=1 .. ceil(0.3/0.064)=5
     assert np.flatnonzero(t[1]).tolist() == list(range(14, 15))  # clipped at the clip end
     df = pd.DataFrame(
-        {"filename": ["x"] * 3, "onset": [0.1, np.nan, 0.9], "offset": [0.3, np.nan, 5.0], "event_label": ["a", "", "b"]}
+        {
+            "filename": ["x"] * 3,
+            "onset": [0.1, np.nan, 0.9],
+            "offset": [0.3, np.nan, 5.0],
+            "event_label": ["a", "", "b"],
+        }
     )
     np.testing.assert_array_equal(enc.encode_strong(df), t)
     # A crop starting at 0.5 s moves events 0.5 s earlier; events left of the crop vanish.
@@ -127,7 +132,13 @@ def test_encode_decode_round_trip_within_one_frame(kwargs):
 def test_state_dict_round_trip():
     enc = LabelEncoder(["x", "y"], sample_rate=8000, hop_length=128, clip_duration=2.0, time_pooling=2)
     state = enc.state_dict()
-    assert state == {"classes": ["x", "y"], "sample_rate": 8000, "hop_length": 128, "clip_duration": 2.0, "time_pooling": 2}
+    assert state == {
+        "classes": ["x", "y"],
+        "sample_rate": 8000,
+        "hop_length": 128,
+        "clip_duration": 2.0,
+        "time_pooling": 2,
+    }
     again = LabelEncoder.from_dict(state)
     assert again == enc and again.n_frames == enc.n_frames
     assert hash(again) == hash(enc)

@@ -14,8 +14,9 @@ CLIP_SIZES = {"strong": 4, "weak": 2, "unlabeled": 4, "validation": 2, "test": 2
 
 
 def _dataset(tmp_path: Path, kind: str, own_sizes: dict | None = None) -> Dataset:
-    return Dataset(name=kind, key=f"data.datasets.{kind}", root=tmp_path / kind, generate=kind,
-                   generate_sizes=own_sizes or {})
+    return Dataset(
+        name=kind, key=f"data.datasets.{kind}", root=tmp_path / kind, generate=kind, generate_sizes=own_sizes or {}
+    )
 
 
 @pytest.mark.parametrize("own", [None, {"train": 1}])

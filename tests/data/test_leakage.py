@@ -55,8 +55,10 @@ def test_sets_of_several_datasets_are_paired_by_their_roles(tmp_path):
     _clip(tmp_path / "a" / "x.wav", 1)
     _clip(tmp_path / "b" / "y.wav", 2)
     shutil.copy(tmp_path / "a" / "x.wav", tmp_path / "b" / "x_copy.wav")
-    sets = [ClipSet("clips/strong", tmp_path / "a", ["x.wav"]),
-            ClipSet("test/recordings", tmp_path / "b", ["y.wav", "x_copy.wav"])]
+    sets = [
+        ClipSet("clips/strong", tmp_path / "a", ["x.wav"]),
+        ClipSet("test/recordings", tmp_path / "b", ["y.wav", "x_copy.wav"]),
+    ]
     assert shared_clips(sets) == []  # no roles: the names are no roles of PAIRS
     roles = {"clips/strong": "strong", "test/recordings": "test"}
     assert shared_clips(sets, roles) == [("test/recordings", "clips/strong", [("x_copy.wav", "x.wav")])]

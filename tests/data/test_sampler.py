@@ -71,7 +71,10 @@ def test_no_shuffle_is_sequential():
 @pytest.mark.parametrize("epoch_length", ["min", "max", 20])
 def test_ranks_disjoint_and_equal_length(epoch_length):
     world = 3
-    per_rank = [MixedBatchSampler(SIZES, BATCH, seed=3, epoch_length=epoch_length, num_replicas=world, rank=r) for r in range(world)]
+    per_rank = [
+        MixedBatchSampler(SIZES, BATCH, seed=3, epoch_length=epoch_length, num_replicas=world, rank=r)
+        for r in range(world)
+    ]
     lengths = {len(s) for s in per_rank}
     assert len(lengths) == 1
     sets = []

@@ -27,35 +27,69 @@ MAESTRO = ["cutlery and dishes", "people talking", "children voices", "footsteps
 def _two(**maestro):
     """A DESED-like and a MAESTRO-like dataset, as the 2024 baseline pairs them."""
     return {
-        "desed": {"classes": DESED, "train": {
-            "synth": {"kind": "strong", "tsv": "s.tsv", "audio": "s", "batch_size": 6},
-            "weak": {"kind": "weak", "tsv": "w.tsv", "audio": "w", "batch_size": 12},
-            "unlabeled": {"kind": "unlabeled", "audio": "u", "batch_size": 24}},
+        "desed": {
+            "classes": DESED,
+            "train": {
+                "synth": {"kind": "strong", "tsv": "s.tsv", "audio": "s", "batch_size": 6},
+                "weak": {"kind": "weak", "tsv": "w.tsv", "audio": "w", "batch_size": 12},
+                "unlabeled": {"kind": "unlabeled", "audio": "u", "batch_size": 24},
+            },
             "validation": {"tsv": "v.tsv", "audio": "v", "durations": "vd.tsv"},
-            "test": {"tsv": "t.tsv", "audio": "t", "durations": "td.tsv"}},
-        "maestro": {"root": "/m", "classes": MAESTRO,
-                    "aliases": {"people talking": "Speech", "children voices": ["Speech"], "cutlery and dishes": "Dishes"},
-                    "train": {"real": {"tsv": "mt.tsv", "audio": "mt", "batch_size": 12, "window_hop": 1.0,
-                                       "consistency": False}},
-                    "validation": {"tsv": "mv.tsv", "audio": "mv", "durations": "md.tsv", "metrics": "mpauc",
-                                   "classes": ["people talking", "footsteps", "car"]},
-                    **maestro},
+            "test": {"tsv": "t.tsv", "audio": "t", "durations": "td.tsv"},
+        },
+        "maestro": {
+            "root": "/m",
+            "classes": MAESTRO,
+            "aliases": {"people talking": "Speech", "children voices": ["Speech"], "cutlery and dishes": "Dishes"},
+            "train": {
+                "real": {"tsv": "mt.tsv", "audio": "mt", "batch_size": 12, "window_hop": 1.0, "consistency": False}
+            },
+            "validation": {
+                "tsv": "mv.tsv",
+                "audio": "mv",
+                "durations": "md.tsv",
+                "metrics": "mpauc",
+                "classes": ["people talking", "footsteps", "car"],
+            },
+            **maestro,
+        },
     }
 
 
 def test_the_per_subset_keys_are_the_one_dataset_case():
-    legacy = single_dataset("/r", ("st.tsv", "st"), ("wk.tsv", "wk"), (None, "un"), [4, 2, 0],
-                            ("v.tsv", "v", "vd.tsv"), ("t.tsv", "t", "td.tsv"))
-    same = parse_datasets({"data": {"train": {"strong": {"kind": "strong", "tsv": "st.tsv", "audio": "st",
-                                                         "batch_size": 4},
-                                              "weak": {"kind": "weak", "tsv": "wk.tsv", "audio": "wk", "batch_size": 2}},
-                                    "validation": {"tsv": "v.tsv", "audio": "v", "durations": "vd.tsv"},
-                                    "test": {"tsv": "t.tsv", "audio": "t", "durations": "td.tsv"}}}, "/r")[0]
-    assert [(t.name, t.kind, t.tsv, t.audio, t.batch_size) for t in legacy.train] == \
-        [(t.name, t.kind, t.tsv, t.audio, t.batch_size) for t in same.train] == \
-        [("strong", "strong", Path("/r/st.tsv"), Path("/r/st"), 4), ("weak", "weak", Path("/r/wk.tsv"), Path("/r/wk"), 2)]
-    assert [(e.name, e.tsv, e.durations) for e in legacy.eval_sets()] == [(e.name, e.tsv, e.durations)
-                                                                          for e in same.eval_sets()]
+    legacy = single_dataset(
+        "/r",
+        ("st.tsv", "st"),
+        ("wk.tsv", "wk"),
+        (None, "un"),
+        [4, 2, 0],
+        ("v.tsv", "v", "vd.tsv"),
+        ("t.tsv", "t", "td.tsv"),
+    )
+    same = parse_datasets(
+        {
+            "data": {
+                "train": {
+                    "strong": {"kind": "strong", "tsv": "st.tsv", "audio": "st", "batch_size": 4},
+                    "weak": {"kind": "weak", "tsv": "wk.tsv", "audio": "wk", "batch_size": 2},
+                },
+                "validation": {"tsv": "v.tsv", "audio": "v", "durations": "vd.tsv"},
+                "test": {"tsv": "t.tsv", "audio": "t", "durations": "td.tsv"},
+            }
+        },
+        "/r",
+    )[0]
+    assert (
+        [(t.name, t.kind, t.tsv, t.audio, t.batch_size) for t in legacy.train]
+        == [(t.name, t.kind, t.tsv, t.audio, t.batch_size) for t in same.train]
+        == [
+            ("strong", "strong", Path("/r/st.tsv"), Path("/r/st"), 4),
+            ("weak", "weak", Path("/r/wk.tsv"), Path("/r/wk"), 2),
+        ]
+    )
+    assert [(e.name, e.tsv, e.durations) for e in legacy.eval_sets()] == [
+        (e.name, e.tsv, e.durations) for e in same.eval_sets()
+    ]
     classes = ["a", "b"]
     assert legacy.class_mask(classes).all() and legacy.labels(classes) == {"a": ("a",), "b": ("b",)}
     with pytest.raises(DatasetConfigError, match=r"data.batch_sizes needs 3 numbers"):
@@ -85,13 +119,22 @@ def test_two_datasets_names_paths_classes_and_masks():
 def test_aliases_repeat_events_and_weak_labels_hand_checked():
     desed, maestro = parse_datasets(_two(), "/root")
     labels = maestro.labels(resolve_classes([desed, maestro], None))
-    events = pd.DataFrame({"filename": ["a.wav", "a.wav", "b.wav"], "onset": [0.0, 1.0, np.nan],
-                           "offset": [2.0, 3.0, np.nan], "event_label": ["people talking", "car", ""],
-                           "confidence": [0.6, 1.0, np.nan]})
+    events = pd.DataFrame(
+        {
+            "filename": ["a.wav", "a.wav", "b.wav"],
+            "onset": [0.0, 1.0, np.nan],
+            "offset": [2.0, 3.0, np.nan],
+            "event_label": ["people talking", "car", ""],
+            "confidence": [0.6, 1.0, np.nan],
+        }
+    )
     events.attrs = {"source": "x.tsv", "lines": {"a.wav": 2, "b.wav": 4}, "row_lines": (2, 3, 4)}
     out = map_strong(events, labels)
     assert out[["event_label", "onset", "confidence"]].values.tolist()[:3] == [
-        ["people talking", 0.0, 0.6], ["Speech", 0.0, 0.6], ["car", 1.0, 1.0]]
+        ["people talking", 0.0, 0.6],
+        ["Speech", 0.0, 0.6],
+        ["car", 1.0, 1.0],
+    ]
     assert out.attrs["row_lines"] == (2, 2, 3, 4) and out["event_label"].iloc[3] == ""
     weak = pd.DataFrame({"filename": ["a.wav"], "event_labels": [("children voices", "people talking", "car")]})
     assert map_weak(weak, labels)["event_labels"].iloc[0] == ("children voices", "Speech", "people talking", "car")
@@ -100,26 +143,43 @@ def test_aliases_repeat_events_and_weak_labels_hand_checked():
     assert map_strong(events, {"car": ("car",), "people talking": ("people talking",)}) is events  # no aliases
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"aliases": {"people talking": "Speeches"}},
-     r"data.datasets.maestro.aliases.'people talking': 'Speeches' is not one of the model's classes"),
-    ({"train": {"real": {"tsv": "a", "audio": "a", "batch_size": 0}}},
-     r"data.datasets.maestro.train.real.batch_size=0: a listed subset needs at least 1 row per batch .*"
-     r"~data.datasets.maestro.train.real"),
-    ({"validation": {"tsv": "a", "audio": "a"}},
-     r"data.datasets.maestro.validation.durations is not set .*scoring needs every recording's duration"),
-    ({"validation": {"tsv": "a", "audio": "a", "durations": "d", "metrics": "auc"}},
-     r"data.datasets.maestro.validation.metrics: 'auc' is not one of"),
-    ({"train": {"real": {"kind": "weak", "tsv": "a", "audio": "a", "batch_size": 2, "window_hop": 1.0}}},
-     r"data.datasets.maestro.train.real.window_hop=1.0"),
-    ({"train": {"real": {"kind": "soft", "tsv": "a", "audio": "a", "batch_size": 2}}},
-     r"data.datasets.maestro.train.real.kind: 'soft' is not one of"),
-    ({"train": {"real": {"audio": "a", "batch_size": 2}}}, r"data.datasets.maestro.train.real.tsv is not set"),
-    ({"labels": {}}, r"data.datasets.maestro: unknown key\(s\) \['labels'\]"),
-    ({"generate": "maestro"}, r"data.datasets.maestro.generate: 'maestro' is not one of"),
-    ({"validation": {"tsv": "a", "audio": "a", "durations": "d", "classes": ["Dog"]}},
-     r"data.datasets.maestro.validation.classes: \['Dog'\] are not among the classes 'maestro' annotates"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"aliases": {"people talking": "Speeches"}},
+            r"data.datasets.maestro.aliases.'people talking': 'Speeches' is not one of the model's classes",
+        ),
+        (
+            {"train": {"real": {"tsv": "a", "audio": "a", "batch_size": 0}}},
+            r"data.datasets.maestro.train.real.batch_size=0: a listed subset needs at least 1 row per batch .*"
+            r"~data.datasets.maestro.train.real",
+        ),
+        (
+            {"validation": {"tsv": "a", "audio": "a"}},
+            r"data.datasets.maestro.validation.durations is not set .*scoring needs every recording's duration",
+        ),
+        (
+            {"validation": {"tsv": "a", "audio": "a", "durations": "d", "metrics": "auc"}},
+            r"data.datasets.maestro.validation.metrics: 'auc' is not one of",
+        ),
+        (
+            {"train": {"real": {"kind": "weak", "tsv": "a", "audio": "a", "batch_size": 2, "window_hop": 1.0}}},
+            r"data.datasets.maestro.train.real.window_hop=1.0",
+        ),
+        (
+            {"train": {"real": {"kind": "soft", "tsv": "a", "audio": "a", "batch_size": 2}}},
+            r"data.datasets.maestro.train.real.kind: 'soft' is not one of",
+        ),
+        ({"train": {"real": {"audio": "a", "batch_size": 2}}}, r"data.datasets.maestro.train.real.tsv is not set"),
+        ({"labels": {}}, r"data.datasets.maestro: unknown key\(s\) \['labels'\]"),
+        ({"generate": "maestro"}, r"data.datasets.maestro.generate: 'maestro' is not one of"),
+        (
+            {"validation": {"tsv": "a", "audio": "a", "durations": "d", "classes": ["Dog"]}},
+            r"data.datasets.maestro.validation.classes: \['Dog'\] are not among the classes 'maestro' annotates",
+        ),
+    ],
+)
 def test_bad_descriptions_name_the_key(change, message):
     with pytest.raises(DatasetConfigError, match=message):
         datasets = parse_datasets(_two(**change), "/root")
@@ -138,8 +198,9 @@ def test_dataset_names_are_unique_and_usable():
     listed = [{"name": "desed", **_two()["desed"]}, {"name": "desed", **_two()["maestro"]}]
     with pytest.raises(DatasetConfigError, match=r"two datasets are named 'desed'"):
         parse_datasets(listed, "/root")
-    assert [d.name for d in parse_datasets([{"name": "a", **_two()["desed"]}, {"name": "b", **_two()["maestro"]}],
-                                           "/root")] == ["a", "b"]
+    assert [
+        d.name for d in parse_datasets([{"name": "a", **_two()["desed"]}, {"name": "b", **_two()["maestro"]}], "/root")
+    ] == ["a", "b"]
     for bad in ("student", "val", "my/set", ""):
         with pytest.raises(DatasetConfigError, match="cannot be a dataset or subset name"):
             parse_datasets({bad: _two()["desed"]}, "/root")

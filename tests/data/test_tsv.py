@@ -40,14 +40,15 @@ def assert_error_at(excinfo, path, line: int | None, *words: str) -> None:
 
 def test_read_strong_good_keeps_no_event_rows(tmp_path):
     path = write(
-        tmp_path, "strong.tsv",
+        tmp_path,
+        "strong.tsv",
         "filename\tonset\toffset\tevent_label\n"
         "a.wav\t0.5\t1.25\tSpeech\n"
         "a.wav\t2\t3\tDog\n"
-        "b.wav\t\t\t\n"          # no event, explicit empty fields
-        "\n"                     # blank line is skipped, does not shift line numbers
-        "c.wav\n"                # no event, fields absent
-        "d.wav\tnan\tNaN\t\n",   # pandas-style NaN
+        "b.wav\t\t\t\n"  # no event, explicit empty fields
+        "\n"  # blank line is skipped, does not shift line numbers
+        "c.wav\n"  # no event, fields absent
+        "d.wav\tnan\tNaN\t\n",  # pandas-style NaN
     )
     df = read_strong(path, CLASSES)
     assert list(df.columns) == ["filename", "onset", "offset", "event_label"]
@@ -75,7 +76,11 @@ def test_read_strong_without_classes_accepts_any_label(tmp_path):
         ("filename\tonset\toffset\tevent_label\na.wav\t2\t1\tDog\n", 2, ["onset 2.0 >= offset 1.0"]),
         ("filename\tonset\toffset\tevent_label\na.wav\t1\t1\tDog\n", 2, [">="]),
         ("filename\tonset\toffset\tevent_label\na.wav\t-0.5\t1\tDog\n", 2, ["negative onset"]),
-        ("filename\tonset\toffset\tevent_label\na.wav\t0\t1\tDog\n\na.wav\t0\tabc\tDog\n", 4, ["offset", "'abc'", "not a number"]),
+        (
+            "filename\tonset\toffset\tevent_label\na.wav\t0\t1\tDog\n\na.wav\t0\tabc\tDog\n",
+            4,
+            ["offset", "'abc'", "not a number"],
+        ),
         ("filename\tonset\toffset\tevent_label\na.wav\t0\tinf\tDog\n", 2, ["not a finite number"]),
         ("filename\tonset\toffset\tevent_label\na.wav\t0\t\tDog\n", 2, ["empty offset"]),
         ("filename\tonset\toffset\tevent_label\na.wav\t0\t1\t\n", 2, ["empty event_label"]),
@@ -97,12 +102,20 @@ def test_read_strong_bad_input_names_file_and_line(tmp_path, body, line, words):
 def test_every_bad_line_of_a_file_is_reported_at_once(tmp_path):
     """A file with several bad lines names each of them in one error (it named only the first: fix, rerun, find
     the next), as the audio check does for files; a single bad line is reported as before."""
-    strong = write(tmp_path, "strong.tsv", "filename\tonset\toffset\tevent_label\n"
-                   "a.wav\t2\t1\tDog\nb.wav\t0\t1\tDog\nc.wav\t-1\t1\tDog\nd.wav\t0\t1\tHorse\ne.wav\t0\t1\tDog\tx\n")
+    strong = write(
+        tmp_path,
+        "strong.tsv",
+        "filename\tonset\toffset\tevent_label\n"
+        "a.wav\t2\t1\tDog\nb.wav\t0\t1\tDog\nc.wav\t-1\t1\tDog\nd.wav\t0\t1\tHorse\ne.wav\t0\t1\tDog\tx\n",
+    )
     with pytest.raises(AnnotationError) as excinfo:
         read_strong(strong, CLASSES)
     assert [(p.line, p.detail.split(" ")[0]) for p in excinfo.value.problems] == [
-        (2, "onset"), (4, "negative"), (5, "unknown"), (6, "5")]
+        (2, "onset"),
+        (4, "negative"),
+        (5, "unknown"),
+        (6, "5"),
+    ]
     assert str(excinfo.value).splitlines() == [str(p) for p in excinfo.value.problems]
     weak = write(tmp_path, "weak.tsv", "filename\tevent_labels\na.wav\tHorse\na.wav\tDog\n")
     with pytest.raises(AnnotationError) as excinfo:
@@ -126,21 +139,27 @@ def test_read_strong_missing_file(tmp_path):
 
 def test_read_strong_merges_same_class_overlaps_and_logs_once(tmp_path, caplog):
     path = write(
-        tmp_path, "ov.tsv",
+        tmp_path,
+        "ov.tsv",
         "filename\tonset\toffset\tevent_label\n"
         "a.wav\t0\t2\tDog\n"
-        "a.wav\t1\t3\tDog\n"      # overlaps -> [0, 4] with next two
-        "a.wav\t3\t4\tDog\n"      # touches
-        "a.wav\t0.5\t1\tDog\n"    # contained
-        "a.wav\t1\t2\tCat\n"      # other class overlaps: kept
-        "a.wav\t5\t6\tDog\n"      # separate: kept
+        "a.wav\t1\t3\tDog\n"  # overlaps -> [0, 4] with next two
+        "a.wav\t3\t4\tDog\n"  # touches
+        "a.wav\t0.5\t1\tDog\n"  # contained
+        "a.wav\t1\t2\tCat\n"  # other class overlaps: kept
+        "a.wav\t5\t6\tDog\n"  # separate: kept
         "b.wav\t1.5\t2.5\tDog\n"  # other clip: kept
         "c.wav\t\t\t\n",
     )
     with caplog.at_level(logging.INFO, logger="sed.data.tsv"):
         df = read_strong(path, CLASSES)
     rows = [tuple(r) for r in df.itertuples(index=False)][:4]
-    assert rows == [("a.wav", 0.0, 4.0, "Dog"), ("a.wav", 1.0, 2.0, "Cat"), ("a.wav", 5.0, 6.0, "Dog"), ("b.wav", 1.5, 2.5, "Dog")]
+    assert rows == [
+        ("a.wav", 0.0, 4.0, "Dog"),
+        ("a.wav", 1.0, 2.0, "Cat"),
+        ("a.wav", 5.0, 6.0, "Dog"),
+        ("b.wav", 1.5, 2.5, "Dog"),
+    ]
     assert len(df) == 5 and df["filename"].iloc[-1] == "c.wav"
     msgs = [r.getMessage() for r in caplog.records if "merged" in r.getMessage()]
     assert len(msgs) == 1 and str(path) in msgs[0] and "merged 3 " in msgs[0]
@@ -282,18 +301,30 @@ def test_read_strong_confidence_column(tmp_path):
     write_strong(df, out)
     again = read_strong(out, CLASSES)
     pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True))
-    assert "confidence" not in read_strong(write(tmp_path, "hard.tsv", "filename\tonset\toffset\tevent_label\n"
-                                                  "a.wav\t0\t1\tDog\n"), CLASSES).columns
+    assert (
+        "confidence"
+        not in read_strong(
+            write(tmp_path, "hard.tsv", "filename\tonset\toffset\tevent_label\na.wav\t0\t1\tDog\n"), CLASSES
+        ).columns
+    )
 
 
 @pytest.mark.parametrize(
     "value, words",
-    [("high", ["confidence 'high' is not a number"]), ("1.5", ["confidence '1.5' is outside [0, 1]"]),
-     ("-0.1", ["outside [0, 1]"]), ("", ["confidence '' is not a number"]), ("nan", ["outside [0, 1]"])],
+    [
+        ("high", ["confidence 'high' is not a number"]),
+        ("1.5", ["confidence '1.5' is outside [0, 1]"]),
+        ("-0.1", ["outside [0, 1]"]),
+        ("", ["confidence '' is not a number"]),
+        ("nan", ["outside [0, 1]"]),
+    ],
 )
 def test_read_strong_bad_confidence_names_file_and_line(tmp_path, value, words):
-    path = write(tmp_path, "bad.tsv", f"filename\tonset\toffset\tevent_label\tconfidence\na.wav\t0\t1\tDog\t0.5\n"
-                                      f"a.wav\t1\t2\tCat\t{value}\n")
+    path = write(
+        tmp_path,
+        "bad.tsv",
+        f"filename\tonset\toffset\tevent_label\tconfidence\na.wav\t0\t1\tDog\t0.5\na.wav\t1\t2\tCat\t{value}\n",
+    )
     with pytest.raises(AnnotationError) as excinfo:
         read_strong(path, CLASSES)
     assert_error_at(excinfo, path, 3, *words)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sed.dcase.checker import check_package, report
-from sed.dcase.submit import main
+from sed.submit import main
 
 LABEL = "Doe_UNI_task4_1"
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"

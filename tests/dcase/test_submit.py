@@ -18,7 +18,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from sed.dcase.submit import MARKER, SubmissionError, build_package, main
+from sed.dcase.submit import MARKER, SubmissionError, build_package
+from sed.submit import main
 
 LABEL = "Doe_UNI_task4_1"
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
