@@ -106,3 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
