@@ -102,14 +102,7 @@ class FrameLevelSED(nn.Module):
                 f"FrameLevelSED: {features.shape[-1]} feature frames give no output frame at "
                 f"time_pooling={self._time_pooling}"
             )
-        if embeddings is None:
-            if audio is None:
-                raise ValueError(
-                    "FrameLevelSED needs the encoder embeddings or the audio of its features: "
-                    "model(features, **sed.models.encoders.model_inputs(model, audio))"
-                )
-            embeddings = self.audio_encoder.compute(audio)
-        embeddings = self.audio_encoder.combine(embeddings)
+        embeddings = self.audio_encoder.model_embeddings(embeddings, audio, "FrameLevelSED")
         if (
             embeddings.dim() != 3
             or embeddings.shape[0] != features.shape[0]

@@ -90,14 +90,7 @@ class PretrainedCRNN(CRNN):
         class_mask: Optional[Tensor] = None,
     ) -> CRNNOutput:
         x = self.cnn_frames(features)  # [B, T', ch]
-        if embeddings is None:
-            if audio is None:
-                raise ValueError(
-                    "PretrainedCRNN needs the encoder embeddings or the audio of its features: "
-                    "model(features, **sed.models.encoders.model_inputs(model, audio))"
-                )
-            embeddings = self.audio_encoder.compute(audio)
-        embeddings = self.audio_encoder.combine(embeddings)
+        embeddings = self.audio_encoder.model_embeddings(embeddings, audio, "PretrainedCRNN")
         if embeddings.dim() != 3 or embeddings.shape[0] != x.shape[0] or embeddings.shape[1] != self.audio_encoder.dim:
             raise ValueError(
                 f"PretrainedCRNN: embeddings must be [B={x.shape[0]}, D={self.audio_encoder.dim}, T_e], "

@@ -334,6 +334,18 @@ class AudioEncoder(nn.Module):
                 return torch.stack(states, 1).transpose(2, 3)  # [B, L, D, T]
             return states[self.layer].transpose(1, 2)
 
+    def model_embeddings(self, embeddings: Optional[Tensor], audio: Optional[Tensor], owner: str) -> Tensor:
+        """``[B, D, T_e]`` for a model's forward: the embeddings it was given (cached or mixed up by the training
+        module), else those of its ``audio``; ``owner`` names the model in the error when it has neither."""
+        if embeddings is None:
+            if audio is None:
+                raise ValueError(
+                    f"{owner} needs the encoder embeddings or the audio of its features: "
+                    "model(features, **sed.models.encoders.model_inputs(model, audio))"
+                )
+            embeddings = self.compute(audio)
+        return self.combine(embeddings)
+
     def combine(self, embeddings: Tensor) -> Tensor:
         """``[B, D, T_e]`` from the cacheable form (the learned weighted sum for ``layer="weighted"``)."""
         if self.layer != "weighted":
