@@ -189,7 +189,7 @@ def test_clips_with_a_duration_but_no_ground_truth_row_are_a_warning(tmp_path, c
         num_workers=0,
     )
     dm.set_encoder(LabelEncoder(["dog"], sample_rate=16000, hop_length=256, clip_duration=1.0, time_pooling=4))
-    with caplog.at_level(logging.WARNING, logger="sed.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="sed.data.checks"):
         dm.setup("test")
     assert dm.eval_datasets["test"].filenames == ["a.wav"]
     assert "2 clip(s) of" in caplog.text and "b.wav" in caplog.text and "not evaluated" in caplog.text, caplog.text
@@ -239,7 +239,7 @@ def test_input_sample_rate_auto_is_the_files_common_rate(tmp_path, caplog):
         (root / "audio/validation/notes.txt").write_text("not audio")  # ignored: the checks of setup report it
         return SEDDataModule(str(root), classes=["a"], weak_tsv=None, unlabeled_tsv=None)
 
-    caplog.set_level(logging.INFO, logger="sed.data.datamodule")
+    caplog.set_level(logging.INFO, logger="sed.data.checks")
     assert dataset([44100, 44100, 44100]).resolve_input_sample_rate("auto", 16000) == 44100
     assert "all 3 audio files are at 44100 Hz" in caplog.text
     assert dataset([44100, 48000]).resolve_input_sample_rate("auto", 16000) is None  # mixed: the loader resamples
