@@ -31,6 +31,7 @@ from sed.run.model_config import (  # noqa: F401
     PretrainedCRNNConfig,
 )
 from sed.utils.errors import UserError
+from sed.utils.moved import MOVED_TARGETS, upgrade_targets  # noqa: F401  (re-exported: the schema's)
 
 
 @dataclass
@@ -281,30 +282,6 @@ class Config:
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
-
-
-# `_target_`s of classes that moved when the package was grouped by pipeline stage: configurations saved in
-# earlier checkpoints and run directories name the old paths, and keep loading through this map.
-MOVED_TARGETS: Dict[str, str] = {
-    "sed.datamodule.SEDDataModule": "sed.data.datamodule.SEDDataModule",
-    "sed.features.FrontEnd": "sed.features.frontend.FrontEnd",
-    "sed.scaler.TorchScaler": "sed.features.scaler.TorchScaler",
-    "sed.energy.EnergyTracker": "sed.dcase.energy.EnergyTracker",
-    "sed.models.embeddings.ASTEncoder": "sed.models.encoders.ast.ASTEncoder",
-}
-
-
-def upgrade_targets(config: Any) -> Any:
-    """``config`` (a plain nested dict/list, e.g. a checkpoint's saved configuration) with every moved
-    ``_target_`` renamed to its current path (:data:`MOVED_TARGETS`); other values are returned as they are."""
-    if isinstance(config, dict):
-        return {
-            k: (MOVED_TARGETS.get(v, v) if k == "_target_" and isinstance(v, str) else upgrade_targets(v))
-            for k, v in config.items()
-        }
-    if isinstance(config, list):
-        return [upgrade_targets(v) for v in config]
-    return config
 
 
 class UnknownKeyError(ConfigKeyError, UserError):

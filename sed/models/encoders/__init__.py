@@ -24,11 +24,10 @@ from sed.models.encoders.model_contract import (
     set_encoder_epoch,
     shared_encoder_memo,
 )
+from sed.utils.moved import current_target
 
 #: ``model.encoder`` without ``_target_`` (configurations written before the interface): the AST keys.
 DEFAULT_TARGET = "sed.models.encoders.ast.ASTEncoder"
-#: Targets saved in older checkpoints, and where they live now.
-LEGACY_TARGETS = {"sed.models.embeddings.ASTEncoder": DEFAULT_TARGET}
 
 __all__ = [
     "AudioEncoder",
@@ -61,7 +60,7 @@ def build_encoder(node: dict[str, Any]) -> AudioEncoder:
         node = OmegaConf.to_container(node, resolve=True)
     node = dict(node)
     target = node.pop("_target_", None) or DEFAULT_TARGET
-    target = LEGACY_TARGETS.get(target, target)
+    target = current_target(target)  # a target saved before it moved
     factory = _resolve(target)
     if isinstance(factory, type) and issubclass(factory, AudioEncoder):
         return factory(**node)
